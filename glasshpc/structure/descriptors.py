@@ -1,0 +1,678 @@
+"""Per-particle structural descriptors: radial, angular (bond-order) and generation averages.
+
+Reduced LJ units throughout (lengths in sigma_AA). Definitions follow SCIENCE.md §4:
+
+Radial (Eq. 5 of [CAGE], Eq. 1 of [AVG])::
+
+    G_i(r, δ, s) = Σ_{j≠i, s_j=s} exp(−(r_ij − r)² / (2δ²))
+
+Angular (Eq. 6–7 of [CAGE], Eq. 2–3 of [AVG]), all species together::
+
+    q_i(l, m, r, δ) = (1/Z_i) Σ_{j≠i} w_ij Y_l^m(r̂_ij),   w_ij = exp(−(r_ij − r)² / (2δ²)),  Z_i = Σ_{j≠i} w_ij
+    q_i(l, r, δ)    = sqrt( 4π/(2l+1) Σ_{m=−l..l} |q_i(l, m, r, δ)|² )           (0 when Z_i = 0)
+
+Generations (Eq. 9 of [CAGE], Eq. 4 of [AVG]), the sum including j = i with weight e⁰ = 1::
+
+    x_i^(n) = Σ_{j: r_ij<r_c} e^{−r_ij/r_c} x_j^(n−1) / Σ_{j: r_ij<r_c} e^{−r_ij/r_c}
+
+**Truncation.** Every Gaussian shell is truncated: a pair contributes to shell (r, δ) only if
+``|r_ij − r| <= truncation * δ`` (default 7, i.e. terms below exp(−24.5) ≈ 2.3e-11 are dropped). The neighbour
+cutoff is therefore ``max over shells of r + truncation * δ`` (:meth:`DescriptorSpec.cutoff`), and pairs enter the
+neighbour list when ``r_ij < cutoff``. The same truncation applies to Z_i.
+
+**Layout of the feature vector** (see :meth:`DescriptorSpec.feature_names`)::
+
+    [gen0 | gen1 | … | gen n_max],  each block = [radial (species-major: s*n_rad + k) | angular (shell-major: a*n_l + l_index)]
+
+Hot loops are numba ``@njit(cache=True)``. The spherical harmonics use the normalised associated-Legendre
+recursion for m ≥ 0 only (|Y_l^{−m}| = |Y_l^m|); the angular accumulation Σ_j w_ja Y_lm(r̂_ij) over all shells a is
+one small dense matrix product per particle (BLAS).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit
+
+from .neighbors import NeighborList, check_cutoff
+
+__all__ = [
+    "DescriptorSpec",
+    "compute_descriptors",
+    "radial_descriptors",
+    "angular_descriptors",
+    "generation_average",
+    "radial_distribution",
+    "second_minimum_gAA",
+    "preset",
+]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Specification
+# ---------------------------------------------------------------------------------------------------------------------
+
+def _fmt_shells(r, d):
+    """Shortest fixed-point formatting (>= 2 decimals) that keeps the distinct (r, δ) pairs distinct."""
+    for dec in range(2, 10):
+        names = [f"r={a:.{dec}f},δ={b:.{dec}f}" for a, b in zip(r, d)]
+        if len(set(names)) == len(names):
+            return names
+    return [f"r={a!r},δ={b!r}" for a, b in zip(r, d)]
+
+
+@dataclass(frozen=True)
+class DescriptorSpec:
+    """Descriptor grid (hyper-parameters of SCIENCE.md §4). Immutable; arrays are stored as read-only float64.
+
+    Parameters
+    ----------
+    radial_r : (n_rad,) float64 — radial shell centres r (σ_AA), r >= 0
+    radial_delta : (n_rad,) float64 — radial shell widths δ > 0
+    angular_r : (n_ang,) float64 — angular shell centres
+    angular_delta : (n_ang,) float64 — angular shell widths δ > 0
+    angular_l : tuple of int — spherical-harmonic degrees l >= 0 (e.g. (1, …, 12))
+    n_species : int >= 1 — radial features are computed for each species s = 0..n_species−1
+    generations : int >= 0 — n_max of the generation averages (0 = only the bare descriptors)
+    r_generation : float > 0 — r_c of the generation averages (≈ second minimum of g_AA, see
+        :func:`second_minimum_gAA`)
+    truncation : float > 0 — Gaussians are cut at |r_ij − r| > truncation·δ
+
+    Raises ValueError for mismatched shapes, non-positive widths, negative centres or degrees, duplicate shells.
+    """
+
+    radial_r: np.ndarray
+    radial_delta: np.ndarray
+    angular_r: np.ndarray
+    angular_delta: np.ndarray
+    angular_l: tuple
+    n_species: int
+    generations: int = 2
+    r_generation: float = 2.1
+    truncation: float = 7.0
+
+    def __post_init__(self):
+        for name in ("radial_r", "radial_delta", "angular_r", "angular_delta"):
+            a = np.array(getattr(self, name), dtype=np.float64).reshape(-1) if np.ndim(getattr(self, name)) <= 1 \
+                else None
+            if a is None:
+                raise ValueError(f"DescriptorSpec.{name} must be one-dimensional")
+            if not np.all(np.isfinite(a)):
+                raise ValueError(f"DescriptorSpec.{name} must be finite")
+            a.setflags(write=False)
+            object.__setattr__(self, name, a)
+        if self.radial_r.shape != self.radial_delta.shape:
+            raise ValueError(f"radial_r {self.radial_r.shape} and radial_delta {self.radial_delta.shape} differ")
+        if self.angular_r.shape != self.angular_delta.shape:
+            raise ValueError(f"angular_r {self.angular_r.shape} and angular_delta {self.angular_delta.shape} differ")
+        if np.any(self.radial_delta <= 0) or np.any(self.angular_delta <= 0):
+            raise ValueError("shell widths δ must be positive")
+        if np.any(self.radial_r < 0) or np.any(self.angular_r < 0):
+            raise ValueError("shell centres r must be non-negative")
+        ls = tuple(int(l) for l in np.atleast_1d(self.angular_l))
+        if any(l != float(l0) for l, l0 in zip(ls, np.atleast_1d(self.angular_l))) or any(l < 0 for l in ls):
+            raise ValueError(f"angular_l must be non-negative integers, got {self.angular_l}")
+        if len(set(ls)) != len(ls):
+            raise ValueError(f"angular_l has duplicates: {ls}")
+        if self.angular_r.size and not ls:
+            raise ValueError("angular shells given but angular_l is empty")
+        object.__setattr__(self, "angular_l", ls)
+        if int(self.n_species) != self.n_species or self.n_species < 1:
+            raise ValueError(f"n_species must be a positive integer, got {self.n_species}")
+        object.__setattr__(self, "n_species", int(self.n_species))
+        if int(self.generations) != self.generations or self.generations < 0:
+            raise ValueError(f"generations must be a non-negative integer, got {self.generations}")
+        object.__setattr__(self, "generations", int(self.generations))
+        if not (np.isfinite(self.r_generation) and self.r_generation > 0):
+            raise ValueError(f"r_generation must be positive, got {self.r_generation}")
+        object.__setattr__(self, "r_generation", float(self.r_generation))
+        if not (np.isfinite(self.truncation) and self.truncation > 0):
+            raise ValueError(f"truncation must be positive, got {self.truncation}")
+        object.__setattr__(self, "truncation", float(self.truncation))
+        for kind, r, d in (("radial", self.radial_r, self.radial_delta), ("angular", self.angular_r,
+                                                                          self.angular_delta)):
+            pairs = set(zip(r.tolist(), d.tolist()))
+            if len(pairs) != r.size:
+                raise ValueError(f"duplicate {kind} shells (same r and δ)")
+        if self.n_base_features == 0:
+            raise ValueError("DescriptorSpec has no shells")
+
+    # arrays make the generated __eq__/__hash__ unusable; compare by value instead
+    def _key(self):
+        return (self.radial_r.tobytes(), self.radial_delta.tobytes(), self.angular_r.tobytes(),
+                self.angular_delta.tobytes(), self.angular_l, self.n_species, self.generations, self.r_generation,
+                self.truncation)
+
+    def __eq__(self, other):
+        if not isinstance(other, DescriptorSpec):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self):
+        return hash(self._key())
+
+    @property
+    def n_radial(self) -> int:
+        """Number of radial features per generation, n_species * n_rad."""
+        return self.n_species * self.radial_r.size
+
+    @property
+    def n_angular(self) -> int:
+        """Number of angular features per generation, n_ang * len(angular_l)."""
+        return self.angular_r.size * len(self.angular_l)
+
+    @property
+    def n_base_features(self) -> int:
+        """Features per generation (radial + angular)."""
+        return self.n_radial + self.n_angular
+
+    @property
+    def n_features(self) -> int:
+        """Total number of features, n_base_features * (generations + 1)."""
+        return self.n_base_features * (self.generations + 1)
+
+    def radial_cutoff(self) -> float:
+        """max(r + truncation·δ) over radial shells (0 if none)."""
+        return float(np.max(self.radial_r + self.truncation * self.radial_delta)) if self.radial_r.size else 0.0
+
+    def angular_cutoff(self) -> float:
+        """max(r + truncation·δ) over angular shells (0 if none)."""
+        return float(np.max(self.angular_r + self.truncation * self.angular_delta)) if self.angular_r.size else 0.0
+
+    def cutoff(self) -> float:
+        """Neighbour cutoff of the radial and angular kernels: max over all shells of r + truncation·δ (σ_AA).
+
+        Must be below half the shortest box edge (minimum image). The generation averages use their own cutoff
+        ``r_generation``.
+        """
+        return max(self.radial_cutoff(), self.angular_cutoff())
+
+    def feature_names(self, species_names=("A", "B")) -> list:
+        """Names of the n_features columns, in output order, e.g. 'G_A(r=1.10,δ=0.05)', 'q_6(r=1.40,δ=0.10)',
+        'gen1:G_A(r=1.10,δ=0.05)'. Generation-0 names carry no prefix.
+
+        Raises ValueError if fewer species names than n_species are given.
+        """
+        if len(species_names) < self.n_species:
+            raise ValueError(f"need {self.n_species} species names, got {species_names}")
+        rad = _fmt_shells(self.radial_r, self.radial_delta)
+        ang = _fmt_shells(self.angular_r, self.angular_delta)
+        base = [f"G_{species_names[s]}({sh})" for s in range(self.n_species) for sh in rad]
+        base += [f"q_{l}({sh})" for sh in ang for l in self.angular_l]
+        out = list(base)
+        for g in range(1, self.generations + 1):
+            out += [f"gen{g}:{b}" for b in base]
+        return out
+
+
+def preset(name: str, n_species: int = 2, generations: int = 2, r_generation: float = 2.1) -> DescriptorSpec:
+    """Descriptor grids of the papers (SCIENCE.md §4).
+
+    - ``"hs_cmp"``  [CMP]: radial 46 r in [0.86, 2.0], 20 in (2.0, 3.0], 15 in (3.0, 4.5] per species with δ equal to
+      the local spacing; angular l = 1..12 on 16 r in [1, 2.5], δ = 0.1.
+    - ``"melt_dw"`` / ``"ka_avg"`` [DW]/[AVG]: radial 60 shells δ = 0.025 in [0.5, 2], 20 δ = 0.05 in (2, 3],
+      20 δ = 0.1 in (3, 5] per species (100 per species, 200 for KA); angular 16 shells δ = 0.1 in [0.5, 2.5],
+      l = 1..12 (192). Neighbour cutoff 5.7 (needs box > 11.4, N ≳ 1600 at ρ = 1.2).
+
+    Raises ValueError for an unknown name.
+    """
+    if name == "hs_cmp":
+        r1 = np.linspace(0.86, 2.0, 46)
+        r2 = np.linspace(2.0, 3.0, 21)[1:]
+        r3 = np.linspace(3.0, 4.5, 16)[1:]
+        rr = np.concatenate([r1, r2, r3])
+        dd = np.concatenate([np.full(46, r1[1] - r1[0]), np.full(20, 0.05), np.full(15, 0.1)])
+        ar = np.linspace(1.0, 2.5, 16)
+        ad = np.full(16, 0.1)
+    elif name in ("melt_dw", "ka_avg"):
+        rr = np.concatenate([np.linspace(0.5, 2.0, 60), np.linspace(2.0, 3.0, 21)[1:], np.linspace(3.0, 5.0, 21)[1:]])
+        dd = np.concatenate([np.full(60, 0.025), np.full(20, 0.05), np.full(20, 0.1)])
+        ar = np.linspace(0.5, 2.5, 16)
+        ad = np.full(16, 0.1)
+    else:
+        raise ValueError(f"unknown descriptor preset {name!r}; known: 'hs_cmp', 'melt_dw', 'ka_avg'")
+    return DescriptorSpec(rr, dd, ar, ad, tuple(range(1, 13)), n_species, generations, r_generation)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Kernels
+# ---------------------------------------------------------------------------------------------------------------------
+
+def _shell_table(r, delta, truncation, cutoff):
+    """Lookup table bin -> candidate shells whose window [r − tδ, r + tδ] overlaps the distance bin."""
+    lo = r - truncation * delta
+    hi = r + truncation * delta
+    h = max(min(2.0 * truncation * delta.min() / 8.0, cutoff / 16.0), cutoff / 200000.0)
+    nbins = int(np.ceil(cutoff / h)) + 1
+    starts = np.zeros(nbins + 1, np.int64)
+    lists = []
+    for b in range(nbins):
+        a0, a1 = b * h, (b + 1) * h
+        sel = np.flatnonzero((hi >= a0) & (lo <= a1))
+        lists.append(sel)
+        starts[b + 1] = starts[b] + sel.size
+    idx = np.concatenate(lists).astype(np.int64) if lists else np.zeros(0, np.int64)
+    return 1.0 / h, starts, idx
+
+
+@njit(cache=True)
+def _radial_kernel(offsets, nbr, dist, types, n_species, r, delta, truncation, inv_h, starts, idx):
+    n = offsets.shape[0] - 1
+    n_rad = r.shape[0]
+    out = np.zeros((n, n_species * n_rad))
+    inv2d2 = 1.0 / (2.0 * delta * delta)
+    tdel = truncation * delta
+    nbins = starts.shape[0] - 1
+    for i in range(n):
+        ti = types[i] * n_rad
+        for k in range(offsets[i], offsets[i + 1]):
+            j = nbr[k]
+            if j <= i:  # every pair once; contributes to both i and j (w is symmetric)
+                continue
+            d = dist[k]
+            b = int(d * inv_h)
+            if b >= nbins:
+                b = nbins - 1
+            tj = types[j] * n_rad
+            for p in range(starts[b], starts[b + 1]):
+                s = idx[p]
+                u = d - r[s]
+                if abs(u) <= tdel[s]:
+                    w = np.exp(-u * u * inv2d2[s])
+                    out[i, tj + s] += w
+                    out[j, ti + s] += w
+    return out
+
+
+@njit(cache=True)
+def _legendre_coefficients(lmax):
+    """Coefficients of the normalised associated-Legendre recursion (see _ylm_row)."""
+    a = np.zeros((lmax + 1, lmax + 1))
+    b = np.zeros((lmax + 1, lmax + 1))
+    for m in range(lmax + 1):
+        for l in range(m + 2, lmax + 1):
+            a[l, m] = np.sqrt((4.0 * l * l - 1.0) / (l * l - m * m))
+            b[l, m] = np.sqrt(((l - 1.0) ** 2 - m * m) / (4.0 * (l - 1.0) ** 2 - 1.0))
+    return a, b
+
+
+@njit(cache=True)
+def _ylm_row(x, y, z, lmax, ls, a, b, P, out):
+    """Y_l^m(x, y, z) for unit (x, y, z), m = 0..l, l in ls, with the Condon–Shortley phase (scipy convention).
+
+    Y_l^m = P̂_l^m(z) (x + iy)^m with P̂ the polynomial part of the orthonormalised associated Legendre function:
+    P̂_00 = 1/sqrt(4π); P̂_mm = −sqrt((2m+1)/(2m)) P̂_{m−1,m−1}; P̂_{m+1,m} = sqrt(2m+3) z P̂_mm;
+    P̂_lm = a_lm (z P̂_{l−1,m} − b_lm P̂_{l−2,m}).
+    Writes [Re Y_l0, Im Y_l0, Re Y_l1, Im Y_l1, …, Re Y_ll, Im Y_ll] for each l in ls into out.
+    """
+    pmm = 0.28209479177387814  # 1/sqrt(4π)
+    for m in range(lmax + 1):
+        if m > 0:
+            pmm = -np.sqrt((2.0 * m + 1.0) / (2.0 * m)) * pmm
+        P[m, m] = pmm
+        if m + 1 <= lmax:
+            P[m + 1, m] = np.sqrt(2.0 * m + 3.0) * z * pmm
+        for l in range(m + 2, lmax + 1):
+            P[l, m] = a[l, m] * (z * P[l - 1, m] - b[l, m] * P[l - 2, m])
+    c = 1.0
+    s = 0.0
+    col = 0
+    # (x + iy)^m by recursion; fill per l afterwards
+    cs = np.empty((lmax + 1, 2))
+    for m in range(lmax + 1):
+        cs[m, 0] = c
+        cs[m, 1] = s
+        c, s = c * x - s * y, c * y + s * x
+    for li in range(ls.shape[0]):
+        l = ls[li]
+        for m in range(l + 1):
+            out[col] = P[l, m] * cs[m, 0]
+            out[col + 1] = P[l, m] * cs[m, 1]
+            col += 2
+
+
+@njit(cache=True)
+def _angular_kernel(offsets, dist, vec, r, delta, truncation, ls, cutoff):
+    n = offsets.shape[0] - 1
+    n_ang = r.shape[0]
+    nl = ls.shape[0]
+    lmax = 0
+    ncol = 0
+    for li in range(nl):
+        lmax = max(lmax, ls[li])
+        ncol += 2 * (ls[li] + 1)
+    a, b = _legendre_coefficients(lmax)
+    P = np.zeros((lmax + 1, lmax + 1))
+    inv2d2 = 1.0 / (2.0 * delta * delta)
+    tdel = truncation * delta
+    maxnb = 1
+    for i in range(n):
+        maxnb = max(maxnb, offsets[i + 1] - offsets[i])
+    W = np.zeros((maxnb, n_ang))
+    Y = np.zeros((maxnb, ncol))
+    out = np.zeros((n, n_ang * nl))
+    for i in range(n):
+        m = 0
+        for k in range(offsets[i], offsets[i + 1]):
+            d = dist[k]
+            if d > cutoff:
+                continue
+            for s in range(n_ang):
+                u = d - r[s]
+                W[m, s] = np.exp(-u * u * inv2d2[s]) if abs(u) <= tdel[s] else 0.0
+            inv = 1.0 / d
+            _ylm_row(vec[k, 0] * inv, vec[k, 1] * inv, vec[k, 2] * inv, lmax, ls, a, b, P, Y[m])
+            m += 1
+        if m == 0:
+            continue
+        Q = np.dot(W[:m].T, Y[:m])  # (n_ang, ncol): Σ_j w_js Y_lm(r̂_ij)
+        for s in range(n_ang):
+            Z = 0.0
+            for k in range(m):
+                Z += W[k, s]
+            if Z == 0.0:
+                continue
+            col = 0
+            for li in range(nl):
+                l = ls[li]
+                acc = Q[s, col] * Q[s, col] + Q[s, col + 1] * Q[s, col + 1]
+                col += 2
+                for mm in range(1, l + 1):
+                    acc += 2.0 * (Q[s, col] * Q[s, col] + Q[s, col + 1] * Q[s, col + 1])
+                    col += 2
+                out[i, s * nl + li] = np.sqrt(4.0 * np.pi / (2.0 * l + 1.0) * acc) / Z
+    return out
+
+
+@njit(cache=True)
+def _generation_kernel(offsets, nbr, dist, x, r_c, n_max):
+    n, f = x.shape
+    out = np.empty((n, f * (n_max + 1)))
+    out[:, :f] = x
+    inv_rc = 1.0 / r_c
+    wts = np.empty(dist.shape[0])
+    norm = np.empty(n)
+    for i in range(n):
+        z = 1.0
+        for k in range(offsets[i], offsets[i + 1]):
+            w = np.exp(-dist[k] * inv_rc) if dist[k] < r_c else 0.0
+            wts[k] = w
+            z += w
+        norm[i] = 1.0 / z
+    for g in range(1, n_max + 1):
+        src = (g - 1) * f
+        dst = g * f
+        for i in range(n):
+            for c in range(f):
+                out[i, dst + c] = out[i, src + c]
+            for k in range(offsets[i], offsets[i + 1]):
+                w = wts[k]
+                if w == 0.0:
+                    continue
+                j = nbr[k]
+                for c in range(f):
+                    out[i, dst + c] += w * out[j, src + c]
+            for c in range(f):
+                out[i, dst + c] *= norm[i]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Validation helpers
+# ---------------------------------------------------------------------------------------------------------------------
+
+def _check_box(box):
+    box = np.ascontiguousarray(box, dtype=np.float64)
+    if box.shape != (3,):
+        raise ValueError(f"box must have shape (3,), got {box.shape}")
+    if not np.all(np.isfinite(box)) or np.any(box <= 0):
+        raise ValueError(f"box edges must be positive and finite, got {box}")
+    return box
+
+
+def _check_positions(positions):
+    positions = np.ascontiguousarray(positions, dtype=np.float64)
+    if positions.ndim != 2 or positions.shape[1] != 3:
+        raise ValueError(f"positions must have shape (N, 3), got {positions.shape}")
+    return positions
+
+
+def _check_types(types, n, n_species):
+    t = np.asarray(types)
+    if t.shape != (n,):
+        raise ValueError(f"types must have shape ({n},), got {t.shape}")
+    if t.size and not np.issubdtype(t.dtype, np.integer):
+        if not (np.issubdtype(t.dtype, np.floating) and np.all(t == np.round(t))):
+            raise ValueError(f"types must be integer species indices, got dtype {t.dtype}")
+    t = np.ascontiguousarray(t, dtype=np.int64)
+    if t.size and (t.min() < 0 or t.max() >= n_species):
+        raise ValueError(f"types must lie in 0..{n_species - 1}, got range {t.min()}..{t.max()}")
+    return t
+
+
+def _check_nlist(nlist, cutoff, what):
+    if not isinstance(nlist, NeighborList):
+        raise ValueError(f"{what} needs a glasshpc.structure.neighbors.NeighborList, got {type(nlist).__name__}")
+    if nlist.cutoff < cutoff:
+        raise ValueError(f"{what}: neighbour list cutoff {nlist.cutoff:.4g} is below the descriptor cutoff "
+                         f"{cutoff:.4g} (max r + truncation·δ)")
+    if nlist.distances.size and nlist.distances.min() <= 0.0:
+        k = int(np.argmin(nlist.distances))
+        i = int(np.searchsorted(nlist.offsets, k, side="right") - 1)
+        raise ValueError(f"particles {i} and {int(nlist.neighbors[k])} coincide (r_ij = 0)")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Public API
+# ---------------------------------------------------------------------------------------------------------------------
+
+def radial_descriptors(nlist, types, spec):
+    """Radial descriptors G_i(r, δ, s) (SCIENCE.md §4; Eq. 5 [CAGE], Eq. 1 [AVG]).
+
+    Parameters
+    ----------
+    nlist : NeighborList with cutoff >= spec.radial_cutoff()
+    types : (N,) int species indices 0..spec.n_species−1
+    spec : DescriptorSpec
+
+    Returns
+    -------
+    (N, n_species * n_rad) float64; column s * n_rad + k holds shell k (radial_r[k], radial_delta[k]) counted over
+    neighbours of species s. Dimensionless (a Gaussian-smoothed neighbour count).
+
+    Raises ValueError for a too-short neighbour list, bad types, or coincident particles.
+    """
+    n = nlist.offsets.shape[0] - 1
+    types = _check_types(types, n, spec.n_species)
+    if spec.radial_r.size == 0:
+        return np.zeros((n, 0))
+    rc = spec.radial_cutoff()
+    _check_nlist(nlist, rc, "radial_descriptors")
+    inv_h, starts, idx = _shell_table(spec.radial_r, spec.radial_delta, spec.truncation, nlist.cutoff)
+    return _radial_kernel(nlist.offsets, nlist.neighbors, nlist.distances, types, spec.n_species,
+                          spec.radial_r, spec.radial_delta, spec.truncation, inv_h, starts, idx)
+
+
+def angular_descriptors(nlist, spec):
+    """Angular (bond-order) descriptors q_i(l, r, δ), all species together (SCIENCE.md §4; Eq. 6–7 [CAGE],
+    Eq. 2–3 [AVG]).
+
+    Parameters
+    ----------
+    nlist : NeighborList with cutoff >= spec.angular_cutoff()
+    spec : DescriptorSpec
+
+    Returns
+    -------
+    (N, n_ang * len(angular_l)) float64, column a * len(l) + li holds l = angular_l[li] on shell a. Dimensionless,
+    in [0, 1]; 0 where Z_i(r, δ) = 0 (no neighbour within the truncated shell).
+
+    Raises ValueError for a too-short neighbour list or coincident particles.
+    """
+    n = nlist.offsets.shape[0] - 1
+    if spec.angular_r.size == 0:
+        return np.zeros((n, 0))
+    rc = spec.angular_cutoff()
+    _check_nlist(nlist, rc, "angular_descriptors")
+    ls = np.asarray(spec.angular_l, dtype=np.int64)
+    return _angular_kernel(nlist.offsets, nlist.distances, nlist.vectors, spec.angular_r, spec.angular_delta,
+                           spec.truncation, ls, rc)
+
+
+def generation_average(x, positions, box, r_c, n_max):
+    """Generation averages x^(0..n_max) (SCIENCE.md §4; Eq. 9 [CAGE], Eq. 4 [AVG]).
+
+    x_i^(n) = Σ_{j: r_ij < r_c} e^{−r_ij/r_c} x_j^(n−1) / Σ_{j: r_ij < r_c} e^{−r_ij/r_c}, the sums including j = i.
+
+    Parameters
+    ----------
+    x : (N, F) float64 base features x^(0)
+    positions : (N, 3) float64 (unwrapped is fine), box : (3,) float64 orthorhombic edges
+    r_c : float, 0 < r_c < min(box)/2 (σ_AA)
+    n_max : int >= 0
+
+    Returns
+    -------
+    (N, F * (n_max + 1)) float64: [x^(0) | x^(1) | … | x^(n_max)].
+
+    Raises ValueError for bad shapes, non-finite positions, r_c outside (0, min(box)/2), negative n_max.
+    """
+    positions = _check_positions(positions)
+    box = _check_box(box)
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] != positions.shape[0]:
+        raise ValueError(f"x must have shape (N={positions.shape[0]}, F), got {x.shape}")
+    if int(n_max) != n_max or n_max < 0:
+        raise ValueError(f"n_max must be a non-negative integer, got {n_max}")
+    n_max = int(n_max)
+    check_cutoff(box, r_c)
+    if n_max == 0:
+        return x.copy()
+    nl = NeighborList(positions, box, float(r_c))
+    return _generation_kernel(nl.offsets, nl.neighbors, nl.distances, x, float(r_c), n_max)
+
+
+def compute_descriptors(positions, types, box, spec):
+    """All descriptors of one configuration: radial + angular, then generation averages (SCIENCE.md §4).
+
+    Parameters
+    ----------
+    positions : (N, 3) float64, any periodic image (σ_AA)
+    types : (N,) int species indices 0..spec.n_species−1
+    box : (3,) float64 orthorhombic box edges, origin at 0
+    spec : DescriptorSpec
+
+    Returns
+    -------
+    (N, spec.n_features) float64, columns named by ``spec.feature_names()``.
+
+    Raises ValueError for bad shapes, types out of range, non-finite positions, coincident particles, or a cutoff
+    (spec.cutoff() or spec.r_generation) not below half the shortest box edge.
+    """
+    if not isinstance(spec, DescriptorSpec):
+        raise ValueError(f"spec must be a DescriptorSpec, got {type(spec).__name__}")
+    positions = _check_positions(positions)
+    box = _check_box(box)
+    types = _check_types(types, positions.shape[0], spec.n_species)
+    rc = spec.cutoff()
+    check_cutoff(box, rc)
+    if spec.generations:
+        check_cutoff(box, spec.r_generation)
+    nl = NeighborList(positions, box, rc)
+    parts = []
+    if spec.radial_r.size:
+        parts.append(radial_descriptors(nl, types, spec))
+    if spec.angular_r.size:
+        parts.append(angular_descriptors(nl, spec))
+    base = parts[0] if len(parts) == 1 else np.hstack(parts)
+    if spec.generations == 0:
+        return base
+    return generation_average(base, positions, box, spec.r_generation, spec.generations)
+
+
+def radial_distribution(positions_list, types_list, box_list, pairs=((0, 0),), r_max=None, dr=0.01):
+    """Partial pair correlation functions g_AB(r) averaged over snapshots.
+
+    g_AB(r) = <n_AB(r)> / (N_A (N_B − δ_AB)/V · 4π r² dr), n_AB(r) the number of (i∈A, j∈B, j≠i) pairs in the bin.
+
+    Parameters
+    ----------
+    positions_list : sequence of (N_t, 3) arrays; types_list : sequence of (N_t,) int; box_list : sequence of (3,)
+        (a single (3,) box is broadcast to all snapshots)
+    pairs : sequence of (a, b) species pairs
+    r_max : float, default min(5, 0.999 · min(box)/2); dr : bin width
+
+    Returns
+    -------
+    r : (n_bins,) bin centres; g : dict (a, b) -> (n_bins,) float64
+
+    Raises ValueError for empty or inconsistent inputs or r_max not below half the box.
+    """
+    positions_list = list(positions_list)
+    types_list = list(types_list)
+    if np.ndim(box_list) == 1:
+        box_list = [box_list] * len(positions_list)
+    box_list = [_check_box(b) for b in box_list]
+    if not positions_list or len(types_list) != len(positions_list) or len(box_list) != len(positions_list):
+        raise ValueError("positions_list, types_list and box_list must be non-empty and of equal length")
+    if r_max is None:
+        r_max = min(5.0, 0.999 * 0.5 * min(b.min() for b in box_list))
+    n_bins = int(np.floor(r_max / dr))
+    if n_bins < 2:
+        raise ValueError(f"r_max {r_max} too small for dr {dr}")
+    edges = np.arange(n_bins + 1) * dr
+    counts = {p: np.zeros(n_bins) for p in pairs}
+    norm = {p: 0.0 for p in pairs}
+    for pos, typ, box in zip(positions_list, types_list, box_list):
+        pos = _check_positions(pos)
+        typ = np.asarray(typ)
+        if typ.shape != (pos.shape[0],):
+            raise ValueError(f"types shape {typ.shape} does not match positions {pos.shape}")
+        typ = typ.astype(np.int64)
+        nl = NeighborList(pos, box, edges[-1])
+        i_of = np.repeat(np.arange(pos.shape[0]), np.diff(nl.offsets))
+        ti = typ[i_of]
+        tj = typ[nl.neighbors]
+        vol = float(np.prod(box))
+        for (a, b) in pairs:
+            sel = (ti == a) & (tj == b)
+            counts[(a, b)] += np.histogram(nl.distances[sel], bins=edges)[0]
+            na = np.count_nonzero(typ == a)
+            nb = np.count_nonzero(typ == b) - (1 if a == b else 0)
+            norm[(a, b)] += na * nb / vol
+    shell = 4.0 / 3.0 * np.pi * (edges[1:] ** 3 - edges[:-1] ** 3)
+    r = 0.5 * (edges[1:] + edges[:-1])
+    g = {p: counts[p] / (norm[p] * shell) if norm[p] > 0 else np.zeros(n_bins) for p in pairs}
+    return r, g
+
+
+def second_minimum_gAA(positions_list, types_list, box_list, species=0, r_max=None, dr=0.01, smooth=0.03,
+                       prominence=0.05):
+    """Position (σ_AA) of the second minimum of g_AA(r), the default r_c of the generation averages
+    (SCIENCE.md §4, Eq. 9 [CAGE]).
+
+    Algorithm: histogram g_AA with bin ``dr`` over all snapshots (:func:`radial_distribution`), smooth it with a
+    Gaussian of width ``smooth`` (σ_AA), take the first peak as the global maximum, and return the second local
+    minimum beyond it whose topographic prominence is at least ``prominence`` (so noise and the shallow dip between
+    the split sub-peaks of a glass do not count), refined by a parabola through the three lowest bins.
+
+    Raises ValueError if fewer than two minima are found within r_max (too little data or r_max too small).
+    """
+    from scipy.ndimage import gaussian_filter1d
+    from scipy.signal import find_peaks
+
+    r, g = radial_distribution(positions_list, types_list, box_list, pairs=((species, species),), r_max=r_max,
+                               dr=dr)
+    g = gaussian_filter1d(g[(species, species)], smooth / dr, mode="nearest")
+    first = int(np.argmax(g))
+    mins, _ = find_peaks(-g, prominence=prominence)
+    mins = mins[mins > first]
+    if mins.size < 2:
+        raise ValueError(f"found {mins.size} minima of g_AA beyond its first peak within r_max = {r[-1] + dr / 2:.3g}; "
+                         "use more snapshots or a larger box")
+    k = int(mins[1])
+    y0, y1, y2 = g[k - 1], g[k], g[k + 1]
+    den = y0 - 2.0 * y1 + y2
+    shift = 0.5 * (y0 - y2) / den if den > 0 else 0.0
+    return float(r[k] + shift * dr)

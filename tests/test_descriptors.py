@@ -1,0 +1,245 @@
+"""Tests of glasshpc.structure.descriptors against brute-force O(N²) numpy definitions (SCIENCE.md §4)."""
+import numpy as np
+import pytest
+from scipy.special import sph_harm_y  # scipy >= 1.15: sph_harm_y(l, m, theta_polar, phi_azimuth)
+
+from glasshpc.structure.descriptors import (
+    DescriptorSpec, angular_descriptors, compute_descriptors, generation_average, preset, radial_descriptors,
+    radial_distribution, second_minimum_gAA)
+from glasshpc.structure.neighbors import NeighborList
+
+BOX = np.array([7.3, 8.1, 9.4])
+LS = (1, 2, 3, 4, 6, 7, 12)
+
+
+def _random_config(n=260, box=BOX, dmin=0.75, seed=1):
+    """Random periodic configuration with no pair closer than dmin, unwrapped by random box multiples."""
+    rng = np.random.default_rng(seed)
+    pos = []
+    while len(pos) < n:
+        p = rng.random(3) * box
+        if pos:
+            d = np.asarray(pos) - p
+            d -= box * np.rint(d / box)
+            if np.min(np.sum(d * d, axis=1)) < dmin * dmin:
+                continue
+        pos.append(p)
+    pos = np.asarray(pos)
+    types = (rng.random(n) < 0.3).astype(np.int64)
+    unwrapped = pos + box * rng.integers(-3, 4, size=(n, 3))
+    return pos, unwrapped, types
+
+
+def _spec(generations=2):
+    return DescriptorSpec(
+        radial_r=np.array([0.0, 0.9, 1.1, 1.35, 2.0, 2.6]),
+        radial_delta=np.array([0.2, 0.05, 0.1, 0.07, 0.15, 0.08]),
+        angular_r=np.array([1.0, 1.2, 1.5, 2.2]),
+        angular_delta=np.array([0.05, 0.1, 0.2, 0.1]),
+        angular_l=LS, n_species=2, generations=generations, r_generation=1.9)
+
+
+def _pair_vectors(pos, box):
+    d = pos[None, :, :] - pos[:, None, :]  # r_j - r_i
+    d -= box * np.rint(d / box)
+    r = np.sqrt(np.sum(d * d, axis=-1))
+    np.fill_diagonal(r, np.inf)
+    return d, r
+
+
+def _brute_radial(pos, types, box, spec):
+    _, r = _pair_vectors(pos, box)
+    out = []
+    for s in range(spec.n_species):
+        for rk, dk in zip(spec.radial_r, spec.radial_delta):
+            w = np.exp(-(r - rk) ** 2 / (2 * dk * dk))
+            w[np.abs(r - rk) > spec.truncation * dk] = 0.0
+            out.append(np.sum(w[:, types == s], axis=1))
+    return np.stack(out, axis=1)
+
+
+def _brute_angular(pos, box, spec):
+    d, r = _pair_vectors(pos, box)
+    with np.errstate(invalid="ignore"):
+        theta = np.arccos(np.clip(d[..., 2] / r, -1, 1))
+    phi = np.arctan2(d[..., 1], d[..., 0])
+    out = []
+    for rk, dk in zip(spec.angular_r, spec.angular_delta):
+        w = np.exp(-(r - rk) ** 2 / (2 * dk * dk))
+        w[np.abs(r - rk) > spec.truncation * dk] = 0.0
+        z = w.sum(axis=1)
+        for l in spec.angular_l:
+            acc = np.zeros(len(pos))
+            for m in range(-l, l + 1):
+                y = np.nan_to_num(sph_harm_y(l, m, theta, phi))
+                qlm = np.sum(w * y, axis=1) / np.where(z > 0, z, 1)
+                acc += np.abs(qlm) ** 2
+            out.append(np.where(z > 0, np.sqrt(4 * np.pi / (2 * l + 1) * acc), 0.0))
+    return np.stack(out, axis=1)
+
+
+def _brute_generations(x, pos, box, r_c, n_max):
+    _, r = _pair_vectors(pos, box)
+    np.fill_diagonal(r, 0.0)  # j = i included with weight e^0 = 1
+    w = np.where(r < r_c, np.exp(-r / r_c), 0.0)
+    out = [x]
+    for _ in range(n_max):
+        out.append(w @ out[-1] / w.sum(axis=1)[:, None])
+    return np.hstack(out)
+
+
+@pytest.fixture(scope="module")
+def config():
+    return _random_config()
+
+
+def test_radial_matches_brute_force(config):
+    pos, unwrapped, types = config
+    spec = _spec()
+    nl = NeighborList(unwrapped, BOX, spec.cutoff())
+    got = radial_descriptors(nl, types, spec)
+    ref = _brute_radial(pos, types, BOX, spec)
+    assert got.shape == (len(pos), 2 * 6) and got.dtype == np.float64
+    assert np.max(ref) > 1.0  # the test sees real neighbours of both species
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-10)
+
+
+def test_truncation_error_is_negligible(config):
+    pos, _, types = config
+    spec = _spec()
+    nl = NeighborList(pos, BOX, spec.cutoff())
+    got = radial_descriptors(nl, types, spec)
+    _, r = _pair_vectors(pos, BOX)
+    full = np.stack([np.sum(np.exp(-(r[:, types == s] - rk) ** 2 / (2 * dk * dk)), axis=1)
+                     for s in range(2) for rk, dk in zip(spec.radial_r, spec.radial_delta)], axis=1)
+    np.testing.assert_allclose(got, full, rtol=0, atol=1e-8)
+
+
+def test_angular_matches_brute_force(config):
+    pos, unwrapped, types = config
+    spec = _spec()
+    nl = NeighborList(unwrapped, BOX, spec.cutoff())
+    got = angular_descriptors(nl, spec)
+    ref = _brute_angular(pos, BOX, spec)
+    assert got.shape == (len(pos), 4 * len(LS))
+    assert np.count_nonzero(ref == 0.0) < ref.size // 4  # mostly populated shells
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-10)
+
+
+def test_angular_empty_shell_gives_zero():
+    pos = np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [5.0, 5.0, 5.0]])
+    spec = DescriptorSpec(np.array([1.0]), np.array([0.1]), np.array([1.0]), np.array([0.05]), (2, 6), 1, 0)
+    nl = NeighborList(pos, np.full(3, 12.0), spec.cutoff())
+    q = angular_descriptors(nl, spec)
+    assert np.all(q[2] == 0.0)
+    np.testing.assert_allclose(q[0], [1.0, 1.0], atol=1e-12)  # one bond: q_l = 1 for every l
+
+
+def test_generation_average_matches_brute_force(config):
+    pos, unwrapped, _ = config
+    x = np.random.default_rng(5).normal(size=(len(pos), 7))
+    got = generation_average(x, unwrapped, BOX, 1.9, 3)
+    ref = _brute_generations(x, pos, BOX, 1.9, 3)
+    assert got.shape == (len(pos), 7 * 4)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(generation_average(x, pos, BOX, 1.9, 0), x)
+
+
+def test_compute_descriptors_layout(config):
+    pos, unwrapped, types = config
+    spec = _spec()
+    got = compute_descriptors(unwrapped, types, BOX, spec)
+    base = np.hstack([_brute_radial(pos, types, BOX, spec), _brute_angular(pos, BOX, spec)])
+    ref = _brute_generations(base, pos, BOX, spec.r_generation, spec.generations)
+    assert got.shape == (len(pos), spec.n_features)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-10)
+
+
+def test_translation_and_permutation(config):
+    pos, _, types = config
+    spec = _spec()
+    ref = compute_descriptors(pos, types, BOX, spec)
+    shifted = compute_descriptors(pos + np.array([3.3, -11.2, 0.7]), types, BOX, spec)
+    np.testing.assert_allclose(shifted, ref, rtol=0, atol=1e-10)
+    perm = np.random.default_rng(2).permutation(len(pos))
+    permuted = compute_descriptors(pos[perm], types[perm], BOX, spec)
+    np.testing.assert_allclose(permuted, ref[perm], rtol=0, atol=1e-10)
+
+
+def test_rotation_by_90_degrees(config):
+    """(x, y, z) -> (−y, x, z) with box (Ly, Lx, Lz) is an exact symmetry of the periodic system."""
+    pos, _, types = config
+    spec = _spec()
+    ref = compute_descriptors(pos, types, BOX, spec)
+    rot = np.stack([-pos[:, 1], pos[:, 0], pos[:, 2]], axis=1)
+    got = compute_descriptors(rot, types, BOX[[1, 0, 2]], spec)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-10)
+
+
+def _fcc(cells, a=2 ** (2 / 3)):
+    base = np.array([[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    grid = np.array([[i, j, k] for i in range(cells) for j in range(cells) for k in range(cells)])
+    pos = (grid[:, None, :] + base[None]).reshape(-1, 3) * a
+    return pos, np.full(3, cells * a)
+
+
+def test_fcc_bond_order():
+    pos, box = _fcc(4)
+    r1 = 2 ** (2 / 3) / np.sqrt(2)  # nearest-neighbour distance
+    spec = DescriptorSpec(np.array([r1]), np.array([0.02]), np.array([r1]), np.array([0.02]), (4, 6), 1, 0)
+    x = compute_descriptors(pos, np.zeros(len(pos), int), box, spec)
+    np.testing.assert_allclose(x[:, 0], 12.0, atol=1e-12)
+    np.testing.assert_allclose(x[:, 1], 0.19094, atol=1e-5)
+    np.testing.assert_allclose(x[:, 2], 0.57452, atol=1e-5)
+
+
+def test_feature_names_unique_and_complete():
+    for spec in (_spec(), preset("hs_cmp"), preset("ka_avg", generations=2)):
+        names = spec.feature_names()
+        assert len(names) == spec.n_features == len(set(names))
+    names = _spec().feature_names()
+    assert names[0] == "G_A(r=0.00,δ=0.20)"
+    assert names[12] == "q_1(r=1.00,δ=0.05)"
+    assert names[12 + 4 * len(LS)] == "gen1:G_A(r=0.00,δ=0.20)"
+    ka = preset("ka_avg")
+    assert (ka.n_radial, ka.n_angular, ka.n_features) == (200, 192, 1176)
+
+
+def test_errors(config):
+    pos, _, types = config
+    spec = _spec()
+    with pytest.raises(ValueError, match="half"):
+        compute_descriptors(pos, types, np.full(3, 5.0), spec)
+    with pytest.raises(ValueError, match="types"):
+        compute_descriptors(pos, types + 1, BOX, spec)
+    with pytest.raises(ValueError, match="types"):
+        compute_descriptors(pos, types[:-1], BOX, spec)
+    with pytest.raises(ValueError, match="positions"):
+        compute_descriptors(pos[:, :2], types, BOX, spec)
+    with pytest.raises(ValueError, match="box"):
+        compute_descriptors(pos, types, BOX[:2], spec)
+    with pytest.raises(ValueError, match="cutoff"):
+        radial_descriptors(NeighborList(pos, BOX, 1.0), types, spec)
+    with pytest.raises(ValueError, match="coincide"):
+        compute_descriptors(np.vstack([pos, pos[:1]]), np.append(types, 0), BOX, spec)
+    with pytest.raises(ValueError):
+        DescriptorSpec(np.array([1.0, 2.0]), np.array([0.1]), np.array([]), np.array([]), (), 2)
+    with pytest.raises(ValueError):
+        DescriptorSpec(np.array([1.0]), np.array([0.0]), np.array([]), np.array([]), (), 2)
+    with pytest.raises(ValueError):
+        generation_average(np.zeros((3, 2)), pos, BOX, 1.9, 1)
+    assert _spec() == _spec() and hash(_spec()) == hash(_spec())
+
+
+def test_second_minimum_on_thermal_fcc():
+    """Shells of FCC at a·{1, √2, √3, 2}/√2 (multiplicities 12, 6, 24, 12): the second minimum lies between
+    the √2 and √3 shells."""
+    rng = np.random.default_rng(3)
+    pos, box = _fcc(5)
+    d1 = 2 ** (2 / 3) / np.sqrt(2)
+    snaps = [pos + rng.normal(scale=0.04, size=pos.shape) for _ in range(3)]
+    types = [np.zeros(len(pos), int)] * 3
+    r, g = radial_distribution(snaps, types, box, r_max=3.0)
+    assert abs(r[np.argmax(g[(0, 0)])] - d1) < 0.05
+    rmin = second_minimum_gAA(snaps, types, [box] * 3)
+    assert np.sqrt(2) * d1 + 0.05 < rmin < np.sqrt(3) * d1 - 0.05
