@@ -1,0 +1,384 @@
+"""The YAML input: schema, defaults (this file is the one place they live) and validation.
+
+Reduced LJ units of species A throughout (lengths σ_AA, times τ, temperatures ε_AA/k_B).
+
+:func:`load` turns a YAML file into a frozen :class:`Config`, raising :class:`ConfigError` that names
+the key path (e.g. ``iso.times.stop``) and what is allowed, before any work or file is created.
+``python -m glasshpc.run --describe`` prints every key with its default and meaning.
+"""
+import dataclasses
+import math
+from dataclasses import dataclass, field, fields
+from typing import Optional
+
+import numpy as np
+import yaml
+
+AUTO = "auto"
+
+
+class ConfigError(ValueError):
+    """Invalid configuration: ``key`` is the dotted key path, the message says what is allowed."""
+
+    def __init__(self, key, message):
+        self.key = key
+        super().__init__(f"config error at '{key}': {message}")
+
+
+def _f(default=dataclasses.MISSING, doc="", kind=None, choices=None, lo=None, hi=None,
+       lo_open=False, hi_open=False, factory=None):
+    meta = dict(doc=doc, kind=kind, choices=choices, lo=lo, hi=hi, lo_open=lo_open,
+                hi_open=hi_open)
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = _f(doc="glass former", choices=("kob_andersen",))
+    n_particles: int = _f(doc="particles per snapshot", lo=2)
+    density: float = _f(doc="number density ρ (σ⁻³)", lo=0.0, lo_open=True)
+    temperature: float = _f(doc="temperature T (ε/k_B)", lo=0.0, lo_open=True)
+
+
+@dataclass(frozen=True)
+class MDConfig:
+    timestep: float = _f(0.005, "MD timestep (τ)", lo=0.0, lo_open=True, hi=0.1)
+    skin: float = _f(0.3, "neighbour-list skin (σ); 0.3 measured fastest for KA", lo=0.0,
+                     lo_open=True)
+    tdamp: float = _f(0.5, "Nosé–Hoover damping time (τ)", lo=0.0, lo_open=True)
+    melt_temperature: float = _f(2.0, "temperature of the initial NVT melt", lo=0.0, lo_open=True)
+    melt_time: float = _f(10.0, "NVT melt duration (τ)", lo=0.0)
+    nvt_time: float = _f(100.0, "NVT (Nosé–Hoover) duration at T (τ)", lo=0.0)
+    nve_time: float = _f(200.0, "NVE equilibration after NVT (τ); papers: ≥ 10 τ_α", lo=0.0)
+
+
+@dataclass(frozen=True)
+class SnapshotsConfig:
+    count: int = _f(doc="independent equilibrated snapshots", lo=1)
+
+
+@dataclass(frozen=True)
+class TimesConfig:
+    start: float = _f(doc="first read-out time (τ), ≥ md.timestep", lo=0.0, lo_open=True)
+    stop: float = _f(doc="last read-out time (τ)", lo=0.0, lo_open=True)
+    count: int = _f(doc="number of log-spaced read-out times", lo=1)
+
+
+@dataclass(frozen=True)
+class IsoConfig:
+    replicas: int = _f(doc="replicas per snapshot (isoconfigurational ensemble size)", lo=1)
+    times: object = _f(doc="read-out times: {start, stop, count} log-spaced, or an explicit "
+                           "increasing list (τ); rounded to whole timesteps", kind="times")
+
+
+@dataclass(frozen=True)
+class DynamicsConfig:
+    propensity: str = _f("abs", "⟨|Δr|⟩ ('abs', [CAGE] Eq. 4) or ⟨|Δr|²⟩ ('squared')",
+                         choices=("abs", "squared"))
+    q: object = _f(AUTO, "wave number of F_s(q,t) (σ⁻¹) or 'auto' = first peak of S_AA(q)",
+                   kind="float_or_auto")
+
+
+@dataclass(frozen=True)
+class ShellBlock:
+    r_min: float = _f(doc="first shell centre (σ)", lo=0.0)
+    r_max: float = _f(doc="last shell centre (σ)", lo=0.0)
+    count: int = _f(doc="equally spaced shells from r_min to r_max", lo=1)
+    delta: float = _f(doc="Gaussian width δ (σ)", lo=0.0, lo_open=True)
+
+
+def _default_radial():
+    return (ShellBlock(0.8, 3.0, 23, 0.1),)
+
+
+def _default_angular():
+    return (ShellBlock(1.0, 2.5, 6, 0.1),)
+
+
+@dataclass(frozen=True)
+class DescriptorsConfig:
+    radial: tuple = _f(doc="radial shells G(r, δ, s) per species, list of {r_min, r_max, count, "
+                           "delta} ([CAGE] Eq. 5)", kind=("list", ShellBlock),
+                       factory=_default_radial)
+    angular: tuple = _f(doc="angular shells q_l(r, δ), list of {r_min, r_max, count, delta}",
+                        kind=("list", ShellBlock), factory=_default_angular)
+    l: tuple = _f(doc="angular orders l of q_l", kind=("list", int),
+                  factory=lambda: tuple(range(1, 13)))
+    generations: int = _f(2, "highest generation n of neighbour averaging ([CAGE] Eq. 9)", lo=0,
+                          hi=5)
+    r_generation: object = _f(AUTO, "r_c of generation averaging (σ) or 'auto' = second "
+                                    "minimum of g_AA", kind="float_or_auto")
+    truncation: float = _f(7.0, "Gaussians are cut at |r_ij − r| > truncation·δ", lo=3.0)
+
+
+@dataclass(frozen=True)
+class AlphaGrid:
+    min: float = _f(1e-5, "smallest ridge α", lo=0.0, lo_open=True)
+    max: float = _f(1e7, "largest ridge α", lo=0.0, lo_open=True)
+    count: int = _f(49, "log-spaced α values", lo=1)
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    state: str = _f("init", "coordinates the descriptors are computed on", choices=("init",))
+    generations: int = _f(2, "use generations 0..n", lo=0, hi=5)
+
+
+def _default_sets():
+    return {"init": FeatureSet("init", 2)}
+
+
+@dataclass(frozen=True)
+class FitsConfig:
+    test_fraction: float = _f(0.25, "fraction of snapshots held out for ρ(t)", lo=0.0, hi=1.0,
+                              lo_open=True, hi_open=True)
+    cv_folds: int = _f(4, "cross-validation folds, grouped by snapshot", lo=2)
+    alphas: AlphaGrid = _f(doc="ridge α grid (extended automatically at an edge optimum)",
+                           factory=AlphaGrid)
+    feature_sets: dict = _f(doc="named feature sets, each {state, generations}, fitted per "
+                                "species and time", kind=("dict", FeatureSet),
+                            factory=_default_sets)
+
+
+@dataclass(frozen=True)
+class Config:
+    output: str = _f(doc="HDF5 output path (relative to the working directory)")
+    model: ModelConfig = _f(doc="the glass former and state point")
+    snapshots: SnapshotsConfig = _f(doc="snapshot count")
+    iso: IsoConfig = _f(doc="isoconfigurational ensemble")
+    seed: int = _f(12345, "master seed; every stream derives from it and the task identity",
+                   lo=0)
+    md: MDConfig = _f(doc="LAMMPS integration and preparation", factory=MDConfig)
+    dynamics: DynamicsConfig = _f(doc="propensity and F_s", factory=DynamicsConfig)
+    descriptors: DescriptorsConfig = _f(doc="structural descriptor grids",
+                                        factory=DescriptorsConfig)
+    fits: FitsConfig = _f(doc="ridge fits", factory=FitsConfig)
+
+    # -- derived quantities (pure functions of the config) -------------------------------------
+    @property
+    def box_length(self):
+        return (self.model.n_particles / self.model.density) ** (1.0 / 3.0)
+
+    def replica_steps(self):
+        """(T,) int64 strictly increasing read-out step counts (duplicates after rounding dropped)."""
+        return _steps(self.iso.times, self.md.timestep)
+
+    def replica_times(self):
+        """(T,) float64 read-out times in τ (= steps · timestep)."""
+        return self.replica_steps() * self.md.timestep
+
+    def test_snapshots(self):
+        """Number of held-out snapshots for the fits."""
+        return max(1, int(round(self.fits.test_fraction * self.snapshots.count)))
+
+
+def _steps(times, dt):
+    if isinstance(times, TimesConfig):
+        t = np.logspace(math.log10(times.start), math.log10(times.stop), times.count)
+    else:
+        t = np.asarray(times, dtype=np.float64)
+    return np.unique(np.maximum(1, np.round(t / dt)).astype(np.int64))
+
+
+# -- building and checking --------------------------------------------------------------------
+
+def _type_name(kind):
+    return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(
+        kind, str(kind))
+
+
+def _scalar(value, kind, key):
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(key, f"must be an integer, got {value!r}")
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(key, f"must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(key, f"must be finite, got {value!r}")
+        return float(value)
+    if kind is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, f"must be a string, got {value!r}")
+        return value
+    raise TypeError(kind)
+
+
+def _check_range(value, meta, key):
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if lo is not None and (value < lo or (meta["lo_open"] and value == lo)):
+        raise ConfigError(key, f"must be {'>' if meta['lo_open'] else '≥'} {lo}, got {value!r}")
+    if hi is not None and (value > hi or (meta["hi_open"] and value == hi)):
+        raise ConfigError(key, f"must be {'<' if meta['hi_open'] else '≤'} {hi}, got {value!r}")
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(key, f"must be one of {list(choices)}, got {value!r}")
+
+
+def _build(cls, data, key):
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(key or "<top>", f"must be a mapping with keys {[f.name for f in fields(cls)]}, "
+                                          f"got {data!r}")
+    names = [f.name for f in fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        raise ConfigError(_join(key, str(unknown[0])), f"unknown key; allowed keys here: {names}")
+    kwargs = {}
+    for f in fields(cls):
+        sub = _join(key, f.name)
+        if f.name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(sub, f"required key is missing ({f.metadata.get('doc', '')})")
+            continue
+        kwargs[f.name] = _value(f, data[f.name], sub)
+    return cls(**kwargs)
+
+
+def _value(f, value, key):
+    meta = f.metadata
+    kind = meta.get("kind")
+    if kind == "times":
+        if isinstance(value, dict):
+            t = _build(TimesConfig, value, key)
+            if t.count > 1 and t.stop <= t.start:
+                raise ConfigError(_join(key, "stop"), f"must exceed start ({t.start}), got {t.stop}")
+            return t
+        if isinstance(value, list) and value:
+            vals = [_scalar(v, float, f"{key}[{i}]") for i, v in enumerate(value)]
+            for i in range(1, len(vals)):
+                if vals[i] <= vals[i - 1]:
+                    raise ConfigError(f"{key}[{i}]", f"times must be strictly increasing; "
+                                                     f"{vals[i]} follows {vals[i - 1]}")
+            if vals[0] <= 0:
+                raise ConfigError(f"{key}[0]", f"times must be > 0, got {vals[0]}")
+            return tuple(vals)
+        raise ConfigError(key, "must be {start, stop, count} or a non-empty list of times")
+    if kind == "float_or_auto":
+        if value == AUTO:
+            return AUTO
+        v = _scalar(value, float, key) if not isinstance(value, str) else None
+        if v is None or v <= 0:
+            raise ConfigError(key, f"must be 'auto' or a positive number, got {value!r}")
+        return v
+    if isinstance(kind, tuple) and kind[0] == "list":
+        if not isinstance(value, list) or not value:
+            raise ConfigError(key, "must be a non-empty list")
+        item = kind[1]
+        if dataclasses.is_dataclass(item):
+            return tuple(_build(item, v, f"{key}[{i}]") for i, v in enumerate(value))
+        out = tuple(_scalar(v, item, f"{key}[{i}]") for i, v in enumerate(value))
+        return out
+    if isinstance(kind, tuple) and kind[0] == "dict":
+        if not isinstance(value, dict) or not value:
+            raise ConfigError(key, "must be a non-empty mapping name → settings")
+        out = {}
+        for name, v in value.items():
+            if not isinstance(name, str) or not name.replace("_", "").replace("+", "").isalnum():
+                raise ConfigError(_join(key, str(name)),
+                                  "names may contain letters, digits, '_' and '+'")
+            out[name] = _build(kind[1], v, _join(key, name))
+        return out
+    if dataclasses.is_dataclass(f.type) or (isinstance(f.type, str) and f.type in _CLASSES):
+        cls = _CLASSES[f.type] if isinstance(f.type, str) else f.type
+        return _build(cls, value, key)
+    typ = f.type if not isinstance(f.type, str) else {"int": int, "float": float, "str": str}[f.type]
+    v = _scalar(value, typ, key)
+    _check_range(v, meta, key)
+    return v
+
+
+def _join(a, b):
+    return f"{a}.{b}" if a else b
+
+
+_CLASSES = {c.__name__: c for c in (ModelConfig, MDConfig, SnapshotsConfig, TimesConfig, IsoConfig,
+                                    DynamicsConfig, ShellBlock, DescriptorsConfig, AlphaGrid,
+                                    FeatureSet, FitsConfig)}
+
+
+def _cross_checks(cfg):
+    dt = cfg.md.timestep
+    t = cfg.iso.times
+    first = t.start if isinstance(t, TimesConfig) else t[0]
+    if first < dt * (1 - 1e-9):
+        raise ConfigError("iso.times", f"the first read-out time {first} is shorter than one "
+                                       f"timestep (md.timestep = {dt})")
+    for name in ("radial", "angular"):
+        for i, b in enumerate(getattr(cfg.descriptors, name)):
+            if b.r_max < b.r_min:
+                raise ConfigError(f"descriptors.{name}[{i}].r_max",
+                                  f"must be ≥ r_min ({b.r_min}), got {b.r_max}")
+            reach = b.r_max + cfg.descriptors.truncation * b.delta
+            if reach >= cfg.box_length / 2:
+                raise ConfigError(f"descriptors.{name}[{i}]",
+                                  f"shells reach r_max + truncation·δ = {reach:.3g} σ, which must be "
+                                  f"below half the box ({cfg.box_length / 2:.3g} σ for N = "
+                                  f"{cfg.model.n_particles}, ρ = {cfg.model.density})")
+    for i, l in enumerate(cfg.descriptors.l):
+        if not 0 <= l <= 20:
+            raise ConfigError(f"descriptors.l[{i}]", f"must be in 0..20, got {l}")
+    for name, fs in cfg.fits.feature_sets.items():
+        if fs.generations > cfg.descriptors.generations:
+            raise ConfigError(f"fits.feature_sets.{name}.generations",
+                              f"must be ≤ descriptors.generations ({cfg.descriptors.generations})")
+    if cfg.fits.alphas.max < cfg.fits.alphas.min:
+        raise ConfigError("fits.alphas.max", f"must be ≥ fits.alphas.min ({cfg.fits.alphas.min})")
+    n_train = cfg.snapshots.count - cfg.test_snapshots()
+    if n_train < cfg.fits.cv_folds:
+        raise ConfigError("fits.cv_folds",
+                          f"needs at least cv_folds training snapshots, but snapshots.count = "
+                          f"{cfg.snapshots.count} with fits.test_fraction = {cfg.fits.test_fraction} "
+                          f"leaves {n_train}; add snapshots or lower cv_folds")
+    from .models import get_model
+    counts = get_model(cfg.model.name).counts(cfg.model.n_particles)
+    if counts.min() < 1:
+        raise ConfigError("model.n_particles",
+                          f"too small: species counts would be {counts.tolist()}")
+
+
+def parse(text):
+    """Config from YAML text; raises ConfigError (naming the key) or a YAML parse error wrapped in
+    ConfigError('<yaml>', …)."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError("<yaml>", f"not valid YAML: {err}") from None
+    cfg = _build(Config, data, "")
+    _cross_checks(cfg)
+    return cfg
+
+
+def load(path):
+    """Read and validate a YAML file. Returns (Config, yaml_text)."""
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    return parse(text), text
+
+
+def describe():
+    """Text table of every key, its default and meaning (the documentation of the defaults)."""
+    lines = []
+
+    def walk(cls, prefix):
+        for f in fields(cls):
+            key = _join(prefix, f.name)
+            t = _CLASSES.get(f.type) if isinstance(f.type, str) else f.type
+            if f.default is not dataclasses.MISSING:
+                default = repr(f.default)
+            elif f.default_factory is not dataclasses.MISSING:
+                default = "(see below)" if dataclasses.is_dataclass(t) else repr(f.default_factory())
+            else:
+                default = "required"
+            lines.append(f"{key:34s} {default:28s} {f.metadata.get('doc', '')}")
+            if dataclasses.is_dataclass(t):
+                walk(t, key)
+
+    walk(Config, "")
+    return "\n".join(lines)

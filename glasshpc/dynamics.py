@@ -1,0 +1,113 @@
+"""Dynamics of isoconfigurational ensembles: propensity, F_s(q,t), τ_α, S(q).
+
+Reduced LJ units of species A (lengths σ_AA, times τ). Displacements are unwrapped
+r_i(t) − r_i(0) (SCIENCE.md §2).
+"""
+import numpy as np
+
+
+def propensity(displacements, kind="abs"):
+    """Dynamic propensity over the replicas of one snapshot ([CAGE] Eq. 4).
+
+    displacements : (R, T, N, 3) float, unwrapped r_i(t) − r_i(0) of R replicas
+    kind : 'abs' → ⟨|Δr_i(t)|⟩_iso ; 'squared' → ⟨|Δr_i(t)|²⟩_iso
+    Returns (T, N) float64. Replicas are summed in index order, so the result does not depend on
+    which rank ran which replica. Raises ValueError for an unknown kind or a bad shape.
+    """
+    d = np.asarray(displacements)
+    if d.ndim != 4 or d.shape[-1] != 3:
+        raise ValueError(f"displacements must have shape (R, T, N, 3), got {d.shape}")
+    r2 = np.einsum("rtnk,rtnk->rtn", d, d, dtype=np.float64)
+    if kind == "abs":
+        return np.sqrt(r2).mean(axis=0)
+    if kind == "squared":
+        return r2.mean(axis=0)
+    raise ValueError(f"propensity kind must be 'abs' or 'squared', got {kind!r}")
+
+
+def self_intermediate_scattering(displacements, types, q, n_species):
+    """Isotropic self-intermediate scattering function per species.
+
+    F_s(q,t) = ⟨(1/N_s) Σ_{j∈s} sin(q|Δr_j|)/(q|Δr_j|)⟩ over replicas — the orientational average of
+    exp(i q·Δr_j) (SCIENCE.md §2).
+
+    displacements : (R, T, N, 3); types : (N,) int; q : float (σ⁻¹)
+    Returns (n_species, T) float64.
+    """
+    d = np.asarray(displacements, dtype=np.float64)
+    r = np.sqrt(np.einsum("rtnk,rtnk->rtn", d, d))
+    f = np.sinc(q * r / np.pi)           # np.sinc(x) = sin(πx)/(πx)
+    out = np.empty((n_species, d.shape[1]))
+    for s in range(n_species):
+        out[s] = f[:, :, types == s].mean(axis=(0, 2))
+    return out
+
+
+def tau_alpha(times, fs, level=np.exp(-1.0)):
+    """Structural relaxation time: first t where F_s(q,t) falls below ``level`` (default 1/e),
+    linearly interpolated in log t. times (T,) increasing, fs (T,). Returns float (τ), or NaN when
+    F_s never reaches the level within the times."""
+    times = np.asarray(times, dtype=np.float64)
+    fs = np.asarray(fs, dtype=np.float64)
+    below = np.flatnonzero(fs < level)
+    if below.size == 0:
+        return float("nan")
+    k = below[0]
+    if k == 0:
+        return float(times[0])
+    lt0, lt1 = np.log(times[k - 1]), np.log(times[k])
+    w = (fs[k - 1] - level) / (fs[k - 1] - fs[k])
+    return float(np.exp(lt0 + w * (lt1 - lt0)))
+
+
+def q_grid(box, q_max=12.0, n_bins=120):
+    """Edges (n_bins + 1,) of the |q| bins used by :func:`structure_factor` (σ⁻¹)."""
+    return np.linspace(0.0, q_max, n_bins + 1)
+
+
+def structure_factor(positions, box, edges, max_vectors=20000):
+    """Static structure factor S(q) = ⟨|Σ_j exp(i q·r_j)|²⟩/N, averaged over the reciprocal-lattice
+    vectors q = 2π n/L falling into each |q| bin.
+
+    positions (N, 3) float64 (any image), box (3,), edges (B+1,) bin edges in σ⁻¹.
+    Returns (B,) float64 with NaN in bins holding no lattice vector. Bins with more than
+    ``max_vectors`` vectors use an evenly strided subset of them (deterministic).
+    """
+    pos = np.asarray(positions, dtype=np.float64)
+    box = np.asarray(box, dtype=np.float64)
+    qmax = edges[-1]
+    nmax = np.ceil(qmax * box / (2 * np.pi)).astype(int)
+    grids = [np.arange(-m, m + 1) for m in nmax]
+    n = np.stack(np.meshgrid(*grids, indexing="ij"), -1).reshape(-1, 3)
+    # keep one of each ±q pair: S(q) = S(−q)
+    keep = (n[:, 0] > 0) | ((n[:, 0] == 0) & ((n[:, 1] > 0) | ((n[:, 1] == 0) & (n[:, 2] > 0))))
+    qv = 2 * np.pi * n[keep] / box
+    qn = np.linalg.norm(qv, axis=1)
+    inside = (qn >= edges[0]) & (qn < qmax)
+    qv, qn = qv[inside], qn[inside]
+    idx = np.digitize(qn, edges) - 1
+    sel = []
+    for b in range(len(edges) - 1):
+        members = np.flatnonzero(idx == b)
+        if members.size > max_vectors:
+            members = members[:: int(np.ceil(members.size / max_vectors))]
+        sel.append(members)
+    sel = np.concatenate(sel)
+    qv, idx = qv[sel], idx[sel]
+    sq = np.empty(len(qv))
+    for start in range(0, len(qv), 2048):
+        phase = pos @ qv[start:start + 2048].T
+        sq[start:start + 2048] = (np.cos(phase).sum(0) ** 2 + np.sin(phase).sum(0) ** 2) / len(pos)
+    out = np.full(len(edges) - 1, np.nan)
+    for b in range(len(edges) - 1):
+        m = idx == b
+        if m.any():
+            out[b] = sq[m].mean()
+    return out
+
+
+def first_peak(edges, sq, q_min=3.0):
+    """|q| (bin centre, σ⁻¹) of the highest S(q) above ``q_min`` (skips the small-q region)."""
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    ok = np.isfinite(sq) & (centres > q_min)
+    return float(centres[ok][np.argmax(sq[ok])])

