@@ -251,3 +251,23 @@ def test_mpi_rank_without_rows():
     par = GroupedRidgeCV(alphas=np.logspace(-2, 3, 11), comm=comm).fit(X[sel], Y[sel], g[sel])
     np.testing.assert_array_equal(par.alpha_, serial.alpha_)
     assert rel(par.coef_, serial.coef_) < 1e-10
+
+
+def test_block_size_does_not_matter(monkeypatch):
+    """Row blocks lying in one fold (sorted rows) and blocks straddling folds give the same statistics."""
+    import glasshpc.learn.ridge as ridge_mod
+
+    X, Y, g = make_problem(seed=14, T=2)
+    kw = dict(alphas=np.logspace(-2, 4, 13), seed=1)
+    ref = GroupedRidgeCV(**kw).fit(X, Y, g)  # one block holding every fold
+    for block in (60, 37):  # 60 = one snapshot per block; 37 straddles snapshots
+        monkeypatch.setattr(ridge_mod, "_BLOCK_ROWS", block)
+        for method in ("gram", "direct"):
+            m = GroupedRidgeCV(cv_method=method, **kw).fit(X, Y, g)
+            np.testing.assert_array_equal(m.alpha_, ref.alpha_)
+            assert rel(m.cv_mse_, ref.cv_mse_) < 1e-10 and rel(m.coef_, ref.coef_) < 1e-10
+    # float32 input is accumulated in float64
+    monkeypatch.setattr(ridge_mod, "_BLOCK_ROWS", 37)
+    m32 = GroupedRidgeCV(**kw).fit(X.astype(np.float32), Y, g)
+    ref32 = GroupedRidgeCV(**kw).fit(X.astype(np.float32).astype(np.float64), Y, g)
+    assert rel(m32.coef_, ref32.coef_) < 1e-10

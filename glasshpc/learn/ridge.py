@@ -504,12 +504,26 @@ class GroupedRidgeCV:
         sxy = np.zeros((K, F, T))
         xmin = np.full((K, F), np.inf)
         xmax = np.full((K, F), -np.inf)
-        for k in range(K):
-            idx = np.flatnonzero(row_fold == k)
-            cnt[k] = idx.size
-            for blk in self._blocks(idx):
-                xb = X[blk].astype(np.float64, copy=False) - sx
-                yb = Y[blk] - sy
+        # contiguous row blocks (no fancy-index copy when a block lies in one fold, the usual case for rows
+        # sorted by snapshot); the shifted block goes into one reused buffer
+        buf = np.empty((min(_BLOCK_ROWS, X.shape[0]), F))
+        for a in range(0, X.shape[0], _BLOCK_ROWS):
+            b = min(a + _BLOCK_ROWS, X.shape[0])
+            fb = row_fold[a:b]
+            ks = np.unique(fb)
+            for k in ks:
+                if ks.size == 1:
+                    m = b - a
+                    xb = np.subtract(X[a:b], sx, out=buf[:m])
+                    yb = Y[a:b] - sy
+                else:
+                    sel = np.flatnonzero(fb == k) + a
+                    m = sel.size
+                    xb = np.take(X, sel, axis=0, out=buf[:m]) if X.dtype == np.float64 \
+                        else np.asarray(X[sel], dtype=np.float64)
+                    xb -= sx
+                    yb = Y[sel] - sy
+                cnt[k] += m
                 sxv[k] += xb.sum(0)
                 syv[k] += yb.sum(0)
                 syy[k] += np.einsum("ij,ij->j", yb, yb)
