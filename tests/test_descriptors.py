@@ -243,3 +243,22 @@ def test_second_minimum_on_thermal_fcc():
     assert abs(r[np.argmax(g[(0, 0)])] - d1) < 0.05
     rmin = second_minimum_gAA(snaps, types, [box] * 3)
     assert np.sqrt(2) * d1 + 0.05 < rmin < np.sqrt(3) * d1 - 0.05
+
+
+@pytest.mark.parametrize("n, box, cutoff", [
+    (260, BOX, 3.6),                        # nc = 1..4 per axis, every cell aliased
+    (400, np.array([6.0, 14.0, 9.0]), 2.9),  # mixed: aliased along x, pruned stencil along y
+    (900, np.array([9.0, 9.0, 9.0]), 1.3),   # many small cells
+    (3, np.array([4.0, 4.0, 4.0]), 1.5),     # almost empty
+])
+def test_neighbor_list_matches_brute_force(n, box, cutoff):
+    rng = np.random.default_rng(n)
+    pos = rng.random((n, 3)) * box + box * rng.integers(-2, 3, size=(n, 3))
+    nl = NeighborList(pos, box, cutoff)
+    d, r = _pair_vectors(pos, box)
+    for i in range(n):
+        row = slice(nl.offsets[i], nl.offsets[i + 1])
+        js = nl.neighbors[row]
+        assert sorted(js.tolist()) == np.flatnonzero(r[i] < cutoff).tolist()
+        np.testing.assert_allclose(nl.vectors[row], d[i, js], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(nl.distances[row], r[i, js], rtol=0, atol=1e-12)

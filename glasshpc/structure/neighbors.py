@@ -33,104 +33,170 @@ def _wrap(positions, box):
 
 
 @njit(cache=True)
-def _cells(wrapped, box, cutoff):
+def _grid(box, cutoff, n):
+    """Cells per axis: edge h_d = box_d / nc_d >= cutoff / k, with k (<= 4) chosen so that a cell holds ~3
+    particles; finer cells let the stencil follow the cutoff sphere instead of a (3 cutoff)^3 cube."""
+    vol = box[0] * box[1] * box[2]
+    rho = n / vol
+    h_target = cutoff
+    if rho > 0.0:
+        h_target = max(cutoff / 4.0, (3.0 / rho) ** (1.0 / 3.0))
+    k = max(1, min(4, int(np.ceil(cutoff / h_target - 1e-9))))
     nc = np.empty(3, np.int64)
     for d in range(3):
-        nc[d] = max(1, int(np.floor(box[d] / cutoff)))
-    ncell = nc[0] * nc[1] * nc[2]
-    head = -np.ones(ncell, np.int64)
-    nxt = -np.ones(wrapped.shape[0], np.int64)
-    cell_of = np.empty(wrapped.shape[0], np.int64)
-    for i in range(wrapped.shape[0]):
-        c = 0
-        for d in range(3):
-            k = int(wrapped[i, d] / box[d] * nc[d])
-            if k >= nc[d]:
-                k = nc[d] - 1
-            c = c * nc[d] + k
-        cell_of[i] = c
-        nxt[i] = head[c]
-        head[c] = i
-    return nc, head, nxt, cell_of
+        nc[d] = max(1, int(np.floor(box[d] * k / cutoff)))
+    return nc
 
 
 @njit(cache=True)
-def _stencil(c, nc):
-    """Distinct neighbouring cells of cell c (27 or fewer when nc < 3 along an axis)."""
-    cz = c % nc[2]
-    cy = (c // nc[2]) % nc[1]
-    cx = c // (nc[1] * nc[2])
-    out = np.empty(27, np.int64)
-    m = 0
-    for dx in range(-1, 2):
-        x = (cx + dx) % nc[0]
-        for dy in range(-1, 2):
-            y = (cy + dy) % nc[1]
-            for dz in range(-1, 2):
-                z = (cz + dz) % nc[2]
-                cc = (x * nc[1] + y) * nc[2] + z
-                dup = False
-                for k in range(m):
-                    if out[k] == cc:
-                        dup = True
-                        break
-                if not dup:
-                    out[m] = cc
-                    m += 1
-    return out[:m]
-
-
-@njit(cache=True)
-def _pass(wrapped, box, cutoff, nc, head, nxt, cell_of, offsets, nbr, vec, dist, fill):
-    n = wrapped.shape[0]
+def _stencil_offsets(box, cutoff, nc):
+    """Cell offsets (distinct modulo nc) whose cells can hold a particle within cutoff of the central cell."""
+    lo = np.empty(3, np.int64)
+    hi = np.empty(3, np.int64)
+    h = np.empty(3)
+    for d in range(3):
+        h[d] = box[d] / nc[d]
+        kd = int(np.ceil(cutoff / h[d] - 1e-12))
+        if 2 * kd + 1 >= nc[d]:  # every cell along this axis, each once (minimal-|o| representative)
+            lo[d] = -((nc[d] - 1) // 2)
+            hi[d] = nc[d] // 2
+        else:
+            lo[d] = -kd
+            hi[d] = kd
+    m = (hi[0] - lo[0] + 1) * (hi[1] - lo[1] + 1) * (hi[2] - lo[2] + 1)
+    out = np.empty((m, 3), np.int64)
+    c = 0
     rc2 = cutoff * cutoff
-    for i in range(n):
-        st = _stencil(cell_of[i], nc)
-        k = offsets[i] if fill else 0
-        cnt = 0
-        for s in range(st.shape[0]):
-            j = head[st[s]]
-            while j >= 0:
-                if j != i:
-                    dx = wrapped[j, 0] - wrapped[i, 0]
-                    dy = wrapped[j, 1] - wrapped[i, 1]
-                    dz = wrapped[j, 2] - wrapped[i, 2]
-                    dx -= box[0] * np.rint(dx / box[0])
-                    dy -= box[1] * np.rint(dy / box[1])
-                    dz -= box[2] * np.rint(dz / box[2])
-                    r2 = dx * dx + dy * dy + dz * dz
-                    if r2 < rc2:
-                        if fill:
-                            nbr[k] = j
-                            vec[k, 0] = dx
-                            vec[k, 1] = dy
-                            vec[k, 2] = dz
-                            dist[k] = np.sqrt(r2)
-                            k += 1
-                        cnt += 1
-                j = nxt[j]
-        if not fill:
-            offsets[i + 1] = cnt
+    for ox in range(lo[0], hi[0] + 1):
+        gx = max(0, abs(ox) - 1) * h[0]
+        for oy in range(lo[1], hi[1] + 1):
+            gy = max(0, abs(oy) - 1) * h[1]
+            for oz in range(lo[2], hi[2] + 1):
+                gz = max(0, abs(oz) - 1) * h[2]
+                if gx * gx + gy * gy + gz * gz < rc2:
+                    out[c, 0] = ox
+                    out[c, 1] = oy
+                    out[c, 2] = oz
+                    c += 1
+    return out[:c]
 
 
 @njit(cache=True)
 def _neighbor_list(positions, box, cutoff):
     wrapped = _wrap(positions, box)
-    nc, head, nxt, cell_of = _cells(wrapped, box, cutoff)
     n = positions.shape[0]
-    offsets = np.zeros(n + 1, np.int64)
-    dummy_i = np.empty(0, np.int64)
-    dummy_v = np.empty((0, 3))
-    dummy_d = np.empty(0)
-    _pass(wrapped, box, cutoff, nc, head, nxt, cell_of, offsets, dummy_i, dummy_v, dummy_d, False)
+    nc = _grid(box, cutoff, n)
+    ncell = nc[0] * nc[1] * nc[2]
+    # counting sort of particles by cell: cell c holds order[start[c]:start[c+1]], positions xs in that order
+    cx = np.empty((n, 3), np.int64)
+    cell_of = np.empty(n, np.int64)
+    start = np.zeros(ncell + 1, np.int64)
     for i in range(n):
-        offsets[i + 1] += offsets[i]
-    m = offsets[n]
-    nbr = np.empty(m, np.int64)
-    vec = np.empty((m, 3))
-    dist = np.empty(m)
-    _pass(wrapped, box, cutoff, nc, head, nxt, cell_of, offsets, nbr, vec, dist, True)
-    return offsets, nbr, vec, dist
+        c = 0
+        for d in range(3):
+            k = int(wrapped[i, d] / box[d] * nc[d])
+            if k >= nc[d]:
+                k = nc[d] - 1
+            cx[i, d] = k
+            c = c * nc[d] + k
+        cell_of[i] = c
+        start[c + 1] += 1
+    for c in range(ncell):
+        start[c + 1] += start[c]
+    fill = start[:-1].copy()
+    order = np.empty(n, np.int64)
+    xs = np.empty((n, 3))
+    for i in range(n):
+        p = fill[cell_of[i]]
+        fill[cell_of[i]] += 1
+        order[p] = i
+        xs[p, 0] = wrapped[i, 0]
+        xs[p, 1] = wrapped[i, 1]
+        xs[p, 2] = wrapped[i, 2]
+    offs = _stencil_offsets(box, cutoff, nc)
+    # per-axis wrap tables: cell index of c + o is wrap[d, c + o - lo[d]] (no modulo in the particle loop)
+    nst = offs.shape[0]
+    lo = np.empty(3, np.int64)
+    width = 0
+    for d in range(3):
+        lo[d] = offs[:, d].min()
+        width = max(width, nc[d] + offs[:, d].max() - lo[d])
+    wrap = np.zeros((3, width), np.int64)
+    for d in range(3):
+        for t in range(nc[d] + offs[:, d].max() - lo[d]):
+            wrap[d, t] = (t + lo[d]) % nc[d]
+    st = np.empty(nst, np.int64)
+    vol = box[0] * box[1] * box[2]
+    cap = int(1.15 * n * n / vol * 4.18879 * cutoff ** 3) + 16 * n + 16
+    nbr = np.empty(cap, np.int64)
+    vec = np.empty((cap, 3))
+    dist = np.empty(cap)
+    offsets = np.zeros(n + 1, np.int64)
+    k = 0
+    for i in range(n):
+        cand = 0
+        for s in range(nst):
+            c = (wrap[0, cx[i, 0] + offs[s, 0] - lo[0]] * nc[1] + wrap[1, cx[i, 1] + offs[s, 1] - lo[1]]) * nc[2] \
+                + wrap[2, cx[i, 2] + offs[s, 2] - lo[2]]
+            st[s] = c
+            cand += start[c + 1] - start[c]
+        if k + cand > cap:
+            cap = max(2 * cap, k + cand)
+            nbr2 = np.empty(cap, np.int64)
+            vec2 = np.empty((cap, 3))
+            dist2 = np.empty(cap)
+            nbr2[:k] = nbr[:k]
+            vec2[:k] = vec[:k]
+            dist2[:k] = dist[:k]
+            nbr, vec, dist = nbr2, vec2, dist2
+        k = _row(i, wrapped, box, cutoff * cutoff, st, start, order, xs, nbr, vec, dist, k)
+        offsets[i + 1] = k
+    if k < 0.8 * cap:
+        return offsets, nbr[:k].copy(), vec[:k].copy(), dist[:k].copy()
+    return offsets, nbr[:k], vec[:k], dist[:k]
+
+
+@njit(cache=True)
+def _row(i, wrapped, box, rc2, st, start, order, xs, nbr, vec, dist, k):
+    """Append the neighbours of i (scanning the stencil cells st) at nbr/vec/dist[k:], return the new k."""
+    x0 = wrapped[i, 0]
+    y0 = wrapped[i, 1]
+    z0 = wrapped[i, 2]
+    b0 = box[0]
+    b1 = box[1]
+    b2 = box[2]
+    hb0 = 0.5 * b0
+    hb1 = 0.5 * b1
+    hb2 = 0.5 * b2
+    for s in range(st.shape[0]):
+        c = st[s]
+        for p in range(start[c], start[c + 1]):
+            dx = xs[p, 0] - x0
+            dy = xs[p, 1] - y0
+            dz = xs[p, 2] - z0
+            if dx > hb0:
+                dx -= b0
+            elif dx < -hb0:
+                dx += b0
+            if dy > hb1:
+                dy -= b1
+            elif dy < -hb1:
+                dy += b1
+            if dz > hb2:
+                dz -= b2
+            elif dz < -hb2:
+                dz += b2
+            r2 = dx * dx + dy * dy + dz * dz
+            if r2 < rc2:
+                j = order[p]
+                if j != i:
+                    nbr[k] = j
+                    vec[k, 0] = dx
+                    vec[k, 1] = dy
+                    vec[k, 2] = dz
+                    dist[k] = np.sqrt(r2)
+                    k += 1
+    return k
 
 
 class NeighborList:
