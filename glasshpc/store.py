@@ -5,8 +5,10 @@ While a run is in progress everything lives in ``<output>.partial/``:
 * **mpio mode** (h5py built with MPI): one file ``data.h5`` opened by all ranks with
   ``driver='mpio'``; datasets are created collectively from the declared layout and each rank writes
   the slots of its own tasks.
-* **shard mode** (serial h5py, e.g. the pip wheel): each rank writes ``shard-RRRRR.h5``; slots are
-  recorded with the shard that holds them, so any rank can read any slot after a :meth:`Store.sync`.
+* **shard mode** (serial h5py, e.g. the pip wheel): between two :meth:`Store.sync` calls (a
+  *segment*, i.e. a stage) each rank writes its own ``shard-rRRRRR-sSS.h5``; a shard is never opened
+  for writing again once its segment ends, so any rank can read any slot of an earlier segment
+  without racing a writer (HDF5 file locks). Slots are recorded with the shard that holds them.
   :meth:`Store.finalize` copies every slot into the final file and refuses to finish if a declared
   slot or a shard is missing.
 
@@ -61,7 +63,8 @@ class Store:
         err = ctx.comm.bcast(err, root=0)
         if err:
             raise FileExistsError(err)
-        self.owner = {name: {} for name in self.layout}   # name → {slot tuple: shard rank}
+        self.owner = {name: {} for name in self.layout}   # name → {slot: (rank, segment)}
+        self.segment = 0
         self._new = {name: {} for name in self.layout}
         self._readers = {}
         self._fh = None
@@ -71,16 +74,15 @@ class Store:
             for name, (shape, dtype) in self.layout.items():
                 self._fh.create_dataset(name, shape=shape, dtype=dtype,
                                         chunks=_chunks(shape, dtype), fillvalue=_fill(dtype))
-        else:
-            self._open_shard()
 
     # -- shard helpers -------------------------------------------------------------------------
-    def _shard_path(self, rank):
-        return os.path.join(self.partial, f"shard-{rank:05d}.h5")
+    def _shard_path(self, shard):
+        rank, segment = shard
+        return os.path.join(self.partial, f"shard-r{rank:05d}-s{segment:02d}.h5")
 
     def _open_shard(self):
         if self._fh is None:
-            self._fh = h5py.File(self._shard_path(self.ctx.rank), "a")
+            self._fh = h5py.File(self._shard_path((self.ctx.rank, self.segment)), "w")
 
     def _dataset(self, name):
         shape, dtype = self.layout[name]
@@ -96,7 +98,7 @@ class Store:
         if self.mode == "shards":
             self._open_shard()
         self._dataset(name)[slot] = array
-        self._new[name][slot] = self.ctx.rank
+        self._new[name][slot] = (self.ctx.rank, self.segment)
 
     def flush(self):
         if self._fh is not None:
@@ -118,6 +120,7 @@ class Store:
             for name, slots in part.items():
                 self.owner[name].update(slots)
         self._new = {name: {} for name in self.layout}
+        self.segment += 1
         self.ctx.comm.Barrier()
 
     def has(self, name, slot):

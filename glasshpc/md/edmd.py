@@ -105,23 +105,32 @@ def maxwell_boltzmann(n, T=1.0, seed_or_rng=None):
 # --------------------------------------------------------------------------------------
 # numba kernels
 # --------------------------------------------------------------------------------------
-# prm (float64): 0-2 box, 3 shell, 4 s0 (diameter scale at kernel time 0), 5 gamma (ds/dt)
-# ist (int64 stats): 0 collisions, 1 events, 2 rebuilds, 3 stale events
+# Particle state, one 64-byte row (one cache line) per particle:
+#   st[i] = (x, y, z, t_i, vx, vy, vz, a_i): position at the particle's own local time t_i,
+#   velocity, and radius a_i = sigma_i / 2 (target radius; the actual one is a_i * s(t)).
+# prm (float64): 0-2 box, 3 shell, 4 s0 (diameter scale at kernel time 0), 5 gamma (ds/dt),
+#                6-8 half box, 9 1/bucket width, 10 bucket width
+# cst (int64 calendar state): 0 current bucket cb, 1 small-heap size, 2 ring mask (NB - 1),
+#                3 events in the ring
+# ist (int64 stats): 0 collisions, 1 events, 2 list rebuilds, 3 stale events
 # fst (float64 stats): 0 collision virial sum |r_ij . dv_ij|
+_X, _Y, _Z, _T, _VX, _VY, _VZ, _A = 0, 1, 2, 3, 4, 5, 6, 7
+_JIT = dict(cache=True, error_model="numpy", boundscheck=False)
 
-@njit(cache=True, inline="always")
-def _heap_fix(i, ev_time, heap, hpos, n):
-    """Restore the heap property after ev_time[i] changed."""
-    k = hpos[i]
-    key = ev_time[i]
+
+# ---- Paul's event calendar: ring of NB buckets of width w, overflow list, and a small
+# ---- indexed binary heap holding the events of the current bucket.
+@njit(inline="always", **_JIT)
+def _sh_place(i, k, key, ev_time, sh, shpos, n):
+    """Put particle i (event time key) into heap hole k of a heap of size n, sifting."""
     moved = False
     while k > 0:
         p = (k - 1) >> 1
-        hp = heap[p]
+        hp = sh[p]
         if ev_time[hp] <= key:
             break
-        heap[k] = hp
-        hpos[hp] = k
+        sh[k] = hp
+        shpos[hp] = k
         k = p
         moved = True
     if not moved:
@@ -129,10 +138,10 @@ def _heap_fix(i, ev_time, heap, hpos, n):
             c = 2 * k + 1
             if c >= n:
                 break
-            hc = heap[c]
+            hc = sh[c]
             tc = ev_time[hc]
             if c + 1 < n:
-                hc2 = heap[c + 1]
+                hc2 = sh[c + 1]
                 tc2 = ev_time[hc2]
                 if tc2 < tc:
                     c += 1
@@ -140,59 +149,176 @@ def _heap_fix(i, ev_time, heap, hpos, n):
                     tc = tc2
             if tc >= key:
                 break
-            heap[k] = hc
-            hpos[hc] = k
+            sh[k] = hc
+            shpos[hc] = k
             k = c
-    heap[k] = i
-    hpos[i] = k
+    sh[k] = i
+    shpos[i] = k
 
 
-@njit(cache=True, inline="always")
-def _pair_time(dx, dy, dz, dvx, dvy, dvz, sig, sdot):
-    """Earliest t >= 0 with |dr + dv t| = sig + sdot t (inf if none)."""
-    b = dx * dvx + dy * dvy + dz * dvz
-    c = dx * dx + dy * dy + dz * dz - sig * sig
-    if sdot == 0.0:
-        if b >= 0.0:
-            return _INF
-        if c <= 0.0:
-            return 0.0
-        a = dvx * dvx + dvy * dvy + dvz * dvz
-        disc = b * b - a * c
-        if disc < 0.0:
-            return _INF
-        return c / (-b + math.sqrt(disc))
-    a = dvx * dvx + dvy * dvy + dvz * dvz - sdot * sdot
-    bb = b - sig * sdot
-    if bb >= 0.0 and a >= 0.0:
-        return _INF
-    if c <= 0.0:
-        if bb < 0.0:
-            return 0.0
-        return -2.0 * bb / a  # a < 0 here: separating now, caught up by growth later
-    disc = bb * bb - a * c
-    if disc < 0.0:
-        return _INF
-    return c / (-bb + math.sqrt(disc))
+@njit(inline="always", **_JIT)
+def _cal_insert(i, ev_time, where, cnx, cpv, ring, sh, shpos, cst, prm):
+    x = ev_time[i] * prm[9]
+    cb = cst[0]
+    nb = cst[2] + 1
+    if x < cb + 1:
+        n = cst[1]
+        cst[1] = n + 1
+        where[i] = -2
+        _sh_place(i, n, ev_time[i], ev_time, sh, shpos, n + 1)
+    else:
+        if x < cb + nb:
+            w = int(x) & cst[2]
+            cst[3] += 1
+        else:
+            w = nb
+        h = ring[w]
+        cnx[i] = h
+        cpv[i] = -1
+        if h >= 0:
+            cpv[h] = i
+        ring[w] = i
+        where[i] = w
 
 
-@njit(cache=True)
-def _predict(i, t, r, v, tl, ctr, diam, nbr, nn, ccount, ev_time, ev_partner, ev_pcount, prm):
-    """Schedule the earliest event of particle i (local state valid, current time t)."""
+@njit(inline="always", **_JIT)
+def _cal_remove(i, ev_time, where, cnx, cpv, ring, sh, shpos, cst):
+    w = where[i]
+    if w == -2:
+        k = shpos[i]
+        n = cst[1] - 1
+        cst[1] = n
+        if k < n:
+            last = sh[n]
+            _sh_place(last, k, ev_time[last], ev_time, sh, shpos, n)
+    else:
+        p = cpv[i]
+        q = cnx[i]
+        if p >= 0:
+            cnx[p] = q
+        else:
+            ring[w] = q
+        if q >= 0:
+            cpv[q] = p
+        if w <= cst[2]:
+            cst[3] -= 1
+
+
+@njit(**_JIT)
+def _cal_next(ev_time, where, cnx, cpv, ring, sh, shpos, cst, prm):
+    """Particle with the earliest event (-1 if every event is at infinity)."""
+    mask = cst[2]
+    nb = mask + 1
+    inv = prm[9]
+    while cst[1] == 0:
+        if cst[3] == 0:
+            # ring empty: jump towards the earliest overflow event
+            xmin = _INF
+            j = ring[nb]
+            while j >= 0:
+                x = ev_time[j] * inv
+                if x < xmin:
+                    xmin = x
+                j = cnx[j]
+            if not xmin < 4.0e18:
+                return -1
+            target = (int(xmin) & ~mask) - 1
+            if target > cst[0]:
+                cst[0] = target
+        cb = cst[0] + 1
+        cst[0] = cb
+        if (cb & mask) == 0:
+            j = ring[nb]
+            while j >= 0:
+                q = cnx[j]
+                x = ev_time[j] * inv
+                if x < cb + nb:
+                    p = cpv[j]
+                    if p >= 0:
+                        cnx[p] = q
+                    else:
+                        ring[nb] = q
+                    if q >= 0:
+                        cpv[q] = p
+                    w = int(x) & mask
+                    h = ring[w]
+                    cnx[j] = h
+                    cpv[j] = -1
+                    if h >= 0:
+                        cpv[h] = j
+                    ring[w] = j
+                    where[j] = w
+                    cst[3] += 1
+                j = q
+        w = cb & mask
+        j = ring[w]
+        ring[w] = -1
+        while j >= 0:
+            q = cnx[j]
+            n = cst[1]
+            cst[1] = n + 1
+            where[j] = -2
+            _sh_place(j, n, ev_time[j], ev_time, sh, shpos, n + 1)
+            cst[3] -= 1
+            j = q
+    return sh[0]
+
+
+@njit(**_JIT)
+def _cal_build(ev_time, where, cnx, cpv, ring, sh, shpos, cst, prm):
+    """Empty the calendar, choose the bucket width (~2 events per bucket) and insert all."""
+    n = ev_time.shape[0]
+    ring[:] = -1
+    cst[0] = 0
+    cst[1] = 0
+    cst[3] = 0
+    t0 = _INF
+    for i in range(n):
+        if ev_time[i] < t0:
+            t0 = ev_time[i]
+    tot = 0.0
+    m = 0
+    for i in range(n):
+        if ev_time[i] < 1e300:
+            tot += ev_time[i] - t0
+            m += 1
+    width = 1.0
+    if m > 0 and tot > 0.0:
+        width = 2.0 * tot / m / n
+    if not t0 < 1e300:
+        t0 = 0.0
+    prm[10] = width
+    prm[9] = 1.0 / width
+    x0 = t0 * prm[9]
+    if x0 < 4.0e18:
+        cst[0] = int(x0)
+    for i in range(n):
+        _cal_insert(i, ev_time, where, cnx, cpv, ring, sh, shpos, cst, prm)
+
+
+# ---- prediction
+@njit(inline="always", **_JIT)
+def _predict(i, t, st, ctr, nbr, nn, ccount, ev_time, ev_partner, ev_pcount, prm):
+    """Schedule the earliest event of particle i at current time t: leaving its shell or
+    colliding with a listed neighbour."""
     lx = prm[0]
     ly = prm[1]
     lz = prm[2]
+    hx = prm[6]
+    hy = prm[7]
+    hz = prm[8]
     shell = prm[3]
     gamma = prm[5]
     s = prm[4] + gamma * t
-    dti = t - tl[i]
-    vix = v[i, 0]
-    viy = v[i, 1]
-    viz = v[i, 2]
-    xi = r[i, 0] + vix * dti
-    yi = r[i, 1] + viy * dti
-    zi = r[i, 2] + viz * dti
-    # leaving the shell
+    dti = t - st[i, _T]
+    vix = st[i, _VX]
+    viy = st[i, _VY]
+    viz = st[i, _VZ]
+    xi = st[i, _X] + vix * dti
+    yi = st[i, _Y] + viy * dti
+    zi = st[i, _Z] + viz * dti
+    ai = st[i, _A]
+    # leaving the shell: |x_i + v_i tau - c_i| = shell
     ex = xi - ctr[i, 0]
     ey = yi - ctr[i, 1]
     ez = zi - ctr[i, 2]
@@ -206,84 +332,201 @@ def _predict(i, t, r, v, tl, ctr, diam, nbr, nn, ccount, ev_time, ev_partner, ev
         else:
             best = (-b + math.sqrt(b * b - a * c)) / a
     partner = -1
-    di = diam[i]
-    for k in range(nn[i]):
-        j = nbr[i, k]
-        dtj = t - tl[j]
-        dvx = v[j, 0] - vix
-        dvy = v[j, 1] - viy
-        dvz = v[j, 2] - viz
-        dx = r[j, 0] + v[j, 0] * dtj - xi
-        dy = r[j, 1] + v[j, 1] * dtj - yi
-        dz = r[j, 2] + v[j, 2] * dtj - zi
-        dx -= lx * np.rint(dx / lx)
-        dy -= ly * np.rint(dy / ly)
-        dz -= lz * np.rint(dz / lz)
-        sig0 = 0.5 * (di + diam[j])
-        tc = _pair_time(dx, dy, dz, dvx, dvy, dvz, sig0 * s, sig0 * gamma)
-        if tc < best:
-            best = tc
-            partner = j
+    if gamma == 0.0:
+        for k in range(nn[i]):
+            j = nbr[i, k]
+            dtj = t - st[j, _T]
+            vjx = st[j, _VX]
+            vjy = st[j, _VY]
+            vjz = st[j, _VZ]
+            dx = st[j, _X] + vjx * dtj - xi
+            dy = st[j, _Y] + vjy * dtj - yi
+            dz = st[j, _Z] + vjz * dtj - zi
+            if dx > hx:
+                dx -= lx
+            elif dx < -hx:
+                dx += lx
+            if dy > hy:
+                dy -= ly
+            elif dy < -hy:
+                dy += ly
+            if dz > hz:
+                dz -= lz
+            elif dz < -hz:
+                dz += lz
+            dvx = vjx - vix
+            dvy = vjy - viy
+            dvz = vjz - viz
+            b = dx * dvx + dy * dvy + dz * dvz
+            if b >= 0.0:
+                continue
+            sig = ai + st[j, _A]
+            c = dx * dx + dy * dy + dz * dz - sig * sig
+            # lower bound c / (-2b) of the contact time: skip the root if it cannot win
+            if c >= -2.0 * b * best:
+                continue
+            if c <= 0.0:
+                tc = 0.0
+            else:
+                v2 = dvx * dvx + dvy * dvy + dvz * dvz
+                disc = b * b - v2 * c
+                if disc < 0.0:
+                    continue
+                tc = c / (-b + math.sqrt(disc))
+            if tc < best:
+                best = tc
+                partner = j
+    else:
+        for k in range(nn[i]):
+            j = nbr[i, k]
+            dtj = t - st[j, _T]
+            vjx = st[j, _VX]
+            vjy = st[j, _VY]
+            vjz = st[j, _VZ]
+            dx = st[j, _X] + vjx * dtj - xi
+            dy = st[j, _Y] + vjy * dtj - yi
+            dz = st[j, _Z] + vjz * dtj - zi
+            if dx > hx:
+                dx -= lx
+            elif dx < -hx:
+                dx += lx
+            if dy > hy:
+                dy -= ly
+            elif dy < -hy:
+                dy += ly
+            if dz > hz:
+                dz -= lz
+            elif dz < -hz:
+                dz += lz
+            dvx = vjx - vix
+            dvy = vjy - viy
+            dvz = vjz - viz
+            sig0 = ai + st[j, _A]
+            sig = sig0 * s
+            sdot = sig0 * gamma
+            # |dr + dv tau|^2 = (sig + sdot tau)^2  ->  A tau^2 + 2 B tau + C = 0
+            aa = dvx * dvx + dvy * dvy + dvz * dvz - sdot * sdot
+            bb = dx * dvx + dy * dvy + dz * dvz - sig * sdot
+            cc = dx * dx + dy * dy + dz * dz - sig * sig
+            if bb >= 0.0 and aa >= 0.0:
+                continue
+            if cc <= 0.0:
+                if bb < 0.0:
+                    tc = 0.0
+                else:
+                    tc = -2.0 * bb / aa   # aa < 0: separating, caught up by the growth later
+            else:
+                disc = bb * bb - aa * cc
+                if disc < 0.0:
+                    continue
+                tc = cc / (-bb + math.sqrt(disc))
+            if tc < best:
+                best = tc
+                partner = j
     ev_time[i] = t + best
     ev_partner[i] = partner
     if partner >= 0:
         ev_pcount[i] = ccount[partner]
 
 
-@njit(cache=True)
+@njit(inline="always", **_JIT)
 def _cell_index(x, y, z, nc, prm):
     cx = int(x / prm[0] * nc[0])
     cy = int(y / prm[1] * nc[1])
     cz = int(z / prm[2] * nc[2])
-    if cx >= nc[0]:
-        cx = nc[0] - 1
-    if cy >= nc[1]:
-        cy = nc[1] - 1
-    if cz >= nc[2]:
-        cz = nc[2] - 1
-    if cx < 0:
-        cx = 0
-    if cy < 0:
-        cy = 0
-    if cz < 0:
-        cz = 0
+    cx = min(max(cx, 0), nc[0] - 1)
+    cy = min(max(cy, 0), nc[1] - 1)
+    cz = min(max(cz, 0), nc[2] - 1)
     return (cx * nc[1] + cy) * nc[2] + cz
 
 
-@njit(cache=True)
-def _rebuild(i, t, r, v, tl, ctr, img, diam, nbr, nn, chead, cnext, cprev, cell_of, nc,
-             stencil, stencil_n, prm, maxdiam):
-    """Advance i to t, wrap it, make its position the new shell centre and rebuild its list.
+@njit(inline="always", **_JIT)
+def _fill_list(i, ctr, st, nbr, nn, chead, cnext, stencil, stencil_n, c, prm, half):
+    """Insert into i's list (and i into theirs) every j with |c_i - c_j| < sigma_ij + 2 shell.
+    half=True: only j < i (used for the initial build).  Returns False on overflow."""
+    lx = prm[0]
+    ly = prm[1]
+    lz = prm[2]
+    hx = prm[6]
+    hy = prm[7]
+    hz = prm[8]
+    skin = 2.0 * prm[3]
+    cap = nbr.shape[1]
+    xi = ctr[i, 0]
+    yi = ctr[i, 1]
+    zi = ctr[i, 2]
+    ai = st[i, _A]
+    ok = True
+    for s in range(stencil_n[c]):
+        j = chead[stencil[c, s]]
+        while j >= 0:
+            if j != i and (j < i or not half):
+                dx = ctr[j, 0] - xi
+                dy = ctr[j, 1] - yi
+                dz = ctr[j, 2] - zi
+                if dx > hx:
+                    dx -= lx
+                elif dx < -hx:
+                    dx += lx
+                if dy > hy:
+                    dy -= ly
+                elif dy < -hy:
+                    dy += ly
+                if dz > hz:
+                    dz -= lz
+                elif dz < -hz:
+                    dz += lz
+                rc = ai + st[j, _A] + skin
+                if dx * dx + dy * dy + dz * dz < rc * rc:
+                    if nn[i] >= cap or nn[j] >= cap:
+                        ok = False
+                    else:
+                        nbr[i, nn[i]] = j
+                        nn[i] += 1
+                        nbr[j, nn[j]] = i
+                        nn[j] += 1
+            j = cnext[j]
+    return ok
 
-    Returns False if a neighbour list would overflow (the lists are then inconsistent and
-    must be rebuilt from scratch with a larger capacity)."""
-    dt = t - tl[i]
-    tl[i] = t
+
+@njit(inline="always", **_JIT)
+def _wrap_into(i, st, ctr, img, prm):
     for d in range(3):
-        x = r[i, d] + v[i, d] * dt
+        x = st[i, d]
         L = prm[d]
         if x < 0.0 or x >= L:
             k = math.floor(x / L)
             x -= k * L
-            img[i, d] += k
+            img[i, d] += int(k)
             if x >= L:
                 x -= L
                 img[i, d] += 1
             if x < 0.0:
                 x = 0.0
-        r[i, d] = x
+        st[i, d] = x
         ctr[i, d] = x
+
+
+@njit(inline="always", **_JIT)
+def _rebuild(i, t, st, ctr, img, nbr, nn, chead, cnext, cprev, cell_of, nc, stencil, stencil_n, prm):
+    """Advance i to t, wrap it into the box, make its position the new shell centre and
+    rebuild its neighbour list.  Returns False if a list would overflow."""
+    dt = t - st[i, _T]
+    st[i, _X] += st[i, _VX] * dt
+    st[i, _Y] += st[i, _VY] * dt
+    st[i, _Z] += st[i, _VZ] * dt
+    st[i, _T] = t
+    _wrap_into(i, st, ctr, img, prm)
     # remove i from its old neighbours' lists
     for k in range(nn[i]):
         j = nbr[i, k]
-        m = nn[j]
-        for q in range(m):
+        m = nn[j] - 1
+        for q in range(m + 1):
             if nbr[j, q] == i:
-                nbr[j, q] = nbr[j, m - 1]
-                nn[j] = m - 1
+                nbr[j, q] = nbr[j, m]
+                nn[j] = m
                 break
     nn[i] = 0
-    # move i to the cell of its new centre
     cnew = _cell_index(ctr[i, 0], ctr[i, 1], ctr[i, 2], nc, prm)
     cold = cell_of[i]
     if cnew != cold:
@@ -302,157 +545,122 @@ def _rebuild(i, t, r, v, tl, ctr, img, diam, nbr, nn, chead, cnext, cprev, cell_
             cprev[h] = i
         chead[cnew] = i
         cell_of[i] = cnew
-    return _fill_list(i, ctr, diam, nbr, nn, chead, cnext, stencil, stencil_n, cnew, prm)
+    return _fill_list(i, ctr, st, nbr, nn, chead, cnext, stencil, stencil_n, cnew, prm, False)
 
 
-@njit(cache=True)
-def _fill_list(i, ctr, diam, nbr, nn, chead, cnext, stencil, stencil_n, c, prm):
-    """Insert into i's list (and i into theirs) every j with |c_i - c_j| < sigma_ij + 2 shell."""
-    lx = prm[0]
-    ly = prm[1]
-    lz = prm[2]
-    skin = 2.0 * prm[3]
-    cap = nbr.shape[1]
-    xi = ctr[i, 0]
-    yi = ctr[i, 1]
-    zi = ctr[i, 2]
-    di = diam[i]
-    ok = True
-    for s in range(stencil_n[c]):
-        j = chead[stencil[c, s]]
-        while j >= 0:
-            if j != i:
-                dx = ctr[j, 0] - xi
-                dy = ctr[j, 1] - yi
-                dz = ctr[j, 2] - zi
-                dx -= lx * np.rint(dx / lx)
-                dy -= ly * np.rint(dy / ly)
-                dz -= lz * np.rint(dz / lz)
-                rc = 0.5 * (di + diam[j]) + skin
-                if dx * dx + dy * dy + dz * dz < rc * rc:
-                    if nn[i] >= cap or nn[j] >= cap:
-                        ok = False
-                    else:
-                        nbr[i, nn[i]] = j
-                        nn[i] += 1
-                        nbr[j, nn[j]] = i
-                        nn[j] += 1
-            j = cnext[j]
-    return ok
-
-
-@njit(cache=True)
-def _collide(i, j, t, r, v, tl, diam, ccount, prm, fst):
-    lx = prm[0]
-    ly = prm[1]
-    lz = prm[2]
-    gamma = prm[5]
-    dti = t - tl[i]
-    dtj = t - tl[j]
-    for d in range(3):
-        r[i, d] += v[i, d] * dti
-        r[j, d] += v[j, d] * dtj
-    tl[i] = t
-    tl[j] = t
-    dx = r[j, 0] - r[i, 0]
-    dy = r[j, 1] - r[i, 1]
-    dz = r[j, 2] - r[i, 2]
-    dx -= lx * np.rint(dx / lx)
-    dy -= ly * np.rint(dy / ly)
-    dz -= lz * np.rint(dz / lz)
-    dvx = v[j, 0] - v[i, 0]
-    dvy = v[j, 1] - v[i, 1]
-    dvz = v[j, 2] - v[i, 2]
+@njit(inline="always", **_JIT)
+def _collide(i, j, t, st, ccount, prm, fst):
+    dti = t - st[i, _T]
+    dtj = t - st[j, _T]
+    xi = st[i, _X] + st[i, _VX] * dti
+    yi = st[i, _Y] + st[i, _VY] * dti
+    zi = st[i, _Z] + st[i, _VZ] * dti
+    xj = st[j, _X] + st[j, _VX] * dtj
+    yj = st[j, _Y] + st[j, _VY] * dtj
+    zj = st[j, _Z] + st[j, _VZ] * dtj
+    st[i, _X] = xi
+    st[i, _Y] = yi
+    st[i, _Z] = zi
+    st[j, _X] = xj
+    st[j, _Y] = yj
+    st[j, _Z] = zj
+    st[i, _T] = t
+    st[j, _T] = t
+    dx = xj - xi
+    dy = yj - yi
+    dz = zj - zi
+    if dx > prm[6]:
+        dx -= prm[0]
+    elif dx < -prm[6]:
+        dx += prm[0]
+    if dy > prm[7]:
+        dy -= prm[1]
+    elif dy < -prm[7]:
+        dy += prm[1]
+    if dz > prm[8]:
+        dz -= prm[2]
+    elif dz < -prm[8]:
+        dz += prm[2]
+    dvx = st[j, _VX] - st[i, _VX]
+    dvy = st[j, _VY] - st[i, _VY]
+    dvz = st[j, _VZ] - st[i, _VZ]
     b = dx * dvx + dy * dvy + dz * dvz
     r2 = dx * dx + dy * dy + dz * dz
+    gamma = prm[5]
     if gamma == 0.0:
         f = b / r2  # v_i += (dv.n) n, v_j -= (dv.n) n
         fst[0] -= b
     else:
         rr = math.sqrt(r2)
-        sdot = 0.5 * (diam[i] + diam[j]) * gamma
-        un = b / rr
-        # u_n' = 2 sdot - u_n  ->  delta u_n = 2 (sdot - u_n); each gets half
-        f = -(sdot - un) / rr
-    v[i, 0] += f * dx
-    v[i, 1] += f * dy
-    v[i, 2] += f * dz
-    v[j, 0] -= f * dx
-    v[j, 1] -= f * dy
-    v[j, 2] -= f * dz
+        sdot = (st[i, _A] + st[j, _A]) * gamma
+        # u_n' = 2 sdot - u_n in the frame of the growing surfaces; each sphere takes half
+        f = -(sdot - b / rr) / rr
+    st[i, _VX] += f * dx
+    st[i, _VY] += f * dy
+    st[i, _VZ] += f * dz
+    st[j, _VX] -= f * dx
+    st[j, _VY] -= f * dy
+    st[j, _VZ] -= f * dz
     ccount[i] += 1
     ccount[j] += 1
 
 
-@njit(cache=True)
-def _run_kernel(t_end, r, v, tl, ctr, img, diam, nbr, nn, chead, cnext, cprev, cell_of, nc,
-                stencil, stencil_n, ev_time, ev_partner, ev_pcount, ccount, heap, hpos, prm,
-                maxdiam, ist, fst):
+@njit(**_JIT)
+def _run_kernel(t_end, st, ctr, img, nbr, nn, chead, cnext, cprev, cell_of, nc, stencil, stencil_n,
+                ev_time, ev_partner, ev_pcount, ccount, where, cnx, cpv, ring, sh, shpos, cst, prm,
+                ist, fst):
     """Process events up to t_end.  Returns (status, t): status 0 = reached t_end,
-    1 = neighbour list overflow at time t (caller must resynchronise and reinitialise)."""
-    n = r.shape[0]
+    1 = neighbour-list overflow at time t (caller must synchronise and reinitialise)."""
     while True:
-        i = heap[0]
+        i = _cal_next(ev_time, where, cnx, cpv, ring, sh, shpos, cst, prm)
+        if i < 0:
+            return 0, t_end
         t = ev_time[i]
         if t > t_end:
             return 0, t_end
         ist[1] += 1
         p = ev_partner[i]
+        _cal_remove(i, ev_time, where, cnx, cpv, ring, sh, shpos, cst)
         if p < 0:
             ist[2] += 1
-            ok = _rebuild(i, t, r, v, tl, ctr, img, diam, nbr, nn, chead, cnext, cprev, cell_of,
-                          nc, stencil, stencil_n, prm, maxdiam)
-            if not ok:
+            if not _rebuild(i, t, st, ctr, img, nbr, nn, chead, cnext, cprev, cell_of, nc,
+                            stencil, stencil_n, prm):
                 return 1, t
-            _predict(i, t, r, v, tl, ctr, diam, nbr, nn, ccount, ev_time, ev_partner, ev_pcount, prm)
-            _heap_fix(i, ev_time, heap, hpos, n)
+            _predict(i, t, st, ctr, nbr, nn, ccount, ev_time, ev_partner, ev_pcount, prm)
         elif ccount[p] != ev_pcount[i]:
             ist[3] += 1
-            _predict(i, t, r, v, tl, ctr, diam, nbr, nn, ccount, ev_time, ev_partner, ev_pcount, prm)
-            _heap_fix(i, ev_time, heap, hpos, n)
+            _predict(i, t, st, ctr, nbr, nn, ccount, ev_time, ev_partner, ev_pcount, prm)
         else:
             ist[0] += 1
-            _collide(i, p, t, r, v, tl, diam, ccount, prm, fst)
-            _predict(i, t, r, v, tl, ctr, diam, nbr, nn, ccount, ev_time, ev_partner, ev_pcount, prm)
-            _heap_fix(i, ev_time, heap, hpos, n)
-            _predict(p, t, r, v, tl, ctr, diam, nbr, nn, ccount, ev_time, ev_partner, ev_pcount, prm)
-            _heap_fix(p, ev_time, heap, hpos, n)
+            _cal_remove(p, ev_time, where, cnx, cpv, ring, sh, shpos, cst)
+            _collide(i, p, t, st, ccount, prm, fst)
+            _predict(i, t, st, ctr, nbr, nn, ccount, ev_time, ev_partner, ev_pcount, prm)
+            _predict(p, t, st, ctr, nbr, nn, ccount, ev_time, ev_partner, ev_pcount, prm)
+            _cal_insert(p, ev_time, where, cnx, cpv, ring, sh, shpos, cst, prm)
+        _cal_insert(i, ev_time, where, cnx, cpv, ring, sh, shpos, cst, prm)
 
 
-@njit(cache=True)
-def _sync(t, r, v, tl):
-    for i in range(r.shape[0]):
-        dt = t - tl[i]
+@njit(**_JIT)
+def _sync(t, st):
+    for i in range(st.shape[0]):
+        dt = t - st[i, _T]
         if dt != 0.0:
-            r[i, 0] += v[i, 0] * dt
-            r[i, 1] += v[i, 1] * dt
-            r[i, 2] += v[i, 2] * dt
-        tl[i] = t
+            st[i, _X] += st[i, _VX] * dt
+            st[i, _Y] += st[i, _VY] * dt
+            st[i, _Z] += st[i, _VZ] * dt
+        st[i, _T] = t
 
 
-@njit(cache=True)
-def _init_all(r, v, tl, ctr, img, diam, nbr, nn, chead, cnext, cprev, cell_of, nc, stencil,
-              stencil_n, ev_time, ev_partner, ev_pcount, ccount, heap, hpos, prm):
-    """Full (re)initialisation at time 0; particles must be synchronised (tl = 0).
-    Returns False on neighbour-list overflow."""
-    n = r.shape[0]
+@njit(**_JIT)
+def _init_all(st, ctr, img, nbr, nn, chead, cnext, cprev, cell_of, nc, stencil, stencil_n,
+              ev_time, ev_partner, ev_pcount, ccount, where, cnx, cpv, ring, sh, shpos, cst, prm):
+    """Full (re)initialisation at kernel time 0 of synchronised particles (all t_i = 0):
+    wrap, shell centres, cells, lists, events, calendar.  Returns False on list overflow."""
+    n = st.shape[0]
     chead[:] = -1
     for i in range(n):
-        tl[i] = 0.0
-        for d in range(3):
-            x = r[i, d]
-            L = prm[d]
-            if x < 0.0 or x >= L:
-                k = math.floor(x / L)
-                x -= k * L
-                img[i, d] += k
-                if x >= L:
-                    x -= L
-                    img[i, d] += 1
-                if x < 0.0:
-                    x = 0.0
-            r[i, d] = x
-            ctr[i, d] = x
+        st[i, _T] = 0.0
+        _wrap_into(i, st, ctr, img, prm)
         c = _cell_index(ctr[i, 0], ctr[i, 1], ctr[i, 2], nc, prm)
         cell_of[i] = c
         h = chead[c]
@@ -463,46 +671,27 @@ def _init_all(r, v, tl, ctr, img, diam, nbr, nn, chead, cnext, cprev, cell_of, n
         chead[c] = i
         nn[i] = 0
     ok = True
-    # half lists via ordering: insert pair once (j < i)
-    lx = prm[0]
-    ly = prm[1]
-    lz = prm[2]
-    skin = 2.0 * prm[3]
-    cap = nbr.shape[1]
     for i in range(n):
-        c = cell_of[i]
-        for s in range(stencil_n[c]):
-            j = chead[stencil[c, s]]
-            while j >= 0:
-                if j < i:
-                    dx = ctr[j, 0] - ctr[i, 0]
-                    dy = ctr[j, 1] - ctr[i, 1]
-                    dz = ctr[j, 2] - ctr[i, 2]
-                    dx -= lx * np.rint(dx / lx)
-                    dy -= ly * np.rint(dy / ly)
-                    dz -= lz * np.rint(dz / lz)
-                    rc = 0.5 * (diam[i] + diam[j]) + skin
-                    if dx * dx + dy * dy + dz * dz < rc * rc:
-                        if nn[i] >= cap or nn[j] >= cap:
-                            ok = False
-                        else:
-                            nbr[i, nn[i]] = j
-                            nn[i] += 1
-                            nbr[j, nn[j]] = i
-                            nn[j] += 1
-                j = cnext[j]
+        if not _fill_list(i, ctr, st, nbr, nn, chead, cnext, stencil, stencil_n, cell_of[i], prm, True):
+            ok = False
     if not ok:
         return False
     for i in range(n):
-        _predict(i, 0.0, r, v, tl, ctr, diam, nbr, nn, ccount, ev_time, ev_partner, ev_pcount, prm)
-    order = np.argsort(ev_time, kind="mergesort")  # sorted array is a valid heap
-    for k in range(n):
-        heap[k] = order[k]
-        hpos[order[k]] = k
+        _predict(i, 0.0, st, ctr, nbr, nn, ccount, ev_time, ev_partner, ev_pcount, prm)
+    _cal_build(ev_time, where, cnx, cpv, ring, sh, shpos, cst, prm)
     return True
 
 
-@njit(cache=True)
+@njit(**_JIT)
+def _rebase(t0, st, ev_time, where, cnx, cpv, ring, sh, shpos, cst, prm):
+    """Shift the kernel clock by -t0 (particles synchronised at t0) and rebuild the calendar."""
+    for i in range(st.shape[0]):
+        st[i, _T] -= t0
+        ev_time[i] -= t0
+    _cal_build(ev_time, where, cnx, cpv, ring, sh, shpos, cst, prm)
+
+
+@njit(**_JIT)
 def _min_gap(r, diam, box, scale):
     """min over pairs of |r_ij| - sigma_ij*scale (minimum image), and the pair."""
     n = r.shape[0]
@@ -616,28 +805,37 @@ class HardSphereSystem:
         if 2.0 * (maxd + 2.0 * self.shell) >= box.min():
             raise ValueError(f"box {box} too small: every edge must exceed 2*(max sigma + 2 shell) = "
                              f"{2.0 * (maxd + 2.0 * self.shell):.4g}")
-        # state
+        # state: one row per particle (x, y, z, t_i, vx, vy, vz, radius)
         img = np.floor(pos / box).astype(np.int64)
-        self._r = pos - img * box
+        self._st = np.zeros((n, 8))
+        self._st[:, 0:3] = pos - img * box
+        self._st[:, 4:7] = vel
+        self._st[:, 7] = 0.5 * diam
         self._img = img
-        self._v = vel
-        self._tl = np.zeros(n)
         self._ctr = np.zeros((n, 3))
-        self._prm = np.array([box[0], box[1], box[2], self.shell, 1.0, 0.0])
-        self._time = 0.0          # absolute time of the kernel origin + ...
+        # prm: box, shell, s0, gamma, half box, 1/bucket width, bucket width
+        self._prm = np.array([box[0], box[1], box[2], self.shell, 1.0, 0.0,
+                              0.5 * box[0], 0.5 * box[1], 0.5 * box[2], 1.0, 1.0])
+        self._tk = 0.0            # kernel clock (particles synchronised at _tk between runs)
+        self._time = 0.0          # absolute time reported to the user
         self._ist = np.zeros(4, np.int64)
         self._fst = np.zeros(1)
         self._virial0 = 0.0
         self._ptime = 0.0
-        self._tsum_T = 0.0
         self._ccount = np.zeros(n, np.int64)
         self._ev_time = np.zeros(n)
         self._ev_partner = np.zeros(n, np.int64)
         self._ev_pcount = np.zeros(n, np.int64)
-        self._heap = np.zeros(n, np.int64)
-        self._hpos = np.zeros(n, np.int64)
-        self._nn = np.zeros(n, np.int64)
-        # cells
+        # event calendar (Paul 2007): ring of nb buckets + overflow list + small heap
+        nb = 1 << int(np.ceil(np.log2(max(2 * n, 16))))
+        self._where = np.zeros(n, np.int64)
+        self._cnx = np.zeros(n, np.int64)
+        self._cpv = np.zeros(n, np.int64)
+        self._ring = -np.ones(nb + 1, np.int64)
+        self._sh = np.zeros(n, np.int64)
+        self._shpos = np.zeros(n, np.int64)
+        self._cst = np.array([0, 0, nb - 1, 0], np.int64)
+        # cells (binned by shell centre; edge >= max sigma + 2 shell)
         cut = maxd + 2.0 * self.shell
         nc = np.maximum(1, np.floor(box / cut).astype(np.int64))
         nc[nc < 3] = 1
@@ -649,61 +847,65 @@ class HardSphereSystem:
         self._cell_of = np.zeros(n, np.int64)
         rho = n / box.prod()
         expect = rho * 4.0 / 3.0 * np.pi * cut ** 3
-        self._cap = int(2.0 * expect) + 16
+        self._cap = int(1.5 * expect) + 16
         self._nbr = np.zeros((n, self._cap), np.int64)
+        self._nn = np.zeros(n, np.int64)
         if check:
-            g, i, j = _min_gap(self._r, diam, box, 1.0)
+            g, i, j = _min_gap(self._st[:, 0:3], diam, box, 1.0)
             if g < 0:
                 raise ValueError(f"particles {i} and {j} overlap: gap {g:.6g} (pair ({i}, {j}, {g:.6g}))")
         self._ready = False
 
     # ---------------------------------------------------------------- internals
-    def _args(self):
-        return (self._r, self._v, self._tl, self._ctr, self._img, self.diameters, self._nbr, self._nn,
-                self._chead, self._cnext, self._cprev, self._cell_of, self._nc, self._stencil,
-                self._stencil_n, self._ev_time, self._ev_partner, self._ev_pcount, self._ccount,
-                self._heap, self._hpos, self._prm)
+    def _cal_args(self):
+        return (self._ev_time, self._ev_partner, self._ev_pcount, self._ccount, self._where, self._cnx,
+                self._cpv, self._ring, self._sh, self._shpos, self._cst, self._prm)
 
     def _init(self):
-        """Synchronised state (tl == 0) -> fresh lists, events and calendar."""
-        while not _init_all(*self._args()):
-            self._grow_lists()
+        """Synchronised state (all t_i == _tk) -> kernel clock 0, fresh lists, events, calendar."""
+        self._prm[4] += self._prm[5] * self._tk
+        self._tk = 0.0
+        while not _init_all(self._st, self._ctr, self._img, self._nbr, self._nn, self._chead, self._cnext,
+                            self._cprev, self._cell_of, self._nc, self._stencil, self._stencil_n,
+                            *self._cal_args()):
+            self._cap *= 2
+            self._nbr = np.zeros((self.n, self._cap), np.int64)
         self._ready = True
 
-    def _grow_lists(self):
-        self._cap *= 2
-        self._nbr = np.zeros((self.n, self._cap), np.int64)
+    def _scale(self):
+        """Current diameter scale s(t) (1 except during growth)."""
+        return float(self._prm[4] + self._prm[5] * self._tk)
+
+    _REBASE = 64.0   # kernel-clock span (tau) after which times are shifted back to 0
 
     def _advance(self, duration):
-        """Advance by duration >= 0 (kernel time restarts at 0 on every call)."""
-        if duration < 0:
-            raise ValueError(f"duration must be non-negative, got {duration}")
+        """Advance by duration >= 0 in chunks of <= _REBASE; particles end synchronised."""
         if not self._ready:
             self._init()
-        else:
-            # rebase kernel time to 0: particles are synchronised at the previous end time
-            self._ev_time -= self._tl[0]
-            self._tl[:] = 0.0
-        t_end = float(duration)
-        ist, fst = self._ist, self._fst
-        while True:
-            status, t = _run_kernel(t_end, self._r, self._v, self._tl, self._ctr, self._img, self.diameters,
-                                    self._nbr, self._nn, self._chead, self._cnext, self._cprev,
-                                    self._cell_of, self._nc, self._stencil, self._stencil_n,
-                                    self._ev_time, self._ev_partner, self._ev_pcount, self._ccount,
-                                    self._heap, self._hpos, self._prm, float(self.diameters.max()),
-                                    ist, fst)
-            _sync(t, self._r, self._v, self._tl)
-            if status == 0:
-                break
-            # neighbour-list overflow: restart from the synchronised state with larger lists
-            self._grow_lists()
-            self._time += t
-            self._prm[4] += self._prm[5] * t
-            t_end -= t
-            self._init()
-        self._time += t_end
-        self._prm[4] += self._prm[5] * t_end
+        nchunk = max(1, int(math.ceil(duration / self._REBASE)))
+        step = duration / nchunk
+        for _ in range(nchunk):
+            if self._tk > self._REBASE:
+                self._prm[4] += self._prm[5] * self._tk
+                _rebase(self._tk, self._st, self._ev_time, self._where, self._cnx, self._cpv, self._ring,
+                        self._sh, self._shpos, self._cst, self._prm)
+                self._tk = 0.0
+            t_end = self._tk + step
+            while True:
+                status, t = _run_kernel(t_end, self._st, self._ctr, self._img, self._nbr, self._nn,
+                                        self._chead, self._cnext, self._cprev, self._cell_of, self._nc,
+                                        self._stencil, self._stencil_n, *self._cal_args(), self._ist,
+                                        self._fst)
+                _sync(t, self._st)
+                self._tk = t
+                if status == 0:
+                    break
+                # neighbour-list overflow: restart from the synchronised state with larger lists
+                self._cap *= 2
+                self._nbr = np.zeros((self.n, self._cap), np.int64)
+                self._init()          # relabels the kernel clock t -> 0
+                t_end -= t
+            self._time += step
 
     # ---------------------------------------------------------------- public API
     def run(self, duration):
@@ -733,17 +935,18 @@ class HardSphereSystem:
 
     @property
     def positions(self):
-        p = self._r - np.floor(self._r / self.box) * self.box
+        r = self._st[:, 0:3]
+        p = r - np.floor(r / self.box) * self.box
         p[p >= self.box] = 0.0
         return p
 
     @property
     def unwrapped_positions(self):
-        return self._r + self._img * self.box
+        return self._st[:, 0:3] + self._img * self.box
 
     @property
     def velocities(self):
-        return self._v.copy()
+        return self._st[:, 4:7].copy()
 
     @property
     def time(self):
@@ -759,7 +962,7 @@ class HardSphereSystem:
 
     @property
     def kinetic_energy(self):
-        return 0.5 * float(np.sum(self._v * self._v))
+        return 0.5 * float(np.sum(self._st[:, 4:7] ** 2))
 
     @property
     def temperature(self):
@@ -787,13 +990,13 @@ class HardSphereSystem:
 
     def min_gap(self):
         """Smallest surface gap min_{i<j} (|r_ij| - sigma_ij) (all pairs, minimum image)."""
-        return float(_min_gap(self._r, self.diameters, self.box, self._prm[4])[0])
+        return float(_min_gap(self._st[:, 0:3], self.diameters, self.box, self._scale())[0])
 
     def set_velocities(self, velocities):
         vel = np.array(velocities, dtype=np.float64)
         if vel.shape != (self.n, 3) or not np.all(np.isfinite(vel)):
             raise ValueError(f"velocities must be finite with shape ({self.n}, 3)")
-        self._v[:] = vel
+        self._st[:, 4:7] = vel
         self._ready = False
 
     def reset_counters(self):
@@ -868,19 +1071,19 @@ def prepare_snapshot(n, x_large, size_ratio, eta, seed, equilibration_time, grow
     if s0 < 1.0:
         sysm._prm[4] = s0
         sysm._prm[5] = growth_rate
-        while sysm._prm[4] < 1.0:
-            dt = min(rescale_interval, (1.0 - sysm._prm[4]) / growth_rate)
-            last = sysm._prm[4] + growth_rate * dt >= 1.0 - 1e-12
-            if last:
-                dt = (1.0 - sysm._prm[4]) / growth_rate
-            sysm._advance(dt)
-            sysm._v *= math.sqrt(1.5 * (n - 1) * T / sysm.kinetic_energy)
+        while True:
+            s = sysm._scale()
+            dt = (1.0 - s) / growth_rate
+            last = dt <= rescale_interval * (1.0 + 1e-9)
+            sysm._advance(dt if last else rescale_interval)
+            # growth heats the system: back to T, which invalidates all events
+            sysm._st[:, 4:7] *= math.sqrt(1.5 * (n - 1) * T / sysm.kinetic_energy)
             sysm._ready = False
             if last:
                 break
         sysm._prm[4] = 1.0
         sysm._prm[5] = 0.0
-        sysm._ready = False
+        sysm._tk = 0.0
     sysm.set_velocities(maxwell_boltzmann(n, T, rng))
     sysm.run(equilibration_time)
     sysm.reset_counters()

@@ -5,13 +5,16 @@ Reduced LJ units of species A (σ_AA = ε_AA = m = k_B = 1, τ = sqrt(m σ_AA²/
 One :class:`LammpsEngine` per MPI rank drives one serial LAMMPS instance (``comm=MPI.COMM_SELF``),
 reused across tasks: the box and atoms are created once and every task only overwrites positions,
 image flags and velocities. Because each instance owns all its atoms on one process, per-atom
-arrays are read and written in place through ``lmp.numpy.extract_atom`` (STACK.md: ≈ 0.1 ms).
+arrays are read through ``lmp.numpy.extract_atom`` (copied at once) and written with
+``scatter_atoms`` (STACK.md: a restore costs ≈ 0.2 ms).
 
 Determinism: atom sorting is off (``atom_modify sort 0 0.0``, STACK.md) and every velocity is drawn
 by numpy from a generator the caller derives from the task identity, so a run is bitwise
 reproducible for a given seed. The LAMMPS commands issued are kept in :attr:`LammpsEngine.log`
 for the provenance record.
 """
+import ctypes
+
 import numpy as np
 
 from ..parallel import MPI  # mpi4py.MPI must be imported before lammps (STACK.md)
@@ -123,9 +126,8 @@ class LammpsEngine:
             self._build(wrapped, types, box)
             self._signature = sig
         else:
-            order, ids = self._order()
-            self._local("x")[:] = wrapped[ids - 1]
-            self._local("v")[:] = 0.0
+            self._scatter("x", wrapped)
+            self._scatter("v", np.zeros_like(wrapped))
             self._reset_images()
 
     def _build(self, wrapped, types, box):
@@ -144,15 +146,22 @@ class LammpsEngine:
         if self.lmp.get_natoms() != n:
             raise RuntimeError(f"LAMMPS created {self.lmp.get_natoms()} atoms, expected {n}")
 
+    def _scatter(self, name, values):
+        """Write a per-atom property ordered by atom id through the library's scatter (safe against
+        LAMMPS reallocating its arrays, unlike writes into extract_atom views)."""
+        values = np.ascontiguousarray(values)
+        dtype = 1 if values.dtype == np.float64 else 0
+        count = 1 if values.ndim == 1 else values.shape[1]
+        self.lmp.scatter_atoms(name, dtype, count, values.ctypes.data_as(ctypes.c_void_p))
+
     def _reset_images(self):
         i = self._img
-        self._local("image")[:] = i["IMGMAX"] | (i["IMGMAX"] << i["IMGBITS"]) | (
-            i["IMGMAX"] << i["IMG2BITS"])
+        packed = i["IMGMAX"] | (i["IMGMAX"] << i["IMGBITS"]) | (i["IMGMAX"] << i["IMG2BITS"])
+        self._scatter("image", np.full(self.lmp.get_natoms(), packed, dtype=np.int32))
 
     def set_velocities(self, v):
         """Overwrite velocities; v (N, 3) float64 ordered by particle index (atom id − 1)."""
-        order, ids = self._order()
-        self._local("v")[:] = np.asarray(v, dtype=np.float64)[ids - 1]
+        self._scatter("v", np.asarray(v, dtype=np.float64))
 
     def velocities(self):
         """(N, 3) float64 velocities ordered by particle index."""
@@ -203,16 +212,16 @@ class LammpsEngine:
         self.command("reset_timestep 0")
         self.set_velocities(maxwell_boltzmann(n, melt_temperature, rng))
         dt = self.timestep
-        first = True
+        # every phase changes the fixes, so each starts with `pre yes`: with `pre no` LAMMPS keeps
+        # its lists of the previous fixes and the integrator calls a deleted fix (SIGSEGV).
         for t_target, duration in ((melt_temperature, melt_time), (temperature, nvt_time)):
             if duration > 0:
                 self.command(f"fix thermostat all nvt temp {t_target} {t_target} {tdamp}")
-                self._run(round(duration / dt), first)
-                first = False
+                self._run(round(duration / dt), first=True)
                 self.command("unfix thermostat")
         if nve_time > 0:
             self.command("fix integrate all nve")
-            self._run(round(nve_time / dt), first)
+            self._run(round(nve_time / dt), first=True)
             self.command("unfix integrate")
         return self.positions(), types, box
 
@@ -233,7 +242,8 @@ class LammpsEngine:
         out = np.empty((steps.size, len(types), 3))
         done = 0
         for k, s in enumerate(steps):
-            self._run(s - done, first=(k == 0))  # pre yes once: fresh forces after the restore
+            # `pre yes` once: fresh forces after the restore and set-up of the new fix (STACK.md)
+            self._run(s - done, first=(k == 0))
             done = s
             out[k] = self.unwrapped_positions() - x0
         self.command("unfix integrate")

@@ -602,7 +602,10 @@ def cage_state(positions, types, box, potential, T, n_equil, n_measure, seed,
     rc = float(potential.cutoff.max())
     vl_cut = rc + skin
     allpairs = vl_cut >= 0.5 * box.min()
-    step_max = step_cap if allpairs else min(step_cap, skin / (2.0 * np.sqrt(3.0)) * (1 - 1e-9))
+    if allpairs or (cage == "sphere" and skin >= 2.0 * float(np.sqrt(rad2.max()))):
+        step_max = step_cap  # no list rebuild can ever be triggered
+    else:  # after a rebuild the trial displacement must be within skin/2
+        step_max = min(step_cap, skin / (2.0 * np.sqrt(3.0)) * (1 - 1e-9))
     step0 = 0.05 * float(sigc.min()) if step is None else float(step)
     step0 = min(step0, step_max)
 

@@ -26,7 +26,8 @@ neighbour list when ``r_ij < cutoff``. The same truncation applies to Z_i.
 
 Hot loops are numba ``@njit(cache=True)``. The spherical harmonics use the normalised associated-Legendre
 recursion for m ≥ 0 only (|Y_l^{−m}| = |Y_l^m|); the angular accumulation Σ_j w_ja Y_lm(r̂_ij) over all shells a is
-one small dense matrix product per particle (BLAS).
+accumulated pair by pair over only the shells whose truncation window holds r_ij; the Legendre
+recursions of 16 neighbours run side by side (SIMD).
 """
 from __future__ import annotations
 
@@ -294,42 +295,73 @@ def _legendre_coefficients(lmax):
         for l in range(m + 2, lmax + 1):
             a[l, m] = np.sqrt((4.0 * l * l - 1.0) / (l * l - m * m))
             b[l, m] = np.sqrt(((l - 1.0) ** 2 - m * m) / (4.0 * (l - 1.0) ** 2 - 1.0))
-    return a, b
+    fmm = np.zeros(lmax + 1)
+    fm1 = np.zeros(lmax + 1)
+    fmm[0] = 0.28209479177387814  # 1/sqrt(4π)
+    for m in range(lmax + 1):
+        if m > 0:
+            fmm[m] = -np.sqrt((2.0 * m + 1.0) / (2.0 * m))
+        fm1[m] = np.sqrt(2.0 * m + 3.0)
+    return a, b, fmm, fm1
+
+
+_BLOCK = 16  # neighbours whose Y_lm are evaluated together (independent recursions -> SIMD, no latency stall)
 
 
 @njit(cache=True)
-def _ylm_row(x, y, z, lmax, ls, a, b, P, out):
-    """Y_l^m(x, y, z) for unit (x, y, z), m = 0..l, l in ls, with the Condon–Shortley phase (scipy convention).
+def _ylm_block(x, y, z, nq, lmax, ls, a, b, fmm, fm1, P, C, S, Yb):
+    """Y_l^m of the nq unit vectors (x[q], y[q], z[q]), m = 0..l, l in ls, Condon–Shortley phase (scipy convention).
 
     Y_l^m = P̂_l^m(z) (x + iy)^m with P̂ the polynomial part of the orthonormalised associated Legendre function:
     P̂_00 = 1/sqrt(4π); P̂_mm = −sqrt((2m+1)/(2m)) P̂_{m−1,m−1}; P̂_{m+1,m} = sqrt(2m+3) z P̂_mm;
     P̂_lm = a_lm (z P̂_{l−1,m} − b_lm P̂_{l−2,m}).
-    Writes [Re Y_l0, Im Y_l0, Re Y_l1, Im Y_l1, …, Re Y_ll, Im Y_ll] for each l in ls into out.
+    Row q of Yb gets [Y_l0, Re Y_l1, Im Y_l1, …, Re Y_ll, Im Y_ll] (2l+1 reals; Im Y_l0 = 0 omitted) for each l in ls.
+    P (lmax+1, lmax+1, B), C, S (lmax+1, B) are scratch; (C + iS)[m] = (x + iy)^m.
     """
-    pmm = 0.28209479177387814  # 1/sqrt(4π)
+    for q in range(nq):
+        P[0, 0, q] = fmm[0]
+        C[0, q] = 1.0
+        S[0, q] = 0.0
     for m in range(lmax + 1):
         if m > 0:
-            pmm = -np.sqrt((2.0 * m + 1.0) / (2.0 * m)) * pmm
-        P[m, m] = pmm
+            f = fmm[m]
+            for q in range(nq):
+                P[m, m, q] = f * P[m - 1, m - 1, q]
+                C[m, q] = C[m - 1, q] * x[q] - S[m - 1, q] * y[q]
+                S[m, q] = C[m - 1, q] * y[q] + S[m - 1, q] * x[q]
         if m + 1 <= lmax:
-            P[m + 1, m] = np.sqrt(2.0 * m + 3.0) * z * pmm
+            f = fm1[m]
+            for q in range(nq):
+                P[m + 1, m, q] = f * z[q] * P[m, m, q]
         for l in range(m + 2, lmax + 1):
-            P[l, m] = a[l, m] * (z * P[l - 1, m] - b[l, m] * P[l - 2, m])
-    c = 1.0
-    s = 0.0
+            al = a[l, m]
+            bl = b[l, m]
+            for q in range(nq):
+                P[l, m, q] = al * (z[q] * P[l - 1, m, q] - bl * P[l - 2, m, q])
     col = 0
-    # (x + iy)^m by recursion; fill per l afterwards
-    cs = np.empty((lmax + 1, 2))
-    for m in range(lmax + 1):
-        cs[m, 0] = c
-        cs[m, 1] = s
-        c, s = c * x - s * y, c * y + s * x
     for li in range(ls.shape[0]):
         l = ls[li]
-        for m in range(l + 1):
-            out[col] = P[l, m] * cs[m, 0]
-            out[col + 1] = P[l, m] * cs[m, 1]
+        for q in range(nq):
+            Yb[q, col] = P[l, 0, q]
+        col += 1
+        for m in range(1, l + 1):
+            for q in range(nq):
+                Yb[q, col] = P[l, m, q] * C[m, q]
+                Yb[q, col + 1] = P[l, m, q] * S[m, q]
             col += 2
+
+
+@njit(cache=True)
+def _accumulate_block(nq, Wb, Yb, Q, Z):
+    """Q[s] += Σ_q Wb[q, s] Yb[q], Z[s] += Σ_q Wb[q, s], skipping the shells outside each pair's window."""
+    ncol = Yb.shape[1]
+    for q in range(nq):
+        for s in range(Wb.shape[1]):
+            w = Wb[q, s]
+            if w != 0.0:
+                Z[s] += w
+                for c in range(ncol):
+                    Q[s, c] += w * Yb[q, c]
 
 
 @njit(cache=True)
@@ -341,80 +373,121 @@ def _angular_kernel(offsets, dist, vec, r, delta, truncation, ls, cutoff):
     ncol = 0
     for li in range(nl):
         lmax = max(lmax, ls[li])
-        ncol += 2 * (ls[li] + 1)
-    a, b = _legendre_coefficients(lmax)
-    P = np.zeros((lmax + 1, lmax + 1))
+        ncol += 2 * ls[li] + 1
+    a, b, fmm, fm1 = _legendre_coefficients(lmax)
+    B = _BLOCK
+    P = np.zeros((lmax + 1, lmax + 1, B))
+    C = np.zeros((lmax + 1, B))
+    S = np.zeros((lmax + 1, B))
+    x = np.empty(B)
+    y = np.empty(B)
+    z = np.empty(B)
+    Yb = np.empty((B, ncol))
+    Wb = np.empty((B, n_ang))
     inv2d2 = 1.0 / (2.0 * delta * delta)
     tdel = truncation * delta
-    maxnb = 1
-    for i in range(n):
-        maxnb = max(maxnb, offsets[i + 1] - offsets[i])
-    W = np.zeros((maxnb, n_ang))
-    Y = np.zeros((maxnb, ncol))
+    Q = np.empty((n_ang, ncol))
+    Z = np.empty(n_ang)
     out = np.zeros((n, n_ang * nl))
     for i in range(n):
-        m = 0
-        for k in range(offsets[i], offsets[i + 1]):
-            d = dist[k]
-            if d > cutoff:
-                continue
-            for s in range(n_ang):
-                u = d - r[s]
-                W[m, s] = np.exp(-u * u * inv2d2[s]) if abs(u) <= tdel[s] else 0.0
-            inv = 1.0 / d
-            _ylm_row(vec[k, 0] * inv, vec[k, 1] * inv, vec[k, 2] * inv, lmax, ls, a, b, P, Y[m])
-            m += 1
-        if m == 0:
-            continue
-        Q = np.dot(W[:m].T, Y[:m])  # (n_ang, ncol): Σ_j w_js Y_lm(r̂_ij)
+        Q[:, :] = 0.0
+        Z[:] = 0.0
+        nq = 0
+        for k in range(offsets[i], offsets[i + 1] + 1):
+            if k < offsets[i + 1]:
+                d = dist[k]
+                if d <= cutoff:
+                    active = False
+                    for s in range(n_ang):
+                        u = d - r[s]
+                        if abs(u) <= tdel[s]:
+                            Wb[nq, s] = np.exp(-u * u * inv2d2[s])
+                            active = True
+                        else:
+                            Wb[nq, s] = 0.0
+                    if active:
+                        inv = 1.0 / d
+                        x[nq] = vec[k, 0] * inv
+                        y[nq] = vec[k, 1] * inv
+                        z[nq] = vec[k, 2] * inv
+                        nq += 1
+            if nq == B or (k == offsets[i + 1] and nq > 0):  # block full, or end of row
+                _ylm_block(x, y, z, nq, lmax, ls, a, b, fmm, fm1, P, C, S, Yb)
+                _accumulate_block(nq, Wb, Yb, Q, Z)
+                nq = 0
         for s in range(n_ang):
-            Z = 0.0
-            for k in range(m):
-                Z += W[k, s]
-            if Z == 0.0:
+            if Z[s] == 0.0:
                 continue
             col = 0
             for li in range(nl):
                 l = ls[li]
-                acc = Q[s, col] * Q[s, col] + Q[s, col + 1] * Q[s, col + 1]
-                col += 2
-                for mm in range(1, l + 1):
-                    acc += 2.0 * (Q[s, col] * Q[s, col] + Q[s, col + 1] * Q[s, col + 1])
-                    col += 2
-                out[i, s * nl + li] = np.sqrt(4.0 * np.pi / (2.0 * l + 1.0) * acc) / Z
+                acc = 0.5 * Q[s, col] * Q[s, col]  # m = 0 counted once: Σ_m |q_lm|² = q_l0² + 2 Σ_{m>0} |q_lm|²
+                for c in range(col + 1, col + 2 * l + 1):
+                    acc += Q[s, c] * Q[s, c]
+                col += 2 * l + 1
+                out[i, s * nl + li] = np.sqrt(8.0 * np.pi / (2.0 * l + 1.0) * acc) / Z[s]
     return out
 
 
 @njit(cache=True)
-def _generation_kernel(offsets, nbr, dist, x, r_c, n_max):
-    n, f = x.shape
-    out = np.empty((n, f * (n_max + 1)))
-    out[:, :f] = x
-    inv_rc = 1.0 / r_c
-    wts = np.empty(dist.shape[0])
+def _generation_weights(offsets, nbr, dist, r_c):
+    """Compact CSR of the pairs with r_ij < r_c and weights e^{−r_ij/r_c}; norm_i = 1/(1 + Σ_j w_ij)."""
+    n = offsets.shape[0] - 1
+    off = np.zeros(n + 1, np.int64)
+    m = 0
+    for k in range(dist.shape[0]):
+        if dist[k] < r_c:
+            m += 1
+    jj = np.empty(m, np.int64)
+    ww = np.empty(m)
     norm = np.empty(n)
+    inv_rc = 1.0 / r_c
+    m = 0
     for i in range(n):
         z = 1.0
         for k in range(offsets[i], offsets[i + 1]):
-            w = np.exp(-dist[k] * inv_rc) if dist[k] < r_c else 0.0
-            wts[k] = w
-            z += w
+            if dist[k] < r_c:
+                w = np.exp(-dist[k] * inv_rc)
+                jj[m] = nbr[k]
+                ww[m] = w
+                z += w
+                m += 1
+        off[i + 1] = m
         norm[i] = 1.0 / z
+    return off, jj, ww, norm
+
+
+@njit(cache=True)
+def _generation_step(off, jj, ww, norm, prev, cur):
+    n, f = prev.shape
+    for i in range(n):
+        ci = cur[i]
+        pi = prev[i]
+        for c in range(f):
+            ci[c] = pi[c]
+        for k in range(off[i], off[i + 1]):
+            w = ww[k]
+            pj = prev[jj[k]]
+            for c in range(f):
+                ci[c] += w * pj[c]
+        z = norm[i]
+        for c in range(f):
+            ci[c] *= z
+
+
+def _generations(offsets, nbr, dist, x, r_c, n_max):
+    n, f = x.shape
+    out = np.empty((n, f * (n_max + 1)))
+    out[:, :f] = x
+    if n_max == 0:
+        return out
+    off, jj, ww, norm = _generation_weights(offsets, nbr, dist, float(r_c))
+    prev = x
     for g in range(1, n_max + 1):
-        src = (g - 1) * f
-        dst = g * f
-        for i in range(n):
-            for c in range(f):
-                out[i, dst + c] = out[i, src + c]
-            for k in range(offsets[i], offsets[i + 1]):
-                w = wts[k]
-                if w == 0.0:
-                    continue
-                j = nbr[k]
-                for c in range(f):
-                    out[i, dst + c] += w * out[j, src + c]
-            for c in range(f):
-                out[i, dst + c] *= norm[i]
+        cur = np.empty((n, f))
+        _generation_step(off, jj, ww, norm, prev, cur)
+        out[:, g * f:(g + 1) * f] = cur
+        prev = cur
     return out
 
 
@@ -550,7 +623,7 @@ def generation_average(x, positions, box, r_c, n_max):
     if n_max == 0:
         return x.copy()
     nl = NeighborList(positions, box, float(r_c))
-    return _generation_kernel(nl.offsets, nl.neighbors, nl.distances, x, float(r_c), n_max)
+    return _generations(nl.offsets, nl.neighbors, nl.distances, x, float(r_c), n_max)
 
 
 def compute_descriptors(positions, types, box, spec):
@@ -588,6 +661,8 @@ def compute_descriptors(positions, types, box, spec):
     base = parts[0] if len(parts) == 1 else np.hstack(parts)
     if spec.generations == 0:
         return base
+    if spec.r_generation <= nl.cutoff:  # reuse the descriptor neighbour list
+        return _generations(nl.offsets, nl.neighbors, nl.distances, base, spec.r_generation, spec.generations)
     return generation_average(base, positions, box, spec.r_generation, spec.generations)
 
 

@@ -1,0 +1,203 @@
+"""``python -m glasshpc.run CONFIG [--dry-run]``: the main batch job.
+
+Parses and validates the YAML (errors name the key, before anything is created), plans the tasks,
+runs the stages snapshots → replicas → dynamics → descriptors → fits over all MPI ranks, and
+writes one HDF5 file (layout in README.md). Works with 1 rank and without mpiexec.
+Reduced LJ units of species A throughout.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+
+import h5py
+import numpy as np
+
+from . import __version__, config as config_mod, stages
+from .learn.fits import fit_propensity
+from .dynamics import tau_alpha
+from .models import get_model
+from .parallel import MPI, Context
+from .store import Store, h5py_has_mpi
+
+
+def plan_text(cfg, ctx):
+    """Human-readable task plan (what --dry-run prints)."""
+    S, R, N = cfg.snapshots.count, cfg.iso.replicas, cfg.model.n_particles
+    steps = cfg.replica_steps()
+    T = steps.size
+    md = cfg.md
+    prep_steps = round((md.melt_time + md.nvt_time + md.nve_time) / md.timestep)
+    spec = stages.descriptor_spec(cfg, 2.0)
+    F = spec.n_features
+    disp_bytes = S * R * T * N * 3 * 4
+    lines = [
+        f"glasshpc {__version__}: {cfg.model.name}, N = {N}, ρ = {cfg.model.density}, "
+        f"T = {cfg.model.temperature}, box L = {cfg.box_length:.4f} σ",
+        f"  ranks: {ctx.size}; HDF5 writes: {'mpio' if h5py_has_mpi() else 'per-rank shards'}",
+        f"  stage snapshots  : {S} tasks × {prep_steps} steps "
+        f"({S * prep_steps * N / 1e9:.3g} G atom-steps)",
+        f"  stage replicas   : {S} × {R} = {S * R} tasks × {steps[-1]} steps, {T} read-outs "
+        f"t = {steps[0] * md.timestep:g} … {steps[-1] * md.timestep:g} τ "
+        f"({S * R * steps[-1] * N / 1e9:.3g} G atom-steps)",
+        f"  stage dynamics   : {S} tasks (propensity '{cfg.dynamics.propensity}', F_s at q = "
+        f"{cfg.dynamics.q})",
+        f"  stage descriptors: {S} tasks × {F} features ({spec.n_base_features} per generation, "
+        f"generations 0..{cfg.descriptors.generations})",
+        f"  stage fits       : feature sets {list(cfg.fits.feature_sets)} × "
+        f"{len(get_model(cfg.model.name).species)} species × {T} times; "
+        f"{cfg.test_snapshots()} test snapshots, {cfg.fits.cv_folds}-fold CV",
+        f"  output {cfg.output}: displacements {disp_bytes / 2**30:.3g} GiB, descriptors "
+        f"{S * N * F * 8 / 2**30:.3g} GiB",
+    ]
+    return "\n".join(lines)
+
+
+def versions():
+    """Package versions for the provenance record."""
+    import h5py
+    import numba
+    import scipy
+    import sklearn
+    import mpi4py
+    out = {"glasshpc": __version__, "python": platform.python_version(), "numpy": np.__version__,
+           "numba": numba.__version__, "scipy": scipy.__version__, "h5py": h5py.__version__,
+           "hdf5": h5py.version.hdf5_version, "scikit-learn": sklearn.__version__,
+           "mpi4py": mpi4py.__version__, "mpi": MPI.Get_library_version().strip().splitlines()[0]}
+    try:
+        import lammps
+        out["lammps"] = str(lammps.__version__)
+    except Exception:  # noqa: BLE001
+        out["lammps"] = "unavailable"
+    return out
+
+
+def execute(cfg, yaml_text, ctx, store_mode="auto"):
+    """Run every stage; returns a dict of summary results (also written to the file)."""
+    t_start = time.perf_counter()
+    spec0 = stages.descriptor_spec(cfg, 2.0)
+    store = Store(cfg.output, ctx, stages.layout(cfg, spec0.n_features), mode=store_mode)
+    engines = stages.EngineCache(cfg)
+    wall = {}
+    try:
+        ctx.log(plan_text(cfg, ctx))
+        wall["snapshots"] = stages.snapshots(ctx, cfg, store, engines)
+        wall["replicas"] = stages.replicas(ctx, cfg, store, engines)
+        lmp_log = list(engines.engine.log) if engines.engine is not None else []
+        if engines.engine is not None:
+            engines.engine.close()
+        t0 = time.perf_counter()
+        q = stages.wave_number(cfg, store)
+        wall["dynamics"] = stages.dynamics_stage(ctx, cfg, store, q) + time.perf_counter() - t0
+        times = cfg.replica_times()
+        fs = np.mean([store.read("dynamics/fs", (s,)) for s in range(cfg.snapshots.count)], axis=0)
+        taus = [tau_alpha(times, f) for f in fs]
+        ctx.log(f"F_s(q = {q:.3f}, t) of A reaches 1/e at τ_α = {taus[0]:.4g} τ "
+                f"(B: {taus[1]:.4g} τ)")
+        t0 = time.perf_counter()
+        r_gen = stages.generation_radius(cfg, store)
+        spec = stages.descriptor_spec(cfg, r_gen)
+        ctx.log(f"generation averaging radius r_c = {r_gen:.4f} σ")
+        wall["descriptors"] = stages.descriptors_stage(ctx, cfg, store, spec) + \
+            time.perf_counter() - t0
+        t0 = time.perf_counter()
+        fits, train, test = fit_propensity(ctx, cfg, store, spec.n_base_features)
+        wall["fits"] = ctx.comm.bcast(time.perf_counter() - t0, root=0)
+        species = get_model(cfg.model.name).species
+        ctx.log(pearson_table(times, fits, species))
+        lmp_log = next((log for log in ctx.comm.allgather(lmp_log) if log), [])
+        wall["total"] = time.perf_counter() - t_start
+        ctx.log("wall time per stage (s): " + ", ".join(f"{k} {v:.1f}" for k, v in wall.items()))
+
+        def extra(h5):
+            h5["iso/times"] = times
+            h5["iso/steps"] = cfg.replica_steps()
+            h5["dynamics/fs_mean"] = fs
+            h5["dynamics"].attrs["q"] = q
+            h5["dynamics"].attrs["tau_alpha"] = np.array(taus)
+            h5["dynamics"].attrs["propensity_kind"] = cfg.dynamics.propensity
+            h5["snapshots/q_edges"] = stages.Q_EDGES
+            h5["descriptors"].attrs["r_generation"] = r_gen
+            h5.create_dataset("descriptors/feature_names", data=spec.feature_names(species),
+                              dtype=h5py.string_dtype())
+            g = h5.require_group("fits")
+            g.attrs["train_snapshots"] = train
+            g.attrs["test_snapshots"] = test
+            for name, res in fits.items():
+                f = g.create_group(name)
+                for key in ("pearson", "r2", "alpha", "coef", "intercept", "grid_extended",
+                            "columns"):
+                    f[key] = getattr(res, key)
+                f.attrs["feature_set"] = json.dumps(vars(cfg.fits.feature_sets[name]))
+            p = h5.create_group("provenance")
+            p.attrs["config_yaml"] = yaml_text
+            p.attrs["versions"] = json.dumps(versions())
+            p.attrs["ranks"] = ctx.size
+            p.attrs["store_mode"] = store.mode
+            p.attrs["host"] = platform.node()
+            p.attrs["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
+            p.attrs["command"] = " ".join(sys.argv)
+            p.attrs["stage_seconds"] = json.dumps(wall)
+            p.attrs["lammps_commands"] = "\n".join(lmp_log)
+            h5.attrs["species"] = np.array(species, dtype="S")
+            h5.attrs["units"] = "reduced LJ units of species A"
+
+        store.finalize(extra)
+        ctx.log(f"wrote {os.path.abspath(cfg.output)}")
+        return {"tau_alpha": taus, "q": q, "fits": fits, "wall": wall}
+    finally:
+        store.close()
+
+
+def pearson_table(times, fits, species):
+    """Text table of held-out Pearson ρ(t): one column per (feature set, species)."""
+    cols = [(n, s) for n in fits for s in range(len(species))]
+    head = f"{'t (τ)':>10s} " + " ".join(f"{n + ':' + species[s]:>14s}" for n, s in cols)
+    rows = [f"held-out Pearson ρ(t) of predicted vs measured propensity", head]
+    for k, t in enumerate(times):
+        rows.append(f"{t:10.4g} " + " ".join(f"{fits[n].pearson[s, k]:14.3f}" for n, s in cols))
+    return "\n".join(rows)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m glasshpc.run", description=__doc__.split("\n")[0])
+    ap.add_argument("config", nargs="?", help="YAML input")
+    ap.add_argument("--dry-run", action="store_true", help="validate and print the task plan")
+    ap.add_argument("--describe", action="store_true", help="print every config key and default")
+    args = ap.parse_args(argv)
+    ctx = Context()
+    if args.describe:
+        ctx.log(config_mod.describe())
+        return 0
+    if not args.config:
+        ap.error("CONFIG is required")
+    try:
+        cfg, text = config_mod.load(args.config)
+    except (config_mod.ConfigError, OSError) as err:
+        if ctx.root:
+            print(f"glasshpc: {err}", file=sys.stderr, flush=True)
+        return 2
+    if args.dry_run:
+        ctx.log(plan_text(cfg, ctx))
+        return 0
+    try:
+        execute(cfg, text, ctx)
+    except FileExistsError as err:
+        if ctx.root:
+            print(f"glasshpc: {err}", file=sys.stderr, flush=True)
+        return 2
+    except Exception:  # one failing rank must not leave the others hanging in a collective
+        traceback.print_exc()
+        sys.stderr.flush()
+        if ctx.size > 1:
+            ctx.comm.Abort(1)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
