@@ -199,6 +199,7 @@ def test_two_seeds_agree_ka():
                        record_every=1) for s in (1, 2)]
     for r in runs:
         assert np.allclose(r["samples"].mean(0), r["positions"])
+        assert r["n_rebuilds"] == 0  # Verlet list (skin 2R + 0.05) built once
     # global averages: energy per particle and mean cage displacement
     E = [np.array([total_energy(c, t, box, pot) for c in r["samples"][::5]]) / 400 for r in runs]
     se = np.hypot(_block_se(E[0]), _block_se(E[1]))
@@ -236,7 +237,12 @@ def test_ka_energy_matches_brute_force(ka400, shift):
     for skin in (0.25, 0.8):  # 0.25 forces list rebuilds
         r = cage_state(pos, t, box, pot, 0.44, 10, 10, seed=4, skin=skin)
         assert r["energy"] == pytest.approx(brute_energy(r["final"], t, box, pot), rel=1e-10)
-    assert r["n_rebuilds"] == 0 or skin != 0.8
+        if skin == 0.25:
+            assert r["n_rebuilds"] > 0
+    # spherical cage with the default skin 2R + 0.05: the list built once is exact, no rebuild
+    r = cage_state(pos, t, box, pot, 0.6, 10, 20, seed=4, cage="sphere", cage_radius=0.35)
+    assert r["n_rebuilds"] == 0
+    assert r["energy"] == pytest.approx(brute_energy(r["final"], t, box, pot), rel=1e-10)
 
 
 def test_energy_all_pairs_fallback_and_truncation():

@@ -43,9 +43,10 @@ For the spherical cage the default skin = 2 cage_radius + 0.05 makes the list bu
 r^init exact for the whole run (every particle stays within cage_radius <= skin/2 of r^init,
 so no rebuild can happen; the 0.05 margin only guards against round-off).  For the Voronoi
 cage the cell size is not bounded a priori (Eq. 10 cells are bounded by Apollonius spheres, the
-cell of a large particle with only small neighbours can be large), so the guard above is what
-makes the fixed list exact; with the default skin (0.8) no rebuild happens in practice for the
-paper's state points (``n_rebuilds`` is reported).  If max(cutoff) + skin >= half the box the
+cell of a large particle with only small neighbours can be large, and SANN misses some true
+Voronoi neighbours so cells can have long spikes), so the guard above is what makes the list
+exact; with the default skin 0.8 rebuilds are rare (``n_rebuilds`` is reported; e.g. 10 in
+300 sweeps of a poorly relaxed N = 2000 KA glass).  If max(cutoff) + skin >= half the box the
 kernel falls back to all pairs with the minimum image (requires max(cutoff) < half the box).
 """
 from dataclasses import dataclass
@@ -535,7 +536,9 @@ def cage_state(positions, types, box, potential, T, n_equil, n_measure, seed,
     box : (3,) orthorhombic box edges
     potential : PairPotential
     T : temperature (k_B = 1); irrelevant for hard spheres
-    n_equil, n_measure : equilibration / measurement sweeps (N trial moves each)
+    n_equil, n_measure : equilibration / measurement sweeps (N trial moves each); the step is
+        retuned every 500 equilibration moves (factor <= 2 per block), so tiny systems need
+        more than 500 / N equilibration sweeps
     seed : int, seeds the numba RNG (deterministic)
     cage : 'voronoi' (Eq. 10 with SANN neighbours) or 'sphere'
     cage_radius : sphere radius (scalar, per species or per particle); default 0.5 * s_i
