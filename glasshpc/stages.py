@@ -119,7 +119,8 @@ def wave_number(cfg, store):
     """q of F_s: the config value, or the first peak of S_AA(q) averaged over snapshots."""
     if cfg.dynamics.q != "auto":
         return float(cfg.dynamics.q)
-    sq = np.nanmean([store.read("snapshots/sq_AA", (s,)) for s in range(cfg.snapshots.count)], axis=0)
+    # same box for every snapshot, hence the same empty (NaN) bins: a plain mean keeps them NaN
+    sq = np.mean([store.read("snapshots/sq_AA", (s,)) for s in range(cfg.snapshots.count)], axis=0)
     return dynamics.first_peak(Q_EDGES, sq)
 
 

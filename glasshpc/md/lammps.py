@@ -230,7 +230,8 @@ class LammpsEngine:
         Maxwell–Boltzmann velocities at ``temperature`` (:func:`maxwell_boltzmann`), integrate NVE
         and record r_i(t) − r_i(0) (unwrapped) at the step counts ``steps`` (increasing ints > 0).
 
-        Returns (len(steps), N, 3) float64 displacements in σ.
+        Returns (len(steps), N, 3) float64 displacements in σ. The total energy per particle at each
+        read-out is kept in :attr:`last_energies` ((len(steps),) float64, ε) for drift checks.
         """
         steps = np.asarray(steps, dtype=np.int64)
         if steps.size == 0 or steps[0] <= 0 or np.any(np.diff(steps) <= 0):
@@ -240,11 +241,13 @@ class LammpsEngine:
         self.set_velocities(maxwell_boltzmann(len(types), temperature, rng))
         self.command("reset_timestep 0", "fix integrate all nve")
         out = np.empty((steps.size, len(types), 3))
+        self.last_energies = np.empty(steps.size)
         done = 0
         for k, s in enumerate(steps):
             # `pre yes` once: fresh forces after the restore and set-up of the new fix (STACK.md)
             self._run(s - done, first=(k == 0))
             done = s
             out[k] = self.unwrapped_positions() - x0
+            self.last_energies[k] = self.thermo("etotal")
         self.command("unfix integrate")
         return out

@@ -1,0 +1,29 @@
+"""Shared fixtures: a tiny but complete Kob–Andersen configuration (reduced LJ units)."""
+import pytest
+
+TINY_YAML = """
+output: {output}
+seed: 7
+model: {{name: kob_andersen, n_particles: 300, density: 1.2, temperature: 0.8}}
+md: {{melt_time: 2, nvt_time: 5, nve_time: 5}}
+snapshots: {{count: 5}}
+iso:
+  replicas: 3
+  times: {{start: 0.01, stop: 2.0, count: 8}}
+descriptors:
+  radial: [{{r_min: 0.8, r_max: 2.2, count: 8, delta: 0.12}}]
+  angular: [{{r_min: 1.0, r_max: 2.0, count: 3, delta: 0.12}}]
+  l: [2, 4, 6]
+  generations: 1
+  r_generation: 1.5
+fits:
+  cv_folds: 3
+  test_fraction: 0.25
+  feature_sets: {{g0: {{generations: 0}}, g1: {{generations: 1}}}}
+"""
+
+
+@pytest.fixture
+def tiny_yaml():
+    """Function output_path → YAML text of the tiny configuration."""
+    return lambda output: TINY_YAML.format(output=output)
