@@ -1,0 +1,62 @@
+#!/usr/bin/env python
+"""Plot held-out Pearson ρ(t) per feature set and species, and the mean propensity vs t.
+
+    python tools/plot_pearson.py OUTPUT.h5 [-o OUTPUT_pearson.png]
+
+Reads /fits/<feature_set>/pearson [n_species, T], /iso/times [T], /propensity [S, T, N] and
+/snapshots/types [S, N] of a glasshpc output file. Times in τ, lengths in σ_AA (reduced LJ units).
+"""
+import argparse
+import os
+
+import h5py
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("h5")
+    ap.add_argument("-o", "--output", help="PNG path (default: <h5 stem>_pearson.png)")
+    args = ap.parse_args(argv)
+    out = args.output or os.path.splitext(args.h5)[0] + "_pearson.png"
+    with h5py.File(args.h5, "r") as f:
+        times = f["iso/times"][()]
+        species = [s.decode() for s in f.attrs["species"]]
+        fits = {name: f[f"fits/{name}/pearson"][()] for name in f["fits"]}
+        prop = f["propensity"][()]
+        types = f["snapshots/types"][()]
+        tau = f["dynamics"].attrs.get("tau_alpha", [np.nan] * len(species))
+        kind = f["dynamics"].attrs.get("propensity_kind", "abs")
+    fig, axes = plt.subplots(1, len(species) + 1, figsize=(4.2 * (len(species) + 1), 3.6))
+    for s, ax in enumerate(axes[:-1]):
+        for name, rho in fits.items():
+            ax.plot(times, rho[s], marker="o", ms=3, label=name)
+        if np.isfinite(tau[s]):
+            ax.axvline(tau[s], color="0.6", ls=":", label=r"$\tau_\alpha$")
+        ax.set_xscale("log")
+        ax.set_ylim(min(0.0, np.nanmin([r[s] for r in fits.values()])), 1.0)
+        ax.set_xlabel(r"$t\ (\tau)$")
+        ax.set_ylabel(r"Pearson $\rho(t)$, held-out snapshots")
+        ax.set_title(f"species {species[s]}")
+        ax.legend(fontsize=8)
+    ax = axes[-1]
+    for s, name in enumerate(species):
+        mean = np.array([prop[:, k][types == s].mean() for k in range(len(times))])
+        ax.plot(times, mean, marker="o", ms=3, label=name)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(r"$t\ (\tau)$")
+    ax.set_ylabel(r"mean propensity $\langle|\Delta r|\rangle\ (\sigma)$" if kind == "abs"
+                  else r"mean propensity $\langle|\Delta r|^2\rangle\ (\sigma^2)$")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=130)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
