@@ -262,3 +262,14 @@ def test_neighbor_list_matches_brute_force(n, box, cutoff):
         assert sorted(js.tolist()) == np.flatnonzero(r[i] < cutoff).tolist()
         np.testing.assert_allclose(nl.vectors[row], d[i, js], rtol=0, atol=1e-12)
         np.testing.assert_allclose(nl.distances[row], r[i, js], rtol=0, atol=1e-12)
+
+
+def test_radial_uniform_runs_match_brute_force(config):
+    """Equal-δ, equally spaced shells go through the exp recurrence; check it (and run edges) against brute force."""
+    pos, unwrapped, types = config
+    rr = np.concatenate([np.linspace(0.0, 2.0, 41), np.linspace(2.1, 2.7, 4), [1.0, 1.3]])
+    dd = np.concatenate([np.full(41, 0.05), np.full(4, 0.1), [0.02, 0.3]])
+    spec = DescriptorSpec(rr, dd, np.array([]), np.array([]), (), 2, 0)
+    nl = NeighborList(unwrapped, BOX, spec.cutoff())
+    np.testing.assert_allclose(radial_descriptors(nl, types, spec), _brute_radial(pos, types, BOX, spec),
+                               rtol=0, atol=1e-10)

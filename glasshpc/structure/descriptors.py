@@ -240,49 +240,111 @@ def preset(name: str, n_species: int = 2, generations: int = 2, r_generation: fl
 # Kernels
 # ---------------------------------------------------------------------------------------------------------------------
 
-def _shell_table(r, delta, truncation, cutoff):
-    """Lookup table bin -> candidate shells whose window [r − tδ, r + tδ] overlaps the distance bin."""
-    lo = r - truncation * delta
-    hi = r + truncation * delta
-    h = max(min(2.0 * truncation * delta.min() / 8.0, cutoff / 16.0), cutoff / 200000.0)
+def _shell_runs(r, delta, tol=1e-13):
+    """Split the shells (in spec order) into runs of equal δ and uniform spacing Δ > 0.
+
+    Returns start (R+1,) int64 (run q holds shells start[q]:start[q+1]) and spacing (R,) float64 (0 for a single
+    shell). Within a run the Gaussians obey w_{k+1} = w_k g_k, g_{k+1} = g_k e^{−Δ²/δ²}: two exps per pair and run.
+    """
+    starts = [0]
+    spacing = []
+    k = 0
+    n = r.size
+    while k < n:
+        e = k + 1
+        if e < n and delta[e] == delta[k] and r[e] > r[k]:
+            dr = r[e] - r[k]
+            while e < n and delta[e] == delta[k] and abs(r[e] - (r[k] + (e - k) * dr)) <= tol * max(1.0, abs(r[e])):
+                e += 1
+        spacing.append((r[k + 1] - r[k]) if e > k + 1 else 0.0)
+        starts.append(e)
+        k = e
+    return np.asarray(starts, np.int64), np.asarray(spacing, np.float64)
+
+
+def _run_table(r, delta, truncation, cutoff, starts):
+    """Lookup table distance bin -> candidate runs whose window [r_first − tδ, r_last + tδ] overlaps the bin."""
+    lo = r[starts[:-1]] - truncation * delta[starts[:-1]]
+    hi = r[starts[1:] - 1] + truncation * delta[starts[:-1]]
+    h = max(min(2.0 * truncation * delta.min() / 4.0, cutoff / 16.0), cutoff / 200000.0)
     nbins = int(np.ceil(cutoff / h)) + 1
-    starts = np.zeros(nbins + 1, np.int64)
-    lists = []
-    for b in range(nbins):
-        a0, a1 = b * h, (b + 1) * h
-        sel = np.flatnonzero((hi >= a0) & (lo <= a1))
-        lists.append(sel)
-        starts[b + 1] = starts[b] + sel.size
-    idx = np.concatenate(lists).astype(np.int64) if lists else np.zeros(0, np.int64)
-    return 1.0 / h, starts, idx
+    b0 = np.clip(np.floor(lo / h).astype(np.int64), 0, nbins - 1)
+    b1 = np.clip(np.floor(hi / h).astype(np.int64), 0, nbins - 1)
+    counts = np.zeros(nbins + 1, np.int64)
+    for q in range(lo.size):
+        counts[b0[q] + 1:b1[q] + 2] += 1
+    tstart = np.cumsum(counts)
+    idx = np.empty(tstart[-1], np.int64)
+    fill = tstart[:-1].copy()
+    for q in range(lo.size):
+        for bb in range(b0[q], b1[q] + 1):
+            idx[fill[bb]] = q
+            fill[bb] += 1
+    return 1.0 / h, tstart, idx
 
 
 @njit(cache=True)
-def _radial_kernel(offsets, nbr, dist, types, n_species, r, delta, truncation, inv_h, starts, idx):
+def _radial_kernel(offsets, nbr, dist, types, n_species, r, delta, truncation, run_start, run_dr, inv_h, tstart,
+                   idx):
     n = offsets.shape[0] - 1
     n_rad = r.shape[0]
     out = np.zeros((n, n_species * n_rad))
-    inv2d2 = 1.0 / (2.0 * delta * delta)
-    tdel = truncation * delta
-    nbins = starts.shape[0] - 1
+    nbins = tstart.shape[0] - 1
+    n_runs = run_dr.shape[0]
+    run_c = np.empty(n_runs)  # e^{−Δ²/δ²}
+    for q in range(n_runs):
+        dd = delta[run_start[q]]
+        run_c[q] = np.exp(-run_dr[q] * run_dr[q] / (dd * dd))
     for i in range(n):
         ti = types[i] * n_rad
+        oi = out[i]
         for k in range(offsets[i], offsets[i + 1]):
             j = nbr[k]
             if j <= i:  # every pair once; contributes to both i and j (w is symmetric)
                 continue
             d = dist[k]
-            b = int(d * inv_h)
-            if b >= nbins:
-                b = nbins - 1
+            bb = int(d * inv_h)
+            if bb >= nbins:
+                bb = nbins - 1
             tj = types[j] * n_rad
-            for p in range(starts[b], starts[b + 1]):
-                s = idx[p]
-                u = d - r[s]
-                if abs(u) <= tdel[s]:
-                    w = np.exp(-u * u * inv2d2[s])
-                    out[i, tj + s] += w
-                    out[j, ti + s] += w
+            oj = out[j]
+            for p in range(tstart[bb], tstart[bb + 1]):
+                q = idx[p]
+                s0 = run_start[q]
+                s1 = run_start[q + 1]
+                dl = delta[s0]
+                tw = truncation * dl
+                inv2d2 = 0.5 / (dl * dl)
+                dr = run_dr[q]
+                if s1 - s0 > 1:  # first/last shell of the window, then fix rounding at the edges
+                    a = s0 + min(s1 - s0, max(0, int(np.ceil((d - tw - r[s0]) / dr))))
+                    e = s0 + max(-1, min(s1 - s0 - 1, int(np.floor((d + tw - r[s0]) / dr))))
+                    while a > s0 and abs(d - r[a - 1]) <= tw:
+                        a -= 1
+                    while a <= e and abs(d - r[a]) > tw:
+                        a += 1
+                    while e < s1 - 1 and abs(d - r[e + 1]) <= tw:
+                        e += 1
+                    while e >= a and abs(d - r[e]) > tw:
+                        e -= 1
+                else:
+                    a = s0
+                    e = s0 if abs(d - r[s0]) <= tw else s0 - 1
+                if e < a:
+                    continue
+                u = d - r[a]
+                w = np.exp(-u * u * inv2d2)
+                if e > a:
+                    g = np.exp((2.0 * u * dr - dr * dr) * inv2d2)
+                    c = run_c[q]
+                    for s in range(a, e + 1):
+                        oi[tj + s] += w
+                        oj[ti + s] += w
+                        w *= g
+                        g *= c
+                else:
+                    oi[tj + a] += w
+                    oj[ti + a] += w
     return out
 
 
@@ -562,9 +624,10 @@ def radial_descriptors(nlist, types, spec):
         return np.zeros((n, 0))
     rc = spec.radial_cutoff()
     _check_nlist(nlist, rc, "radial_descriptors")
-    inv_h, starts, idx = _shell_table(spec.radial_r, spec.radial_delta, spec.truncation, nlist.cutoff)
+    run_start, run_dr = _shell_runs(spec.radial_r, spec.radial_delta)
+    inv_h, tstart, idx = _run_table(spec.radial_r, spec.radial_delta, spec.truncation, nlist.cutoff, run_start)
     return _radial_kernel(nlist.offsets, nlist.neighbors, nlist.distances, types, spec.n_species,
-                          spec.radial_r, spec.radial_delta, spec.truncation, inv_h, starts, idx)
+                          spec.radial_r, spec.radial_delta, spec.truncation, run_start, run_dr, inv_h, tstart, idx)
 
 
 def angular_descriptors(nlist, spec):
