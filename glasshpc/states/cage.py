@@ -60,7 +60,7 @@ from ..structure.sann import sann_neighbors
 _KINDS = {"lj": 0, "harmonic": 1, "hard": 2}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq=False: array fields; identity comparison / hashing
 class PairPotential:
     """Generic pair potential tables for S species (indices 0..S-1 in ``types``).
 
@@ -341,15 +341,21 @@ def _in_cage_full(x, i, init, box, coff, cnb, sigc):
     return True
 
 
-@njit(cache=True)
 def in_cage(point, i, positions_init, box, cage_offsets, cage_neighbors, sigma_cage):
     """True if ``point`` lies in the approximate Voronoi cell (Eq. 10) of particle i.
 
     point : (3,) in the same periodic image as positions_init[i];
     cage_offsets, cage_neighbors : SANN CSR lists of the initial configuration;
     sigma_cage : (N,) per-particle cage sizes s_i (KA: sigma_ii of the species).
+    Same test as the MC kernel's debug check (the kernel's fast path uses precomputed
+    minimum-image neighbour vectors instead).
     """
-    return _in_cage_full(point, i, positions_init, box, cage_offsets, cage_neighbors, sigma_cage)
+    return bool(_in_cage_full(np.asarray(point, dtype=np.float64), int(i),
+                              np.ascontiguousarray(positions_init, dtype=np.float64),
+                              np.ascontiguousarray(box, dtype=np.float64),
+                              np.asarray(cage_offsets, dtype=np.int64),
+                              np.asarray(cage_neighbors, dtype=np.int64),
+                              np.ascontiguousarray(sigma_cage, dtype=np.float64)))
 
 
 @njit(cache=True)
