@@ -115,7 +115,7 @@ def maxwell_boltzmann(n, T=1.0, seed_or_rng=None):
 # ist (int64 stats): 0 collisions, 1 events, 2 list rebuilds, 3 stale events
 # fst (float64 stats): 0 collision virial sum |r_ij . dv_ij|
 _X, _Y, _Z, _T, _VX, _VY, _VZ, _A = 0, 1, 2, 3, 4, 5, 6, 7
-_JIT = dict(cache=True, error_model="numpy", boundscheck=False)
+_JIT = dict(cache=True, error_model="numpy", boundscheck=False, _nrt=False)
 
 
 # ---- Paul's event calendar: ring of NB buckets of width w, overflow list, and a small
