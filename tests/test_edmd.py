@@ -68,8 +68,10 @@ def test_refuses_out_of_box_and_nan_with_index():
     bad[1, 2] = np.nan
     with pytest.raises(ValueError, match=r"particle 1\b"):
         HardSphereSystem(bad, np.ones(3), [10.0] * 3)
-    with pytest.raises(ValueError):
-        HardSphereSystem(pos, np.ones(3), [3.0] * 3)           # box too small
+    with pytest.raises(ValueError, match="too small"):
+        HardSphereSystem(pos[:2] * 0.3, np.ones(2), [1.9] * 3)  # box below 2 sigma
+    with pytest.raises(ValueError, match="too small"):
+        HardSphereSystem(pos, np.ones(3), [10.0] * 3, shell=2.5)
     with pytest.raises(ValueError):
         HardSphereSystem(pos, np.ones(3), [10.0] * 3, velocities=np.ones((2, 3)))
 
