@@ -273,3 +273,12 @@ def test_radial_uniform_runs_match_brute_force(config):
     nl = NeighborList(unwrapped, BOX, spec.cutoff())
     np.testing.assert_allclose(radial_descriptors(nl, types, spec), _brute_radial(pos, types, BOX, spec),
                                rtol=0, atol=1e-10)
+
+
+def test_radial_only_spec_through_compute_descriptors(config):
+    pos, unwrapped, types = config
+    spec = DescriptorSpec(np.array([1.0, 1.5]), np.array([0.1, 0.2]), np.array([]), np.array([]), (), 2, 0)
+    np.testing.assert_allclose(compute_descriptors(unwrapped, types, BOX, spec), _brute_radial(pos, types, BOX, spec),
+                               rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match="finite"):
+        compute_descriptors(np.full_like(pos, np.nan), types, BOX, spec)

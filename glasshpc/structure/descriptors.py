@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from .neighbors import NeighborList, check_cutoff
+from .neighbors import NeighborList, _cell_sort, _stencil_cells, check_cutoff
 
 __all__ = [
     "DescriptorSpec",
@@ -284,67 +284,171 @@ def _run_table(r, delta, truncation, cutoff, starts):
 
 
 @njit(cache=True)
+def _run_factors(delta, run_start, run_dr):
+    """e^{−Δ²/δ²} of every run."""
+    n_runs = run_dr.shape[0]
+    run_c = np.empty(n_runs)
+    for q in range(n_runs):
+        dd = delta[run_start[q]]
+        run_c[q] = np.exp(-run_dr[q] * run_dr[q] / (dd * dd))
+    return run_c
+
+
+@njit(cache=True)
+def _radial_batch(m, pi, pj, pd, out, toff, r, delta, truncation, run_start, run_dr, run_c, inv_h, tstart, idx):
+    """For the m pairs (pi[k], pj[k]) at distance pd[k]: add w(d) of every shell within its truncation window to
+    out[i, toff[j] + s] and out[j, toff[i] + s] (toff = species offset s_j * n_rad)."""
+    nbins = tstart.shape[0] - 1
+    for k in range(m):
+        i = pi[k]
+        j = pj[k]
+        d = pd[k]
+        ti = toff[i]
+        tj = toff[j]
+        bb = int(d * inv_h)
+        if bb >= nbins:
+            bb = nbins - 1
+        for p in range(tstart[bb], tstart[bb + 1]):
+            q = idx[p]
+            s0 = run_start[q]
+            s1 = run_start[q + 1]
+            dl = delta[s0]
+            tw = truncation * dl
+            inv2d2 = 0.5 / (dl * dl)
+            dr = run_dr[q]
+            if s1 - s0 > 1:  # first/last shell of the window, then fix rounding at the edges
+                a = s0 + min(s1 - s0, max(0, int(np.ceil((d - tw - r[s0]) / dr))))
+                e = s0 + max(-1, min(s1 - s0 - 1, int(np.floor((d + tw - r[s0]) / dr))))
+                while a > s0 and abs(d - r[a - 1]) <= tw:
+                    a -= 1
+                while a <= e and abs(d - r[a]) > tw:
+                    a += 1
+                while e < s1 - 1 and abs(d - r[e + 1]) <= tw:
+                    e += 1
+                while e >= a and abs(d - r[e]) > tw:
+                    e -= 1
+            else:
+                a = s0
+                e = s0 if abs(d - r[s0]) <= tw else s0 - 1
+            if e < a:
+                continue
+            u = d - r[a]
+            w = np.exp(-u * u * inv2d2)
+            if e > a:
+                g = np.exp((2.0 * u * dr - dr * dr) * inv2d2)
+                c = run_c[q]
+                for s in range(a, e + 1):
+                    out[i, tj + s] += w
+                    out[j, ti + s] += w
+                    w *= g
+                    g *= c
+            else:
+                out[i, tj + a] += w
+                out[j, ti + a] += w
+
+
+@njit(cache=True)
 def _radial_kernel(offsets, nbr, dist, types, n_species, r, delta, truncation, run_start, run_dr, inv_h, tstart,
                    idx):
     n = offsets.shape[0] - 1
     n_rad = r.shape[0]
     out = np.zeros((n, n_species * n_rad))
-    nbins = tstart.shape[0] - 1
-    n_runs = run_dr.shape[0]
-    run_c = np.empty(n_runs)  # e^{−Δ²/δ²}
-    for q in range(n_runs):
-        dd = delta[run_start[q]]
-        run_c[q] = np.exp(-run_dr[q] * run_dr[q] / (dd * dd))
+    run_c = _run_factors(delta, run_start, run_dr)
+    toff = types * n_rad
+    maxrow = 1
     for i in range(n):
-        ti = types[i] * n_rad
-        oi = out[i]
+        maxrow = max(maxrow, offsets[i + 1] - offsets[i])
+    pi = np.empty(maxrow, np.int64)
+    pj = np.empty(maxrow, np.int64)
+    pd = np.empty(maxrow)
+    for i in range(n):
+        m = 0
         for k in range(offsets[i], offsets[i + 1]):
             j = nbr[k]
-            if j <= i:  # every pair once; contributes to both i and j (w is symmetric)
-                continue
-            d = dist[k]
-            bb = int(d * inv_h)
-            if bb >= nbins:
-                bb = nbins - 1
-            tj = types[j] * n_rad
-            oj = out[j]
-            for p in range(tstart[bb], tstart[bb + 1]):
-                q = idx[p]
-                s0 = run_start[q]
-                s1 = run_start[q + 1]
-                dl = delta[s0]
-                tw = truncation * dl
-                inv2d2 = 0.5 / (dl * dl)
-                dr = run_dr[q]
-                if s1 - s0 > 1:  # first/last shell of the window, then fix rounding at the edges
-                    a = s0 + min(s1 - s0, max(0, int(np.ceil((d - tw - r[s0]) / dr))))
-                    e = s0 + max(-1, min(s1 - s0 - 1, int(np.floor((d + tw - r[s0]) / dr))))
-                    while a > s0 and abs(d - r[a - 1]) <= tw:
-                        a -= 1
-                    while a <= e and abs(d - r[a]) > tw:
-                        a += 1
-                    while e < s1 - 1 and abs(d - r[e + 1]) <= tw:
-                        e += 1
-                    while e >= a and abs(d - r[e]) > tw:
-                        e -= 1
-                else:
-                    a = s0
-                    e = s0 if abs(d - r[s0]) <= tw else s0 - 1
-                if e < a:
+            if j > i:  # every pair once; contributes to both i and j (w is symmetric)
+                pi[m] = i
+                pj[m] = j
+                pd[m] = dist[k]
+                m += 1
+        _radial_batch(m, pi, pj, pd, out, toff, r, delta, truncation, run_start, run_dr, run_c, inv_h, tstart, idx)
+    return out
+
+
+@njit(cache=True)
+def _radial_direct(positions, box, cutoff, types, n_species, r, delta, truncation, run_start, run_dr, inv_h, tstart,
+                   idx):
+    """Radial descriptors straight from the cell list: each pair once, in cell order (rows of nearby particles are
+    nearby in memory), no neighbour list stored. Same result as _radial_kernel."""
+    n = positions.shape[0]
+    n_rad = r.shape[0]
+    wrapped, nc, cx, start, order, xs, offs, lo, wrap = _cell_sort(positions, box, cutoff)
+    run_c = _run_factors(delta, run_start, run_dr)
+    ts = np.empty(n, np.int64)
+    for p in range(n):
+        ts[p] = types[order[p]] * n_rad
+    outs = np.zeros((n, n_species * n_rad))
+    st = np.empty(offs.shape[0], np.int64)
+    cap = 1024
+    pi = np.empty(cap, np.int64)
+    pj = np.empty(cap, np.int64)
+    pd = np.empty(cap)
+    rc2 = cutoff * cutoff
+    b0 = box[0]
+    b1 = box[1]
+    b2 = box[2]
+    hb0 = 0.5 * b0
+    hb1 = 0.5 * b1
+    hb2 = 0.5 * b2
+    for c0 in range(nc[0]):
+        for c1 in range(nc[1]):
+            for c2 in range(nc[2]):
+                c = (c0 * nc[1] + c1) * nc[2] + c2
+                if start[c] == start[c + 1]:
                     continue
-                u = d - r[a]
-                w = np.exp(-u * u * inv2d2)
-                if e > a:
-                    g = np.exp((2.0 * u * dr - dr * dr) * inv2d2)
-                    c = run_c[q]
-                    for s in range(a, e + 1):
-                        oi[tj + s] += w
-                        oj[ti + s] += w
-                        w *= g
-                        g *= c
-                else:
-                    oi[tj + a] += w
-                    oj[ti + a] += w
+                _stencil_cells(c0, c1, c2, nc, offs, lo, wrap, st)
+                cand = 0
+                for s in range(st.shape[0]):
+                    cand += start[st[s] + 1] - start[st[s]]
+                cand *= start[c + 1] - start[c]
+                if cand > cap:
+                    cap = max(2 * cap, cand)
+                    pi = np.empty(cap, np.int64)
+                    pj = np.empty(cap, np.int64)
+                    pd = np.empty(cap)
+                m = 0
+                for p in range(start[c], start[c + 1]):
+                    x0 = xs[p, 0]
+                    y0 = xs[p, 1]
+                    z0 = xs[p, 2]
+                    for s in range(st.shape[0]):
+                        cc = st[s]
+                        for q in range(max(start[cc], p + 1), start[cc + 1]):  # each pair once (q > p)
+                            dx = xs[q, 0] - x0
+                            dy = xs[q, 1] - y0
+                            dz = xs[q, 2] - z0
+                            if dx > hb0:
+                                dx -= b0
+                            elif dx < -hb0:
+                                dx += b0
+                            if dy > hb1:
+                                dy -= b1
+                            elif dy < -hb1:
+                                dy += b1
+                            if dz > hb2:
+                                dz -= b2
+                            elif dz < -hb2:
+                                dz += b2
+                            r2 = dx * dx + dy * dy + dz * dz
+                            if r2 < rc2:
+                                pi[m] = p
+                                pj[m] = q
+                                pd[m] = np.sqrt(r2)
+                                m += 1
+                _radial_batch(m, pi, pj, pd, outs, ts, r, delta, truncation, run_start, run_dr, run_c, inv_h,
+                              tstart, idx)
+    out = np.empty_like(outs)
+    for p in range(n):
+        out[order[p]] = outs[p]
     return out
 
 
@@ -715,18 +819,28 @@ def compute_descriptors(positions, types, box, spec):
     check_cutoff(box, rc)
     if spec.generations:
         check_cutoff(box, spec.r_generation)
-    nl = NeighborList(positions, box, rc)
-    parts = []
+    n = positions.shape[0]
+    # radial: pairs straight from the cell list (long cutoff, distances only); angular and generations: a full
+    # neighbour list with the (short) cutoff they need
+    short = max(spec.angular_cutoff(), spec.r_generation if spec.generations else 0.0)
+    if short > 0.0:
+        nl = NeighborList(positions, box, short)
+        _check_nlist(nl, 0.0, "compute_descriptors")  # coincident particles
+    elif not np.all(np.isfinite(positions)):
+        raise ValueError("positions must be finite")
+    base = np.empty((n, spec.n_base_features))
     if spec.radial_r.size:
-        parts.append(radial_descriptors(nl, types, spec))
+        rcut = spec.radial_cutoff()
+        run_start, run_dr = _shell_runs(spec.radial_r, spec.radial_delta)
+        inv_h, tstart, idx = _run_table(spec.radial_r, spec.radial_delta, spec.truncation, rcut, run_start)
+        base[:, :spec.n_radial] = _radial_direct(positions, box, rcut, types, spec.n_species, spec.radial_r,
+                                                 spec.radial_delta, spec.truncation, run_start, run_dr, inv_h,
+                                                 tstart, idx)
     if spec.angular_r.size:
-        parts.append(angular_descriptors(nl, spec))
-    base = parts[0] if len(parts) == 1 else np.hstack(parts)
+        base[:, spec.n_radial:] = angular_descriptors(nl, spec)
     if spec.generations == 0:
         return base
-    if spec.r_generation <= nl.cutoff:  # reuse the descriptor neighbour list
-        return _generations(nl.offsets, nl.neighbors, nl.distances, base, spec.r_generation, spec.generations)
-    return generation_average(base, positions, box, spec.r_generation, spec.generations)
+    return _generations(nl.offsets, nl.neighbors, nl.distances, base, spec.r_generation, spec.generations)
 
 
 def radial_distribution(positions_list, types_list, box_list, pairs=((0, 0),), r_max=None, dr=0.01):

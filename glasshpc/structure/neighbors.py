@@ -82,12 +82,17 @@ def _stencil_offsets(box, cutoff, nc):
 
 
 @njit(cache=True)
-def _neighbor_list(positions, box, cutoff):
+def _cell_sort(positions, box, cutoff):
+    """Wrap, bin into cells (see _grid) and sort particles by cell.
+
+    Returns wrapped (N,3), nc (3,), cx (N,3) cell coordinates of each particle, start (ncell+1,) so that cell c holds
+    sorted slots start[c]:start[c+1], order (N,) particle of each sorted slot, xs (N,3) wrapped positions in sorted
+    order, and the stencil: offs (nst,3), lo (3,), wrap (3, w) (see _stencil_cells).
+    """
     wrapped = _wrap(positions, box)
     n = positions.shape[0]
     nc = _grid(box, cutoff, n)
     ncell = nc[0] * nc[1] * nc[2]
-    # counting sort of particles by cell: cell c holds order[start[c]:start[c+1]], positions xs in that order
     cx = np.empty((n, 3), np.int64)
     cell_of = np.empty(n, np.int64)
     start = np.zeros(ncell + 1, np.int64)
@@ -115,7 +120,6 @@ def _neighbor_list(positions, box, cutoff):
         xs[p, 2] = wrapped[i, 2]
     offs = _stencil_offsets(box, cutoff, nc)
     # per-axis wrap tables: cell index of c + o is wrap[d, c + o - lo[d]] (no modulo in the particle loop)
-    nst = offs.shape[0]
     lo = np.empty(3, np.int64)
     width = 0
     for d in range(3):
@@ -125,7 +129,22 @@ def _neighbor_list(positions, box, cutoff):
     for d in range(3):
         for t in range(nc[d] + offs[:, d].max() - lo[d]):
             wrap[d, t] = (t + lo[d]) % nc[d]
-    st = np.empty(nst, np.int64)
+    return wrapped, nc, cx, start, order, xs, offs, lo, wrap
+
+
+@njit(cache=True)
+def _stencil_cells(c0, c1, c2, nc, offs, lo, wrap, st):
+    """Fill st with the flat ids of the stencil cells of cell (c0, c1, c2)."""
+    for s in range(offs.shape[0]):
+        st[s] = (wrap[0, c0 + offs[s, 0] - lo[0]] * nc[1] + wrap[1, c1 + offs[s, 1] - lo[1]]) * nc[2] \
+            + wrap[2, c2 + offs[s, 2] - lo[2]]
+
+
+@njit(cache=True)
+def _neighbor_list(positions, box, cutoff):
+    n = positions.shape[0]
+    wrapped, nc, cx, start, order, xs, offs, lo, wrap = _cell_sort(positions, box, cutoff)
+    st = np.empty(offs.shape[0], np.int64)
     vol = box[0] * box[1] * box[2]
     cap = int(1.15 * n * n / vol * 4.18879 * cutoff ** 3) + 16 * n + 16
     nbr = np.empty(cap, np.int64)
@@ -134,12 +153,10 @@ def _neighbor_list(positions, box, cutoff):
     offsets = np.zeros(n + 1, np.int64)
     k = 0
     for i in range(n):
+        _stencil_cells(cx[i, 0], cx[i, 1], cx[i, 2], nc, offs, lo, wrap, st)
         cand = 0
-        for s in range(nst):
-            c = (wrap[0, cx[i, 0] + offs[s, 0] - lo[0]] * nc[1] + wrap[1, cx[i, 1] + offs[s, 1] - lo[1]]) * nc[2] \
-                + wrap[2, cx[i, 2] + offs[s, 2] - lo[2]]
-            st[s] = c
-            cand += start[c + 1] - start[c]
+        for s in range(st.shape[0]):
+            cand += start[st[s] + 1] - start[st[s]]
         if k + cand > cap:
             cap = max(2 * cap, k + cand)
             nbr2 = np.empty(cap, np.int64)
