@@ -137,10 +137,11 @@ def main(argv=None):
     n_snap_cmp = args.snapshots
     if est_full > args.sklearn_budget:
         n_snap_cmp = int(args.snapshots * 0.8 * args.sklearn_budget / est_full)
-        n_snap_cmp = max(10, min(args.snapshots, n_snap_cmp))
+        n_snap_cmp = max(5, min(args.snapshots, n_snap_cmp))  # 5 folds need >= 5 snapshots
         say(f"NOTE: the full-size sklearn RidgeCV would take ~{est_full / 60:.0f} min (> "
             f"{args.sklearn_budget:.0f} s budget): comparing on the first {n_snap_cmp} snapshots "
-            f"(n={n_snap_cmp * per_snap}) instead; full-size sklearn time is the estimate above.")
+            f"(n={n_snap_cmp * per_snap}, sklearn est. ~{est_full * n_snap_cmp / args.snapshots:.0f} s) instead; "
+            f"full-size sklearn time is the estimate above.")
     n_cmp = n_snap_cmp * per_snap
     Xc, yc, gc = X[:n_cmp], y[:n_cmp], g[:n_cmp]
     if n_cmp == args.n:
