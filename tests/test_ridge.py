@@ -151,6 +151,10 @@ def test_folds_by_snapshot_deterministic_and_order_free():
     assert not np.array_equal(fa, fb)
     with pytest.raises(ValueError):
         GroupedRidgeCV(n_splits=30).fit(X, Y, g)
+    Xn = X.copy()
+    Xn[5, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        GroupedRidgeCV().fit(Xn, Y, g)
 
 
 def test_constant_feature_gets_zero_coefficient():

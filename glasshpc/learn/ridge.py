@@ -392,6 +392,8 @@ class GroupedRidgeCV:
         # ---- global shift (mean over all rows) for accurate shifted sums
         n_tot = int(_allreduce(comm, np.array([n], dtype=np.int64))[0])
         s = _allreduce(comm, np.concatenate([X.sum(0, dtype=np.float64), Y2.sum(0)]))
+        if not np.all(np.isfinite(s)):  # same verdict on every rank (Allreduced)
+            raise ValueError("X or Y contains NaN or inf")
         sx, sy = s[:F] / n_tot, s[F:] / n_tot
         self.n_rows_ = n_tot
 
