@@ -60,19 +60,24 @@ def _brute_radial(pos, types, box, spec):
 
 def _brute_angular(pos, box, spec):
     d, r = _pair_vectors(pos, box)
-    with np.errstate(invalid="ignore"):
-        theta = np.arccos(np.clip(d[..., 2] / r, -1, 1))
-    phi = np.arctan2(d[..., 1], d[..., 0])
+    near = np.isfinite(r) & (r < spec.cutoff())  # every other pair has w = 0 on every shell
+    ii, jj = np.nonzero(near)
+    rr, dd = r[ii, jj], d[ii, jj]
+    theta = np.arccos(np.clip(dd[:, 2] / rr, -1, 1))
+    phi = np.arctan2(dd[:, 1], dd[:, 0])
+    ylm = {(l, m): sph_harm_y(l, m, theta, phi) for l in spec.angular_l for m in range(-l, l + 1)}
+    n = len(pos)
     out = []
     for rk, dk in zip(spec.angular_r, spec.angular_delta):
-        w = np.exp(-(r - rk) ** 2 / (2 * dk * dk))
-        w[np.abs(r - rk) > spec.truncation * dk] = 0.0
-        z = w.sum(axis=1)
+        w = np.exp(-(rr - rk) ** 2 / (2 * dk * dk))
+        w[np.abs(rr - rk) > spec.truncation * dk] = 0.0
+        z = np.bincount(ii, w, minlength=n)
         for l in spec.angular_l:
-            acc = np.zeros(len(pos))
+            acc = np.zeros(n)
             for m in range(-l, l + 1):
-                y = np.nan_to_num(sph_harm_y(l, m, theta, phi))
-                qlm = np.sum(w * y, axis=1) / np.where(z > 0, z, 1)
+                y = ylm[(l, m)] * w
+                qlm = (np.bincount(ii, y.real, minlength=n) + 1j * np.bincount(ii, y.imag, minlength=n)) \
+                    / np.where(z > 0, z, 1)
                 acc += np.abs(qlm) ** 2
             out.append(np.where(z > 0, np.sqrt(4 * np.pi / (2 * l + 1) * acc), 0.0))
     return np.stack(out, axis=1)
