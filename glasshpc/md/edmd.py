@@ -441,7 +441,7 @@ def _cell_index(x, y, z, nc, prm):
 
 
 @njit(inline="always", **_JIT)
-def _fill_list(i, ctr, st, nbr, nn, chead, cnext, stencil, stencil_n, c, prm, half):
+def _fill_list(i, ctr, st, nbr, nn, ccnt, cmem, stencil, stencil_n, c, prm, half):
     """Insert into i's list (and i into theirs) every j with |c_i - c_j| < sigma_ij + 2 shell.
     half=True: only j < i (used for the initial build).  Returns False on overflow."""
     lx = prm[0]
@@ -458,8 +458,9 @@ def _fill_list(i, ctr, st, nbr, nn, chead, cnext, stencil, stencil_n, c, prm, ha
     ai = st[i, _A]
     ok = True
     for s in range(stencil_n[c]):
-        j = chead[stencil[c, s]]
-        while j >= 0:
+        c2 = stencil[c, s]
+        for q in range(ccnt[c2]):
+            j = cmem[c2, q]
             if j != i and (j < i or not half):
                 dx = ctr[j, 0] - xi
                 dy = ctr[j, 1] - yi
@@ -485,7 +486,6 @@ def _fill_list(i, ctr, st, nbr, nn, chead, cnext, stencil, stencil_n, c, prm, ha
                         nn[i] += 1
                         nbr[j, nn[j]] = i
                         nn[j] += 1
-            j = cnext[j]
     return ok
 
 
@@ -508,7 +508,7 @@ def _wrap_into(i, st, ctr, img, prm):
 
 
 @njit(inline="always", **_JIT)
-def _rebuild(i, t, st, ctr, img, nbr, nn, chead, cnext, cprev, cell_of, nc, stencil, stencil_n, prm):
+def _rebuild(i, t, st, ctr, img, nbr, nn, ccnt, cmem, cslot, cell_of, nc, stencil, stencil_n, prm):
     """Advance i to t, wrap it into the box, make its position the new shell centre and
     rebuild its neighbour list.  Returns False if a list would overflow."""
     dt = t - st[i, _T]
@@ -530,22 +530,20 @@ def _rebuild(i, t, st, ctr, img, nbr, nn, chead, cnext, cprev, cell_of, nc, sten
     cnew = _cell_index(ctr[i, 0], ctr[i, 1], ctr[i, 2], nc, prm)
     cold = cell_of[i]
     if cnew != cold:
-        p = cprev[i]
-        q = cnext[i]
-        if p >= 0:
-            cnext[p] = q
-        else:
-            chead[cold] = q
-        if q >= 0:
-            cprev[q] = p
-        h = chead[cnew]
-        cnext[i] = h
-        cprev[i] = -1
-        if h >= 0:
-            cprev[h] = i
-        chead[cnew] = i
+        k = cslot[i]
+        m = ccnt[cold] - 1
+        last = cmem[cold, m]
+        cmem[cold, k] = last
+        cslot[last] = k
+        ccnt[cold] = m
+        m = ccnt[cnew]
+        if m >= cmem.shape[1]:
+            return False
+        cmem[cnew, m] = i
+        cslot[i] = m
+        ccnt[cnew] = m + 1
         cell_of[i] = cnew
-    return _fill_list(i, ctr, st, nbr, nn, chead, cnext, stencil, stencil_n, cnew, prm, False)
+    return _fill_list(i, ctr, st, nbr, nn, ccnt, cmem, stencil, stencil_n, cnew, prm, False)
 
 
 @njit(inline="always", **_JIT)
@@ -606,7 +604,7 @@ def _collide(i, j, t, st, ccount, prm, fst):
 
 
 @njit(**_JIT)
-def _run_kernel(t_end, st, ctr, img, nbr, nn, chead, cnext, cprev, cell_of, nc, stencil, stencil_n,
+def _run_kernel(t_end, st, ctr, img, nbr, nn, ccnt, cmem, cslot, cell_of, nc, stencil, stencil_n,
                 ev_time, ev_partner, ev_pcount, ccount, where, cnx, cpv, ring, sh, shpos, cst, prm,
                 ist, fst):
     """Process events up to t_end.  Returns (status, t): status 0 = reached t_end,
@@ -623,7 +621,7 @@ def _run_kernel(t_end, st, ctr, img, nbr, nn, chead, cnext, cprev, cell_of, nc, 
         _cal_remove(i, ev_time, where, cnx, cpv, ring, sh, shpos, cst)
         if p < 0:
             ist[2] += 1
-            if not _rebuild(i, t, st, ctr, img, nbr, nn, chead, cnext, cprev, cell_of, nc,
+            if not _rebuild(i, t, st, ctr, img, nbr, nn, ccnt, cmem, cslot, cell_of, nc,
                             stencil, stencil_n, prm):
                 return 1, t
             _predict(i, t, st, ctr, nbr, nn, ccount, ev_time, ev_partner, ev_pcount, prm)
@@ -652,27 +650,30 @@ def _sync(t, st):
 
 
 @njit(**_JIT)
-def _init_all(st, ctr, img, nbr, nn, chead, cnext, cprev, cell_of, nc, stencil, stencil_n,
+def _init_all(st, ctr, img, nbr, nn, ccnt, cmem, cslot, cell_of, nc, stencil, stencil_n,
               ev_time, ev_partner, ev_pcount, ccount, where, cnx, cpv, ring, sh, shpos, cst, prm):
     """Full (re)initialisation at kernel time 0 of synchronised particles (all t_i = 0):
     wrap, shell centres, cells, lists, events, calendar.  Returns False on list overflow."""
     n = st.shape[0]
-    chead[:] = -1
+    ccnt[:] = 0
+    ok = True
     for i in range(n):
         st[i, _T] = 0.0
         _wrap_into(i, st, ctr, img, prm)
         c = _cell_index(ctr[i, 0], ctr[i, 1], ctr[i, 2], nc, prm)
         cell_of[i] = c
-        h = chead[c]
-        cnext[i] = h
-        cprev[i] = -1
-        if h >= 0:
-            cprev[h] = i
-        chead[c] = i
+        m = ccnt[c]
+        if m >= cmem.shape[1]:
+            ok = False
+        else:
+            cmem[c, m] = i
+            cslot[i] = m
+            ccnt[c] = m + 1
         nn[i] = 0
-    ok = True
+    if not ok:
+        return False
     for i in range(n):
-        if not _fill_list(i, ctr, st, nbr, nn, chead, cnext, stencil, stencil_n, cell_of[i], prm, True):
+        if not _fill_list(i, ctr, st, nbr, nn, ccnt, cmem, stencil, stencil_n, cell_of[i], prm, True):
             ok = False
     if not ok:
         return False
@@ -846,9 +847,12 @@ class HardSphereSystem:
         nc[nc < 3] = 1
         self._nc = nc
         self._stencil, self._stencil_n = _stencil_table(nc)
-        self._chead = -np.ones(int(nc.prod()), np.int64)
-        self._cnext = np.zeros(n, np.int64)
-        self._cprev = np.zeros(n, np.int64)
+        # cell member arrays; capacity from the densest packing of spheres centred in a cell
+        side = float(np.max(box / nc))
+        ccap = int(0.7405 * (side + maxd) ** 3 / (np.pi / 6.0 * float(diam.min()) ** 3)) + 4
+        self._chead = np.zeros(int(nc.prod()), np.int64)              # members per cell
+        self._cnext = np.zeros((int(nc.prod()), min(ccap, n)), np.int64)  # members
+        self._cprev = np.zeros(n, np.int64)                           # slot of i in its cell
         self._cell_of = np.zeros(n, np.int64)
         rho = n / box.prod()
         expect = rho * 4.0 / 3.0 * np.pi * cut ** 3
@@ -873,9 +877,14 @@ class HardSphereSystem:
         while not _init_all(self._st, self._ctr, self._img, self._nbr, self._nn, self._chead, self._cnext,
                             self._cprev, self._cell_of, self._nc, self._stencil, self._stencil_n,
                             *self._cal_args()):
-            self._cap *= 2
-            self._nbr = np.zeros((self.n, self._cap), np.int64)
+            self._grow()
         self._ready = True
+
+    def _grow(self):
+        """Double the neighbour-list and cell capacities (after an overflow)."""
+        self._cap *= 2
+        self._nbr = np.zeros((self.n, self._cap), np.int64)
+        self._cnext = np.zeros((self._cnext.shape[0], min(2 * self._cnext.shape[1], self.n)), np.int64)
 
     def _scale(self):
         """Current diameter scale s(t) (1 except during growth)."""
@@ -906,8 +915,7 @@ class HardSphereSystem:
                 if status == 0:
                     break
                 # neighbour-list overflow: restart from the synchronised state with larger lists
-                self._cap *= 2
-                self._nbr = np.zeros((self.n, self._cap), np.int64)
+                self._grow()
                 self._init()          # relabels the kernel clock t -> 0
                 t_end -= t
             self._time += step
