@@ -24,10 +24,19 @@ neighbour list when ``r_ij < cutoff``. The same truncation applies to Z_i.
 
     [gen0 | gen1 | … | gen n_max],  each block = [radial (species-major: s*n_rad + k) | angular (shell-major: a*n_l + l_index)]
 
-Hot loops are numba ``@njit(cache=True)``. The spherical harmonics use the normalised associated-Legendre
-recursion for m ≥ 0 only (|Y_l^{−m}| = |Y_l^m|); the angular accumulation Σ_j w_ja Y_lm(r̂_ij) over all shells a is
-accumulated pair by pair over only the shells whose truncation window holds r_ij; the Legendre
-recursions of 16 neighbours run side by side (SIMD).
+Hot loops are numba ``@njit(cache=True)``:
+
+- radial: each pair once (i < j, added to both rows). :func:`compute_descriptors` walks the cell list directly in cell
+  order (no long neighbour list stored); :func:`radial_descriptors` does the same from a :class:`NeighborList`.
+  Shells of equal δ and uniform spacing Δ (a "run") use the recurrence w_{k+1} = w_k g_k, g_{k+1} = g_k e^{−Δ²/δ²}:
+  two exps per pair and run instead of one per shell.
+- angular: Y_l^m by the normalised associated-Legendre recursion for m ≥ 0 only (|Y_l^{−m}| = |Y_l^m|), evaluated for
+  16 neighbours side by side (independent recursions -> SIMD); Σ_j w_j Y_lm(r̂_ij) accumulated only on the shells
+  whose truncation window holds r_ij.
+- generations: sparse row averages on the short neighbour list.
+
+Cost (bench/bench_descriptors.py, KA liquid N = 4096, ρ = 1.2, ``preset("ka_avg")``: 1176 features, cutoff 5.7):
+≈ 0.4 s CPU per configuration on one core, ~70x a vectorised numpy/scipy implementation.
 """
 from __future__ import annotations
 
@@ -95,10 +104,9 @@ class DescriptorSpec:
 
     def __post_init__(self):
         for name in ("radial_r", "radial_delta", "angular_r", "angular_delta"):
-            a = np.array(getattr(self, name), dtype=np.float64).reshape(-1) if np.ndim(getattr(self, name)) <= 1 \
-                else None
-            if a is None:
+            if np.ndim(getattr(self, name)) > 1:
                 raise ValueError(f"DescriptorSpec.{name} must be one-dimensional")
+            a = np.array(getattr(self, name), dtype=np.float64).reshape(-1)
             if not np.all(np.isfinite(a)):
                 raise ValueError(f"DescriptorSpec.{name} must be finite")
             a.setflags(write=False)
