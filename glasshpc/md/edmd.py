@@ -298,7 +298,7 @@ def _cal_build(ev_time, where, cnx, cpv, ring, sh, shpos, cst, prm):
 
 # ---- prediction
 @njit(inline="always", **_JIT)
-def _predict(i, t, st, ctr, nbr, nn, ccount, ev_time, ev_partner, ev_pcount, prm):
+def _predict(i, t, st, ctr, nbr, nn, ccount, ev_time, ev_partner, ev_pcount, scratch, prm):
     """Schedule the earliest event of particle i at current time t: leaving its shell or
     colliding with a listed neighbour."""
     lx = prm[0]
@@ -333,7 +333,8 @@ def _predict(i, t, st, ctr, nbr, nn, ccount, ev_time, ev_partner, ev_pcount, prm
             best = (-b + math.sqrt(b * b - a * c)) / a
     partner = -1
     if gamma == 0.0:
-        for k in range(nn[i]):
+        m = nn[i]
+        for k in range(m):
             j = nbr[i, k]
             dtj = t - st[j, _T]
             vjx = st[j, _VX]
@@ -342,40 +343,29 @@ def _predict(i, t, st, ctr, nbr, nn, ccount, ev_time, ev_partner, ev_pcount, prm
             dx = st[j, _X] + vjx * dtj - xi
             dy = st[j, _Y] + vjy * dtj - yi
             dz = st[j, _Z] + vjz * dtj - zi
-            if dx > hx:
-                dx -= lx
-            elif dx < -hx:
-                dx += lx
-            if dy > hy:
-                dy -= ly
-            elif dy < -hy:
-                dy += ly
-            if dz > hz:
-                dz -= lz
-            elif dz < -hz:
-                dz += lz
+            dx = dx - lx if dx > hx else dx
+            dx = dx + lx if dx < -hx else dx
+            dy = dy - ly if dy > hy else dy
+            dy = dy + ly if dy < -hy else dy
+            dz = dz - lz if dz > hz else dz
+            dz = dz + lz if dz < -hz else dz
             dvx = vjx - vix
             dvy = vjy - viy
             dvz = vjz - viz
             b = dx * dvx + dy * dvy + dz * dvz
-            if b >= 0.0:
-                continue
             sig = ai + st[j, _A]
             c = dx * dx + dy * dy + dz * dz - sig * sig
-            # lower bound c / (-2b) of the contact time: skip the root if it cannot win
-            if c >= -2.0 * b * best:
-                continue
-            if c <= 0.0:
-                tc = 0.0
-            else:
-                v2 = dvx * dvx + dvy * dvy + dvz * dvz
-                disc = b * b - v2 * c
-                if disc < 0.0:
-                    continue
-                tc = c / (-b + math.sqrt(disc))
+            v2 = dvx * dvx + dvy * dvy + dvz * dvz
+            disc = b * b - v2 * c
+            tc = c / (math.sqrt(max(disc, 0.0)) - b)
+            tc = _INF if (b >= 0.0 or disc < 0.0) else tc
+            tc = 0.0 if (c <= 0.0 and b < 0.0) else tc
+            scratch[k] = tc
+        for k in range(m):
+            tc = scratch[k]
             if tc < best:
                 best = tc
-                partner = j
+                partner = nbr[i, k]
     else:
         for k in range(nn[i]):
             j = nbr[i, k]
@@ -605,7 +595,7 @@ def _collide(i, j, t, st, ccount, prm, fst):
 
 @njit(**_JIT)
 def _run_kernel(t_end, st, ctr, img, nbr, nn, ccnt, cmem, cslot, cell_of, nc, stencil, stencil_n,
-                ev_time, ev_partner, ev_pcount, ccount, where, cnx, cpv, ring, sh, shpos, cst, prm,
+                ev_time, ev_partner, ev_pcount, scratch, ccount, where, cnx, cpv, ring, sh, shpos, cst, prm,
                 ist, fst):
     """Process events up to t_end.  Returns (status, t): status 0 = reached t_end,
     1 = neighbour-list overflow at time t (caller must synchronise and reinitialise)."""
@@ -624,16 +614,16 @@ def _run_kernel(t_end, st, ctr, img, nbr, nn, ccnt, cmem, cslot, cell_of, nc, st
             if not _rebuild(i, t, st, ctr, img, nbr, nn, ccnt, cmem, cslot, cell_of, nc,
                             stencil, stencil_n, prm):
                 return 1, t
-            _predict(i, t, st, ctr, nbr, nn, ccount, ev_time, ev_partner, ev_pcount, prm)
+            _predict(i, t, st, ctr, nbr, nn, ccount, ev_time, ev_partner, ev_pcount, scratch, prm)
         elif ccount[p] != ev_pcount[i]:
             ist[3] += 1
-            _predict(i, t, st, ctr, nbr, nn, ccount, ev_time, ev_partner, ev_pcount, prm)
+            _predict(i, t, st, ctr, nbr, nn, ccount, ev_time, ev_partner, ev_pcount, scratch, prm)
         else:
             ist[0] += 1
             _cal_remove(p, ev_time, where, cnx, cpv, ring, sh, shpos, cst)
             _collide(i, p, t, st, ccount, prm, fst)
-            _predict(i, t, st, ctr, nbr, nn, ccount, ev_time, ev_partner, ev_pcount, prm)
-            _predict(p, t, st, ctr, nbr, nn, ccount, ev_time, ev_partner, ev_pcount, prm)
+            _predict(i, t, st, ctr, nbr, nn, ccount, ev_time, ev_partner, ev_pcount, scratch, prm)
+            _predict(p, t, st, ctr, nbr, nn, ccount, ev_time, ev_partner, ev_pcount, scratch, prm)
             _cal_insert(p, ev_time, where, cnx, cpv, ring, sh, shpos, cst, prm)
         _cal_insert(i, ev_time, where, cnx, cpv, ring, sh, shpos, cst, prm)
 
@@ -651,7 +641,7 @@ def _sync(t, st):
 
 @njit(**_JIT)
 def _init_all(st, ctr, img, nbr, nn, ccnt, cmem, cslot, cell_of, nc, stencil, stencil_n,
-              ev_time, ev_partner, ev_pcount, ccount, where, cnx, cpv, ring, sh, shpos, cst, prm):
+              ev_time, ev_partner, ev_pcount, scratch, ccount, where, cnx, cpv, ring, sh, shpos, cst, prm):
     """Full (re)initialisation at kernel time 0 of synchronised particles (all t_i = 0):
     wrap, shell centres, cells, lists, events, calendar.  Returns False on list overflow."""
     n = st.shape[0]
@@ -678,7 +668,7 @@ def _init_all(st, ctr, img, nbr, nn, ccnt, cmem, cslot, cell_of, nc, stencil, st
     if not ok:
         return False
     for i in range(n):
-        _predict(i, 0.0, st, ctr, nbr, nn, ccount, ev_time, ev_partner, ev_pcount, prm)
+        _predict(i, 0.0, st, ctr, nbr, nn, ccount, ev_time, ev_partner, ev_pcount, scratch, prm)
     _cal_build(ev_time, where, cnx, cpv, ring, sh, shpos, cst, prm)
     return True
 
@@ -858,6 +848,7 @@ class HardSphereSystem:
         expect = rho * 4.0 / 3.0 * np.pi * cut ** 3
         self._cap = int(1.5 * expect) + 16
         self._nbr = np.zeros((n, self._cap), np.int64)
+        self._scratch = np.zeros(4 * self._cap)
         self._nn = np.zeros(n, np.int64)
         if check:
             g, i, j = _min_gap(self._st[:, 0:3], diam, box, 1.0)
@@ -867,7 +858,7 @@ class HardSphereSystem:
 
     # ---------------------------------------------------------------- internals
     def _cal_args(self):
-        return (self._ev_time, self._ev_partner, self._ev_pcount, self._ccount, self._where, self._cnx,
+        return (self._ev_time, self._ev_partner, self._ev_pcount, self._scratch, self._ccount, self._where, self._cnx,
                 self._cpv, self._ring, self._sh, self._shpos, self._cst, self._prm)
 
     def _init(self):
@@ -884,6 +875,7 @@ class HardSphereSystem:
         """Double the neighbour-list and cell capacities (after an overflow)."""
         self._cap *= 2
         self._nbr = np.zeros((self.n, self._cap), np.int64)
+        self._scratch = np.zeros(self._cap)
         self._cnext = np.zeros((self._cnext.shape[0], min(2 * self._cnext.shape[1], self.n)), np.int64)
 
     def _scale(self):
