@@ -5,10 +5,16 @@ Each system is prepared (insertion + Lubachevsky-Stillinger growth + NVE equilib
 warmed up, then timed over >= 2e6 collisions.  Prints collisions/s, the ratio to the
 reference C implementation (1.19 M/s and 1.31 M/s, /work/shared/STACK.md), events per
 collision and Z vs the BMCSL (Carnahan-Starling) equation of state.
+Rates are given per wall-clock second and per CPU second of this process (best of the
+repeats): on a shared, loaded machine the CPU figure is the fairer one; the load average is
+printed too.  The binary eta = 0.58 state is a supercooled (glassy) state whose tau_alpha
+(~1e4 tau) far exceeds the equilibration here, so its Z is that of a freshly compressed state
+and lies above the BMCSL fluid branch.
 
 usage: python bench/bench_edmd.py [--collisions 2e6] [--repeats 3] [--n 2000]
 """
 import argparse
+import os
 import time
 
 import numpy as np
@@ -40,23 +46,25 @@ def main():
         rate_t = s.n_collisions - c0
         duration = args.collisions / rate_t
         s.reset_pressure()
-        best = 0.0
+        best_wall = best_cpu = 0.0
         ncoll = nev = 0
         for _ in range(args.repeats):
             c0, e0 = s.n_collisions, s.n_events
-            t0 = time.perf_counter()
+            w0, p0 = time.perf_counter(), time.process_time()
             s.run(duration)
-            dt = time.perf_counter() - t0
+            dw, dp = time.perf_counter() - w0, time.process_time() - p0
             ncoll += s.n_collisions - c0
             nev += s.n_events - e0
-            best = max(best, (s.n_collisions - c0) / dt)
+            best_wall = max(best_wall, (s.n_collisions - c0) / dw)
+            best_cpu = max(best_cpu, (s.n_collisions - c0) / dp)
         z = s.pressure_Z
         zref = bmcsl_Z(eta, [xa, 1 - xa], [1.0, ratio])
-        print(f"{name:32s} N={args.n}  prep {t_prep:5.1f} s  "
-              f"{best / 1e6:5.3f} M coll/s (best of {args.repeats} x {ncoll / args.repeats:.3g})  "
-              f"ratio to reference C {best / ref:5.2f}  events/coll {nev / ncoll:4.2f}  "
-              f"Z {z:8.4f}  BMCSL {zref:8.4f}  ({100 * (z / zref - 1):+.2f} %)  min gap {s.min_gap():.2e}",
-              flush=True)
+        print(f"{name} N={args.n} (prep {t_prep:.1f} s, {args.repeats} x {ncoll / args.repeats:.3g} collisions, "
+              f"load average {os.getloadavg()[0]:.2f})\n"
+              f"    wall: {best_wall / 1e6:6.3f} M coll/s  ratio to reference C {best_wall / ref:5.2f}\n"
+              f"    CPU : {best_cpu / 1e6:6.3f} M coll/s  ratio to reference C {best_cpu / ref:5.2f}\n"
+              f"    events/collision {nev / ncoll:4.2f}  Z {z:8.4f}  BMCSL {zref:8.4f} ({100 * (z / zref - 1):+.2f} %)"
+              f"  min gap {s.min_gap():.2e}", flush=True)
 
 
 if __name__ == "__main__":
