@@ -184,6 +184,13 @@ def main(argv=None):
     if args.dry_run:
         ctx.log(plan_text(cfg, ctx))
         return 0
+    if ctx.size > 1 and not any(k in os.environ for k in ("OMP_NUM_THREADS",
+                                                           "OPENBLAS_NUM_THREADS",
+                                                           "MKL_NUM_THREADS")):
+        # one rank per core: threaded BLAS inside every rank oversubscribes the node (the 1000²
+        # eigh of the fits ran 5x slower with 2 threads per rank on 2 cores)
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(1)
     try:
         execute(cfg, text, ctx)
     except FileExistsError as err:

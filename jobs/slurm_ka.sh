@@ -10,6 +10,7 @@
 set -euo pipefail
 export OMP_NUM_THREADS=1          # one serial LAMMPS instance per rank
 export NUMBA_NUM_THREADS=1
+export OPENBLAS_NUM_THREADS=1
 # Activate the environment that holds glasshpc, your LAMMPS Python module and mpi4py built against
 # the cluster MPI (see README "On a cluster").
 # source ~/venvs/glasshpc/bin/activate
