@@ -14,13 +14,21 @@ J. Comput. Phys. 221, 615 (2007)):
   particle leaves its shell it alone rebuilds its list (removing itself from its old
   neighbours' lists, inserting itself into the new ones);
 * cell lists (cells >= max sigma + 2 shell, binned by shell centre) for the candidate search;
-* an indexed binary heap (complete binary tree over the particles) as event calendar;
+* Paul's event calendar: a ring of buckets of width ~2 x (mean event horizon)/N covering a
+  bounded time window, an overflow list beyond it, and a small indexed binary heap holding the
+  events of the current bucket (O(1) insertion/removal);
 * particles are advanced lazily: each stores its position at its own local time t_i;
   positions are wrapped into the box only when a particle rebuilds its list, the periodic
   image is counted in an integer image counter (unwrapped = wrapped + image * box);
 * a stale collision event (its partner collided in the meantime: collision counters differ)
   is simply re-predicted when it reaches the top of the calendar;
 * pressure from the collision virial W = sum over collisions of |r_ij . dv_ij| (m = 1).
+
+Performance notes: each particle's state is one 64-byte row (one cache line per neighbour
+visited); the kernels are compiled without numba's reference counting (``_nrt=False``: passing
+arrays between njit functions otherwise costs atomic inc/decrefs per call, which dominated);
+the pair loop of the prediction is branch-free (contact times into a scratch array, then an
+argmin), which removes the unpredictable approach/discriminant branches.
 
 Lubachevsky–Stillinger growth is supported by the same kernel: all diameters are
 ``sigma_i * (s0 + gamma t)``; collision prediction solves |r_ij + v_ij t| = sigma_ij (s0 + gamma t)
@@ -367,7 +375,8 @@ def _predict(i, t, st, ctr, nbr, nn, ccount, ev_time, ev_partner, ev_pcount, scr
                 best = tc
                 partner = nbr[i, k]
     else:
-        for k in range(nn[i]):
+        m = nn[i]
+        for k in range(m):
             j = nbr[i, k]
             dtj = t - st[j, _T]
             vjx = st[j, _VX]
@@ -376,18 +385,12 @@ def _predict(i, t, st, ctr, nbr, nn, ccount, ev_time, ev_partner, ev_pcount, scr
             dx = st[j, _X] + vjx * dtj - xi
             dy = st[j, _Y] + vjy * dtj - yi
             dz = st[j, _Z] + vjz * dtj - zi
-            if dx > hx:
-                dx -= lx
-            elif dx < -hx:
-                dx += lx
-            if dy > hy:
-                dy -= ly
-            elif dy < -hy:
-                dy += ly
-            if dz > hz:
-                dz -= lz
-            elif dz < -hz:
-                dz += lz
+            dx = dx - lx if dx > hx else dx
+            dx = dx + lx if dx < -hx else dx
+            dy = dy - ly if dy > hy else dy
+            dy = dy + ly if dy < -hy else dy
+            dz = dz - lz if dz > hz else dz
+            dz = dz + lz if dz < -hz else dz
             dvx = vjx - vix
             dvy = vjy - viy
             dvz = vjz - viz
@@ -398,21 +401,19 @@ def _predict(i, t, st, ctr, nbr, nn, ccount, ev_time, ev_partner, ev_pcount, scr
             aa = dvx * dvx + dvy * dvy + dvz * dvz - sdot * sdot
             bb = dx * dvx + dy * dvy + dz * dvz - sig * sdot
             cc = dx * dx + dy * dy + dz * dz - sig * sig
-            if bb >= 0.0 and aa >= 0.0:
-                continue
-            if cc <= 0.0:
-                if bb < 0.0:
-                    tc = 0.0
-                else:
-                    tc = -2.0 * bb / aa   # aa < 0: separating, caught up by the growth later
-            else:
-                disc = bb * bb - aa * cc
-                if disc < 0.0:
-                    continue
-                tc = cc / (-bb + math.sqrt(disc))
+            disc = bb * bb - aa * cc
+            t1 = cc / (math.sqrt(max(disc, 0.0)) - bb)
+            t1 = _INF if disc < 0.0 else t1
+            # touching/overlapping: now if approaching, else when the growth catches up (aa < 0)
+            t2 = 0.0 if bb < 0.0 else -2.0 * bb / aa
+            tc = t2 if cc <= 0.0 else t1
+            tc = _INF if ((bb >= 0.0) & (aa >= 0.0)) else tc
+            scratch[k] = tc
+        for k in range(m):
+            tc = scratch[k]
             if tc < best:
                 best = tc
-                partner = j
+                partner = nbr[i, k]
     ev_time[i] = t + best
     ev_partner[i] = partner
     if partner >= 0:
@@ -446,36 +447,40 @@ def _fill_list(i, ctr, st, nbr, nn, ccnt, cmem, stencil, stencil_n, c, prm, half
     yi = ctr[i, 1]
     zi = ctr[i, 2]
     ai = st[i, _A]
-    ok = True
+    nothalf = not half
+    start = nn[i]
+    m = start
+    last = cap - 1
     for s in range(stencil_n[c]):
         c2 = stencil[c, s]
         for q in range(ccnt[c2]):
             j = cmem[c2, q]
-            if j != i and (j < i or not half):
-                dx = ctr[j, 0] - xi
-                dy = ctr[j, 1] - yi
-                dz = ctr[j, 2] - zi
-                if dx > hx:
-                    dx -= lx
-                elif dx < -hx:
-                    dx += lx
-                if dy > hy:
-                    dy -= ly
-                elif dy < -hy:
-                    dy += ly
-                if dz > hz:
-                    dz -= lz
-                elif dz < -hz:
-                    dz += lz
-                rc = ai + st[j, _A] + skin
-                if dx * dx + dy * dy + dz * dz < rc * rc:
-                    if nn[i] >= cap or nn[j] >= cap:
-                        ok = False
-                    else:
-                        nbr[i, nn[i]] = j
-                        nn[i] += 1
-                        nbr[j, nn[j]] = i
-                        nn[j] += 1
+            dx = ctr[j, 0] - xi
+            dy = ctr[j, 1] - yi
+            dz = ctr[j, 2] - zi
+            dx = dx - lx if dx > hx else dx
+            dx = dx + lx if dx < -hx else dx
+            dy = dy - ly if dy > hy else dy
+            dy = dy + ly if dy < -hy else dy
+            dz = dz - lz if dz > hz else dz
+            dz = dz + lz if dz < -hz else dz
+            rc = ai + st[j, _A] + skin
+            take = (dx * dx + dy * dy + dz * dz < rc * rc) & (j != i) & ((j < i) | nothalf)
+            nbr[i, min(m, last)] = j
+            m += 1 if take else 0
+    if m > cap:
+        nn[i] = cap
+        return False
+    nn[i] = m
+    ok = True
+    for k in range(start, m):
+        j = nbr[i, k]
+        mj = nn[j]
+        if mj >= cap:
+            ok = False
+        else:
+            nbr[j, mj] = i
+            nn[j] = mj + 1
     return ok
 
 
