@@ -163,3 +163,32 @@ def test_growth_reaches_target_packing_without_overlap(binary58):
     assert np.all(s.diameters[:120] == 1.0) and np.all(s.diameters[120:] == RATIO)
     assert s.temperature == pytest.approx(1.0, rel=1e-12)
     assert binary58.packing_fraction == pytest.approx(0.58, rel=1e-12)
+
+
+def test_split_runs_clock_rebase_and_list_overflow():
+    """Lazy updates, kernel-clock rebasing (> 64 tau) and list-overflow recovery stay exact."""
+    base = prepare_snapshot(300, X_A, RATIO, 0.50, seed=8, equilibration_time=0.5)
+    pos, d, box, v = base.positions, base.diameters, base.box, base.velocities
+    a = HardSphereSystem(pos, d, box, v)
+    b = HardSphereSystem(pos, d, box, v)
+    a.run(0.3)
+    for _ in range(3):
+        b.run(0.1)
+    assert b.time == pytest.approx(0.3, abs=1e-14)
+    assert np.allclose(a.unwrapped_positions, b.unwrapped_positions, atol=1e-9)
+    # overflow: start with absurdly small neighbour lists -> capacities grow, dynamics unchanged
+    c = HardSphereSystem(pos, d, box, v)
+    c._cap = 2
+    c._nbr = np.zeros((300, 2), np.int64)
+    c.run(0.3)
+    assert c._cap > 2
+    assert np.allclose(a.unwrapped_positions, c.unwrapped_positions, atol=1e-9)
+    # long run: several clock rebases, energy/momentum conserved, no overlap
+    ke0 = a.kinetic_energy
+    a.run(150.0)
+    assert a.time == pytest.approx(150.3)
+    assert abs(a.kinetic_energy - ke0) / ke0 < 1e-12
+    assert np.abs(a.velocities.sum(axis=0)).max() < 1e-11
+    assert a.min_gap() >= -1e-10
+    assert np.all((a.positions >= 0) & (a.positions < box))
+    assert np.allclose(a.positions, np.mod(a.unwrapped_positions, box))
