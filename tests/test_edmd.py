@@ -192,3 +192,8 @@ def test_split_runs_clock_rebase_and_list_overflow():
     assert a.min_gap() >= -1e-10
     assert np.all((a.positions >= 0) & (a.positions < box))
     assert np.allclose(a.positions, np.mod(a.unwrapped_positions, box))
+
+
+def test_growth_beyond_jamming_is_refused():
+    with pytest.raises(RuntimeError, match="jamming"):
+        prepare_snapshot(150, 1.0, 1.0, 0.70, seed=2, equilibration_time=0.0, growth_rate=0.05)

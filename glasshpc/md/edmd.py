@@ -118,7 +118,7 @@ def maxwell_boltzmann(n, T=1.0, seed_or_rng=None):
 #   st[i] = (x, y, z, t_i, vx, vy, vz, a_i): position at the particle's own local time t_i,
 #   velocity, and radius a_i = sigma_i / 2 (target radius; the actual one is a_i * s(t)).
 # prm (float64): 0-2 box, 3 shell, 4 s0 (diameter scale at kernel time 0), 5 gamma (ds/dt),
-#                6-8 half box, 9 1/bucket width, 10 bucket width
+#                6-8 half box, 9 1/bucket width, 10 bucket width, 11 event budget (total count)
 # cst (int64 calendar state): 0 current bucket cb, 1 small-heap size, 2 ring mask (NB - 1),
 #                3 events in the ring
 # ist (int64 stats): 0 collisions, 1 events, 2 list rebuilds, 3 stale events
@@ -614,7 +614,8 @@ def _run_kernel(t_end, st, ctr, img, nbr, nn, ccnt, cmem, cslot, cell_of, nc, st
                 ev_time, ev_partner, ev_pcount, scratch, ccount, where, cnx, cpv, ring, sh, shpos, cst, prm,
                 ist, fst):
     """Process events up to t_end.  Returns (status, t): status 0 = reached t_end,
-    1 = neighbour-list overflow at time t (caller must synchronise and reinitialise)."""
+    1 = neighbour-list overflow at time t (caller must synchronise and reinitialise),
+    2 = event budget prm[11] exhausted at time t (state consistent)."""
     while True:
         i = _cal_next(ev_time, where, cnx, cpv, ring, sh, shpos, cst, prm)
         if i < 0:
@@ -623,6 +624,8 @@ def _run_kernel(t_end, st, ctr, img, nbr, nn, ccnt, cmem, cslot, cell_of, nc, st
         if t > t_end:
             return 0, t_end
         ist[1] += 1
+        if ist[1] > prm[11]:
+            return 2, t
         p = ev_partner[i]
         _cal_remove(i, ev_time, where, cnx, cpv, ring, sh, shpos, cst)
         if p < 0:
@@ -827,7 +830,7 @@ class HardSphereSystem:
         self._ctr = np.zeros((n, 3))
         # prm: box, shell, s0, gamma, half box, 1/bucket width, bucket width
         self._prm = np.array([box[0], box[1], box[2], self.shell, 1.0, 0.0,
-                              0.5 * box[0], 0.5 * box[1], 0.5 * box[2], 1.0, 1.0])
+                              0.5 * box[0], 0.5 * box[1], 0.5 * box[2], 1.0, 1.0, np.inf])
         self._tk = 0.0            # kernel clock (particles synchronised at _tk between runs)
         self._time = 0.0          # absolute time reported to the user
         self._ist = np.zeros(4, np.int64)
@@ -922,6 +925,10 @@ class HardSphereSystem:
                 self._tk = t
                 if status == 0:
                     break
+                if status == 2:
+                    raise RuntimeError(
+                        f"event budget exhausted at t = {t:.6g} (kernel clock): the system is jamming "
+                        f"(growth too fast or packing fraction above the jamming point)")
                 # neighbour-list overflow: restart from the synchronised state with larger lists
                 self._grow()
                 self._init()          # relabels the kernel clock t -> 0
@@ -1063,7 +1070,9 @@ def prepare_snapshot(n, x_large, size_ratio, eta, seed, equilibration_time, grow
     at T and NVE equilibration for ``equilibration_time`` (tau).  Counters, clock and pressure
     are reset at the end.  Deterministic for a given seed.
 
-    Returns HardSphereSystem.  Raises ValueError on invalid parameters.
+    Returns HardSphereSystem.  Raises ValueError on invalid parameters, RuntimeError if the
+    growth jams (more than 20000 N events in one rescale interval: eta above the jamming point
+    reachable at this growth rate).
     """
     n = int(n)
     if n < 2:
@@ -1096,6 +1105,8 @@ def prepare_snapshot(n, x_large, size_ratio, eta, seed, equilibration_time, grow
             s = sysm._scale()
             dt = (1.0 - s) / growth_rate
             last = dt <= rescale_interval * (1.0 + 1e-9)
+            # a jamming packing makes collisions pile up (Zeno): bound the work per chunk
+            sysm._prm[11] = sysm._ist[1] + 20000.0 * n
             sysm._advance(dt if last else rescale_interval)
             # growth heats the system: back to T, which invalidates all events
             sysm._st[:, 4:7] *= math.sqrt(1.5 * (n - 1) * T / sysm.kinetic_energy)
@@ -1104,6 +1115,7 @@ def prepare_snapshot(n, x_large, size_ratio, eta, seed, equilibration_time, grow
                 break
         sysm._prm[4] = 1.0
         sysm._prm[5] = 0.0
+        sysm._prm[11] = np.inf
         sysm._tk = 0.0
     sysm.set_velocities(maxwell_boltzmann(n, T, rng))
     sysm.run(equilibration_time)
