@@ -92,7 +92,8 @@ def execute(cfg, yaml_text, ctx, store_mode="auto"):
             engines.engine.close()
         t0 = time.perf_counter()
         q = stages.wave_number(cfg, store)
-        wall["dynamics"] = stages.dynamics_stage(ctx, cfg, store, q) + time.perf_counter() - t0
+        stages.dynamics_stage(ctx, cfg, store, q)
+        wall["dynamics"] = ctx.comm.bcast(time.perf_counter() - t0, root=0)
         times = cfg.replica_times()
         fs = np.mean([store.read("dynamics/fs", (s,)) for s in range(cfg.snapshots.count)], axis=0)
         taus = [tau_alpha(times, f) for f in fs]
@@ -102,8 +103,8 @@ def execute(cfg, yaml_text, ctx, store_mode="auto"):
         r_gen = stages.generation_radius(cfg, store)
         spec = stages.descriptor_spec(cfg, r_gen)
         ctx.log(f"generation averaging radius r_c = {r_gen:.4f} σ")
-        wall["descriptors"] = stages.descriptors_stage(ctx, cfg, store, spec) + \
-            time.perf_counter() - t0
+        stages.descriptors_stage(ctx, cfg, store, spec)
+        wall["descriptors"] = ctx.comm.bcast(time.perf_counter() - t0, root=0)
         t0 = time.perf_counter()
         fits, train, test = fit_propensity(ctx, cfg, store, spec.n_base_features)
         wall["fits"] = ctx.comm.bcast(time.perf_counter() - t0, root=0)

