@@ -60,7 +60,7 @@ def tau_alpha(times, fs, level=np.exp(-1.0)):
     return float(np.exp(lt0 + w * (lt1 - lt0)))
 
 
-def q_grid(box, q_max=12.0, n_bins=120):
+def q_grid(q_max=12.0, n_bins=120):
     """Edges (n_bins + 1,) of the |q| bins used by :func:`structure_factor` (σ⁻¹)."""
     return np.linspace(0.0, q_max, n_bins + 1)
 

@@ -79,7 +79,7 @@ def versions():
 def execute(cfg, yaml_text, ctx, store_mode="auto"):
     """Run every stage; returns a dict of summary results (also written to the file)."""
     t_start = time.perf_counter()
-    spec0 = stages.descriptor_spec(cfg, 2.0)
+    spec0 = stages.descriptor_spec(cfg, 2.0)   # feature count does not depend on r_generation
     store = Store(cfg.output, ctx, stages.layout(cfg, spec0.n_features), mode=store_mode)
     engines = stages.EngineCache(cfg)
     wall = {}

@@ -13,7 +13,7 @@ from .models import get_model
 from .parallel import Progress, task_rng
 from .structure.descriptors import DescriptorSpec, compute_descriptors, second_minimum_gAA
 
-Q_EDGES = dynamics.q_grid(None)
+Q_EDGES = dynamics.q_grid()
 
 
 def layout(cfg, n_features):

@@ -123,9 +123,6 @@ class Store:
         self.segment += 1
         self.ctx.comm.Barrier()
 
-    def has(self, name, slot):
-        return tuple(slot) in self.owner[name]
-
     def read(self, name, slot=()):
         """Read ``name[slot]`` written before the last :meth:`sync` (KeyError if never written)."""
         slot = tuple(int(i) for i in slot)

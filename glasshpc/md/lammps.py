@@ -90,8 +90,7 @@ class LammpsEngine:
         return self.lmp.numpy.extract_atom(name)[:nlocal]
 
     def _order(self):
-        ids = self._local("id")
-        return np.argsort(ids, kind="stable"), ids
+        return np.argsort(self._local("id"), kind="stable")
 
     # -- system ------------------------------------------------------------------------------
     def load(self, positions, types, box):
@@ -155,17 +154,17 @@ class LammpsEngine:
 
     def velocities(self):
         """(N, 3) float64 velocities ordered by particle index."""
-        order, ids = self._order()
+        order = self._order()
         return self._local("v")[order].copy()
 
     def positions(self):
         """(N, 3) float64 wrapped positions ordered by particle index."""
-        order, ids = self._order()
+        order = self._order()
         return self._local("x")[order].copy()
 
     def unwrapped_positions(self):
         """(N, 3) float64 unwrapped positions x + image·L ordered by particle index."""
-        order, ids = self._order()
+        order = self._order()
         x = self._local("x")[order]
         img = self._local("image")[order].astype(np.int64)
         i = self._img
