@@ -131,7 +131,9 @@ class LammpsEngine:
         self.command(*self.model.lammps_pair_commands(),
                      f"neighbor {self.skin} bin", "neigh_modify every 1 delay 0 check yes",
                      f"timestep {self.timestep}", "thermo_style custom step temp pe ke etotal press",
-                     "thermo 0")
+                     "thermo 0",
+                     # tallied only on steps that ask for it (run 0, minimize), so free elsewhere
+                     "compute peatom all pe/atom")
         if self.lmp.get_natoms() != n:
             raise RuntimeError(f"LAMMPS created {self.lmp.get_natoms()} atoms, expected {n}")
 
@@ -178,6 +180,18 @@ class LammpsEngine:
         """(3,) float64 box edge lengths."""
         lo, hi = self.lmp.extract_box()[:2]
         return np.array(hi) - np.array(lo)
+
+    def energies(self):
+        """(N,) float64 per-particle potential energy (ε, half of each pair term) of the last
+        ``run 0`` or ``minimize``, ordered by particle index."""
+        lammps = import_lammps()
+        pe = self.lmp.numpy.extract_compute("peatom", lammps.LMP_STYLE_ATOM, lammps.LMP_TYPE_VECTOR)
+        nlocal = self.lmp.extract_global("nlocal")
+        return np.array(pe[:nlocal])[self._order()]
+
+    def forces(self):
+        """(N, 3) float64 net force on each particle (ε/σ), ordered by particle index."""
+        return self._local("f")[self._order()].copy()
 
     def thermo(self, key):
         """Thermodynamic quantity of the last step (``pe``, ``ke``, ``etotal``, ``temp``, ``press``)."""
@@ -240,3 +254,34 @@ class LammpsEngine:
             self.last_energies[k] = self.thermo("etotal")
         self.command("unfix integrate")
         return out
+
+    def static_properties(self, positions, types, box):
+        """Per-particle potential energy and net force of a configuration ([CAGE] |F^net| feature).
+
+        Returns (energies (N,) float64 ε, forces (N, 3) float64 ε/σ), ordered by particle index."""
+        self.load(positions, types, box)
+        self.command("run 0 pre yes post no")
+        return self.energies(), self.forces()
+
+    def inherent_state(self, positions, types, box, force_tolerance, max_iterations):
+        """Inherent state by FIRE energy minimisation (SCIENCE.md §3; Bitzek et al. 2006) with
+        LAMMPS ``min_style fire``; converged when the largest per-particle |F_i| (``min_modify norm
+        max``) is below ``force_tolerance`` (ε/σ).
+
+        Returns (positions (N, 3) float64 in the same periodic image as ``positions`` — r^IS − r^init
+        is the true displacement —, energies (N,) float64 per-particle potential energy ε,
+        max_force float ε/σ). Raises RuntimeError if the tolerance is not reached within
+        ``max_iterations`` (the inherent state would be silently wrong)."""
+        positions = np.asarray(positions, dtype=np.float64)
+        self.load(positions, types, box)
+        x0 = self.positions()
+        self.command("min_style fire", "min_modify norm max",
+                     f"minimize 0 {force_tolerance:.6g} {int(max_iterations)} "
+                     f"{10 * int(max_iterations)}")
+        r_is = positions + (self.unwrapped_positions() - x0)
+        fmax = float(np.sqrt((self.forces() ** 2).sum(axis=1).max()))
+        if not fmax < force_tolerance:
+            raise RuntimeError(f"FIRE stopped at max |F| = {fmax:.3g} > tolerance "
+                               f"{force_tolerance:.3g} after {int(max_iterations)} iterations; "
+                               "raise inherent.max_iterations")
+        return r_is, self.energies(), fmax
