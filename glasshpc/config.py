@@ -121,9 +121,46 @@ class AlphaGrid:
 
 
 @dataclass(frozen=True)
+class CageConfig:
+    enabled: bool = _f(False, "compute cage states r^CS by Voronoi-constrained MC ([CAGE] Eq. 10)")
+    cage: str = _f("voronoi", "the cage: approximate Voronoi cell of the SANN neighbours, or a "
+                              "sphere of `radius` around r^init", choices=("voronoi", "sphere"))
+    radius: float = _f(0.5, "sphere cage radius in units of σ_ii of the particle's species",
+                       lo=0.0, lo_open=True)
+    equilibration_sweeps: int = _f(500000, "MC sweeps (N trial moves each) before measuring; "
+                                           "the step is tuned to target_acceptance meanwhile "
+                                           "(paper: 5×10⁵)", lo=0)
+    measurement_sweeps: int = _f(1000000, "MC sweeps averaged into r^CS (paper: 10⁶)", lo=1)
+    target_acceptance: float = _f(0.3, "acceptance the trial step is tuned to", lo=0.0, hi=1.0,
+                                  lo_open=True, hi_open=True)
+
+
+@dataclass(frozen=True)
+class InherentConfig:
+    enabled: bool = _f(False, "compute inherent states r^IS by FIRE minimisation")
+    force_tolerance: float = _f(1e-6, "converged when max_i |F_i| is below this (ε/σ)", lo=0.0,
+                                lo_open=True)
+    max_iterations: int = _f(200000, "FIRE iterations before the run stops with an error", lo=1)
+
+
+# blocks a feature set may combine with '+' ([CAGE] Figs. 3 and 5)
+DESCRIPTOR_BLOCKS = ("init", "is", "cs")
+SCALAR_FEATURES = ("drcs", "dris", "fnet", "energy")
+FEATURE_BLOCKS = DESCRIPTOR_BLOCKS + SCALAR_FEATURES
+
+
+@dataclass(frozen=True)
 class FeatureSet:
-    state: str = _f("init", "coordinates the descriptors are computed on", choices=("init",))
-    generations: int = _f(2, "use generations 0..n", lo=0, hi=5)
+    features: str = _f("init", "'+'-joined blocks: init / is / cs = descriptors on the initial / "
+                               "inherent / cage-state coordinates; drcs, dris = |r^CS − r^init|, "
+                               "|r^IS − r^init|; fnet = |F^net| at t = 0; energy = potential "
+                               "energy at t = 0 (e.g. 'init+cs+drcs')")
+    generations: int = _f(2, "descriptor generations 0..n of every descriptor block", lo=0, hi=5)
+
+    @property
+    def blocks(self):
+        """The feature blocks in the order given."""
+        return tuple(self.features.split("+"))
 
 
 def _default_sets():
@@ -137,7 +174,7 @@ class FitsConfig:
     cv_folds: int = _f(4, "cross-validation folds, grouped by snapshot", lo=2)
     alphas: AlphaGrid = _f(doc="ridge α grid (extended automatically at an edge optimum)",
                            factory=AlphaGrid)
-    feature_sets: dict = _f(doc="named feature sets, each {state, generations}, fitted per "
+    feature_sets: dict = _f(doc="named feature sets, each {features, generations}, fitted per "
                                 "species and time", kind=("dict", FeatureSet),
                             factory=_default_sets)
 
@@ -154,6 +191,8 @@ class Config:
     dynamics: DynamicsConfig = _f(doc="propensity and F_s", factory=DynamicsConfig)
     descriptors: DescriptorsConfig = _f(doc="structural descriptor grids",
                                         factory=DescriptorsConfig)
+    inherent: InherentConfig = _f(doc="inherent states (FIRE)", factory=InherentConfig)
+    cage: CageConfig = _f(doc="cage states (constrained Monte Carlo)", factory=CageConfig)
     fits: FitsConfig = _f(doc="ridge fits", factory=FitsConfig)
 
     # -- derived quantities (pure functions of the config) -------------------------------------
@@ -202,6 +241,10 @@ def _scalar(value, kind, key):
         if not math.isfinite(value):
             raise ConfigError(key, f"must be finite, got {value!r}")
         return float(value)
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"must be true or false, got {value!r}")
+        return value
     if kind is str:
         if not isinstance(value, str):
             raise ConfigError(key, f"must be a string, got {value!r}")
@@ -288,7 +331,8 @@ def _value(f, value, key):
     if dataclasses.is_dataclass(f.type) or (isinstance(f.type, str) and f.type in _CLASSES):
         cls = _CLASSES[f.type] if isinstance(f.type, str) else f.type
         return _build(cls, value, key)
-    typ = f.type if not isinstance(f.type, str) else {"int": int, "float": float, "str": str}[f.type]
+    typ = f.type if not isinstance(f.type, str) else {"int": int, "float": float, "str": str,
+                                                     "bool": bool}[f.type]
     v = _scalar(value, typ, key)
     _check_range(v, meta, key)
     return v
@@ -300,7 +344,7 @@ def _join(a, b):
 
 _CLASSES = {c.__name__: c for c in (ModelConfig, MDConfig, SnapshotsConfig, TimesConfig, IsoConfig,
                                     DynamicsConfig, ShellBlock, DescriptorsConfig, AlphaGrid,
-                                    FeatureSet, FitsConfig)}
+                                    CageConfig, InherentConfig, FeatureSet, FitsConfig)}
 
 
 def _cross_checks(cfg):
@@ -324,7 +368,19 @@ def _cross_checks(cfg):
     for i, l in enumerate(cfg.descriptors.l):
         if not 0 <= l <= 20:
             raise ConfigError(f"descriptors.l[{i}]", f"must be in 0..20, got {l}")
+    needs = {"is": "inherent", "dris": "inherent", "cs": "cage", "drcs": "cage"}
     for name, fs in cfg.fits.feature_sets.items():
+        key = f"fits.feature_sets.{name}.features"
+        blocks = fs.blocks
+        for b in blocks:
+            if b not in FEATURE_BLOCKS:
+                raise ConfigError(key, f"unknown feature block {b!r}; allowed blocks, joined by "
+                                       f"'+': {list(FEATURE_BLOCKS)}")
+            if b in needs and not getattr(cfg, needs[b]).enabled:
+                raise ConfigError(key, f"block {b!r} needs the {needs[b]} states: set "
+                                       f"{needs[b]}.enabled: true")
+        if len(set(blocks)) != len(blocks):
+            raise ConfigError(key, f"a block appears twice in {fs.features!r}")
         if fs.generations > cfg.descriptors.generations:
             raise ConfigError(f"fits.feature_sets.{name}.generations",
                               f"must be ≤ descriptors.generations ({cfg.descriptors.generations})")

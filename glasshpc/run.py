@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 
 from . import __version__, config as config_mod, stages
-from .learn.fits import fit_propensity
+from .learn.fits import fit_propensity, single_variable_pearson
 from .dynamics import tau_alpha
 from .models import get_model
 from .parallel import MPI, Context
@@ -46,13 +46,24 @@ def plan_text(cfg, ctx):
         f"({S * R * steps[-1] * N / 1e9:.3g} G atom-steps)",
         f"  stage dynamics   : {S} tasks (propensity '{cfg.dynamics.propensity}', F_s at q = "
         f"{cfg.dynamics.q})",
-        f"  stage descriptors: {S} tasks × {F} features ({spec.n_base_features} per generation, "
-        f"generations 0..{cfg.descriptors.generations})",
+    ]
+    if cfg.inherent.enabled:
+        lines.append(f"  stage inherent   : {S} tasks, FIRE to max |F| < "
+                     f"{cfg.inherent.force_tolerance:g}")
+    if cfg.cage.enabled:
+        c = cfg.cage
+        lines.append(f"  stage cage       : {S} tasks × ({c.equilibration_sweeps} + "
+                     f"{c.measurement_sweeps}) sweeps, {c.cage} cage "
+                     f"({S * (c.equilibration_sweeps + c.measurement_sweeps) * N / 1e9:.3g} G trial moves)")
+    n_states = len(stages.descriptor_states(cfg))
+    lines += [
+        f"  stage descriptors: {S} tasks × {n_states} states × {F} features "
+        f"({spec.n_base_features} per generation, generations 0..{cfg.descriptors.generations})",
         f"  stage fits       : feature sets {list(cfg.fits.feature_sets)} × "
         f"{len(get_model(cfg.model.name).species)} species × {T} times; "
         f"{cfg.test_snapshots()} test snapshots, {cfg.fits.cv_folds}-fold CV",
         f"  output {cfg.output}: displacements {disp_bytes / 2**30:.3g} GiB, descriptors "
-        f"{S * N * F * 8 / 2**30:.3g} GiB",
+        f"{n_states * S * N * F * 8 / 2**30:.3g} GiB",
     ]
     return "\n".join(lines)
 
@@ -87,6 +98,8 @@ def execute(cfg, yaml_text, ctx, store_mode="auto"):
         ctx.log(plan_text(cfg, ctx))
         wall["snapshots"] = stages.snapshots(ctx, cfg, store, engines)
         wall["replicas"] = stages.replicas(ctx, cfg, store, engines)
+        if cfg.inherent.enabled:
+            wall["inherent"] = stages.inherent_stage(ctx, cfg, store, engines)
         lmp_log = list(engines.engine.log) if engines.engine is not None else []
         if engines.engine is not None:
             engines.engine.close()
@@ -99,6 +112,8 @@ def execute(cfg, yaml_text, ctx, store_mode="auto"):
         taus = [tau_alpha(times, f) for f in fs]
         ctx.log(f"F_s(q = {q:.3f}, t) of A reaches 1/e at τ_α = {taus[0]:.4g} τ "
                 f"(B: {taus[1]:.4g} τ)")
+        if cfg.cage.enabled:
+            wall["cage"] = stages.cage_stage(ctx, cfg, store)
         t0 = time.perf_counter()
         r_gen = stages.generation_radius(cfg, store)
         spec = stages.descriptor_spec(cfg, r_gen)
@@ -106,10 +121,13 @@ def execute(cfg, yaml_text, ctx, store_mode="auto"):
         stages.descriptors_stage(ctx, cfg, store, spec)
         wall["descriptors"] = ctx.comm.bcast(time.perf_counter() - t0, root=0)
         t0 = time.perf_counter()
-        fits, train, test = fit_propensity(ctx, cfg, store, spec.n_base_features)
-        wall["fits"] = ctx.comm.bcast(time.perf_counter() - t0, root=0)
         species = get_model(cfg.model.name).species
+        fits, train, test = fit_propensity(ctx, cfg, store, spec.feature_names(species),
+                                           len(species))
+        single = single_variable_pearson(ctx, cfg, store, len(species))
+        wall["fits"] = ctx.comm.bcast(time.perf_counter() - t0, root=0)
         ctx.log(pearson_table(times, fits, species))
+        ctx.log(single_table(times, single, species))
         lmp_log = next((log for log in ctx.comm.allgather(lmp_log) if log), [])
         wall["total"] = time.perf_counter() - t_start
         ctx.log("wall time per stage (s): " + ", ".join(f"{k} {v:.1f}" for k, v in wall.items()))
@@ -130,10 +148,13 @@ def execute(cfg, yaml_text, ctx, store_mode="auto"):
             g.attrs["test_snapshots"] = test
             for name, res in fits.items():
                 f = g.create_group(name)
-                for key in ("pearson", "r2", "alpha", "coef", "intercept", "grid_extended",
-                            "columns"):
+                for key in ("pearson", "r2", "alpha", "coef", "intercept", "grid_extended"):
                     f[key] = getattr(res, key)
+                f.create_dataset("feature_names", data=res.feature_names,
+                                 dtype=h5py.string_dtype())
                 f.attrs["feature_set"] = json.dumps(vars(cfg.fits.feature_sets[name]))
+            for name, rho in single.items():
+                g[f"single/{name}"] = rho
             p = h5.create_group("provenance")
             p.attrs["config_yaml"] = yaml_text
             p.attrs["versions"] = json.dumps(versions())
@@ -149,7 +170,7 @@ def execute(cfg, yaml_text, ctx, store_mode="auto"):
 
         store.finalize(extra)
         ctx.log(f"wrote {os.path.abspath(cfg.output)}")
-        return {"tau_alpha": taus, "q": q, "fits": fits, "wall": wall}
+        return {"tau_alpha": taus, "q": q, "fits": fits, "single": single, "wall": wall}
     finally:
         store.close()
 
@@ -161,6 +182,16 @@ def pearson_table(times, fits, species):
     rows = [f"held-out Pearson ρ(t) of predicted vs measured propensity", head]
     for k, t in enumerate(times):
         rows.append(f"{t:10.4g} " + " ".join(f"{fits[n].pearson[s, k]:14.3f}" for n, s in cols))
+    return "\n".join(rows)
+
+
+def single_table(times, single, species):
+    """Text table of the single-variable Pearson ρ(t) of Δr^CS, Δr^IS, |F^net|, energy."""
+    cols = [(n, s) for n in single for s in range(len(species))]
+    head = f"{'t (τ)':>10s} " + " ".join(f"{n + ':' + species[s]:>12s}" for n, s in cols)
+    rows = ["single-variable Pearson ρ(t) with propensity (all snapshots, no fit)", head]
+    for k, t in enumerate(times):
+        rows.append(f"{t:10.4g} " + " ".join(f"{single[n][s, k]:12.3f}" for n, s in cols))
     return "\n".join(rows)
 
 

@@ -1,4 +1,5 @@
-"""The stages of a run, in data-flow order: snapshots → replicas → dynamics → descriptors → fits.
+"""The stages of a run, in data-flow order: snapshots → replicas → dynamics → inherent states →
+cage states → descriptors → fits.
 
 Reduced LJ units of species A. Every stage has the same contract (DESIGN.md): a task list that is a
 pure function of the config; each task seeds itself from (config seed, stage, task identity) and
@@ -11,6 +12,7 @@ import numpy as np
 from . import dynamics
 from .models import get_model
 from .parallel import Progress, task_rng
+from .states.cage import PairPotential, cage_state
 from .structure.descriptors import DescriptorSpec, compute_descriptors, second_minimum_gAA
 
 Q_EDGES = dynamics.q_grid()
@@ -21,7 +23,7 @@ def layout(cfg, n_features):
     S, R, N = cfg.snapshots.count, cfg.iso.replicas, cfg.model.n_particles
     T = len(cfg.replica_steps())
     n_species = len(get_model(cfg.model.name).species)
-    return {
+    out = {
         "snapshots/positions": ((S, N, 3), np.float64),
         "snapshots/types": ((S, N), np.int32),
         "snapshots/box": ((S, 3), np.float64),
@@ -29,8 +31,27 @@ def layout(cfg, n_features):
         "iso/displacements": ((S, R, T, N, 3), np.float32),
         "propensity": ((S, T, N), np.float64),
         "dynamics/fs": ((S, n_species, T), np.float64),
+        "snapshots/energy": ((S, N), np.float64),
+        "snapshots/net_force": ((S, N), np.float64),
         "descriptors/init": ((S, N, n_features), np.float64),
     }
+    if cfg.inherent.enabled:
+        out.update({
+            "states/inherent/positions": ((S, N, 3), np.float64),
+            "states/inherent/displacement": ((S, N), np.float64),
+            "states/inherent/energy": ((S, N), np.float64),
+            "states/inherent/max_force": ((S,), np.float64),
+            "descriptors/is": ((S, N, n_features), np.float64),
+        })
+    if cfg.cage.enabled:
+        out.update({
+            "states/cage/positions": ((S, N, 3), np.float64),
+            "states/cage/displacement": ((S, N), np.float64),
+            "states/cage/acceptance": ((S,), np.float64),
+            "states/cage/step": ((S,), np.float64),
+            "descriptors/cs": ((S, N, n_features), np.float64),
+        })
+    return out
 
 
 def descriptor_spec(cfg, r_generation):
@@ -91,6 +112,9 @@ def snapshots(ctx, cfg, store, engines):
         store.write("snapshots/types", (s,), types)
         store.write("snapshots/box", (s,), box)
         store.write("snapshots/sq_AA", (s,), dynamics.structure_factor(pos[types == 0], box, Q_EDGES))
+        energy, force = eng.static_properties(pos, types, box)
+        store.write("snapshots/energy", (s,), energy)
+        store.write("snapshots/net_force", (s,), np.linalg.norm(force, axis=1))
 
     return run_tasks(ctx, "snapshots", list(range(cfg.snapshots.count)), work, store)
 
@@ -148,13 +172,72 @@ def generation_radius(cfg, store):
                               [store.read("snapshots/box", (s,)) for s in range(S)])
 
 
-def descriptors_stage(ctx, cfg, store, spec):
-    """Stage 4: descriptors X^init of every snapshot (SCIENCE.md §4)."""
+def inherent_stage(ctx, cfg, store, engines):
+    """Inherent states r^IS by FIRE through LAMMPS (SCIENCE.md §3), one task per snapshot:
+    positions in the image of r^init, |r^IS − r^init|, per-particle energy E_IS, final max |F|."""
+    inh = cfg.inherent
 
     def work(s):
-        x = compute_descriptors(store.read("snapshots/positions", (s,)),
-                                store.read("snapshots/types", (s,)),
-                                store.read("snapshots/box", (s,)), spec)
-        store.write("descriptors/init", (s,), x)
+        pos = store.read("snapshots/positions", (s,))
+        r_is, energy, fmax = engines.get().inherent_state(
+            pos, store.read("snapshots/types", (s,)), store.read("snapshots/box", (s,)),
+            inh.force_tolerance, inh.max_iterations)
+        store.write("states/inherent/positions", (s,), r_is)
+        store.write("states/inherent/displacement", (s,), np.linalg.norm(r_is - pos, axis=1))
+        store.write("states/inherent/energy", (s,), energy)
+        store.write("states/inherent/max_force", (s,), np.array(fmax))
+
+    return run_tasks(ctx, "inherent states", list(range(cfg.snapshots.count)), work, store)
+
+
+def cage_potential(model):
+    """The model's pair potential as MC tables (the same truncation and shift as the MD)."""
+    return PairPotential("lj", model.epsilon, model.sigma, model.cutoff, shift=model.shifted)
+
+
+def cage_stage(ctx, cfg, store):
+    """Cage states r^CS by constrained canonical MC at the snapshot temperature ([CAGE] Eq. 10,
+    SCIENCE.md §3), one task per snapshot, seeded by (seed, snapshot)."""
+    c = cfg.cage
+    model = get_model(cfg.model.name)
+    potential = cage_potential(model)
+    sigma = model.sigma_self()
+
+    def work(s):
+        pos = store.read("snapshots/positions", (s,))
+        seed = int(task_rng(cfg.seed, "cage", s).integers(2 ** 62))
+        res = cage_state(pos, store.read("snapshots/types", (s,)),
+                         store.read("snapshots/box", (s,)), potential, cfg.model.temperature,
+                         c.equilibration_sweeps, c.measurement_sweeps, seed, cage=c.cage,
+                         cage_radius=c.radius * sigma, cage_sigma=sigma,
+                         target_acceptance=c.target_acceptance)
+        store.write("states/cage/positions", (s,), res["positions"])
+        store.write("states/cage/displacement", (s,), res["displacement"])
+        store.write("states/cage/acceptance", (s,), np.array(res["acceptance"]))
+        store.write("states/cage/step", (s,), np.array(res["step"]))
+
+    return run_tasks(ctx, "cage states", list(range(cfg.snapshots.count)), work, store)
+
+
+def descriptor_states(cfg):
+    """{state name: dataset of its coordinates} for the states this run computes."""
+    states = {"init": "snapshots/positions"}
+    if cfg.inherent.enabled:
+        states["is"] = "states/inherent/positions"
+    if cfg.cage.enabled:
+        states["cs"] = "states/cage/positions"
+    return states
+
+
+def descriptors_stage(ctx, cfg, store, spec):
+    """Descriptors X^init, X^IS, X^CS on the same grid (SCIENCE.md §3–4), one task per snapshot."""
+    states = descriptor_states(cfg)
+
+    def work(s):
+        types = store.read("snapshots/types", (s,))
+        box = store.read("snapshots/box", (s,))
+        for state, source in states.items():
+            store.write(f"descriptors/{state}", (s,),
+                        compute_descriptors(store.read(source, (s,)), types, box, spec))
 
     return run_tasks(ctx, "descriptors", list(range(cfg.snapshots.count)), work, store)

@@ -16,10 +16,16 @@ descriptors:
   l: [2, 4, 6]
   generations: 1
   r_generation: 1.5
+inherent: {{enabled: true, force_tolerance: 1.0e-5}}
+cage: {{enabled: true, equilibration_sweeps: 20, measurement_sweeps: 60}}
 fits:
   cv_folds: 3
   test_fraction: 0.25
-  feature_sets: {{g0: {{generations: 0}}, g1: {{generations: 1}}}}
+  feature_sets:
+    g0: {{generations: 0}}
+    g1: {{generations: 1}}
+    cs: {{features: init+cs+drcs, generations: 1}}
+    all: {{features: fnet+drcs+cs+init, generations: 0}}
 """
 
 

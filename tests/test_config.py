@@ -39,6 +39,16 @@ BAD = [
     (("descriptors", "radial"), [{"r_min": 0.8, "r_max": 4.0, "count": 5, "delta": 0.1}],
      "descriptors.radial[0]", "half the box"),
     (("model", "n_particles"), KeyError, "model.n_particles", "required"),
+    (("fits", "feature_sets"), {"x": {"features": "init+cage"}}, "fits.feature_sets.x.features",
+     "'drcs'"),
+    (("fits", "feature_sets"), {"x": {"features": "init+init"}}, "fits.feature_sets.x.features",
+     "twice"),
+    (("cage", "enabled"), False, "fits.feature_sets.all.features", "cage.enabled: true"),
+    (("inherent", "enabled"), "yes", "inherent.enabled", "true or false"),
+    (("cage", "cage"), "cube", "cage.cage", "'voronoi', 'sphere'"),
+    (("cage", "target_acceptance"), 1.0, "cage.target_acceptance", "< 1.0"),
+    (("cage", "measurement_sweeps"), 0, "cage.measurement_sweeps", "≥ 1"),
+    (("inherent", "force_tolerance"), 0, "inherent.force_tolerance", "> 0.0"),
 ]
 
 

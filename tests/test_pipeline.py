@@ -43,7 +43,35 @@ def test_serial_pipeline_file(tiny_yaml, tmp_path):
         for name in ("g0", "g1"):
             rho = f[f"fits/{name}/pearson"][()]
             assert rho.shape == (2, T) and np.isfinite(rho).all()
-        assert f["fits/g1/coef"].shape[-1] == 2 * f["fits/g0/coef"].shape[-1]
+        n0 = f["fits/g0/coef"].shape[-1]
+        assert f["fits/g1/coef"].shape[-1] == 2 * n0
+        assert f["fits/cs/coef"].shape[-1] == 4 * n0 + 1
+        names = [n.decode() for n in f["fits/all/feature_names"][()]]
+        assert names[:2] == ["fnet", "drcs"] and names[2].startswith("cs:")
+        assert len(names) == 2 + 2 * n0
+        x0 = f["snapshots/positions"][()]
+        # inherent states: FIRE converged, energy went down, Δr^IS is |r^IS − r^init|
+        assert np.all(f["states/inherent/max_force"][()] < 1e-5)
+        e_init = f["snapshots/energy"][()].sum(axis=1)
+        e_is = f["states/inherent/energy"][()].sum(axis=1)
+        assert np.all(e_is < e_init)
+        np.testing.assert_allclose(f["states/inherent/displacement"][()],
+                                   np.linalg.norm(f["states/inherent/positions"][()] - x0, axis=-1))
+        # cage states: in the image of r^init, smaller excursions than the inherent state's
+        # thermal displacement scale, acceptance near the tuned target
+        dcs = f["states/cage/displacement"][()]
+        np.testing.assert_allclose(dcs, np.linalg.norm(f["states/cage/positions"][()] - x0,
+                                                       axis=-1))
+        assert 0 < dcs.mean() < 0.5
+        assert np.all(np.abs(f["states/cage/acceptance"][()] - 0.3) < 0.1)
+        for state in ("is", "cs"):
+            assert f[f"descriptors/{state}"].shape == X.shape
+            assert not np.array_equal(f[f"descriptors/{state}"][()], X)
+        # |F^net| is the norm of the LAMMPS forces; Newton's third law: total force zero
+        assert np.all(f["snapshots/net_force"][()] > 0)
+        for name in ("drcs", "dris", "fnet", "energy"):
+            rho = f[f"fits/single/{name}"][()]
+            assert rho.shape == (2, T) and np.isfinite(rho).all()
         assert "kob_andersen" in f["provenance"].attrs["config_yaml"]
         assert "pair_style lj/cut" in f["provenance"].attrs["lammps_commands"]
     # the KA liquid at T = 0.8 relaxes within the 2 τ of the run for the small particles
@@ -71,9 +99,13 @@ def test_one_and_two_ranks_identical(tiny_yaml, tmp_path):
     comm.Barrier()
     with h5py.File(one, "r") as a, h5py.File(two, "r") as b:
         for name in ("snapshots/positions", "iso/displacements", "propensity",
-                     "descriptors/init"):
+                     "descriptors/init", "states/inherent/positions", "states/cage/positions",
+                     "descriptors/cs", "snapshots/net_force"):
             assert np.array_equal(a[name][()], b[name][()]), name
         # distributed ridge: Gram matrices summed over ranks, equal up to summation order
-        np.testing.assert_allclose(a["fits/g1/pearson"][()], b["fits/g1/pearson"][()],
-                                   rtol=1e-8, atol=1e-10)
+        for name in ("g1", "all"):
+            np.testing.assert_allclose(a[f"fits/{name}/pearson"][()],
+                                       b[f"fits/{name}/pearson"][()], rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(a["fits/single/drcs"][()], b["fits/single/drcs"][()],
+                                   rtol=1e-10)
         assert b["provenance"].attrs["ranks"] == comm.size

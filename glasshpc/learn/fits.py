@@ -1,71 +1,102 @@
-"""The fit stage: ridge regression of propensity on descriptors, per feature set, species and time.
+"""The fit stage: ridge regression of propensity on named feature sets, per species and time.
 
 Reduced LJ units. SCIENCE.md §5: α by cross-validation grouped by snapshot, quality = Pearson ρ(t)
-between predicted and measured propensity on held-out snapshots. Rows are distributed over ranks
-by snapshot; :class:`GroupedRidgeCV` sums Gram matrices with Allreduce, so the result is that of a
-fit on all rows whatever the rank count. All T times of one species share one Gram matrix.
+between predicted and measured propensity on held-out snapshots. A feature set joins blocks with
+'+' ([CAGE] Figs. 3 and 5): descriptor blocks ``init``, ``is``, ``cs`` (X^init, X^IS, X^CS,
+generations 0..n each) and per-particle scalars ``drcs`` (Δr^CS), ``dris`` (Δr^IS), ``fnet``
+(|F^net| at t = 0), ``energy`` (potential energy at t = 0).
+
+Rows are distributed over ranks by snapshot; :class:`GroupedRidgeCV` sums Gram matrices with
+Allreduce, so the result is that of a fit on all rows whatever the rank count. All T times of one
+species share one Gram matrix.
 """
 from dataclasses import dataclass
 
 import numpy as np
 
+from ..config import DESCRIPTOR_BLOCKS
 from .ridge import GroupedRidgeCV, pearson, r2_score, split_snapshots
+
+# the per-particle scalar features and the datasets holding them
+SCALAR_SOURCES = {"drcs": "states/cage/displacement", "dris": "states/inherent/displacement",
+                  "fnet": "snapshots/net_force", "energy": "snapshots/energy"}
 
 
 @dataclass
 class FitResult:
-    """Per feature set. Arrays: pearson, r2, alpha (n_species, T); coef (n_species, T, F);
-    intercept (n_species, T); grid_extended (n_species,) bool; columns (F,) int feature indices."""
+    """Per feature set. Arrays: pearson, r2, alpha (n_species, T); coef (n_species, T, F) in the
+    order of ``feature_names`` (F,); intercept (n_species, T); grid_extended (n_species,) bool."""
     pearson: np.ndarray
     r2: np.ndarray
     alpha: np.ndarray
     coef: np.ndarray
     intercept: np.ndarray
     grid_extended: np.ndarray
-    columns: np.ndarray
+    feature_names: list
 
 
-def feature_columns(fset, n_base):
-    """Column indices of a feature set: generations 0..fset.generations of ``n_base`` features."""
-    return np.arange((fset.generations + 1) * n_base)
+def feature_layout(fset, descriptor_names):
+    """[(block, columns or None)] and the feature names of a set; descriptor blocks take the
+    columns of generations 0..fset.generations (``descriptor_names`` lists all columns, generation
+    by generation, as :meth:`DescriptorSpec.feature_names`)."""
+    n_base = sum(1 for n in descriptor_names if not n.startswith("gen"))
+    cols = np.arange((fset.generations + 1) * n_base)
+    parts, names = [], []
+    for block in fset.blocks:
+        if block in DESCRIPTOR_BLOCKS:
+            parts.append((block, cols))
+            names += [f"{block}:{descriptor_names[c]}" for c in cols]
+        else:
+            parts.append((block, None))
+            names.append(block)
+    return parts, names
 
 
-def fit_propensity(ctx, cfg, store, n_base):
-    """Collective. Returns ({feature set name: FitResult}, train ids, test ids)."""
+def _rows(parts, data, ids, species, T):
+    xs, ys, gs = [], [], []
+    for s in ids:
+        if s not in data:
+            continue
+        d = data[s]
+        m = d["types"] == species
+        blocks = [d[b][m][:, c] if c is not None else d[b][m][:, None] for b, c in parts]
+        xs.append(np.concatenate(blocks, axis=1))
+        ys.append(d["propensity"][:, m].T)
+        gs.append(np.full(m.sum(), s))
+    if not xs:
+        n_cols = sum(c.size if c is not None else 1 for _, c in parts)
+        return np.empty((0, n_cols)), np.empty((0, T)), np.empty(0, np.int64)
+    return np.concatenate(xs), np.concatenate(ys), np.concatenate(gs)
+
+
+def fit_propensity(ctx, cfg, store, descriptor_names, n_species):
+    """Collective. Ridge fit of every feature set in ``cfg.fits.feature_sets``.
+
+    Returns ({feature set name: FitResult}, train snapshot ids, test snapshot ids)."""
     S = cfg.snapshots.count
+    T = cfg.replica_steps().size
     train, test = split_snapshots(np.arange(S), cfg.test_snapshots() / S, cfg.seed)
-    mine = ctx.mine(list(range(S)))
-    data = {s: (store.read("descriptors/init", (s,)), store.read("propensity", (s,)),
-                store.read("snapshots/types", (s,))) for s in mine}
+    needed = {b for fs in cfg.fits.feature_sets.values() for b in fs.blocks}
+    data = {}
+    for s in ctx.mine(list(range(S))):
+        d = {"types": store.read("snapshots/types", (s,)), "propensity": store.read("propensity", (s,))}
+        for b in needed:
+            d[b] = store.read(f"descriptors/{b}" if b in DESCRIPTOR_BLOCKS else SCALAR_SOURCES[b], (s,))
+        data[s] = d
     g = cfg.fits.alphas
     alphas = np.logspace(np.log10(g.min), np.log10(g.max), g.count)
-    n_species = int(max(int(d[2].max()) for d in data.values()) + 1) if data else 0
-    n_species = ctx.comm.allreduce(n_species, op=_max())
     results = {}
     for name, fset in cfg.fits.feature_sets.items():
-        cols = feature_columns(fset, n_base)
-        T = cfg.replica_steps().size
+        parts, names = feature_layout(fset, descriptor_names)
+        F = len(names)
         res = FitResult(*(np.full((n_species, T), np.nan) for _ in range(3)),
-                        np.zeros((n_species, T, cols.size)), np.zeros((n_species, T)),
-                        np.zeros(n_species, bool), cols)
+                        np.zeros((n_species, T, F)), np.zeros((n_species, T)),
+                        np.zeros(n_species, bool), names)
         for sp in range(n_species):
-            def rows(ids):
-                xs, ys, gs = [], [], []
-                for s in ids:
-                    if s in data:
-                        x, p, t = data[s]
-                        m = t == sp
-                        xs.append(x[m][:, cols])
-                        ys.append(p[:, m].T)
-                        gs.append(np.full(m.sum(), s))
-                if not xs:
-                    return (np.empty((0, cols.size)), np.empty((0, T)), np.empty(0, np.int64))
-                return np.concatenate(xs), np.concatenate(ys), np.concatenate(gs)
-
-            Xtr, Ytr, Gtr = rows(train)
+            Xtr, Ytr, Gtr = _rows(parts, data, train, sp, T)
             model = GroupedRidgeCV(alphas=alphas, n_splits=cfg.fits.cv_folds, seed=cfg.seed,
                                    comm=ctx.comm).fit(Xtr, Ytr, Gtr)
-            Xte, Yte, _ = rows(test)
+            Xte, Yte, _ = _rows(parts, data, test, sp, T)
             pred = model.predict(Xte) if len(Xte) else np.empty((0, T))
             res.pearson[sp] = pearson(Yte, pred, comm=ctx.comm)
             res.r2[sp] = r2_score(Yte, pred, comm=ctx.comm)
@@ -77,6 +108,29 @@ def fit_propensity(ctx, cfg, store, n_base):
     return results, train, test
 
 
-def _max():
-    from mpi4py import MPI
-    return MPI.MAX
+def single_variable_pearson(ctx, cfg, store, n_species):
+    """Collective. Pearson ρ(t) of each available per-particle scalar (Δr^CS, Δr^IS, |F^net|,
+    energy) with the propensity, per species, over all snapshots — no fit ([CAGE] Figs. 2, 5).
+
+    Returns {scalar name: (n_species, T) float64}."""
+    available = ["fnet", "energy"]
+    if cfg.inherent.enabled:
+        available.insert(0, "dris")
+    if cfg.cage.enabled:
+        available.insert(0, "drcs")
+    T = cfg.replica_steps().size
+    mine = ctx.mine(list(range(cfg.snapshots.count)))
+    types = {s: store.read("snapshots/types", (s,)) for s in mine}
+    prop = {s: store.read("propensity", (s,)) for s in mine}
+    out = {}
+    for name in available:
+        value = {s: store.read(SCALAR_SOURCES[name], (s,)) for s in mine}
+        rho = np.full((n_species, T), np.nan)
+        for sp in range(n_species):
+            ys = [prop[s][:, types[s] == sp].T for s in mine] or [np.empty((0, T))]
+            xs = [value[s][types[s] == sp] for s in mine] or [np.empty(0)]
+            y = np.concatenate(ys)
+            x = np.repeat(np.concatenate(xs)[:, None], T, axis=1)
+            rho[sp] = pearson(y, x, comm=ctx.comm)
+        out[name] = rho
+    return out
