@@ -175,24 +175,29 @@ def execute(cfg, yaml_text, ctx, store_mode="auto"):
         store.close()
 
 
-def pearson_table(times, fits, species):
-    """Text table of held-out Pearson ρ(t): one column per (feature set, species)."""
-    cols = [(n, s) for n in fits for s in range(len(species))]
-    head = f"{'t (τ)':>10s} " + " ".join(f"{n + ':' + species[s]:>14s}" for n, s in cols)
-    rows = [f"held-out Pearson ρ(t) of predicted vs measured propensity", head]
-    for k, t in enumerate(times):
-        rows.append(f"{t:10.4g} " + " ".join(f"{fits[n].pearson[s, k]:14.3f}" for n, s in cols))
+def _table(title, times, columns, species):
+    """Text table, one block per species: rows = times, columns = {name: (n_species, T)}."""
+    rows = []
+    for sp, sname in enumerate(species):
+        width = max([12] + [len(n) + 1 for n in columns])
+        rows += [f"{title}, species {sname}",
+                 f"{'t (τ)':>10s} " + " ".join(f"{n:>{width}s}" for n in columns)]
+        for k, t in enumerate(times):
+            rows.append(f"{t:10.4g} " + " ".join(f"{v[sp, k]:{width}.3f}"
+                                                 for v in columns.values()))
     return "\n".join(rows)
+
+
+def pearson_table(times, fits, species):
+    """Held-out Pearson ρ(t) of predicted vs measured propensity, one column per feature set."""
+    return _table("held-out Pearson ρ(t) of ridge-predicted vs measured propensity", times,
+                  {n: r.pearson for n, r in fits.items()}, species)
 
 
 def single_table(times, single, species):
-    """Text table of the single-variable Pearson ρ(t) of Δr^CS, Δr^IS, |F^net|, energy."""
-    cols = [(n, s) for n in single for s in range(len(species))]
-    head = f"{'t (τ)':>10s} " + " ".join(f"{n + ':' + species[s]:>12s}" for n, s in cols)
-    rows = ["single-variable Pearson ρ(t) with propensity (all snapshots, no fit)", head]
-    for k, t in enumerate(times):
-        rows.append(f"{t:10.4g} " + " ".join(f"{single[n][s, k]:12.3f}" for n, s in cols))
-    return "\n".join(rows)
+    """Single-variable Pearson ρ(t) of Δr^CS, Δr^IS, |F^net|, energy with propensity."""
+    return _table("Pearson ρ(t) of one per-particle quantity with propensity (all snapshots, "
+                  "no fit)", times, single, species)
 
 
 def main(argv=None):

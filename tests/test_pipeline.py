@@ -4,6 +4,8 @@ Run the MPI part with ``mpiexec -n 2 python -m pytest --with-mpi``; plain pytest
 checks and skips the 2-rank comparison.
 """
 import os
+import subprocess
+import sys
 
 import h5py
 import numpy as np
@@ -74,6 +76,13 @@ def test_serial_pipeline_file(tiny_yaml, tmp_path):
             assert rho.shape == (2, T) and np.isfinite(rho).all()
         assert "kob_andersen" in f["provenance"].attrs["config_yaml"]
         assert "pair_style lj/cut" in f["provenance"].attrs["lammps_commands"]
+    # the plotting tool reads the file and draws every feature set
+    png = str(tmp_path / "rho.png")
+    tool = os.path.join(os.path.dirname(__file__), "..", "tools", "plot_pearson.py")
+    subprocess.run([sys.executable, tool, out, "-o", png], check=True, capture_output=True)
+    with open(png, "rb") as fh:
+        assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+    os.remove(png)
     # the KA liquid at T = 0.8 relaxes within the 2 τ of the run for the small particles
     assert 0.1 < summary["tau_alpha"][1] < 2.0
     assert 6.5 < summary["q"] < 8.0        # first peak of S_AA(q) of KA at ρ = 1.2

@@ -3,8 +3,10 @@
 
     python tools/plot_pearson.py OUTPUT.h5 [-o OUTPUT_pearson.png]
 
-Reads /fits/<feature_set>/pearson [n_species, T], /iso/times [T], /propensity [S, T, N] and
-/snapshots/types [S, N] of a glasshpc output file. Times in τ, lengths in σ_AA (reduced LJ units).
+One solid curve per feature set (/fits/<set>/pearson [n_species, T]), dashed curves for the
+single-variable correlations of Δr^CS, Δr^IS, |F^net| with propensity (/fits/single/<name>
+[n_species, T], [CAGE] Figs. 2, 5) and a last panel with the mean propensity per species
+(/propensity [S, T, N], /snapshots/types [S, N]). Times in τ, lengths in σ_AA (reduced LJ units).
 """
 import argparse
 import os
@@ -17,6 +19,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+SINGLE_LABELS = {"drcs": r"$\Delta r^{CS}$ alone", "dris": r"$\Delta r^{IS}$ alone",
+                 "fnet": r"$|F^{net}|$ alone"}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("h5")
@@ -26,7 +32,8 @@ def main(argv=None):
     with h5py.File(args.h5, "r") as f:
         times = f["iso/times"][()]
         species = [s.decode() for s in f.attrs["species"]]
-        fits = {name: f[f"fits/{name}/pearson"][()] for name in f["fits"]}
+        fits = {name: f[f"fits/{name}/pearson"][()] for name in f["fits"] if name != "single"}
+        single = {name: f[f"fits/single/{name}"][()] for name in f.get("fits/single", {})}
         prop = f["propensity"][()]
         types = f["snapshots/types"][()]
         tau = f["dynamics"].attrs.get("tau_alpha", [np.nan] * len(species))
@@ -35,14 +42,17 @@ def main(argv=None):
     for s, ax in enumerate(axes[:-1]):
         for name, rho in fits.items():
             ax.plot(times, rho[s], marker="o", ms=3, label=name)
+        for name, rho in single.items():
+            if name in SINGLE_LABELS:
+                ax.plot(times, rho[s], ls="--", lw=1.2, label=SINGLE_LABELS[name])
         if np.isfinite(tau[s]):
             ax.axvline(tau[s], color="0.6", ls=":", label=r"$\tau_\alpha$")
         ax.set_xscale("log")
-        ax.set_ylim(min(0.0, np.nanmin([r[s] for r in fits.values()])), 1.0)
+        ax.set_ylim(min(0.0, np.nanmin([r[s] for r in (*fits.values(), *single.values())])), 1.0)
         ax.set_xlabel(r"$t\ (\tau)$")
         ax.set_ylabel(r"Pearson $\rho(t)$, held-out snapshots")
         ax.set_title(f"species {species[s]}")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, ncol=2)
     ax = axes[-1]
     for s, name in enumerate(species):
         mean = np.array([prop[:, k][types == s].mean() for k in range(len(times))])

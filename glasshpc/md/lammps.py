@@ -275,7 +275,7 @@ class LammpsEngine:
         positions = np.asarray(positions, dtype=np.float64)
         self.load(positions, types, box)
         x0 = self.positions()
-        self.command("min_style fire", "min_modify norm max",
+        self.command("reset_timestep 0", "min_style fire", "min_modify norm max",
                      f"minimize 0 {force_tolerance:.6g} {int(max_iterations)} "
                      f"{10 * int(max_iterations)}")
         r_is = positions + (self.unwrapped_positions() - x0)
