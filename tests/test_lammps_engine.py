@@ -93,3 +93,49 @@ def test_ka_pair_energy_matches_formula(engine):
             if r < rc:
                 e += lj(r) - lj(rc)
     assert engine.thermo("pe") * 4 == pytest.approx(e, rel=1e-12)
+
+
+def _ka_brute_force(pos, types, box):
+    """Per-particle energies (half of each pair) and forces of truncated-and-shifted KA LJ by
+    plain numpy over all pairs with the minimum image (independent of LAMMPS)."""
+    d = pos[None, :, :] - pos[:, None, :]                  # r_j − r_i
+    d -= box * np.rint(d / box)
+    r2 = (d ** 2).sum(-1)
+    np.fill_diagonal(r2, np.inf)
+    eps = KA.epsilon[types[:, None], types[None, :]]
+    sig = KA.sigma[types[:, None], types[None, :]]
+    rc = KA.cutoff[types[:, None], types[None, :]]
+    inside = r2 < rc ** 2
+    s6 = (sig ** 2 / r2) ** 3
+    shift = 4 * eps * ((sig / rc) ** 12 - (sig / rc) ** 6)
+    v = np.where(inside, 4 * eps * (s6 ** 2 - s6) - shift, 0.0)
+    dvdr_over_r = np.where(inside, -24 * eps * (2 * s6 ** 2 - s6) / r2, 0.0)
+    force = (dvdr_over_r[:, :, None] * d).sum(axis=1)      # F_i = Σ_j V'(r)/r (r_j − r_i)
+    return 0.5 * v.sum(axis=1), force
+
+
+def test_static_properties_match_brute_force(engine, liquid):
+    """Per-particle potential energy and net force ([CAGE] |F^net|) equal an independent
+    all-pairs evaluation of the KA potential."""
+    pos, types, box = liquid
+    energy, force = engine.static_properties(pos, types, box)
+    e_ref, f_ref = _ka_brute_force(pos, types, box)
+    np.testing.assert_allclose(energy, e_ref, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(force, f_ref, rtol=1e-9, atol=1e-9)
+    assert np.abs(force.sum(axis=0)).max() < 1e-9          # Newton's third law
+
+
+def test_fire_inherent_state(engine, liquid):
+    """FIRE converges below the force tolerance, lowers the energy, and returns r^IS in the image
+    of r^init (no displacement of a box length) with energies and forces of r^IS itself."""
+    pos, types, box = liquid
+    e0, _ = engine.static_properties(pos, types, box)
+    r_is, e_is, fmax = engine.inherent_state(pos, types, box, 1e-6, 100000)
+    assert fmax < 1e-6
+    assert e_is.sum() < e0.sum() - 0.5 * len(types)         # ~ 1 ε per particle below the liquid
+    assert np.linalg.norm(r_is - pos, axis=1).max() < 1.5   # same image, no jump by L
+    e_ref, f_ref = _ka_brute_force(r_is, types, box)
+    np.testing.assert_allclose(e_is, e_ref, rtol=1e-9, atol=1e-9)
+    assert np.linalg.norm(f_ref, axis=1).max() < 1.1e-6
+    with pytest.raises(RuntimeError, match="max_iterations"):
+        engine.inherent_state(pos, types, box, 1e-6, 20)
