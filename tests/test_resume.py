@@ -254,3 +254,81 @@ def test_overwrite_replaces_only_at_the_end(tmp_path, tiny_yaml, reference):
     p = _run(1, cfg, "--resume")
     assert p.returncode == 0, p.stderr
     _assert_same(reference, tmp_path / "run.h5")
+
+
+# -- the store's journal, in-process -----------------------------------------------------------
+
+def _layout():
+    return {"a": ((4, 3), np.float64), "b": ((4, 2, 5), np.float32)}
+
+
+def test_torn_journal_line_is_ignored_and_resume_continues(tmp_path):
+    """A kill during the journal append leaves a torn last line: that task counts as unfinished,
+    the earlier ones are kept, and the finished file holds exactly what was written."""
+    from mpi4py import MPI
+    from glasshpc.parallel import Context
+    from glasshpc.store import Store
+    path = str(tmp_path / "out.h5")
+    ctx = Context(MPI.COMM_SELF)
+    rng = np.random.default_rng(0)
+    a = rng.random((4, 3))
+    st = Store(path, ctx, _layout(), mode="shards", config={"x": 1})
+    for s in range(3):
+        st.write("a", (s,), a[s])
+        st.commit("A", s)
+    st.close()
+    journal = tmp_path / "out.h5.partial" / "journal-a001-r00000.jsonl"
+    text = journal.read_text()
+    journal.write_text(text[: len(text) - 25])       # task 2's line torn
+    with pytest.raises(FileExistsError, match="--resume"):
+        Store(path, ctx, _layout(), mode="shards", config={"x": 1})
+    st = Store(path, ctx, _layout(), mode="shards", config={"x": 1}, resume=True)
+    assert st.completed("A") == {(0,), (1,)}
+    assert st.attempt == 2
+    for s in (2, 3):
+        st.write("a", (s,), a[s])
+        st.commit("A", s)
+    st.sync()
+    np.testing.assert_array_equal(st.read("a", (0,)), a[0])
+    for s in range(4):
+        for r in range(2):
+            st.write("b", (s, r), np.full(5, s + r / 10, np.float32))
+    st.finalize(lambda h5: None)
+    with h5py.File(path, "r") as f:
+        np.testing.assert_array_equal(f["a"][()], a)
+        assert f["b"][3, 1, 0] == np.float32(3.1)
+    assert sorted(os.listdir(tmp_path)) == ["out.h5"]
+
+
+@pytest.mark.skipif(not h5py.get_config().mpi, reason="h5py without parallel HDF5 (mpio)")
+def test_mpio_store_resume(tmp_path):
+    """The mpio path: one data.h5 for all ranks, journal + checksums, resume, finalisation by
+    rename (run under mpiexec with a parallel h5py; one rank suffices for the bookkeeping)."""
+    from mpi4py import MPI
+    from glasshpc.parallel import Context
+    from glasshpc.store import Store
+    comm = MPI.COMM_WORLD
+    folder = comm.bcast(str(tmp_path), root=0)
+    path = os.path.join(folder, "mpio.h5")
+    ctx = Context(comm)
+    a = np.arange(12.0).reshape(4, 3)
+    st = Store(path, ctx, _layout(), mode="mpio", config={"x": 1})
+    for s in ctx.mine([0, 1]):
+        st.write("a", (s,), a[s])
+        st.commit("A", s)
+    st.close()                                       # as if killed after two tasks
+    st = Store(path, ctx, _layout(), mode="mpio", config={"x": 1}, resume=True)
+    assert st.completed("A") == {(0,), (1,)}
+    for s in ctx.mine([2, 3]):
+        st.write("a", (s,), a[s])
+        st.commit("A", s)
+    st.sync()
+    for s in ctx.mine(list(range(4))):
+        for r in range(2):
+            st.write("b", (s, r), np.full(5, s + r, np.float32))
+    st.finalize(lambda h5: h5.attrs.__setitem__("done", 1))
+    comm.Barrier()
+    with h5py.File(path, "r") as f:
+        np.testing.assert_array_equal(f["a"][()], a)
+        assert f["b"][3, 1, 0] == 4 and f.attrs["done"] == 1
+    assert not os.path.exists(path + ".partial")
