@@ -332,3 +332,25 @@ def test_mpio_store_resume(tmp_path):
         np.testing.assert_array_equal(f["a"][()], a)
         assert f["b"][3, 1, 0] == 4 and f.attrs["done"] == 1
     assert not os.path.exists(path + ".partial")
+
+
+def test_dry_run_plan_matches_the_real_output(tmp_path, tiny_yaml, reference, capsys):
+    """--dry-run creates nothing and predicts the output size of the run exactly (task datasets);
+    its core-hour figure is the run's MD steps over the measured rate."""
+    import re
+    from glasshpc.run import main
+    cfg = _config(tmp_path, tiny_yaml, "plan")
+    before = sorted(os.listdir(tmp_path))
+    assert main([str(cfg), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert sorted(os.listdir(tmp_path)) == before
+    assert "stage replicas   : 5 × 6 = 30 tasks" in out
+    steps = int(re.search(r"MD: ([\d,]+) steps", out).group(1).replace(",", ""))
+    assert steps == 5 * (2 + 5 + 5) * 200 + 30 * 400        # melt+NVT+NVE of 5 snapshots; replicas
+    rate = float(re.search(r"rank 0: ([\d.e+-]+) M atom-steps/s", out).group(1)) * 1e6
+    core_h = float(re.search(r"MD ≈ ([\d.e+-]+) core-hours", out).group(1))
+    assert core_h == pytest.approx(steps * 300 / rate / 3600, rel=2e-3)
+    gib = float(re.search(r"output size ≈ ([\d.e+-]+) GiB", out).group(1))
+    with h5py.File(reference, "r") as f:
+        actual = sum(f[name].size * f[name].dtype.itemsize for name in TASK_DATASETS)
+    assert gib == pytest.approx(actual / 2**30, rel=2e-3)
