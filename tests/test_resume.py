@@ -194,21 +194,6 @@ def test_sigkill_all_ranks_during_descriptors_resume_on_3(tmp_path, tiny_yaml, r
     print(f"killed in descriptors after {p.seconds:.1f} s; resume on 3 ranks {p3.seconds:.1f} s")
 
 
-def test_sigkill_twice_then_resume(tmp_path, tiny_yaml, reference):
-    """Kill in the snapshot stage, resume and kill again in the replicas, resume: still identical,
-    and no task was ever done twice."""
-    cfg = _config(tmp_path, tiny_yaml, "run")
-    partial = str(tmp_path / "run.h5.partial")
-    assert _run(2, cfg, GLASSHPC_KILL_AFTER="snapshots:1:0").returncode != 0
-    assert _run(2, cfg, "--resume", GLASSHPC_KILL_AFTER="replicas:2").returncode != 0
-    records = [(s, t) for _, s, t in _journal(partial) if not s.startswith("_")]
-    assert len(records) == len(set(records))         # no finished task was ever redone
-    assert {a for a, _, _ in _journal(partial)} == {1, 2}
-    p = _run(1, cfg, "--resume")
-    assert p.returncode == 0, p.stderr
-    _assert_same(reference, tmp_path / "run.h5")
-
-
 def test_sigterm_stops_cleanly_and_resumes(tmp_path, tiny_yaml, reference):
     cfg = _config(tmp_path, tiny_yaml, "run")
     partial = str(tmp_path / "run.h5.partial")
@@ -244,13 +229,21 @@ def test_three_ranks_identical(tmp_path, tiny_yaml, reference):
         assert f["provenance"].attrs["ranks"] == 3
 
 
-def test_overwrite_replaces_only_at_the_end(tmp_path, tiny_yaml, reference):
-    """--overwrite discards the unfinished run; the old output stays valid until the new one is
-    complete (killed --overwrite run: old file untouched)."""
+def test_overwrite_then_two_kills_then_resume(tmp_path, tiny_yaml, reference):
+    """--overwrite keeps the old output valid until the new run is complete; a run killed twice
+    (snapshot stage on one rank, then replica stage on both) and resumed on 1 rank is identical to
+    an uninterrupted run, and no finished task was ever done twice."""
     cfg = _config(tmp_path, tiny_yaml, "run")
+    partial = str(tmp_path / "run.h5.partial")
     (tmp_path / "run.h5").write_bytes(b"old result")
-    assert _run(1, cfg, "--overwrite", GLASSHPC_KILL_AFTER="replicas:3").returncode != 0
+    p = _run(2, cfg, "--overwrite", GLASSHPC_KILL_AFTER="snapshots:1:0")
+    assert p.returncode != 0
     assert (tmp_path / "run.h5").read_bytes() == b"old result"
+    assert _run(2, cfg, "--resume", GLASSHPC_KILL_AFTER="replicas:2").returncode != 0
+    assert (tmp_path / "run.h5").read_bytes() == b"old result"
+    records = [(s, t) for _, s, t in _journal(partial) if not s.startswith("_")]
+    assert len(records) == len(set(records))         # no finished task was ever redone
+    assert {a for a, _, _ in _journal(partial)} == {1, 2}
     p = _run(1, cfg, "--resume")
     assert p.returncode == 0, p.stderr
     _assert_same(reference, tmp_path / "run.h5")
