@@ -34,7 +34,7 @@ import h5py
 import numpy as np
 
 from . import interrupt
-from .parallel import MPI
+from .parallel import MPI  # noqa: F401  (mpi4py imported before h5py opens an mpio file)
 
 FORMAT = "glasshpc-partial-1"
 
