@@ -56,7 +56,19 @@ class MDConfig:
 
 @dataclass(frozen=True)
 class SnapshotsConfig:
-    count: int = _f(doc="independent equilibrated snapshots", lo=1)
+    count: int = _f(None, doc="independent equilibrated snapshots (required with source 'lammps'; "
+                              "with 'files' the number of files, checked if given)", lo=1)
+    source: str = _f("lammps", "'lammps': prepare snapshots by MD; 'files': read your own "
+                     "snapshot files (one per snapshot) instead", choices=("lammps", "files"))
+    path: str = _f("", "source 'files': a folder (every non-hidden file in it) or a glob pattern, "
+                       "relative to the working directory; files sorted in natural order")
+    format: str = _f("auto", "source 'files': file format; 'auto' = from the extension "
+                             "(.data/.lmp → lammps-data, .dump/.lammpstrj → lammps-dump, "
+                             ".xyz/.extxyz → extxyz)",
+                     choices=("auto", "lammps-data", "lammps-dump", "extxyz"))
+    type_map: object = _f(None, "source 'files' (required): file particle type → model species "
+                                "name, e.g. {1: A, 2: B} (LAMMPS) or {Ar: A, Kr: B} (extxyz)",
+                          kind="type_map")
 
 
 @dataclass(frozen=True)
@@ -287,6 +299,8 @@ def _build(cls, data, key):
 def _value(f, value, key):
     meta = f.metadata
     kind = meta.get("kind")
+    if kind == "type_map":
+        return _type_map(value, key)
     if kind == "times":
         if isinstance(value, dict):
             t = _build(TimesConfig, value, key)
@@ -407,6 +421,7 @@ def parse(text):
     except yaml.YAMLError as err:
         raise ConfigError("<yaml>", f"not valid YAML: {err}") from None
     cfg = _build(Config, data, "")
+    cfg = _resolve_snapshot_source(cfg)
     _cross_checks(cfg)
     return cfg
 
@@ -438,3 +453,69 @@ def describe():
 
     walk(Config, "")
     return "\n".join(lines)
+
+
+# -- snapshots from files (issue 7) -------------------------------------------------------------
+
+def _type_map(value, key):
+    """{file type (int or name) → species name}; keys normalised to str ('1', 'Ar')."""
+    if not isinstance(value, dict) or not value:
+        raise ConfigError(key, f"must be a non-empty mapping file type → species name, got {value!r}")
+    out = {}
+    for k, v in value.items():
+        if isinstance(k, bool) or not isinstance(k, (int, str)) or str(k).strip() == "":
+            raise ConfigError(f"{key}.{k}", "file types must be integers or names")
+        if not isinstance(v, str):
+            raise ConfigError(f"{key}.{k}", f"must be a species name (string), got {v!r}")
+        out[str(k)] = v
+    return out
+
+
+def snapshot_files(path):
+    """Sorted (natural order: snap2 before snap10) list of files for ``snapshots.path``: every
+    non-hidden regular file of a folder, or the matches of a glob pattern."""
+    import glob
+    import os
+    import re
+    if os.path.isdir(path):
+        files = [os.path.join(path, n) for n in os.listdir(path) if not n.startswith(".")]
+    else:
+        files = glob.glob(path)
+    files = [f for f in files if os.path.isfile(f)]
+
+    def natural(name):
+        return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+    return sorted(files, key=natural)
+
+
+def _resolve_snapshot_source(cfg):
+    """Check the snapshot-source keys; with source 'files' set snapshots.count from the files."""
+    sn = cfg.snapshots
+    if sn.source == "lammps":
+        for name in ("path", "type_map"):
+            if getattr(sn, name):
+                raise ConfigError(f"snapshots.{name}", "only used with snapshots.source: files")
+        if sn.count is None:
+            raise ConfigError("snapshots.count", "required key is missing (independent "
+                                                 "equilibrated snapshots)")
+        return cfg
+    if not sn.path:
+        raise ConfigError("snapshots.path", "required with snapshots.source: files (a folder or "
+                                            "a glob pattern)")
+    if sn.type_map is None:
+        raise ConfigError("snapshots.type_map", "required with snapshots.source: files, e.g. "
+                                                "{1: A, 2: B}")
+    from .models import get_model
+    species = get_model(cfg.model.name).species
+    for k, v in sn.type_map.items():
+        if v not in species:
+            raise ConfigError(f"snapshots.type_map.{k}", f"unknown species {v!r}; the model "
+                                                         f"{cfg.model.name} has {list(species)}")
+    files = snapshot_files(sn.path)
+    if not files:
+        raise ConfigError("snapshots.path", f"no files match {sn.path!r}")
+    if sn.count is not None and sn.count != len(files):
+        raise ConfigError("snapshots.count", f"is {sn.count} but {sn.path!r} holds {len(files)} "
+                                             "files; omit count or make them agree")
+    return dataclasses.replace(cfg, snapshots=dataclasses.replace(sn, count=len(files)))

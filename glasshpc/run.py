@@ -17,12 +17,12 @@ import traceback
 import h5py
 import numpy as np
 
-from . import __version__, config as config_mod, stages
+from . import __version__, cluster, config as config_mod, interrupt, stages
 from .learn.fits import fit_propensity, single_variable_pearson
 from .dynamics import tau_alpha
 from .models import get_model
 from .parallel import MPI, Context
-from .store import Store, h5py_has_mpi
+from .store import ResumeError, Store, h5py_has_mpi
 
 
 def plan_text(cfg, ctx):
@@ -87,11 +87,13 @@ def versions():
     return out
 
 
-def execute(cfg, yaml_text, ctx, store_mode="auto"):
-    """Run every stage; returns a dict of summary results (also written to the file)."""
+def execute(cfg, yaml_text, ctx, store_mode="auto", resume=False, overwrite=False):
+    """Run every stage; returns a dict of summary results (also written to the file).
+    ``resume``/``overwrite``: see :class:`glasshpc.store.Store` and ``--resume``."""
     t_start = time.perf_counter()
     spec0 = stages.descriptor_spec(cfg, 2.0)   # feature count does not depend on r_generation
-    store = Store(cfg.output, ctx, stages.layout(cfg, spec0.n_features), mode=store_mode)
+    store = Store(cfg.output, ctx, stages.layout(cfg, spec0.n_features), mode=store_mode,
+                  resume=resume, overwrite=overwrite, config=cluster.normalised_config(cfg))
     engines = stages.EngineCache(cfg)
     wall = {}
     try:
@@ -201,10 +203,20 @@ def single_table(times, single, species):
 
 
 def main(argv=None):
+    """Command line (``python -m glasshpc.run --help``). Returns the exit code: 0 done, 1 crash,
+    2 refused input (nothing created or changed), 3 stopped by SIGTERM (resumable)."""
     ap = argparse.ArgumentParser(prog="python -m glasshpc.run", description=__doc__.split("\n")[0])
     ap.add_argument("config", nargs="?", help="YAML input")
-    ap.add_argument("--dry-run", action="store_true", help="validate and print the task plan")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="validate, print the task plan, a measured core-hour estimate and the "
+                         "output size; create nothing")
     ap.add_argument("--describe", action="store_true", help="print every config key and default")
+    again = ap.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue the unfinished run in OUTPUT.partial/ (same config) without "
+                            "redoing its finished tasks")
+    again.add_argument("--overwrite", action="store_true",
+                       help="discard OUTPUT.partial/ and replace OUTPUT when the new run finishes")
     args = ap.parse_args(argv)
     ctx = Context()
     if args.describe:
@@ -212,14 +224,20 @@ def main(argv=None):
         return 0
     if not args.config:
         ap.error("CONFIG is required")
-    try:
-        cfg, text = config_mod.load(args.config)
-    except (config_mod.ConfigError, OSError) as err:
+
+    def refuse(err):
         if ctx.root:
             print(f"glasshpc: {err}", file=sys.stderr, flush=True)
         return 2
+
+    try:
+        cfg, text = config_mod.load(args.config)
+        cluster.check_inputs(cfg, ctx)     # snapshot files: read and validated before any output
+    except (config_mod.ConfigError, cluster.InputError, OSError) as err:
+        return refuse(err)
     if args.dry_run:
         ctx.log(plan_text(cfg, ctx))
+        ctx.log(cluster.dry_run_text(cfg, ctx))
         return 0
     if ctx.size > 1 and not any(k in os.environ for k in ("OMP_NUM_THREADS",
                                                            "OPENBLAS_NUM_THREADS",
@@ -228,18 +246,25 @@ def main(argv=None):
         # eigh of the fits ran 5x slower with 2 threads per rank on 2 cores)
         from threadpoolctl import threadpool_limits
         threadpool_limits(1)
+    previous = interrupt.install()
     try:
-        execute(cfg, text, ctx)
-    except FileExistsError as err:
+        execute(cfg, text, ctx, resume=args.resume, overwrite=args.overwrite)
+    except (FileExistsError, PermissionError, ResumeError) as err:
+        return refuse(err)
+    except interrupt.Interrupted as sig:
         if ctx.root:
-            print(f"glasshpc: {err}", file=sys.stderr, flush=True)
-        return 2
+            print(f"glasshpc: stopped by {sig}: every finished task is saved in "
+                  f"{os.path.abspath(cfg.output)}.partial/. Continue with:\n"
+                  f"  python -m glasshpc.run {args.config} --resume", file=sys.stderr, flush=True)
+        return interrupt.EXIT_INTERRUPTED
     except Exception:  # one failing rank must not leave the others hanging in a collective
         traceback.print_exc()
         sys.stderr.flush()
         if ctx.size > 1:
             ctx.comm.Abort(1)
         return 1
+    finally:
+        interrupt.restore(previous)
     return 0
 
 

@@ -9,10 +9,11 @@ depend on the number of ranks. Collective operations happen only at stage bounda
 """
 import numpy as np
 
-from . import dynamics
+from . import dynamics, interrupt
 from .models import get_model
 from .parallel import Progress, task_rng
 from .states.cage import PairPotential, cage_state
+from .store import task_key
 from .structure.descriptors import DescriptorSpec, compute_descriptors, second_minimum_gAA
 
 Q_EDGES = dynamics.q_grid()
@@ -72,13 +73,26 @@ def descriptor_spec(cfg, r_generation):
 
 
 def run_tasks(ctx, name, tasks, work, store):
-    """Run ``work(task)`` for this rank's share of ``tasks`` with progress; then sync the store.
-    Returns the stage wall time (s)."""
-    progress = Progress(ctx, name, len(tasks))
-    for task in ctx.mine(tasks):
+    """Run ``work(task)`` for this rank's share of the unfinished ``tasks`` with progress; then
+    sync the store. Returns the stage wall time (s).
+
+    Tasks recorded as finished (an earlier attempt of a resumed run) are skipped; the rest are dealt
+    round-robin, which cannot change a result (every task seeds itself from its identity). Each
+    finished task is committed (data fsync'ed + journal line) before the next starts. After a
+    SIGTERM the rank stops taking tasks; the :meth:`Store.sync` at the end raises
+    :class:`glasshpc.interrupt.Interrupted` on every rank."""
+    done = store.completed(name)
+    todo = [t for t in tasks if task_key(t) not in done]
+    if len(todo) < len(tasks):
+        ctx.log(f"  [{name}] resuming: {len(tasks) - len(todo)} of {len(tasks)} tasks already done")
+    progress = Progress(ctx, name, len(todo))
+    for n, task in enumerate(ctx.mine(todo), start=1):
         work(task)
-        store.flush()
+        store.commit(name, task)
         progress.tick()
+        interrupt.fault_point(name, n, ctx.rank)
+        if interrupt.requested():
+            break
     elapsed = progress.close()
     store.sync()
     return elapsed
@@ -104,15 +118,18 @@ def snapshots(ctx, cfg, store, engines):
     m, md = cfg.model, cfg.md
 
     def work(s):
-        eng = engines.get()
-        pos, types, box = eng.prepare_snapshot(
-            m.n_particles, m.density, m.temperature, task_rng(cfg.seed, "snapshot", s),
-            md.melt_temperature, md.melt_time, md.nvt_time, md.nve_time, md.tdamp)
+        if cfg.snapshots.source == "files":   # bring your own snapshots (checked before the run)
+            from .cluster import snapshot_from_file
+            pos, types, box = snapshot_from_file(cfg, s)
+        else:
+            pos, types, box = engines.get().prepare_snapshot(
+                m.n_particles, m.density, m.temperature, task_rng(cfg.seed, "snapshot", s),
+                md.melt_temperature, md.melt_time, md.nvt_time, md.nve_time, md.tdamp)
         store.write("snapshots/positions", (s,), pos)
         store.write("snapshots/types", (s,), types)
         store.write("snapshots/box", (s,), box)
         store.write("snapshots/sq_AA", (s,), dynamics.structure_factor(pos[types == 0], box, Q_EDGES))
-        energy, force = eng.static_properties(pos, types, box)
+        energy, force = engines.get().static_properties(pos, types, box)
         store.write("snapshots/energy", (s,), energy)
         store.write("snapshots/net_force", (s,), np.linalg.norm(force, axis=1))
 

@@ -1,27 +1,46 @@
-"""The HDF5 store of a run: one output file, written in parallel, that appears only when complete.
+"""The HDF5 store of a run: one output file, written in parallel, that appears only when complete,
+and a journal of finished tasks that lets a killed run resume without redoing them.
 
 While a run is in progress everything lives in ``<output>.partial/``:
 
-* **mpio mode** (h5py built with MPI): one file ``data.h5`` opened by all ranks with
-  ``driver='mpio'``; datasets are created collectively from the declared layout and each rank writes
-  the slots of its own tasks.
-* **shard mode** (serial h5py, e.g. the pip wheel): between two :meth:`Store.sync` calls (a
-  *segment*, i.e. a stage) each rank writes its own ``shard-rRRRRR-sSS.h5``; a shard is never opened
-  for writing again once its segment ends, so any rank can read any slot of an earlier segment
-  without racing a writer (HDF5 file locks). Slots are recorded with the shard that holds them.
-  :meth:`Store.finalize` copies every slot into the final file and refuses to finish if a declared
-  slot or a shard is missing.
+* ``run.json`` — format tag, attempt counter, store mode, the layout and the normalised config with
+  its SHA-256 (a resume with a different config is refused, naming the keys that differ).
+* **shard mode** (serial h5py, e.g. the pip wheel): each rank appends the raw bytes of the slots it
+  writes to its own ``data-aAAA-rRRRRR.bin`` (AAA = attempt). Bytes once written are never
+  modified, so a SIGKILL at any moment cannot damage finished work; HDF5 is written only at
+  finalisation. (HDF5 files killed while open can have inconsistent metadata, which is why the
+  working shards are plain append-only files.)
+* **mpio mode** (h5py built with MPI): one ``data.h5`` opened by all ranks with ``driver='mpio'``;
+  datasets are created collectively from the declared layout (parallel HDF5 allocates their space
+  at creation, so later task writes touch raw data only) and each rank writes its own slots.
+* ``journal-aAAA-rRRRRR.jsonl`` — one line per finished task, appended by :meth:`Store.commit`
+  **after** the task's data is flushed and fsync'ed: stage, task identity and for every slot its
+  location and CRC-32. A task is finished iff its line is complete. A torn last line (kill during
+  the append) is ignored; a complete line whose data is missing or fails its checksum cannot come
+  from a kill and is refused as corruption.
 
-Finalisation writes ``<output>.tmp`` and renames it to ``<output>`` (atomic on POSIX), so a file
-under the final name is always complete. Reduced LJ units are used for every stored quantity.
+Finalisation (:meth:`Store.finalize`) checks that every declared slot was written, builds the final
+file inside ``.partial/`` and renames it to ``<output>`` (atomic on POSIX), so a file under the
+final name is always complete; then the folder is removed. Reduced LJ units for every stored
+quantity (the store itself is unit-agnostic).
 """
+import hashlib
+import json
 import os
 import shutil
+import zlib
 
 import h5py
 import numpy as np
 
-from .parallel import MPI
+from . import interrupt
+from .parallel import MPI  # noqa: F401  (mpi4py imported before h5py opens an mpio file)
+
+FORMAT = "glasshpc-partial-1"
+
+
+class ResumeError(RuntimeError):
+    """``--resume`` (or a fresh start) refused: the message names the file and the problem."""
 
 
 def h5py_has_mpi():
@@ -29,8 +48,20 @@ def h5py_has_mpi():
     return bool(h5py.get_config().mpi)
 
 
+def config_fingerprint(normalised):
+    """SHA-256 hex digest of a JSON-able normalised config (key order irrelevant)."""
+    text = json.dumps(normalised, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def task_key(task):
+    """Hashable, JSON-round-trippable identity of a task: a tuple of ints/strings."""
+    items = task if isinstance(task, (tuple, list)) else (task,)
+    return tuple(int(t) if isinstance(t, (int, np.integer)) else str(t) for t in items)
+
+
 class Store:
-    """Parallel working storage with a declared layout.
+    """Parallel working storage with a declared layout, a task journal and resume.
 
     Parameters
     ----------
@@ -38,12 +69,18 @@ class Store:
     ctx : glasshpc.parallel.Context
     layout : dict name → (shape tuple, numpy dtype); ``shape[:k]`` indexes task slots
     mode : 'auto' | 'mpio' | 'shards'
+    resume : continue the run recorded in ``<path>.partial/`` (finished tasks are kept)
+    overwrite : discard an existing ``.partial`` and replace an existing output when finished
+    config : JSON-able normalised config; its SHA-256 is stored and checked on resume
 
-    Raises FileExistsError when ``path`` or its ``.partial`` folder already exist (nothing is
-    overwritten).
+    Raises (collectively, before anything is created or changed) FileExistsError when the output or
+    ``.partial`` exist and neither ``resume`` nor ``overwrite`` is given; :class:`ResumeError` when
+    there is nothing to resume, the folder is foreign or corrupted, or ``config`` differs;
+    PermissionError when the output directory is missing or not writable.
     """
 
-    def __init__(self, path, ctx, layout, mode="auto"):
+    def __init__(self, path, ctx, layout, mode="auto", resume=False, overwrite=False,
+                 config=None):
         self.path = os.path.abspath(path)
         self.ctx = ctx
         self.layout = {k: (tuple(int(x) for x in s), np.dtype(d)) for k, (s, d) in layout.items()}
@@ -51,90 +88,264 @@ class Store:
             mode = "mpio" if h5py_has_mpi() else "shards"
         self.mode = mode
         self.partial = self.path + ".partial"
-        err = None
+        # JSON round trip: tuples become lists, so a stored config compares equal to a new one
+        self.config = json.loads(json.dumps(config, sort_keys=True, default=str))
+        res = None
         if ctx.root:
-            if os.path.exists(self.path):
-                err = f"output {self.path} exists; move it away or choose another output path"
-            elif os.path.exists(self.partial):
-                err = (f"{self.partial} exists: an earlier run did not finish; delete it to "
-                       f"start again")
-            else:
-                os.makedirs(self.partial)
-        err = ctx.comm.bcast(err, root=0)
-        if err:
-            raise FileExistsError(err)
-        self.owner = {name: {} for name in self.layout}   # name → {slot: (rank, segment)}
+            try:
+                res = ("ok", self._prepare(resume, overwrite))
+            except (FileExistsError, ResumeError, PermissionError) as exc:
+                res = (type(exc).__name__, str(exc))
+            except OSError as exc:
+                res = ("PermissionError", f"cannot create {self.partial}: {exc}")
+        kind, value = ctx.comm.bcast(res, root=0)
+        if kind != "ok":
+            raise {"FileExistsError": FileExistsError, "ResumeError": ResumeError,
+                   "PermissionError": PermissionError}[kind](value)
+        self.attempt, record = value
+        self.owner = {name: {} for name in self.layout}   # name → {slot: location}
+        self.completed_tasks = {}                         # stage → set of task keys
         self.segment = 0
         self._new = {name: {} for name in self.layout}
-        self._readers = {}
+        self._pending = []                                # (name, slot, location) not committed
+        self._fds = {}
         self._fh = None
+        self._data = None
+        tag = f"a{self.attempt:03d}-r{ctx.rank:05d}"
+        self._journal_path = os.path.join(self.partial, f"journal-{tag}.jsonl")
+        self._data_name = f"data-{tag}.bin"
         if self.mode == "mpio":
-            self._fh = h5py.File(os.path.join(self.partial, "data.h5"), "w", driver="mpio",
-                                 comm=ctx.comm)
-            for name, (shape, dtype) in self.layout.items():
-                self._fh.create_dataset(name, shape=shape, dtype=dtype,
-                                        chunks=_chunks(shape, dtype), fillvalue=_fill(dtype))
+            h5 = os.path.join(self.partial, "data.h5")
+            fresh = not os.path.exists(h5) if ctx.root else None
+            fresh = ctx.comm.bcast(fresh, root=0)
+            self._fh = h5py.File(h5, "w" if fresh else "r+", driver="mpio", comm=ctx.comm)
+            if fresh:
+                for name, (shape, dtype) in self.layout.items():
+                    self._fh.create_dataset(name, shape=shape, dtype=dtype,
+                                            chunks=_chunks(shape, dtype), fillvalue=_fill(dtype))
+        if resume:
+            self._load_journals()
+            if ctx.root:   # only now, after every check passed, does the folder change
+                _atomic_json(os.path.join(self.partial, "run.json"), record)
+            ctx.comm.Barrier()
+        self._journal = open(self._journal_path, "a", encoding="utf-8")
 
-    # -- shard helpers -------------------------------------------------------------------------
-    def _shard_path(self, shard):
-        rank, segment = shard
-        return os.path.join(self.partial, f"shard-r{rank:05d}-s{segment:02d}.h5")
+    # -- opening -------------------------------------------------------------------------------
+    def _prepare(self, resume, overwrite):
+        """Rank 0: every check first, then create ``.partial`` (fresh start). Returns (attempt,
+        run record); on resume the caller writes the record once the journals are verified."""
+        parent = os.path.dirname(self.path)
+        if not os.path.isdir(parent):
+            raise PermissionError(f"output directory {parent} does not exist")
+        if not _writable(parent):
+            raise PermissionError(f"output directory {parent} is not writable")
+        run_json = os.path.join(self.partial, "run.json")
+        if resume:
+            if not os.path.isdir(self.partial):
+                if os.path.exists(self.partial):
+                    raise ResumeError(f"cannot resume: {self.partial} is a file, not the folder of "
+                                      "an unfinished glasshpc run")
+                if os.path.exists(self.path):
+                    raise FileExistsError(_describe_existing(self.path) + "; nothing to resume")
+                raise ResumeError(f"cannot resume: {self.partial} does not exist (no unfinished "
+                                  "run for this output); start without --resume")
+            if not os.path.exists(run_json):
+                raise ResumeError(f"cannot resume: {self.partial} has no run.json, so it was not "
+                                  "written by glasshpc (or is left over from a finished run); "
+                                  "delete it or use --overwrite")
+            try:
+                with open(run_json, encoding="utf-8") as fh:
+                    run = json.load(fh)
+                if not isinstance(run, dict) or run.get("format") != FORMAT:
+                    raise ValueError(f"format tag {run.get('format') if isinstance(run, dict) else run!r}")
+                attempt = int(run["attempt"]) + 1
+                old_mode, old_hash = run["mode"], run["config_sha256"]
+                old_layout = run["layout"]
+            except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+                raise ResumeError(f"cannot resume: {run_json} is corrupted or not a glasshpc run "
+                                  f"record ({exc}); delete {self.partial} or use --overwrite") from None
+            if self.config is not None and old_hash != config_fingerprint(self.config):
+                diff = _diff(run.get("config", {}), self.config)
+                raise ResumeError("cannot resume with a different config: "
+                                  + (", ".join(diff[:6]) if diff else "config hash differs")
+                                  + f" (run in {self.partial}); use the original config, or "
+                                  "--overwrite to start again")
+            if old_layout != _layout_json(self.layout):
+                raise ResumeError(f"cannot resume: the dataset layout recorded in {run_json} "
+                                  "differs from this version of glasshpc")
+            if old_mode != self.mode:
+                raise ResumeError(f"cannot resume: the run was written in '{old_mode}' mode but "
+                                  f"this h5py gives '{self.mode}'")
+            if os.path.exists(self.path) and not run.get("replaces_output"):
+                raise FileExistsError(_describe_existing(self.path) + f" next to {self.partial}; "
+                                      "move one of them away")
+            replaces = bool(run.get("replaces_output"))
+        else:
+            if not overwrite:
+                if os.path.exists(self.path):
+                    raise FileExistsError(f"output {self.path} exists; move it away, choose another "
+                                          "output path, or use --overwrite")
+                if os.path.exists(self.partial):
+                    raise FileExistsError(f"{self.partial} exists: an earlier run did not finish; "
+                                          "continue it with --resume, or start again with "
+                                          "--overwrite")
+            elif os.path.isdir(self.partial):
+                shutil.rmtree(self.partial)
+            elif os.path.exists(self.partial):
+                os.remove(self.partial)
+            os.makedirs(self.partial)
+            attempt = 1
+            # an existing output stays valid until the new one replaces it atomically
+            replaces = os.path.exists(self.path)
+        record = {"format": FORMAT, "attempt": attempt, "mode": self.mode,
+                  "config_sha256": config_fingerprint(self.config), "config": self.config,
+                  "layout": _layout_json(self.layout), "replaces_output": replaces}
+        if not resume:
+            _atomic_json(run_json, record)
+        return attempt, record
 
-    def _open_shard(self):
-        if self._fh is None:
-            self._fh = h5py.File(self._shard_path((self.ctx.rank, self.segment)), "w")
+    def _load_journals(self):
+        """Collective: read every earlier journal, verify each slot's checksum (ranks share the
+        work), and rebuild the slot owners and the finished tasks. Raises ResumeError on
+        corruption (a complete journal line whose data is missing or differs)."""
+        names = None
+        if self.ctx.root:
+            names = sorted(n for n in os.listdir(self.partial)
+                           if n.startswith("journal-") and n.endswith(".jsonl"))
+        names = self.ctx.comm.bcast(names, root=0)
+        records, error = [], None
+        for name in names[self.ctx.rank::self.ctx.size]:
+            try:
+                records.extend(self._verify_journal(name))
+            except ResumeError as exc:
+                error = str(exc)
+                break
+        gathered = self.ctx.comm.allgather((records, error))
+        errors = [e for _, e in gathered if e]
+        if errors:
+            self.close()
+            raise ResumeError(errors[0])
+        allrec = sorted((r for part, _ in gathered for r in part), key=lambda r: r[0])
+        for _, stage, task, slots in allrec:
+            for name, slot, loc in slots:
+                self.owner[name][slot] = loc
+            self.completed_tasks.setdefault(stage, set()).add(task)
 
-    def _dataset(self, name):
-        shape, dtype = self.layout[name]
-        if name not in self._fh:
-            return self._fh.create_dataset(name, shape=shape, dtype=dtype,
-                                           chunks=_chunks(shape, dtype), fillvalue=_fill(dtype))
-        return self._fh[name]
+    def _verify_journal(self, name):
+        path = os.path.join(self.partial, name)
+        attempt = int(name.split("-")[1][1:])
+        with open(path, "rb") as fh:
+            lines = fh.read().split(b"\n")
+        out = []
+        # the last element is b"" after a final newline, or a torn line left by a kill: skip it
+        for lineno, raw in enumerate(lines[:-1]):
+            try:
+                rec = json.loads(raw)
+                stage, task = rec["stage"], task_key(rec["task"])
+                slots = []
+                for name_, slot, loc, crc in rec["slots"]:
+                    if name_ not in self.layout:
+                        raise KeyError(f"unknown dataset {name_!r}")
+                    slot = tuple(int(i) for i in slot)
+                    loc = loc if isinstance(loc, str) else tuple(loc)
+                    data = self._read_loc(name_, slot, loc)
+                    if zlib.crc32(np.ascontiguousarray(data).tobytes()) != crc:
+                        raise ValueError(f"{name_}{list(slot)} fails its checksum")
+                    slots.append((name_, slot, loc))
+            except (ValueError, KeyError, TypeError, OSError) as exc:
+                raise ResumeError(f"cannot resume: {path} line {lineno + 1}: {exc} — the data of "
+                                  f"a finished task is damaged; delete {name} to recompute that "
+                                  "rank's tasks, or start again with --overwrite") from None
+            out.append(((attempt, name, lineno), stage, task, slots))
+        return out
+
+    # -- locations -----------------------------------------------------------------------------
+    def _slot_shape(self, name, slot):
+        return self.layout[name][0][len(slot):]
+
+    def _read_loc(self, name, slot, loc):
+        shape, dtype = self._slot_shape(name, slot), self.layout[name][1]
+        if loc == "mpio":
+            return self._fh[name][slot]
+        fname, offset, nbytes = loc
+        fd = self._fds.get(fname)
+        if fd is None:
+            try:
+                fd = self._fds[fname] = os.open(os.path.join(self.partial, fname), os.O_RDONLY)
+            except FileNotFoundError:
+                raise ValueError(f"data file {os.path.join(self.partial, fname)} is missing") \
+                    from None
+        buf = os.pread(fd, int(nbytes), int(offset))
+        if len(buf) != nbytes or nbytes != int(np.prod(shape)) * dtype.itemsize:
+            raise ValueError(f"{name}{list(slot)}: {fname} holds {len(buf)} of {nbytes} bytes")
+        return np.frombuffer(buf, dtype=dtype).reshape(shape).copy()
 
     # -- public --------------------------------------------------------------------------------
     def write(self, name, slot, array):
-        """Write ``array`` to ``name[slot]`` (slot: tuple of leading indices). Independent I/O."""
+        """Write ``array`` to ``name[slot]`` (slot: tuple of leading indices). Independent I/O;
+        durable once the task is committed (:meth:`commit`)."""
         slot = tuple(int(i) for i in np.atleast_1d(slot))
-        if self.mode == "shards":
-            self._open_shard()
-        self._dataset(name)[slot] = array
-        self._new[name][slot] = (self.ctx.rank, self.segment)
+        shape, dtype = self._slot_shape(name, slot), self.layout[name][1]
+        arr = np.ascontiguousarray(np.broadcast_to(np.asarray(array, dtype=dtype), shape))
+        if self.mode == "mpio":
+            self._fh[name][slot] = arr
+            loc = "mpio"
+        else:
+            if self._data is None:
+                self._data = open(os.path.join(self.partial, self._data_name), "ab")
+            offset = self._data.tell()
+            self._data.write(arr.tobytes())
+            loc = (self._data_name, offset, arr.nbytes)
+        self._pending.append((name, slot, loc, zlib.crc32(arr.tobytes())))
+
+    def commit(self, stage, task):
+        """Record that ``task`` of ``stage`` finished: flush and fsync its data, then append and
+        fsync one journal line. After this returns, a kill cannot lose the task."""
+        if self._data is not None:
+            self._data.flush()
+            os.fsync(self._data.fileno())
+        line = json.dumps({"stage": stage, "task": list(task_key(task)),
+                           "slots": [[n, list(s), loc, crc] for n, s, loc, crc in self._pending]})
+        self._journal.write(line + "\n")
+        self._journal.flush()
+        os.fsync(self._journal.fileno())
+        for name, slot, loc, _ in self._pending:
+            self._new[name][slot] = loc
+        self._pending = []
+        self.completed_tasks.setdefault(stage, set()).add(task_key(task))
+
+    def completed(self, stage):
+        """Set of task keys (:func:`task_key`) of ``stage`` recorded as finished (this run and, on
+        resume, earlier attempts)."""
+        return set(self.completed_tasks.get(stage, ()))
 
     def flush(self):
-        if self._fh is not None:
-            self._fh.flush()
+        if self._data is not None:
+            self._data.flush()
 
     def sync(self):
-        """Collective stage boundary: every slot written anywhere becomes readable everywhere."""
+        """Collective stage boundary: every slot written anywhere becomes readable everywhere.
+        Raises :class:`glasshpc.interrupt.Interrupted` on every rank if any rank got SIGTERM."""
+        if self._pending:   # writes outside run_tasks: keep them as one record of this segment
+            self.commit(f"_segment{self.segment}", (self.segment,))
         if self.mode == "mpio":
             self._fh.flush()
-        else:
-            if self._fh is not None:
-                self._fh.close()
-                self._fh = None
-            for fh in self._readers.values():
-                fh.close()
-            self._readers = {}
         gathered = self.ctx.comm.allgather(self._new)
         for part in gathered:
             for name, slots in part.items():
                 self.owner[name].update(slots)
         self._new = {name: {} for name in self.layout}
         self.segment += 1
-        self.ctx.comm.Barrier()
+        interrupt.check(self.ctx.comm)
 
     def read(self, name, slot=()):
         """Read ``name[slot]`` written before the last :meth:`sync` (KeyError if never written)."""
         slot = tuple(int(i) for i in slot)
-        if self.mode == "mpio":
-            return self._fh[name][slot] if slot else self._fh[name][()]
+        if not slot and self.mode == "mpio":
+            return self._fh[name][()]
         if slot not in self.owner[name]:
             raise KeyError(f"{name}{list(slot)} was never written")
-        shard = self.owner[name][slot]
-        fh = self._readers.get(shard)
-        if fh is None:
-            fh = self._readers[shard] = h5py.File(self._shard_path(shard), "r")
-        return fh[name][slot]
+        return self._read_loc(name, slot, self.owner[name][slot])
 
     def missing(self, name, n_lead):
         """Slots (tuples over the first ``n_lead`` axes) of ``name`` never written."""
@@ -142,10 +353,10 @@ class Store:
         return [s for s in np.ndindex(*shape) if s not in self.owner[name]]
 
     def finalize(self, write_extra):
-        """Collective. Check completeness, copy into ``<output>.tmp`` (shard mode), call
-        ``write_extra(h5file)`` on rank 0 to add results and provenance, rename to the output.
+        """Collective. Check completeness, build the final file inside ``.partial/``, call
+        ``write_extra(h5file)`` on rank 0 to add results and provenance, rename it to the output.
 
-        Raises RuntimeError (and leaves ``.partial`` in place) if a slot or shard is missing."""
+        Raises RuntimeError (and leaves ``.partial`` in place) if a slot is missing."""
         self.sync()
         missing = {}
         for name, (shape, _) in self.layout.items():
@@ -155,21 +366,28 @@ class Store:
                 missing[name] = m[:5]
         if missing:
             raise RuntimeError(f"incomplete run, nothing finalised; missing slots: {missing}")
-        tmp = self.path + ".tmp"
+        tmp = os.path.join(self.partial, "final.h5.tmp")
         if self.mode == "mpio":
             self._fh.close()
             self._fh = None
             self.ctx.comm.Barrier()
-            if self.ctx.root:
-                os.replace(os.path.join(self.partial, "data.h5"), tmp)
         err = None
         if self.ctx.root:
             try:
-                with h5py.File(tmp, "a" if self.mode == "mpio" else "w") as out:
-                    if self.mode == "shards":
-                        self._copy_shards(out)
-                    write_extra(out)
+                if self.mode == "mpio":
+                    with h5py.File(os.path.join(self.partial, "data.h5"), "a") as out:
+                        for key in [k for k in out if k not in _top_groups(self.layout)]:
+                            del out[key]   # left by an interrupted earlier finalisation
+                        write_extra(out)
+                    tmp = os.path.join(self.partial, "data.h5")
+                else:
+                    with h5py.File(tmp, "w") as out:
+                        self._copy_slots(out)
+                        write_extra(out)
                 os.replace(tmp, self.path)
+                # the output is complete: mark the folder dead first, then remove it
+                os.remove(os.path.join(self.partial, "run.json"))
+                self._close_files()
                 shutil.rmtree(self.partial, ignore_errors=True)
             except Exception as exc:  # report on every rank, keep the partial data
                 err = f"finalisation failed: {exc!r}"
@@ -177,26 +395,25 @@ class Store:
         if err:
             raise RuntimeError(err)
 
-    def _copy_shards(self, out):
-        shards = sorted({r for slots in self.owner.values() for r in slots.values()})
-        for r in shards:
-            if not os.path.exists(self._shard_path(r)):
-                raise RuntimeError(f"shard {self._shard_path(r)} is missing")
-        handles = {r: h5py.File(self._shard_path(r), "r") for r in shards}
-        try:
-            for name, (shape, dtype) in self.layout.items():
-                ds = out.create_dataset(name, shape=shape, dtype=dtype,
-                                        chunks=_chunks(shape, dtype), fillvalue=_fill(dtype))
-                for slot, r in sorted(self.owner[name].items()):
-                    ds[slot] = handles[r][name][slot]
-        finally:
-            for fh in handles.values():
+    def _copy_slots(self, out):
+        for name, (shape, dtype) in self.layout.items():
+            ds = out.create_dataset(name, shape=shape, dtype=dtype,
+                                    chunks=_chunks(shape, dtype), fillvalue=_fill(dtype))
+            for slot, loc in sorted(self.owner[name].items()):
+                ds[slot] = self._read_loc(name, slot, loc)
+
+    def _close_files(self):
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds = {}
+        for attr in ("_data", "_journal"):
+            fh = getattr(self, attr, None)
+            if fh is not None:
                 fh.close()
+                setattr(self, attr, None)
 
     def close(self):
-        for fh in self._readers.values():
-            fh.close()
-        self._readers = {}
+        self._close_files()
         if self._fh is not None:
             self._fh.close()
             self._fh = None
@@ -216,3 +433,60 @@ def _chunks(shape, dtype, target=1 << 20):
         chunk[i] = 1
         i += 1
     return tuple(max(1, c) for c in chunk)
+
+
+def _top_groups(layout):
+    return {name.split("/")[0] for name in layout}
+
+
+def _layout_json(layout):
+    return {k: [list(s), np.dtype(d).str] for k, (s, d) in sorted(layout.items())}
+
+
+def _atomic_json(path, obj):
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(obj, fh, indent=1, sort_keys=True, default=str)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _writable(folder):
+    """True if a file can be created in ``folder`` (tried for real: root ignores mode bits)."""
+    import tempfile
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".glasshpc-probe-", dir=folder)
+    except OSError:
+        return False
+    os.close(fd)
+    os.remove(probe)
+    return True
+
+
+def _describe_existing(path):
+    """'output X is a complete glasshpc run' or says what else the file is."""
+    try:
+        with h5py.File(path, "r") as fh:
+            ours = "provenance" in fh and "config_yaml" in fh["provenance"].attrs
+    except OSError:
+        return f"output {path} exists and is not an HDF5 file"
+    if ours:
+        return f"output {path} exists and is a finished glasshpc run"
+    return f"output {path} exists and is an HDF5 file not written by glasshpc"
+
+
+def _flatten(d, prefix=""):
+    out = {}
+    if isinstance(d, dict):
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    else:
+        out[prefix] = d
+    return out
+
+
+def _diff(old, new):
+    a, b = _flatten(old), _flatten(new or {})
+    return [f"{k}: {a.get(k, '—')!r} → {b.get(k, '—')!r}" for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k)]

@@ -1,0 +1,448 @@
+"""The bad-input battery: every case is refused with a message naming the problem, exit code 2, and
+no file is created or changed (the output folder's listing, sizes, mtimes and contents compared).
+
+Cases run in-process through ``glasshpc.run.main(argv)``; a few also through a real subprocess.
+"""
+import hashlib
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+from mpi4py import MPI
+
+from glasshpc import cluster, config, stages
+from glasshpc.io.snapshots import InputError, check_overlaps
+from glasshpc.parallel import Context
+from glasshpc.run import main
+from glasshpc.store import Store
+
+L300 = (300 / 1.2) ** (1 / 3)     # box edge of the tiny config (N = 300, ρ = 1.2)
+
+
+def _tree(folder):
+    """{relative path: (size, mtime_ns, sha256)} of every file and folder below ``folder``."""
+    out = {}
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            p = os.path.join(root, name)
+            st = os.stat(p)
+            digest = None
+            if os.path.isfile(p):
+                with open(p, "rb") as fh:
+                    digest = hashlib.sha256(fh.read()).hexdigest()
+            out[os.path.relpath(p, folder)] = (st.st_size, st.st_mtime_ns, digest)
+    return out
+
+
+def _mutate(text, path, value):
+    data = yaml.safe_load(text)
+    d = data
+    for k in path[:-1]:
+        d = d[k]
+    if value is KeyError:
+        del d[path[-1]]
+    else:
+        d[path[-1]] = value
+    return yaml.safe_dump(data, allow_unicode=True)
+
+
+def _refused(tmp_path, capsys, yaml_text, *flags, expect):
+    """Write the YAML, run main(), check exit code 2, the message, and an unchanged folder."""
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml_text)
+    before = _tree(tmp_path)
+    code = main([str(cfg), *flags])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    for word in expect:
+        assert word in err, (word, err)
+    assert _tree(tmp_path) == before
+    return err
+
+
+# -- YAML --------------------------------------------------------------------------------------
+
+YAML_CASES = [
+    ("unknown key", ("model", "densty"), 1.2, ["model.densty", "unknown key"]),
+    ("unknown top-level key", ("snapshotz",), {"count": 3}, ["snapshotz", "unknown key"]),
+    ("wrong type (string for a number)", ("model", "temperature"), "hot",
+     ["model.temperature", "must be a number"]),
+    ("wrong type (fraction for an integer)", ("iso", "replicas"), 2.5,
+     ["iso.replicas", "integer"]),
+    ("negative N", ("model", "n_particles"), -5, ["model.n_particles", "≥ 2"]),
+    ("density zero", ("model", "density"), 0.0, ["model.density", "> 0.0"]),
+    ("density negative", ("model", "density"), -1.2, ["model.density", "> 0.0"]),
+    ("temperature zero", ("model", "temperature"), 0, ["model.temperature", "> 0.0"]),
+    ("temperature negative", ("model", "temperature"), -0.5, ["model.temperature", "> 0.0"]),
+    ("times not increasing", ("iso", "times"), [0.1, 1.0, 0.5],
+     ["iso.times[2]", "strictly increasing"]),
+    ("times stop before start", ("iso", "times"), {"start": 1.0, "stop": 0.1, "count": 4},
+     ["iso.times.stop", "exceed"]),
+    ("replicas zero", ("iso", "replicas"), 0, ["iso.replicas", "≥ 1"]),
+    ("unknown model", ("model", "name"), "lj_glass", ["model.name", "kob_andersen"]),
+    ("missing required parameter", ("model", "n_particles"), KeyError,
+     ["model.n_particles", "required"]),
+    ("missing snapshot count", ("snapshots", "count"), KeyError, ["snapshots.count", "required"]),
+    ("negative seed", ("seed",), -1, ["seed", "≥ 0"]),
+    ("files-only key with MD snapshots", ("snapshots", "path"), "snaps/",
+     ["snapshots.path", "source: files"]),
+]
+
+
+@pytest.mark.parametrize("label,path,value,expect", YAML_CASES, ids=[c[0] for c in YAML_CASES])
+def test_yaml_refused(tiny_yaml, tmp_path, capsys, label, path, value, expect):
+    text = _mutate(tiny_yaml(str(tmp_path / "out.h5")), path, value)
+    _refused(tmp_path, capsys, text, expect=expect)
+
+
+def test_yaml_syntax_error(tiny_yaml, tmp_path, capsys):
+    text = tiny_yaml(str(tmp_path / "out.h5")).replace("replicas: 3", "replicas: [3")
+    _refused(tmp_path, capsys, text, expect=["not valid YAML"])
+
+
+def test_output_directory_not_writable(tiny_yaml, tmp_path, capsys):
+    # /sys is read-only even for root (mode bits would not stop root)
+    _refused(tmp_path, capsys, tiny_yaml("/sys/glasshpc-test.h5"), expect=["/sys", "not writable"])
+    assert not os.path.exists("/sys/glasshpc-test.h5.partial")
+
+
+def test_output_directory_missing(tiny_yaml, tmp_path, capsys):
+    _refused(tmp_path, capsys, tiny_yaml(str(tmp_path / "nowhere" / "out.h5")),
+             expect=["nowhere", "does not exist"])
+
+
+def test_output_exists(tiny_yaml, tmp_path, capsys):
+    (tmp_path / "out.h5").write_bytes(b"precious")
+    _refused(tmp_path, capsys, tiny_yaml(str(tmp_path / "out.h5")),
+             expect=["out.h5 exists", "--overwrite"])
+
+
+def test_partial_exists_without_resume(tiny_yaml, tmp_path, capsys):
+    _make_partial(tiny_yaml, tmp_path)
+    _refused(tmp_path, capsys, tiny_yaml(str(tmp_path / "out.h5")),
+             expect=["did not finish", "--resume"])
+
+
+def test_resume_with_different_config(tiny_yaml, tmp_path, capsys):
+    _make_partial(tiny_yaml, tmp_path)
+    text = _mutate(tiny_yaml(str(tmp_path / "out.h5")), ("iso", "replicas"), 4)
+    _refused(tmp_path, capsys, text, "--resume",
+             expect=["different config", "iso.replicas: 3 → 4"])
+
+
+def test_resume_without_partial(tiny_yaml, tmp_path, capsys):
+    _refused(tmp_path, capsys, tiny_yaml(str(tmp_path / "out.h5")), "--resume",
+             expect=["cannot resume", "does not exist"])
+
+
+# -- HDF5 and the partial folder given to --resume -----------------------------------------------
+
+def _make_partial(tiny_yaml, tmp_path, write=False):
+    """A real unfinished run's folder: run.json and (optionally) one committed task."""
+    cfg = config.parse(tiny_yaml(str(tmp_path / "out.h5")))
+    layout = stages.layout(cfg, stages.descriptor_spec(cfg, 2.0).n_features)
+    st = Store(cfg.output, Context(MPI.COMM_SELF), layout, mode="shards",
+               config=cluster.normalised_config(cfg))
+    if write:
+        st.write("snapshots/box", (0,), np.full(3, L300))
+        st.write("snapshots/types", (0,), np.zeros(300, np.int32))
+        st.commit("snapshots", 0)
+    st.close()
+    return tmp_path / "out.h5.partial"
+
+
+def test_resume_corrupted_run_record(tiny_yaml, tmp_path, capsys):
+    partial = _make_partial(tiny_yaml, tmp_path)
+    (partial / "run.json").write_bytes(b"\x89HDF\r\n\x1a\n garbage")
+    _refused(tmp_path, capsys, tiny_yaml(str(tmp_path / "out.h5")), "--resume",
+             expect=["run.json", "corrupted or not a glasshpc run record"])
+
+
+def test_resume_foreign_hdf5_as_partial(tiny_yaml, tmp_path, capsys):
+    import h5py
+    with h5py.File(tmp_path / "out.h5.partial", "w") as fh:
+        fh["x"] = np.arange(3)
+    _refused(tmp_path, capsys, tiny_yaml(str(tmp_path / "out.h5")), "--resume",
+             expect=["out.h5.partial is a file", "cannot resume"])
+
+
+def test_resume_foreign_hdf5_output(tiny_yaml, tmp_path, capsys):
+    import h5py
+    with h5py.File(tmp_path / "out.h5", "w") as fh:
+        fh["x"] = np.arange(3)
+    _refused(tmp_path, capsys, tiny_yaml(str(tmp_path / "out.h5")), "--resume",
+             expect=["not written by glasshpc", "nothing to resume"])
+
+
+def test_resume_corrupted_output(tiny_yaml, tmp_path, capsys):
+    (tmp_path / "out.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
+    _refused(tmp_path, capsys, tiny_yaml(str(tmp_path / "out.h5")), "--resume",
+             expect=["not an HDF5 file", "nothing to resume"])
+
+
+def test_resume_corrupted_task_data(tiny_yaml, tmp_path, capsys):
+    partial = _make_partial(tiny_yaml, tmp_path, write=True)
+    data = partial / "data-a001-r00000.bin"
+    raw = bytearray(data.read_bytes())
+    raw[5] ^= 0xFF                                   # one flipped byte in snapshots/box[0]
+    data.write_bytes(bytes(raw))
+    _refused(tmp_path, capsys, tiny_yaml(str(tmp_path / "out.h5")), "--resume",
+             expect=["snapshots/box[0] fails its checksum", "journal-a001-r00000.jsonl"])
+
+
+def test_resume_missing_task_data(tiny_yaml, tmp_path, capsys):
+    partial = _make_partial(tiny_yaml, tmp_path, write=True)
+    os.remove(partial / "data-a001-r00000.bin")
+    _refused(tmp_path, capsys, tiny_yaml(str(tmp_path / "out.h5")), "--resume",
+             expect=["data-a001-r00000.bin is missing"])
+
+
+def test_resume_foreign_journal(tiny_yaml, tmp_path, capsys):
+    partial = _make_partial(tiny_yaml, tmp_path)
+    (partial / "journal-a001-r00000.jsonl").write_text(
+        '{"stage": "x", "task": [0], "slots": [["not/ours", [0], "mpio", 0]]}\n')
+    _refused(tmp_path, capsys, tiny_yaml(str(tmp_path / "out.h5")), "--resume",
+             expect=["unknown dataset 'not/ours'"])
+
+
+# -- snapshot files ------------------------------------------------------------------------------
+
+def _lattice(n=300, L=L300, seed=0):
+    """n sites of a 7³ simple-cubic lattice in a box L (spacing 0.9 σ: no close pairs)."""
+    rng = np.random.default_rng(seed)
+    g = np.stack(np.meshgrid(*(np.arange(7),) * 3, indexing="ij"), -1).reshape(-1, 3)
+    return (g[rng.choice(len(g), n, replace=False)] + 0.5) * (L / 7)
+
+
+def _types(n=300):
+    return np.where(np.arange(n) < int(0.8 * n), 1, 2)
+
+
+def write_data(path, pos, types, box, extra_header="", style="atomic", images=None):
+    lines = ["LAMMPS data file written by a test", "", f"{len(pos)} atoms", "2 atom types", ""]
+    for d, ax in enumerate("xyz"):
+        lines.append(f"0.0 {float(box[d])!r} {ax}lo {ax}hi")
+    lines += [extra_header, "", "Masses", "", "1 1.0", "2 1.0", "", f"Atoms # {style}", ""]
+    for i, (p, t) in enumerate(zip(pos, types)):
+        img = "" if images is None else " %d %d %d" % tuple(images[i])
+        lines.append(f"{i + 1} {t} {float(p[0])!r} {float(p[1])!r} {float(p[2])!r}{img}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_dump(path, pos, types, box, cols="x y z"):
+    lines = ["ITEM: TIMESTEP", "0", "ITEM: NUMBER OF ATOMS", str(len(pos)),
+             "ITEM: BOX BOUNDS pp pp pp"] + [f"0.0 {float(b)!r}" for b in box]
+    lines.append(f"ITEM: ATOMS id type {cols}")
+    for i, (p, t) in enumerate(zip(pos, types)):
+        lines.append(f"{i + 1} {t} {float(p[0])!r} {float(p[1])!r} {float(p[2])!r}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_xyz(path, pos, names, box):
+    lat = f"{float(box[0])!r} 0 0 0 {float(box[1])!r} 0 0 0 {float(box[2])!r}"
+    lines = [str(len(pos)), f'Lattice="{lat}" Properties=species:S:1:pos:R:3 pbc="T T T"']
+    lines += [f"{s} {float(p[0])!r} {float(p[1])!r} {float(p[2])!r}" for s, p in zip(names, pos)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _files_yaml(tiny_yaml, tmp_path, pattern, type_map="{1: A, 2: B}", fmt="auto"):
+    text = tiny_yaml(str(tmp_path / "out.h5"))
+    data = yaml.safe_load(text)
+    data["snapshots"] = {"source": "files", "path": str(tmp_path / "snaps" / pattern),
+                         "format": fmt, "type_map": yaml.safe_load(type_map)}
+    return yaml.safe_dump(data)
+
+
+def _snapdir(tmp_path, n_good=4):
+    d = tmp_path / "snaps"
+    d.mkdir()
+    box = np.full(3, L300)
+    for k in range(n_good):
+        write_data(d / f"s{k}.data", _lattice(seed=k), _types(), box)
+    return d, box
+
+
+def _check_file_refused(tiny_yaml, tmp_path, capsys, bad_name, expect, writer, type_map=None):
+    d, box = _snapdir(tmp_path)
+    writer(d / bad_name, box)
+    kwargs = {} if type_map is None else {"type_map": type_map}
+    text = _files_yaml(tiny_yaml, tmp_path, "*", **kwargs)
+    err = _refused(tmp_path, capsys, text, expect=[bad_name] + expect)
+    return err
+
+
+def test_files_good_folder_validates(tiny_yaml, tmp_path):
+    """The control: the same folder without a bad file passes every check."""
+    _snapdir(tmp_path, n_good=5)
+    cfg = config.parse(_files_yaml(tiny_yaml, tmp_path, "*"))
+    assert cfg.snapshots.count == 5
+    cluster.check_inputs(cfg, Context(MPI.COMM_SELF))
+
+
+def test_file_nan(tiny_yaml, tmp_path, capsys):
+    def w(p, box):
+        pos = _lattice()
+        pos[17, 1] = np.nan
+        write_dump(p, pos, _types(), box)
+    _check_file_refused(tiny_yaml, tmp_path, capsys, "s9.dump", ["particle 17", "non-finite"], w)
+
+
+def test_file_outside_box(tiny_yaml, tmp_path, capsys):
+    def w(p, box):
+        pos = _lattice()
+        pos[42, 0] = box[0] + 0.5
+        write_data(p, pos, _types(), box)
+    _check_file_refused(tiny_yaml, tmp_path, capsys, "s9.data",
+                        ["particle 42 (atom id 43)", "outside the box"], w)
+
+
+def test_file_scaled_outside_box(tiny_yaml, tmp_path, capsys):
+    def w(p, box):
+        s = _lattice() / box
+        s[7, 2] = -0.2
+        write_dump(p, s, _types(), box, cols="xs ys zs")
+    _check_file_refused(tiny_yaml, tmp_path, capsys, "s9.dump",
+                        ["particle 7 (atom id 8)", "outside the box"], w)
+
+
+def test_file_overlapping_particles(tiny_yaml, tmp_path, capsys):
+    def w(p, box):
+        pos = _lattice()
+        pos[5] = pos[200] + [0.1, 0.0, 0.0]
+        write_data(p, pos, _types(), box)
+    _check_file_refused(tiny_yaml, tmp_path, capsys, "s9.data",
+                        ["particles 5 and 200", "overlap"], w)
+
+
+def test_overlapping_hard_spheres():
+    """Hard spheres: the EDMD module's exact check (gap < 0 for σ_ij = (σ_i + σ_j)/2)."""
+    box = np.full(3, 5.0)
+    pos = np.array([[1.0, 1.0, 1.0], [1.95, 1.0, 1.0], [3.0, 3.0, 3.0], [3.9, 3.0, 3.0]])
+    diam = np.array([1.0, 0.85, 1.0, 1.0])
+    check_overlaps(pos[:3], np.zeros(3, int), box, diameters=diam[:3])  # 0.95 > σ_01 = 0.925
+    with pytest.raises(InputError, match=r"hard spheres 2 and 3 .* overlap: gap -0\.1"):
+        check_overlaps(pos, np.zeros(4, int), box, diameters=diam)
+    # through the periodic boundary: 0.05 and 4.95 in a box of 5 are 0.1 apart
+    pos2 = np.array([[0.05, 2.0, 2.0], [4.95, 2.0, 2.0]])
+    with pytest.raises(InputError, match="hard spheres 0 and 1"):
+        check_overlaps(pos2, np.zeros(2, int), box, diameters=np.ones(2))
+
+
+def test_file_unknown_type(tiny_yaml, tmp_path, capsys):
+    def w(p, box):
+        t = _types()
+        t[250] = 3
+        write_data(p, _lattice(), t, box)
+    _check_file_refused(tiny_yaml, tmp_path, capsys, "s9.data",
+                        ["particle 250 (atom id 251)", "type '3'"], w)
+
+
+def test_file_wrong_n(tiny_yaml, tmp_path, capsys):
+    def w(p, box):
+        write_data(p, _lattice(299), _types(299), box)
+    _check_file_refused(tiny_yaml, tmp_path, capsys, "s9.data",
+                        ["299 particles", "model.n_particles = 300"], w)
+
+
+def test_file_non_cubic_box(tiny_yaml, tmp_path, capsys):
+    def w(p, box):
+        b = np.array([L300 * 1.1, L300, L300 / 1.1])
+        write_xyz(p, _lattice(L=L300 / 1.1), np.where(_types() == 1, "A", "B"), b)
+    _check_file_refused(tiny_yaml, tmp_path, capsys, "s9.xyz", ["non-cubic box"], w,
+                        type_map="{1: A, 2: B, A: A, B: B}")
+
+
+def test_file_triclinic_box(tiny_yaml, tmp_path, capsys):
+    def w(p, box):
+        write_data(p, _lattice(), _types(), box, extra_header="0.5 0.0 0.0 xy xz yz")
+    _check_file_refused(tiny_yaml, tmp_path, capsys, "s9.data", ["triclinic"], w)
+
+
+def test_file_density_mismatch(tiny_yaml, tmp_path, capsys):
+    def w(p, box):
+        write_data(p, _lattice(), _types(), box * 1.01)
+    _check_file_refused(tiny_yaml, tmp_path, capsys, "s9.data",
+                        ["gives density", "model.density = 1.2"], w)
+
+
+def test_file_truncated_data(tiny_yaml, tmp_path, capsys):
+    def w(p, box):
+        write_data(p, _lattice(), _types(), box)
+        p.write_text("\n".join(p.read_text().splitlines()[:-40]))
+    _check_file_refused(tiny_yaml, tmp_path, capsys, "s9.data",
+                        ["truncated", "260 of 300 atoms"], w)
+
+
+def test_file_truncated_dump(tiny_yaml, tmp_path, capsys):
+    def w(p, box):
+        write_dump(p, _lattice(), _types(), box)
+        p.write_text(p.read_text()[:-2000])
+    _check_file_refused(tiny_yaml, tmp_path, capsys, "s9.dump", ["truncated"], w)
+
+
+def test_file_truncated_extxyz(tiny_yaml, tmp_path, capsys):
+    def w(p, box):
+        write_xyz(p, _lattice(), np.where(_types() == 1, "A", "B"), box)
+        p.write_text("\n".join(p.read_text().splitlines()[:100]))
+    _check_file_refused(tiny_yaml, tmp_path, capsys, "s9.xyz",
+                        ["truncated", "98 of 300"], w, type_map="{1: A, 2: B, A: A, B: B}")
+
+
+def test_file_atom_style_full(tiny_yaml, tmp_path, capsys):
+    def w(p, box):
+        write_data(p, _lattice(), _types(), box, style="full")
+    _check_file_refused(tiny_yaml, tmp_path, capsys, "s9.data", ["atom style 'full'"], w)
+
+
+def test_file_two_frames(tiny_yaml, tmp_path, capsys):
+    def w(p, box):
+        write_dump(p, _lattice(), _types(), box)
+        p.write_text(p.read_text() * 2)
+    _check_file_refused(tiny_yaml, tmp_path, capsys, "s9.dump", ["more than one frame"], w)
+
+
+def test_type_map_unknown_species(tiny_yaml, tmp_path, capsys):
+    _snapdir(tmp_path)
+    text = _files_yaml(tiny_yaml, tmp_path, "*", type_map="{1: A, 2: C}")
+    _refused(tmp_path, capsys, text, expect=["snapshots.type_map.2", "unknown species 'C'"])
+
+
+def test_files_no_match(tiny_yaml, tmp_path, capsys):
+    _snapdir(tmp_path)
+    text = _files_yaml(tiny_yaml, tmp_path, "*.lammpstrj")
+    _refused(tmp_path, capsys, text, expect=["snapshots.path", "no files match"])
+
+
+def test_files_count_disagrees(tiny_yaml, tmp_path, capsys):
+    _snapdir(tmp_path)
+    data = yaml.safe_load(_files_yaml(tiny_yaml, tmp_path, "*"))
+    data["snapshots"]["count"] = 7
+    _refused(tmp_path, capsys, yaml.safe_dump(data), expect=["snapshots.count", "holds 4 files"])
+
+
+# -- a few through a real process ----------------------------------------------------------------
+
+def _subprocess(args, cwd):
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return subprocess.run([sys.executable, "-m", "glasshpc.run", *args], capture_output=True,
+                          text=True, timeout=180, cwd=cwd, env=env)
+
+
+def test_subprocess_refusals(tiny_yaml, tmp_path):
+    out = tmp_path / "out.h5"
+    (tmp_path / "bad.yaml").write_text(_mutate(tiny_yaml(str(out)), ("model", "density"), -1))
+    (tmp_path / "good.yaml").write_text(tiny_yaml(str(out)))
+    out.write_bytes(b"an earlier result")
+    before = _tree(tmp_path)
+    p = _subprocess(["bad.yaml"], tmp_path)
+    assert p.returncode == 2 and "model.density" in p.stderr
+    p = _subprocess(["good.yaml"], tmp_path)
+    assert p.returncode == 2 and "exists" in p.stderr and "--overwrite" in p.stderr
+    p = _subprocess(["good.yaml", "--resume"], tmp_path)
+    assert p.returncode == 2 and "nothing to resume" in p.stderr
+    p = _subprocess(["good.yaml", "--resume", "--overwrite"], tmp_path)
+    assert p.returncode == 2 and "not allowed with" in p.stderr
+    assert _tree(tmp_path) == before
