@@ -97,8 +97,9 @@ def execute(cfg, yaml_text, ctx, store_mode="auto"):
         times = cfg.replica_times()
         fs = np.mean([store.read("dynamics/fs", (s,)) for s in range(cfg.snapshots.count)], axis=0)
         taus = [tau_alpha(times, f) for f in fs]
-        ctx.log(f"F_s(q = {q:.3f}, t) of A reaches 1/e at τ_α = {taus[0]:.4g} τ "
-                f"(B: {taus[1]:.4g} τ)")
+        species = get_model(cfg.model.name).species
+        ctx.log(f"F_s(q = {q:.3f}, t) reaches 1/e at τ_α = " + ", ".join(
+            f"{t:.4g} τ ({n})" for n, t in zip(species, taus)))
         t0 = time.perf_counter()
         r_gen = stages.generation_radius(cfg, store)
         spec = stages.descriptor_spec(cfg, r_gen)
@@ -121,6 +122,8 @@ def execute(cfg, yaml_text, ctx, store_mode="auto"):
             h5["dynamics"].attrs["q"] = q
             h5["dynamics"].attrs["tau_alpha"] = np.array(taus)
             h5["dynamics"].attrs["propensity_kind"] = cfg.dynamics.propensity
+            # read-out closest to 1 τ, as in dynamics.debye_waller
+            h5["dynamics"].attrs["debye_waller_time"] = times[np.argmin(np.abs(times - 1.0))]
             h5["snapshots/q_edges"] = stages.Q_EDGES
             h5["descriptors"].attrs["r_generation"] = r_gen
             h5.create_dataset("descriptors/feature_names", data=spec.feature_names(species),

@@ -29,6 +29,7 @@ def layout(cfg, n_features):
         "iso/displacements": ((S, R, T, N, 3), np.float32),
         "propensity": ((S, T, N), np.float64),
         "dynamics/fs": ((S, n_species, T), np.float64),
+        "dynamics/debye_waller": ((S, N), np.float64),
         "descriptors/init": ((S, N, n_features), np.float64),
     }
 
@@ -72,9 +73,8 @@ class EngineCache:
 
     def get(self):
         if self.engine is None:
-            from .md.lammps import LammpsEngine
-            self.engine = LammpsEngine(get_model(self.cfg.model.name), self.cfg.md.timestep,
-                                       self.cfg.md.skin)
+            from .md import make_engine
+            self.engine = make_engine(self.cfg)
         return self.engine
 
 
@@ -125,7 +125,8 @@ def wave_number(cfg, store):
 
 
 def dynamics_stage(ctx, cfg, store, q):
-    """Stage 3: propensity and F_s(q,t) per snapshot from its replicas' displacements."""
+    """Stage 3: propensity, F_s(q,t) and the local Debye–Waller factor ⟨|Δr_i(t≈1)|²⟩ ([DW])
+    per snapshot from its replicas' displacements."""
     n_species = len(get_model(cfg.model.name).species)
 
     def work(s):
@@ -134,6 +135,8 @@ def dynamics_stage(ctx, cfg, store, q):
         store.write("propensity", (s,), dynamics.propensity(disp, cfg.dynamics.propensity))
         store.write("dynamics/fs", (s,),
                     dynamics.self_intermediate_scattering(disp, types, q, n_species))
+        store.write("dynamics/debye_waller", (s,),
+                    dynamics.debye_waller(disp, cfg.replica_times())[0])
 
     return run_tasks(ctx, "dynamics", list(range(cfg.snapshots.count)), work, store)
 
