@@ -34,7 +34,7 @@ def _f(default=dataclasses.MISSING, doc="", kind=None, choices=None, lo=None, hi
     return field(default=default, metadata=meta)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)   # kw_only: optional model keys sit between required ones
 class ModelConfig:
     name: str = _f(doc="glass former", choices=("kob_andersen", "harmonic_spheres",
                                                  "hard_spheres", "bead_spring"))
