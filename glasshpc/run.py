@@ -39,8 +39,11 @@ def plan_text(cfg, ctx):
         f"glasshpc {__version__}: {cfg.model.name}, N = {N}, ρ = {cfg.model.density}, "
         f"T = {cfg.model.temperature}, box L = {cfg.box_length:.4f} σ",
         f"  ranks: {ctx.size}; HDF5 writes: {'mpio' if h5py_has_mpi() else 'per-rank shards'}",
-        f"  stage snapshots  : {S} tasks × {prep_steps} steps "
-        f"({S * prep_steps * N / 1e9:.3g} G atom-steps)",
+        (f"  stage snapshots  : {S} tasks × EDMD growth to η = "
+         f"{get_model('hard_spheres').packing_fraction(N, cfg.model.density):.4g} + "
+         f"{md.nve_time:g} τ NVE" if cfg.model.name == "hard_spheres" else
+         f"  stage snapshots  : {S} tasks × {prep_steps} steps "
+         f"({S * prep_steps * N / 1e9:.3g} G atom-steps)"),
         f"  stage replicas   : {S} × {R} = {S * R} tasks × {steps[-1]} steps, {T} read-outs "
         f"t = {steps[0] * md.timestep:g} … {steps[-1] * md.timestep:g} τ "
         f"({S * R * steps[-1] * N / 1e9:.3g} G atom-steps)",
