@@ -139,3 +139,31 @@ def test_debye_waller_factor(engine, melt):
     assert t == pytest.approx(0.9)
     np.testing.assert_allclose(dw, np.mean(np.sum(disp[:, 2] ** 2, axis=-1), axis=0), rtol=1e-14)
     assert dw.shape == (len(pos),) and 0.01 < dw.mean() < 0.5   # caged, not ballistic
+
+
+def test_engine_factory_chain_length():
+    from glasshpc import config
+    from glasshpc.md import make_engine
+    from glasshpc.md.lammps import LammpsEngine
+    text = """
+output: x.h5
+model: {name: bead_spring, n_particles: 400, density: 1.02, temperature: 0.6, chain_length: 4}
+snapshots: {count: 5}
+iso: {replicas: 2, times: {start: 0.01, stop: 1.0, count: 3}}
+descriptors: {radial: [{r_min: 0.8, r_max: 2.0, count: 4, delta: 0.1}],
+              angular: [{r_min: 1.0, r_max: 2.0, count: 2, delta: 0.1}]}
+fits: {cv_folds: 3}
+"""
+    eng = make_engine(config.parse(text))
+    try:
+        assert isinstance(eng, BeadSpringEngine) and eng.model.chain_length == 4
+        assert eng.timestep == 0.005
+    finally:
+        eng.close()
+    ka = make_engine(config.parse(text.replace(
+        "name: bead_spring, n_particles: 400, density: 1.02, temperature: 0.6, chain_length: 4",
+        "name: kob_andersen, n_particles: 400, density: 1.2, temperature: 0.6")))
+    try:
+        assert type(ka) is LammpsEngine and ka.model.name == "kob_andersen"
+    finally:
+        ka.close()

@@ -197,8 +197,8 @@ class BeadSpringEngine(LammpsEngine):
         self.load(pos, types, box)
         rc = 2.0 ** (1.0 / 6.0) * m.lj_sigma
         self.command(f"pair_style soft {rc:.12g}", f"pair_coeff 1 1 {self.soft_prefactor:.12g}",
-                     "min_style cg", "minimize 0 1e-6 2000 20000",
-                     *m.lammps_pair_commands(), "minimize 0 1e-6 2000 20000")
+                     "min_style cg", "minimize 0 1e-4 1000 10000",
+                     *m.lammps_pair_commands(), "minimize 0 1e-4 1000 10000")
         self._equilibrate(n, temperature, rng, melt_temperature, melt_time, nvt_time, nve_time,
                           tdamp)
         # LAMMPS lets atoms stray up to skin/2 outside the box between re-neighbourings
