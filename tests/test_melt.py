@@ -167,3 +167,14 @@ fits: {cv_folds: 3}
         assert type(ka) is LammpsEngine and ka.model.name == "kob_andersen"
     finally:
         ka.close()
+
+
+def test_fire_inherent_state_with_bonds(engine, melt):
+    pos, types, box = melt
+    e0, _ = engine.static_properties(pos, types, box)
+    r_is, e_is, fmax = engine.inherent_state(pos, types, box, 1e-6, 100000)
+    assert fmax < 1e-6 and e_is.sum() < e0.sum()
+    e_ref, f_ref = brute_force(r_is, box, MELT.chain_length)
+    assert e_ref == pytest.approx(e_is.sum(), rel=1e-9)
+    assert np.sqrt((f_ref ** 2).sum(axis=1)).max() < 1e-5
+    assert bond_lengths(r_is, box, MELT.bonds(len(pos))).max() < 1.1
