@@ -65,13 +65,14 @@ def md_steps(cfg):
 
 
 def calibrate(cfg, steps=300):
-    """Measured LAMMPS speed of the configured model on this rank: a short Nosé–Hoover melt
-    from the lattice start (100 steps), then ``steps`` NVE steps timed as one replica run.
-    Returns atom-steps per second (one core, the engine the run uses)."""
-    from .md.lammps import LammpsEngine
+    """Measured MD speed of the configured model on this rank, with the engine the run uses
+    (LAMMPS, or EDMD for hard spheres): a short preparation (100-step melt from the lattice start;
+    for hard spheres the growth to the packing fraction), then ``steps`` NVE steps (EDMD: the time
+    ``steps`` · timestep) timed as one replica run. Returns atom-steps per second (one core)."""
+    from .md import make_engine
     from .parallel import task_rng
     m, md = cfg.model, cfg.md
-    eng = LammpsEngine(get_model(m.name), md.timestep, md.skin)
+    eng = make_engine(cfg)
     try:
         rng = task_rng(cfg.seed, "calibration")
         pos, types, box = eng.prepare_snapshot(m.n_particles, m.density, m.temperature, rng,

@@ -34,12 +34,22 @@ def _f(default=dataclasses.MISSING, doc="", kind=None, choices=None, lo=None, hi
     return field(default=default, metadata=meta)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)   # kw_only: optional model keys sit between required ones
 class ModelConfig:
-    name: str = _f(doc="glass former", choices=("kob_andersen",))
+    name: str = _f(doc="glass former", choices=("kob_andersen", "harmonic_spheres",
+                                                 "hard_spheres", "bead_spring"))
     n_particles: int = _f(doc="particles per snapshot", lo=2)
-    density: float = _f(doc="number density ρ (σ⁻³)", lo=0.0, lo_open=True)
-    temperature: float = _f(doc="temperature T (ε/k_B)", lo=0.0, lo_open=True)
+    density: float = _f(None, "number density ρ (σ⁻³); required except for hard_spheres given "
+                              "packing_fraction", lo=0.0, lo_open=True)
+    temperature: float = _f(doc="temperature T (ε/k_B; hard spheres: k_B T, 1 by convention)",
+                            lo=0.0, lo_open=True)
+    # model-specific keys (checked by _model_checks)
+    packing_fraction: float = _f(None, "hard_spheres only: packing fraction η (instead of "
+                                       "density)", lo=0.0, hi=0.74, lo_open=True, hi_open=True)
+    growth_rate: float = _f(None, "hard_spheres only: Lubachevsky–Stillinger growth rate of the "
+                                  "diameters (τ⁻¹); default 0.02", lo=0.0, lo_open=True, hi=1.0)
+    chain_length: int = _f(None, "bead_spring only: monomers per linear chain; default 5 "
+                                 "(pentamers, [DW])", lo=2)
 
 
 @dataclass(frozen=True)
@@ -157,7 +167,7 @@ class InherentConfig:
 
 # blocks a feature set may combine with '+' ([CAGE] Figs. 3 and 5)
 DESCRIPTOR_BLOCKS = ("init", "is", "cs")
-SCALAR_FEATURES = ("drcs", "dris", "fnet", "energy")
+SCALAR_FEATURES = ("drcs", "dris", "fnet", "energy", "dw")
 FEATURE_BLOCKS = DESCRIPTOR_BLOCKS + SCALAR_FEATURES
 
 
@@ -166,7 +176,8 @@ class FeatureSet:
     features: str = _f("init", "'+'-joined blocks: init / is / cs = descriptors on the initial / "
                                "inherent / cage-state coordinates; drcs, dris = |r^CS − r^init|, "
                                "|r^IS − r^init|; fnet = |F^net| at t = 0; energy = potential "
-                               "energy at t = 0 (e.g. 'init+cs+drcs')")
+                               "energy at t = 0; dw = local Debye–Waller factor ⟨|Δr(1 τ)|²⟩ "
+                               "([DW]) (e.g. 'init+cs+drcs')")
     generations: int = _f(2, "descriptor generations 0..n of every descriptor block", lo=0, hi=5)
 
     @property
@@ -382,6 +393,9 @@ def _cross_checks(cfg):
     for i, l in enumerate(cfg.descriptors.l):
         if not 0 <= l <= 20:
             raise ConfigError(f"descriptors.l[{i}]", f"must be in 0..20, got {l}")
+    if cfg.cage.enabled and cfg.model.name == "bead_spring":
+        raise ConfigError("cage.enabled", "cage states need a pair potential without bonds: "
+                                          "kob_andersen, harmonic_spheres or hard_spheres")
     needs = {"is": "inherent", "dris": "inherent", "cs": "cage", "drcs": "cage"}
     for name, fs in cfg.fits.feature_sets.items():
         key = f"fits.feature_sets.{name}.features"
@@ -413,6 +427,41 @@ def _cross_checks(cfg):
                           f"too small: species counts would be {counts.tolist()}")
 
 
+_MODEL_ONLY = {"packing_fraction": ("hard_spheres",), "growth_rate": ("hard_spheres",),
+               "chain_length": ("bead_spring",)}
+
+
+def _model_checks(cfg):
+    """Model-specific keys: refuse keys of other models, resolve hard-sphere density from the
+    packing fraction. Returns the (possibly completed) Config."""
+    m = cfg.model
+    for key, owners in _MODEL_ONLY.items():
+        if getattr(m, key) is not None and m.name not in owners:
+            raise ConfigError(f"model.{key}", f"only for model {' or '.join(owners)}, "
+                                              f"not {m.name}")
+    if m.name == "hard_spheres":
+        from .models import get_model
+        hs = get_model("hard_spheres")
+        if (m.density is None) == (m.packing_fraction is None):
+            raise ConfigError("model.packing_fraction",
+                              "hard_spheres needs exactly one of model.packing_fraction and "
+                              "model.density")
+        if m.packing_fraction is not None:
+            m = dataclasses.replace(m, density=hs.density(m.n_particles, m.packing_fraction))
+        eta = hs.packing_fraction(m.n_particles, m.density)
+        if not eta < 0.64:
+            raise ConfigError("model.density", f"packing fraction η = {eta:.4g} is beyond random "
+                                               "close packing (must be < 0.64)")
+    elif m.density is None:
+        raise ConfigError("model.density", "required key is missing (number density ρ (σ⁻³))")
+    if m.name == "bead_spring":
+        length = m.chain_length if m.chain_length is not None else 5
+        if m.n_particles % length:
+            raise ConfigError("model.n_particles", f"must be a multiple of the chain length "
+                                                   f"{length}, got {m.n_particles}")
+    return dataclasses.replace(cfg, model=m)
+
+
 def parse(text):
     """Config from YAML text; raises ConfigError (naming the key) or a YAML parse error wrapped in
     ConfigError('<yaml>', …)."""
@@ -421,6 +470,7 @@ def parse(text):
     except yaml.YAMLError as err:
         raise ConfigError("<yaml>", f"not valid YAML: {err}") from None
     cfg = _build(Config, data, "")
+    cfg = _model_checks(cfg)
     cfg = _resolve_snapshot_source(cfg)
     _cross_checks(cfg)
     return cfg

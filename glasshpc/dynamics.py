@@ -25,6 +25,22 @@ def propensity(displacements, kind="abs"):
     raise ValueError(f"propensity kind must be 'abs' or 'squared', got {kind!r}")
 
 
+def debye_waller(displacements, times, t=1.0):
+    """Local Debye–Waller factor ⟨|r_i(t) − r_i(0)|²⟩_iso at the read-out closest to ``t``
+    (default 1 τ, [DW] §2; SCIENCE.md §2).
+
+    displacements : (R, T, N, 3) float; times : (T,) read-out times (τ).
+    Returns ((N,) float64, the read-out time actually used (τ)). Replicas are summed in index
+    order (rank-count independent)."""
+    d = np.asarray(displacements)
+    times = np.asarray(times, dtype=np.float64)
+    if d.ndim != 4 or d.shape[1] != times.size:
+        raise ValueError(f"displacements (R, T, N, 3) must match {times.size} times, got {d.shape}")
+    k = int(np.argmin(np.abs(times - t)))
+    dk = d[:, k].astype(np.float64)
+    return np.einsum("rnk,rnk->rn", dk, dk).mean(axis=0), float(times[k])
+
+
 def self_intermediate_scattering(displacements, types, q, n_species):
     """Isotropic self-intermediate scattering function per species.
 

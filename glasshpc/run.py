@@ -39,8 +39,11 @@ def plan_text(cfg, ctx):
         f"glasshpc {__version__}: {cfg.model.name}, N = {N}, ρ = {cfg.model.density}, "
         f"T = {cfg.model.temperature}, box L = {cfg.box_length:.4f} σ",
         f"  ranks: {ctx.size}; HDF5 writes: {'mpio' if h5py_has_mpi() else 'per-rank shards'}",
-        f"  stage snapshots  : {S} tasks × {prep_steps} steps "
-        f"({S * prep_steps * N / 1e9:.3g} G atom-steps)",
+        (f"  stage snapshots  : {S} tasks × EDMD growth to η = "
+         f"{get_model('hard_spheres').packing_fraction(N, cfg.model.density):.4g} + "
+         f"{md.nve_time:g} τ NVE" if cfg.model.name == "hard_spheres" else
+         f"  stage snapshots  : {S} tasks × {prep_steps} steps "
+         f"({S * prep_steps * N / 1e9:.3g} G atom-steps)"),
         f"  stage replicas   : {S} × {R} = {S * R} tasks × {steps[-1]} steps, {T} read-outs "
         f"t = {steps[0] * md.timestep:g} … {steps[-1] * md.timestep:g} τ "
         f"({S * R * steps[-1] * N / 1e9:.3g} G atom-steps)",
@@ -112,8 +115,9 @@ def execute(cfg, yaml_text, ctx, store_mode="auto", resume=False, overwrite=Fals
         times = cfg.replica_times()
         fs = np.mean([store.read("dynamics/fs", (s,)) for s in range(cfg.snapshots.count)], axis=0)
         taus = [tau_alpha(times, f) for f in fs]
-        ctx.log(f"F_s(q = {q:.3f}, t) of A reaches 1/e at τ_α = {taus[0]:.4g} τ "
-                f"(B: {taus[1]:.4g} τ)")
+        species = get_model(cfg.model.name).species
+        ctx.log(f"F_s(q = {q:.3f}, t) reaches 1/e at τ_α = " + ", ".join(
+            f"{t:.4g} τ ({n})" for n, t in zip(species, taus)))
         if cfg.cage.enabled:
             wall["cage"] = stages.cage_stage(ctx, cfg, store)
         t0 = time.perf_counter()
@@ -123,7 +127,6 @@ def execute(cfg, yaml_text, ctx, store_mode="auto", resume=False, overwrite=Fals
         stages.descriptors_stage(ctx, cfg, store, spec)
         wall["descriptors"] = ctx.comm.bcast(time.perf_counter() - t0, root=0)
         t0 = time.perf_counter()
-        species = get_model(cfg.model.name).species
         fits, train, test = fit_propensity(ctx, cfg, store, spec.feature_names(species),
                                            len(species))
         single = single_variable_pearson(ctx, cfg, store, len(species))
@@ -141,6 +144,8 @@ def execute(cfg, yaml_text, ctx, store_mode="auto", resume=False, overwrite=Fals
             h5["dynamics"].attrs["q"] = q
             h5["dynamics"].attrs["tau_alpha"] = np.array(taus)
             h5["dynamics"].attrs["propensity_kind"] = cfg.dynamics.propensity
+            # read-out closest to 1 τ, as in dynamics.debye_waller
+            h5["dynamics"].attrs["debye_waller_time"] = times[np.argmin(np.abs(times - 1.0))]
             h5["snapshots/q_edges"] = stages.Q_EDGES
             h5["descriptors"].attrs["r_generation"] = r_gen
             h5.create_dataset("descriptors/feature_names", data=spec.feature_names(species),

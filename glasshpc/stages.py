@@ -10,9 +10,9 @@ depend on the number of ranks. Collective operations happen only at stage bounda
 import numpy as np
 
 from . import dynamics, interrupt
-from .models import get_model
+from .models import cage_potential, get_model
 from .parallel import Progress, task_rng
-from .states.cage import PairPotential, cage_state
+from .states.cage import cage_state
 from .store import task_key
 from .structure.descriptors import DescriptorSpec, compute_descriptors, second_minimum_gAA
 
@@ -34,6 +34,7 @@ def layout(cfg, n_features):
         "dynamics/fs": ((S, n_species, T), np.float64),
         "snapshots/energy": ((S, N), np.float64),
         "snapshots/net_force": ((S, N), np.float64),
+        "dynamics/debye_waller": ((S, N), np.float64),
         "descriptors/init": ((S, N, n_features), np.float64),
     }
     if cfg.inherent.enabled:
@@ -107,9 +108,8 @@ class EngineCache:
 
     def get(self):
         if self.engine is None:
-            from .md.lammps import LammpsEngine
-            self.engine = LammpsEngine(get_model(self.cfg.model.name), self.cfg.md.timestep,
-                                       self.cfg.md.skin)
+            from .md import make_engine
+            self.engine = make_engine(self.cfg)
         return self.engine
 
 
@@ -166,7 +166,8 @@ def wave_number(cfg, store):
 
 
 def dynamics_stage(ctx, cfg, store, q):
-    """Stage 3: propensity and F_s(q,t) per snapshot from its replicas' displacements."""
+    """Stage 3: propensity, F_s(q,t) and the local Debye–Waller factor ⟨|Δr_i(t≈1)|²⟩ ([DW])
+    per snapshot from its replicas' displacements."""
     n_species = len(get_model(cfg.model.name).species)
 
     def work(s):
@@ -175,6 +176,8 @@ def dynamics_stage(ctx, cfg, store, q):
         store.write("propensity", (s,), dynamics.propensity(disp, cfg.dynamics.propensity))
         store.write("dynamics/fs", (s,),
                     dynamics.self_intermediate_scattering(disp, types, q, n_species))
+        store.write("dynamics/debye_waller", (s,),
+                    dynamics.debye_waller(disp, cfg.replica_times())[0])
 
     return run_tasks(ctx, "dynamics", list(range(cfg.snapshots.count)), work, store)
 
@@ -207,17 +210,12 @@ def inherent_stage(ctx, cfg, store, engines):
     return run_tasks(ctx, "inherent states", list(range(cfg.snapshots.count)), work, store)
 
 
-def cage_potential(model):
-    """The model's pair potential as MC tables (the same truncation and shift as the MD)."""
-    return PairPotential("lj", model.epsilon, model.sigma, model.cutoff, shift=model.shifted)
-
-
 def cage_stage(ctx, cfg, store):
     """Cage states r^CS by constrained canonical MC at the snapshot temperature ([CAGE] Eq. 10,
     SCIENCE.md §3), one task per snapshot, seeded by (seed, snapshot)."""
     c = cfg.cage
     model = get_model(cfg.model.name)
-    potential = cage_potential(model)
+    potential = cage_potential(cfg.model.name)
     sigma = model.sigma_self()
 
     def work(s):

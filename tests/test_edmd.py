@@ -197,3 +197,25 @@ def test_split_runs_clock_rebase_and_list_overflow():
 def test_growth_beyond_jamming_is_refused():
     with pytest.raises(RuntimeError, match="jamming"):
         prepare_snapshot(150, 1.0, 1.0, 0.70, seed=2, equilibration_time=0.0, growth_rate=0.05)
+
+
+def test_contact_within_tolerance_accepted_deeper_overlap_named():
+    """Stored EDMD snapshots hold pairs at contact up to round-off: gaps ≥ −1e-10 σ are contacts,
+    deeper overlaps are refused with the pair named."""
+    box = [10.0] * 3
+    touching = np.array([[1.0, 1, 1], [2.0 - 5e-11, 1, 1], [5.0, 5, 5]])
+    HardSphereSystem(touching, np.ones(3), box)
+    deeper = np.array([[1.0, 1, 1], [5.0, 5, 5], [2.0 - 1e-8, 1, 1]])
+    with pytest.raises(ValueError, match=r"particles 0 and 2 overlap"):
+        HardSphereSystem(deeper, np.ones(3), box)
+
+
+def test_snapshot_reimport_and_replica_identity(binary58):
+    """A prepared snapshot re-imported (as the replica stage does from the HDF5 file) runs
+    bitwise identically for the same velocities; different velocities give different runs."""
+    pos, d, box = binary58.positions, binary58.diameters, binary58.box
+    v1 = maxwell_boltzmann(len(d), 1.0, 99)
+    a = HardSphereSystem(pos, d, box, v1).run_record([0.1, 1.0])
+    b = HardSphereSystem(pos.copy(), d, box, v1.copy()).run_record([0.1, 1.0])
+    c = HardSphereSystem(pos, d, box, maxwell_boltzmann(len(d), 1.0, 100)).run_record([0.1, 1.0])
+    assert np.array_equal(a, b) and not np.allclose(a, c)

@@ -71,7 +71,7 @@ def test_serial_pipeline_file(tiny_yaml, tmp_path):
             assert not np.array_equal(f[f"descriptors/{state}"][()], X)
         # |F^net| is the norm of the LAMMPS forces; Newton's third law: total force zero
         assert np.all(f["snapshots/net_force"][()] > 0)
-        for name in ("drcs", "dris", "fnet", "energy"):
+        for name in ("drcs", "dris", "fnet", "energy", "dw"):
             rho = f[f"fits/single/{name}"][()]
             assert rho.shape == (2, T) and np.isfinite(rho).all()
         assert "kob_andersen" in f["provenance"].attrs["config_yaml"]

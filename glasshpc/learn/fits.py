@@ -4,7 +4,8 @@ Reduced LJ units. SCIENCE.md §5: α by cross-validation grouped by snapshot, qu
 between predicted and measured propensity on held-out snapshots. A feature set joins blocks with
 '+' ([CAGE] Figs. 3 and 5): descriptor blocks ``init``, ``is``, ``cs`` (X^init, X^IS, X^CS,
 generations 0..n each) and per-particle scalars ``drcs`` (Δr^CS), ``dris`` (Δr^IS), ``fnet``
-(|F^net| at t = 0), ``energy`` (potential energy at t = 0).
+(|F^net| at t = 0), ``energy`` (potential energy at t = 0), ``dw`` (local Debye–Waller factor,
+[DW]).
 
 Rows are distributed over ranks by snapshot; :class:`GroupedRidgeCV` sums Gram matrices with
 Allreduce, so the result is that of a fit on all rows whatever the rank count. All T times of one
@@ -19,7 +20,8 @@ from .ridge import GroupedRidgeCV, pearson, r2_score, split_snapshots
 
 # the per-particle scalar features and the datasets holding them
 SCALAR_SOURCES = {"drcs": "states/cage/displacement", "dris": "states/inherent/displacement",
-                  "fnet": "snapshots/net_force", "energy": "snapshots/energy"}
+                  "fnet": "snapshots/net_force", "energy": "snapshots/energy",
+                  "dw": "dynamics/debye_waller"}
 
 
 @dataclass
@@ -110,10 +112,11 @@ def fit_propensity(ctx, cfg, store, descriptor_names, n_species):
 
 def single_variable_pearson(ctx, cfg, store, n_species):
     """Collective. Pearson ρ(t) of each available per-particle scalar (Δr^CS, Δr^IS, |F^net|,
-    energy) with the propensity, per species, over all snapshots — no fit ([CAGE] Figs. 2, 5).
+    energy, Debye–Waller factor) with the propensity, per species, over all snapshots — no fit
+    ([CAGE] Figs. 2, 5; [DW]).
 
     Returns {scalar name: (n_species, T) float64}."""
-    available = ["fnet", "energy"]
+    available = ["fnet", "energy", "dw"]
     if cfg.inherent.enabled:
         available.insert(0, "dris")
     if cfg.cage.enabled:

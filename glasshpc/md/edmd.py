@@ -43,9 +43,10 @@ from numba import njit
 
 from .velocities import maxwell_boltzmann  # noqa: F401  (public here too)
 
-__all__ = ["HardSphereSystem", "bmcsl_Z", "maxwell_boltzmann", "prepare_snapshot"]
+__all__ = ["EdmdEngine", "HardSphereSystem", "bmcsl_Z", "maxwell_boltzmann", "prepare_snapshot"]
 
 _INF = np.inf
+OVERLAP_TOLERANCE = 1e-10   # gaps above -1e-10 max sigma count as contacts, not overlaps
 
 
 # --------------------------------------------------------------------------------------
@@ -733,7 +734,8 @@ class HardSphereSystem:
     box : (3,) float edge lengths (origin at 0); every edge must exceed 2 (max sigma + 2 shell)
     velocities : (N, 3) float or None -> Maxwell–Boltzmann at ``T`` (zero momentum,
         KE = (3/2)(N-1) T exactly) drawn with ``seed``
-    check : if True refuse overlaps (ValueError naming the pair (i, j, gap)),
+    check : if True refuse overlaps deeper than OVERLAP_TOLERANCE * max sigma (ValueError naming
+        the pair (i, j, gap)),
         positions that are NaN/inf or outside [0, box) (ValueError naming the index i),
         non-positive diameters and non-finite velocities.
     T, seed : temperature and seed for the velocities drawn when ``velocities`` is None
@@ -846,7 +848,8 @@ class HardSphereSystem:
         self._nn = np.zeros(n, np.int64)
         if check:
             g, i, j = _min_gap(self._st[:, 0:3], diam, box, 1.0)
-            if g < 0:
+            # contacts of a stored EDMD configuration may read as overlaps of a few ulp
+            if g < -OVERLAP_TOLERANCE * maxd:
                 raise ValueError(f"particles {i} and {j} overlap: gap {g:.6g} (pair ({i}, {j}, {g:.6g}))")
         self._ready = False
 
@@ -1096,3 +1099,105 @@ def prepare_snapshot(n, x_large, size_ratio, eta, seed, equilibration_time, grow
     sysm.run(equilibration_time)
     sysm.reset_counters()
     return sysm
+
+
+# --------------------------------------------------------------------------------------
+# the engine interface of the pipeline stages (same calls as glasshpc.md.lammps.LammpsEngine)
+# --------------------------------------------------------------------------------------
+class EdmdEngine:
+    """Hard-sphere engine for the pipeline: the calls the stages make on ``LammpsEngine``.
+
+    Parameters
+    ----------
+    model : glasshpc.models.hard_spheres.HardSphereModel (binary, species 0 large, sigma_A = 1)
+    timestep : float (tau); EDMD has no timestep, the stages' integer read-out ``steps`` are
+        converted to times ``steps * timestep`` (so YAML read-out times mean the same for all models)
+    growth_rate : Lubachevsky–Stillinger growth rate ds/dt of :func:`prepare_snapshot`
+    shell : neighbour-shell radius (None: density-dependent default of HardSphereSystem)
+
+    Units: sigma_A, m = 1, k_B = 1, tau = sqrt(m sigma_A^2 / k_B T) at T = 1 (SCIENCE.md units).
+    ``log`` records the protocol for the provenance record, like LammpsEngine.log.
+    """
+
+    def __init__(self, model, timestep, growth_rate=0.02, shell=None):
+        self.model = model
+        self.timestep = float(timestep)
+        self.growth_rate = float(growth_rate)
+        self.shell = shell
+        self.log = []
+        self.last_energies = None
+
+    def close(self):
+        """Nothing to free (kept for the LammpsEngine interface)."""
+
+    def _diameters(self, types, n):
+        types = np.asarray(types)
+        if types.shape != (n,):
+            raise ValueError(f"types must have shape ({n},), got {types.shape}")
+        if types.min() < 0 or types.max() >= len(self.model.species):
+            raise ValueError(f"species indices must lie in [0, {len(self.model.species) - 1}]")
+        return self.model.particle_diameters(types)
+
+    def prepare_snapshot(self, n, density, temperature, rng, melt_temperature=None, melt_time=None,
+                         nvt_time=None, nve_time=0.0, tdamp=None):
+        """Equilibrated hard-sphere snapshot (SCIENCE.md §1 preparation): random insertion at
+        low density, Lubachevsky–Stillinger growth to the packing fraction of ``density``
+        (η = (π/6) Σ σ_i³ ρ/N), then NVE for ``nve_time`` (tau). ``melt_*``, ``nvt_time`` and
+        ``tdamp`` are LAMMPS protocol arguments, ignored here. ``rng`` numpy Generator (task
+        stream). Returns (positions (N, 3) float64 in [0, box), types (N,) int32, box (3,))."""
+        eta = self.model.packing_fraction(n, density)
+        s = prepare_snapshot(n, self.model.fractions[0], self.model.diameters[1] /
+                             self.model.diameters[0], eta, rng, float(nve_time), self.growth_rate,
+                             T=float(temperature), shell=self.shell)
+        if len(self.log) < 50:
+            self.log.append(f"# EDMD snapshot: N = {n}, eta = {eta:.6g}, LS growth rate "
+                            f"{self.growth_rate:g}, NVE equilibration {float(nve_time):g} tau, "
+                            f"{s.n_collisions} collisions after growth")
+        return s.positions, self.model.types(n), s.box.copy()
+
+    def run_replica(self, positions, types, box, temperature, rng, steps):
+        """One isoconfigurational replica (SCIENCE.md §2): Maxwell–Boltzmann velocities at
+        ``temperature`` (zero momentum, KE = 3/2 (N-1) k_B T exactly, ``maxwell_boltzmann``),
+        NVE EDMD, unwrapped r_i(t) - r_i(0) at t = steps * timestep.
+
+        positions (N, 3) in [0, box), types (N,) species, box (3,), rng numpy Generator,
+        steps increasing ints > 0. Returns (len(steps), N, 3) float64 (sigma_A).
+        Kinetic energy at each read-out is kept in :attr:`last_energies` (conservation checks).
+        Raises ValueError (naming the particle or pair) for overlapping or out-of-box particles."""
+        steps = np.asarray(steps, dtype=np.int64)
+        if steps.size == 0 or steps[0] <= 0 or np.any(np.diff(steps) <= 0):
+            raise ValueError("replica read-out steps must be positive and strictly increasing")
+        positions = np.asarray(positions, dtype=np.float64)
+        diam = self._diameters(types, len(positions))
+        v = maxwell_boltzmann(len(positions), temperature, rng)
+        s = HardSphereSystem(positions, diam, box, v, check=True, shell=self.shell)
+        out = np.empty((steps.size, len(positions), 3))
+        self.last_energies = np.empty(steps.size)
+        t_prev = 0.0
+        for k, t in enumerate(steps * self.timestep):
+            s.run(t - t_prev)
+            t_prev = t
+            out[k] = s.unwrapped_positions - positions
+            self.last_energies[k] = s.kinetic_energy
+        return out
+
+    def static_properties(self, positions, types, box):
+        """Per-particle effective energy and net effective force (k_B T = 1 units) of the
+        hard-sphere effective potential V_eff = -k_B T log(r - sigma_ij), shifted force at
+        1.35 sigma_ij ([CAGE], SCIENCE.md §3; glasshpc.states.inherent)."""
+        from ..states.inherent import hs_effective_energy_forces
+        diam = self._diameters(types, len(positions))
+        _, eper, f = hs_effective_energy_forces(positions, diam, box)
+        return eper, f
+
+    def inherent_state(self, positions, types, box, force_tolerance, max_iterations):
+        """Inherent state of the effective potential by FIRE (glasshpc.states.inherent.
+        fire_minimize). Returns (positions (N, 3) same images, energies (N,), max_force);
+        RuntimeError if not converged within ``max_iterations``."""
+        from ..states.inherent import fire_minimize
+        diam = self._diameters(types, len(positions))
+        r = fire_minimize(positions, diam, box, ftol=force_tolerance, max_steps=int(max_iterations))
+        if not r["converged"]:
+            raise RuntimeError(f"FIRE stopped at max |F| = {r['max_force']:.3g} > tolerance "
+                               f"{force_tolerance:.3g} after {int(max_iterations)} iterations")
+        return r["positions"], r["per_particle_energy"], r["max_force"]

@@ -212,6 +212,14 @@ class LammpsEngine:
         box = np.full(3, L)
         types = self.model.types(n)
         self.load(lattice_start(n, box, rng), types, box)
+        self._equilibrate(n, temperature, rng, melt_temperature, melt_time, nvt_time, nve_time,
+                          tdamp)
+        return self.positions(), types, box
+
+    def _equilibrate(self, n, temperature, rng, melt_temperature, melt_time, nvt_time, nve_time,
+                     tdamp):
+        """Maxwell–Boltzmann velocities at ``melt_temperature``, Nosé–Hoover NVT melt, NVT at
+        ``temperature``, NVE (the protocol of :meth:`prepare_snapshot`, shared with subclasses)."""
         self.command("reset_timestep 0")
         self.set_velocities(maxwell_boltzmann(n, melt_temperature, rng))
         dt = self.timestep
@@ -226,7 +234,6 @@ class LammpsEngine:
             self.command("fix integrate all nve")
             self._run(round(nve_time / dt), first=True)
             self.command("unfix integrate")
-        return self.positions(), types, box
 
     def run_replica(self, positions, types, box, temperature, rng, steps):
         """One isoconfigurational replica (SCIENCE.md §2): restore ``positions``, draw fresh
