@@ -1,5 +1,7 @@
 """Feature selection from Gram sub-matrices (glasshpc.learn.selection) against scikit-learn refits / RFE and a
 brute-force greedy search; MPI against serial."""
+import os
+
 import h5py
 import numpy as np
 import pytest
@@ -125,3 +127,28 @@ def test_mpi_equals_serial(method):
     np.testing.assert_array_equal(par.order, serial.order)
     np.testing.assert_allclose(par.rho, serial.rho, rtol=0, atol=1e-10)
     np.testing.assert_allclose(par.r2, serial.r2, rtol=0, atol=1e-10)
+
+
+def test_plot_selection_tool(tmp_path):
+    """tools/plot_selection.py draws ρ vs n_features from the HDF5 layout written by write_selection."""
+    import importlib.util
+    import pathlib
+
+    pytest.importorskip("matplotlib")
+    Xtr, Ytr, Xte, Yte = make_problem(seed=7, F=12, T=3)
+    names = [f"G_A(r={1 + j / 10:.2f},δ=0.10)" for j in range(12)]
+    res = [select_features(Xtr, Ytr, Xte, Yte, method="forward", names=names, max_features=8) for _ in range(2)]
+    h5 = tmp_path / "run.h5"
+    with h5py.File(h5, "w") as f:
+        f["iso/times"] = np.array([0.1, 1.0, 10.0])
+        f.attrs["species"] = np.array(["A", "B"], dtype="S")
+        f["fits/g2/pearson"] = np.stack([r.rho[:, -1] for r in res])
+        write_selection(f.create_group("fits/g2/selection"), res, "forward")
+    path = pathlib.Path(__file__).resolve().parents[1] / "tools" / "plot_selection.py"
+    spec = importlib.util.spec_from_file_location("plot_selection", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = mod.main([str(h5), "-o", str(tmp_path / "sel.png"), "--times", "0,2"])
+    assert os.path.getsize(out) > 10_000
+    with open(out, "rb") as fh:
+        assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
