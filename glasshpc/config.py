@@ -423,7 +423,8 @@ def describe():
 
 
 def _check_descriptor_preset(cfg, data):
-    """descriptors.preset excludes the explicit radial/angular/l blocks; its shells must fit the box."""
+    """descriptors.preset excludes the explicit radial/angular/l blocks. (Shells reaching beyond half the box are
+    fine: compute_descriptors then sums over all periodic images by replicating the box.)"""
     d = cfg.descriptors
     if d.preset is None:
         return
@@ -431,10 +432,3 @@ def _check_descriptor_preset(cfg, data):
     if given:
         raise ConfigError(f"descriptors.{given[0]}", f"give either descriptors.preset ({d.preset!r}) or "
                                                      "explicit radial/angular/l blocks, not both")
-    from .structure.descriptors import preset
-    reach = preset(d.preset, truncation=d.truncation).cutoff()
-    if reach >= cfg.box_length / 2:
-        raise ConfigError("descriptors.preset",
-                          f"{d.preset!r} shells reach {reach:.3g} σ, which must be below half the box "
-                          f"({cfg.box_length / 2:.3g} σ for N = {cfg.model.n_particles}, ρ = "
-                          f"{cfg.model.density}); use more particles or explicit shells")

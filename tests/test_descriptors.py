@@ -215,7 +215,7 @@ def test_errors(config):
     pos, _, types = config
     spec = _spec()
     with pytest.raises(ValueError, match="half"):
-        compute_descriptors(pos, types, np.full(3, 5.0), spec)
+        compute_descriptors(pos, types, np.full(3, 5.0), spec, replicate=False)
     with pytest.raises(ValueError, match="types"):
         compute_descriptors(pos, types + 1, BOX, spec)
     with pytest.raises(ValueError, match="types"):
@@ -406,7 +406,40 @@ descriptors: {%s}
     assert spec.n_radial == 16 and spec.angular_l == (2, 4) and np.allclose(spec.radial_r, np.linspace(0.8, 2.2, 8))
     with pytest.raises(config.ConfigError, match="descriptors.radial"):
         config.parse(base % (4096, "preset: ka_avg, radial: [{r_min: 1, r_max: 2, count: 3, delta: 0.1}]"))
-    with pytest.raises(config.ConfigError, match="descriptors.preset.*half the box"):
-        config.parse(base % (1000, "preset: softness_135"))
+    small = config.parse(base % (1000, "preset: softness_135"))  # box replicated for the long shells
+    assert spec_from_config(small.descriptors, 2, 1.9).cutoff() > small.box_length / 2
     with pytest.raises(config.ConfigError, match="descriptors.preset"):
         config.parse(base % (4096, "preset: ka_avg2"))
+
+
+def test_small_box_sums_over_all_periodic_images():
+    """Cutoff beyond half the box: the descriptors are sums over every periodic image (brute force, scipy Y_lm)."""
+    box = np.array([4.0, 4.5, 5.0])
+    pos, unwrapped, types = _random_config(n=60, box=box, dmin=0.8, seed=5)
+    spec = DescriptorSpec(np.array([0.9, 1.3, 2.6]), np.array([0.1, 0.15, 0.15]), np.array([1.1, 2.4]),
+                          np.array([0.1, 0.2]), (2, 4, 6), 2, 1, r_generation=1.5)
+    assert spec.cutoff() > box.max() / 2
+    x = compute_descriptors(unwrapped, types, box, spec)
+    img = np.array(np.meshgrid(*[np.arange(-2, 3)] * 3, indexing="ij")).reshape(3, -1).T * box
+    d = (pos[None, :, None, :] + img[None, None]) - pos[:, None, None, :]       # (i, j, image, 3)
+    r = np.linalg.norm(d, axis=-1)
+    r[np.arange(60), np.arange(60), len(img) // 2] = np.inf                       # j = i, image 0
+    assert r[np.isfinite(r)].max() > spec.cutoff() + 1.0                          # enough images
+    G = [np.where((np.abs(r - rk) <= 7 * dk) & (types[None, :, None] == s), np.exp(-(r - rk) ** 2 / (2 * dk * dk)),
+                  0).sum((1, 2)) for s in range(2) for rk, dk in zip(spec.radial_r, spec.radial_delta)]
+    np.testing.assert_allclose(x[:, :6], np.stack(G, 1), rtol=0, atol=1e-10)
+    ii, jj, kk = np.nonzero(r < spec.cutoff())
+    rr, dd = r[ii, jj, kk], d[ii, jj, kk]
+    theta, phi = np.arccos(np.clip(dd[:, 2] / rr, -1, 1)), np.arctan2(dd[:, 1], dd[:, 0])
+    col = 6
+    for rk, dk in zip(spec.angular_r, spec.angular_delta):
+        w = np.where(np.abs(rr - rk) <= 7 * dk, np.exp(-(rr - rk) ** 2 / (2 * dk * dk)), 0.0)
+        z = np.bincount(ii, w, minlength=60)
+        for l in spec.angular_l:
+            acc = 0.0
+            for m in range(-l, l + 1):
+                y = w * sph_harm_y(l, m, theta, phi)
+                acc = acc + np.abs(np.bincount(ii, y.real, minlength=60) + 1j * np.bincount(ii, y.imag, minlength=60)
+                                   ) ** 2 / z ** 2
+            np.testing.assert_allclose(x[:, col], np.sqrt(4 * np.pi / (2 * l + 1) * acc), rtol=0, atol=1e-10)
+            col += 1

@@ -277,12 +277,12 @@ def preset(name: str, n_species: int = None, generations: int = None, r_generati
       intervals only); angular l = 1..12 on 16 r in [1, 2.5], δ = 0.1 (192). 354 per generation, 1062 for n ≤ 2.
     - ``"ka_avg"`` [AVG] (200 radial + 192 angular per generation; the shells are those of [DW] §2.2.1, which
       states it uses the set of [AVG]) for two species: 392 per generation, 1176 for n ≤ 2. Neighbour cutoff 5.7
-      (box > 11.4 σ: N ≳ 1800 at ρ = 1.2).
+      (boxes below 11.4 σ, N ≲ 1800 at ρ = 1.2, are replicated by :func:`compute_descriptors`).
     - ``"melt_dw"`` [DW] §2.2.1 for the one-species bead-spring melt: 100 radial + 192 angular = 292 per
       generation, 876 for n ≤ 2 with r_c = 2.5.
     - ``"softness_135"`` [SOFT] §3.2.3, Eq. 3.1–3.3: radial δ = 0.2 at r = 0, 0.1, …, 4.9 per species (100);
       angular Q_l on sharp shells r_min < r_ij < r_min + 0.5, r_min ∈ {1.0, 1.5, 2.0, 2.5, 3.0}, l ∈ {2, 4, …, 14}
-      (35): M = 135. Neighbour cutoff 6.3 (box > 12.6 σ: N ≳ 2400 at ρ = 1.2).
+      (35): M = 135. Neighbour cutoff 6.3 (box replicated below 12.6 σ, N ≲ 2400 at ρ = 1.2).
 
     ``n_species``, ``generations``, ``r_generation`` default to the paper's values (table above); pass the model's
     species count and the measured second minimum of g_AA (:func:`second_minimum_gAA`) when they differ.
@@ -918,8 +918,27 @@ def generation_average(x, positions, box, r_c, n_max):
     return _generations(nl.offsets, nl.neighbors, nl.distances, x, float(r_c), n_max)
 
 
-def compute_descriptors(positions, types, box, spec):
+def _replicate(positions, types, box, reach):
+    """Periodic copies n_d = floor(2·reach/L_d) + 1 per edge (so reach < n_d L_d / 2), the original copy first.
+
+    The set of copies of one particle is the full set of its periodic images modulo the larger box whatever image
+    it was given in, so descriptors of the enlarged system are those of the infinite periodic system."""
+    if not np.all(np.isfinite(positions)):
+        raise ValueError("positions must be finite")
+    reps = np.floor(2.0 * reach / box).astype(np.int64) + 1
+    grid = np.array(np.meshgrid(*[np.arange(k) for k in reps], indexing="ij")).reshape(3, -1).T
+    shifts = grid * box
+    big = (positions[None, :, :] + shifts[:, None, :]).reshape(-1, 3)
+    return big, np.tile(types, shifts.shape[0]), box * reps
+
+
+def compute_descriptors(positions, types, box, spec, replicate=True):
     """All descriptors of one configuration: radial + angular, then generation averages (SCIENCE.md §4).
+
+    Small boxes: when the descriptor cutoff (or r_generation) reaches half the shortest box edge, the sums run over
+    all periodic images (which then include several images of a neighbour, and a particle's own images): the box
+    is replicated n_d = floor(2·reach/L_d) + 1 times per edge and the rows of the original particles are returned.
+    Cost grows with Π n_d (8× for ``ka_avg`` at N = 1000, ρ = 1.2). ``replicate=False`` raises instead.
 
     Parameters
     ----------
@@ -932,8 +951,8 @@ def compute_descriptors(positions, types, box, spec):
     -------
     (N, spec.n_features) float64, columns named by ``spec.feature_names()``.
 
-    Raises ValueError for bad shapes, types out of range, non-finite positions, coincident particles, or a cutoff
-    (spec.cutoff() or spec.r_generation) not below half the shortest box edge.
+    Raises ValueError for bad shapes, types out of range, non-finite positions, coincident particles, or (with
+    replicate=False) a cutoff (spec.cutoff() or spec.r_generation) not below half the shortest box edge.
     """
     if not isinstance(spec, DescriptorSpec):
         raise ValueError(f"spec must be a DescriptorSpec, got {type(spec).__name__}")
@@ -941,9 +960,13 @@ def compute_descriptors(positions, types, box, spec):
     box = _check_box(box)
     types = _check_types(types, positions.shape[0], spec.n_species)
     rc = spec.cutoff()
-    check_cutoff(box, rc)
-    if spec.generations:
-        check_cutoff(box, spec.r_generation)
+    reach = max(rc, spec.r_generation if spec.generations else 0.0)
+    if reach >= 0.5 * box.min():
+        if not replicate:
+            check_cutoff(box, reach)
+        n0 = positions.shape[0]
+        positions, types, box = _replicate(positions, types, box, reach)
+        return compute_descriptors(positions, types, box, spec, replicate=False)[:n0]
     n = positions.shape[0]
     # radial: pairs straight from the cell list (long cutoff, distances only); angular and generations: a full
     # neighbour list with the (short) cutoff they need
