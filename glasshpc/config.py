@@ -347,7 +347,7 @@ def _cross_checks(cfg):
     if first < dt * (1 - 1e-9):
         raise ConfigError("iso.times", f"the first read-out time {first} is shorter than one "
                                        f"timestep (md.timestep = {dt})")
-    for name in ("radial", "angular"):
+    for name in (() if cfg.descriptors.preset else ("radial", "angular")):
         for i, b in enumerate(getattr(cfg.descriptors, name)):
             if b.r_max < b.r_min:
                 raise ConfigError(f"descriptors.{name}[{i}].r_max",

@@ -11,7 +11,7 @@ import numpy as np
 from . import dynamics
 from .models import get_model
 from .parallel import Progress, task_rng
-from .structure.descriptors import DescriptorSpec, compute_descriptors, second_minimum_gAA
+from .structure.descriptors import DescriptorSpec, compute_descriptors, second_minimum_gAA, spec_from_config
 
 Q_EDGES = dynamics.q_grid()
 
@@ -36,6 +36,8 @@ def layout(cfg, n_features):
 def descriptor_spec(cfg, r_generation):
     """DescriptorSpec from the config's shell blocks (r_generation resolved by the caller)."""
     d = cfg.descriptors
+    if d.preset:  # a paper's named set (structure/descriptors.py preset())
+        return spec_from_config(d, len(get_model(cfg.model.name).species), r_generation)
 
     def shells(blocks):
         r = np.concatenate([np.linspace(b.r_min, b.r_max, b.count) for b in blocks])

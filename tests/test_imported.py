@@ -177,3 +177,22 @@ def test_imported_one_and_two_ranks_identical(tmp_path):
         for name in ("snapshots/positions", "iso/displacements", "propensity", "descriptors/init"):
             assert np.array_equal(a[name][()], b[name][()]), name
         np.testing.assert_allclose(a["fits/g1/pearson"][()], b["fits/g1/pearson"][()], rtol=1e-8, atol=1e-10)
+
+
+def test_pipeline_with_descriptor_preset(tmp_path):
+    """descriptors: {preset: softness_135} from YAML through the pipeline: 135 named features ([SOFT]) on a box
+    smaller than the preset's reach (sums over periodic images)."""
+    write_glassbench(str(tmp_path))
+    text = _yaml(str(tmp_path), "glassbench")
+    head, tail = text.split("descriptors:\n")
+    text = head + "descriptors: {preset: softness_135, generations: 0, r_generation: 1.5}\n" + \
+        tail[tail.index("fits:"):].replace("g1: {generations: 1}", "g0: {generations: 0}")
+    cfg = config.parse(text)
+    execute(cfg, text, Context(MPI.COMM_SELF))
+    with h5py.File(tmp_path / "out.h5", "r") as f:
+        names = f["descriptors/feature_names"].asstr()[()]
+        X = f["descriptors/init"][()]
+        rho = f["fits/g0/pearson"][()]
+    assert X.shape == (S, N, 135) and len(names) == 135
+    assert names[0] == "G_A(r=0.00,δ=0.20)" and names[100] == "Q_2(1.00<r<1.50)"
+    assert np.isfinite(X).all() and np.all(X[..., 100:] <= 1.0 + 1e-12) and np.isfinite(rho).all()
