@@ -36,7 +36,8 @@ Hot loops are numba ``@njit(cache=True)``:
 - generations: sparse row averages on the short neighbour list.
 
 Cost (bench/bench_descriptors.py, KA liquid N = 4096, ρ = 1.2, ``preset("ka_avg")``: 1176 features, cutoff 5.7):
-≈ 0.4 s CPU per configuration on one core, ~70x a vectorised numpy/scipy implementation.
+≈ 0.44 s CPU per configuration on one core (neighbour search included), ~100x the vectorised numpy/scipy reference
+of bench/ (50 s). hs_cmp 0.38 s, softness_135 0.34 s.
 """
 from __future__ import annotations
 
