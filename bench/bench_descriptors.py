@@ -246,6 +246,25 @@ def main():
         print(f"  numpy reference scaled to N = {args.n} (linear in N): {t_np * args.n / rn:.2f} s per configuration, "
               f"{t_np * args.n / rn / walls.min():.0f}x the numba time")
 
+    # the other paper presets on the same configuration (generations as in the papers)
+    for name in ("hs_cmp", "melt_dw", "softness_135"):
+        sp = preset(name, n_species=2)
+        if sp.cutoff() >= 0.5 * box.min():
+            print(f"  preset {name}: cutoff {sp.cutoff():.2f} needs a larger box")
+            continue
+        compute_descriptors(pos, types, box, sp)
+        w, c = _timed(lambda: compute_descriptors(pos, types, box, sp), args.repeat)
+        print(f"  preset {name:13s} ({sp.n_features:4d} features, n <= {sp.generations}): wall best {w.min():.3f} s"
+              f"   CPU best {c.min():.3f} s")
+
+    # partycls' BoattiniDescriptor, if it can be imported (not a dependency; pip has only an sdist that needs
+    # a Fortran compiler for its f2py neighbour kernels)
+    try:
+        from partycls.descriptors import BoattiniDescriptor  # noqa: F401
+        print("partycls importable: compare BoattiniDescriptor by hand (not automated here)")
+    except Exception as err:  # noqa: BLE001
+        print(f"partycls BoattiniDescriptor: not available ({type(err).__name__}: {err})")
+
     r2 = second_minimum_gAA([pos], [types], [box])
     r, g = radial_distribution([pos], [types], [box], r_max=3.0)
     gs = gaussian_filter1d(g[(0, 0)], 3.0)

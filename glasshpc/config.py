@@ -119,6 +119,9 @@ def _default_angular():
     return (ShellBlock(1.0, 2.5, 6, 0.1),)
 
 
+DESCRIPTOR_PRESETS = ("hs_cmp", "ka_avg", "melt_dw", "softness_135")
+
+
 @dataclass(frozen=True)
 class DescriptorsConfig:
     radial: tuple = _f(doc="radial shells G(r, δ, s) per species, list of {r_min, r_max, count, "
@@ -133,6 +136,8 @@ class DescriptorsConfig:
     r_generation: object = _f(AUTO, "r_c of generation averaging (σ) or 'auto' = second "
                                     "minimum of g_AA", kind="float_or_auto")
     truncation: float = _f(7.0, "Gaussians are cut at |r_ij − r| > truncation·δ", lo=3.0)
+    preset: str = _f(None, "named descriptor set of a paper instead of radial/angular/l blocks "
+                           "(structure/descriptors.py preset())", choices=DESCRIPTOR_PRESETS)
 
 
 @dataclass(frozen=True)
@@ -191,6 +196,23 @@ def _default_sets():
 
 
 @dataclass(frozen=True)
+class SelectionConfig:
+    method: str = _f("none", "feature selection on the Gram matrices: greedy 'forward' ([AVG]) or "
+                             "'rfe' ([SOFT])", choices=("none", "forward", "rfe"))
+    max_features: int = _f(100, "stop after this many features (forward) / report sizes up to it (rfe)",
+                           lo=1)
+
+
+@dataclass(frozen=True)
+class MLPConfig:
+    layers: int = _f(0, "hidden layers of the MLP baseline ([CMP], [DW]); 0 = off", lo=0, hi=3)
+    width: int = _f(16, "ReLU units per hidden layer", lo=1)
+    l2: float = _f(1e-3, "L2 penalty (MLPRegressor alpha)", lo=0.0)
+    max_iter: int = _f(300, "Adam epochs", lo=1)
+    max_rows: int = _f(100000, "training rows gathered for the MLP (deterministic subsample)", lo=1)
+
+
+@dataclass(frozen=True)
 class FitsConfig:
     test_fraction: float = _f(0.25, "fraction of snapshots held out for ρ(t)", lo=0.0, hi=1.0,
                               lo_open=True, hi_open=True)
@@ -200,6 +222,10 @@ class FitsConfig:
     feature_sets: dict = _f(doc="named feature sets, each {features, generations}, fitted per "
                                 "species and time", kind=("dict", FeatureSet),
                             factory=_default_sets)
+    selection: SelectionConfig = _f(doc="feature selection per feature set, species and time",
+                                    factory=SelectionConfig)
+    mlp: MLPConfig = _f(doc="non-linear baseline on the same splits (off by default)",
+                        factory=MLPConfig)
 
 
 @dataclass(frozen=True)
@@ -217,6 +243,8 @@ class Config:
     inherent: InherentConfig = _f(doc="inherent states (FIRE)", factory=InherentConfig)
     cage: CageConfig = _f(doc="cage states (constrained Monte Carlo)", factory=CageConfig)
     fits: FitsConfig = _f(doc="ridge fits", factory=FitsConfig)
+    imported: "ImportConfig" = _f(None, "read snapshots and replica positions from published files "
+                                        "instead of simulating them (glasshpc/io/imported.py)")
 
     # -- derived quantities (pure functions of the config) -------------------------------------
     @property
@@ -367,9 +395,19 @@ def _join(a, b):
     return f"{a}.{b}" if a else b
 
 
+@dataclass(frozen=True)
+class ImportConfig:
+    format: str = _f(doc="'glassbench' (one .npz per configuration: types, initial_positions, positions "
+                         "(R, N, 3)) or 'bapst' (Bapst et al. 2020 pickles)",
+                     choices=("glassbench", "bapst"))
+    files: str = _f(doc="glob pattern of the files (sorted; the first snapshots.count are used)")
+    first_type: int = _f(0, "type label of species A in the files (1 for LAMMPS-style labels)", lo=0)
+
+
 _CLASSES = {c.__name__: c for c in (ModelConfig, MDConfig, SnapshotsConfig, TimesConfig, IsoConfig,
                                     DynamicsConfig, ShellBlock, DescriptorsConfig, AlphaGrid,
-                                    CageConfig, InherentConfig, FeatureSet, FitsConfig)}
+                                    CageConfig, InherentConfig, FeatureSet, FitsConfig,
+                                    SelectionConfig, MLPConfig, ImportConfig)}
 
 
 def _cross_checks(cfg):
@@ -379,7 +417,7 @@ def _cross_checks(cfg):
     if first < dt * (1 - 1e-9):
         raise ConfigError("iso.times", f"the first read-out time {first} is shorter than one "
                                        f"timestep (md.timestep = {dt})")
-    for name in ("radial", "angular"):
+    for name in (() if cfg.descriptors.preset else ("radial", "angular")):
         for i, b in enumerate(getattr(cfg.descriptors, name)):
             if b.r_max < b.r_min:
                 raise ConfigError(f"descriptors.{name}[{i}].r_max",
@@ -473,6 +511,7 @@ def parse(text):
     cfg = _model_checks(cfg)
     cfg = _resolve_snapshot_source(cfg)
     _cross_checks(cfg)
+    _check_descriptor_preset(cfg, data)
     return cfg
 
 
@@ -569,3 +608,15 @@ def _resolve_snapshot_source(cfg):
         raise ConfigError("snapshots.count", f"is {sn.count} but {sn.path!r} holds {len(files)} "
                                              "files; omit count or make them agree")
     return dataclasses.replace(cfg, snapshots=dataclasses.replace(sn, count=len(files)))
+
+
+def _check_descriptor_preset(cfg, data):
+    """descriptors.preset excludes the explicit radial/angular/l blocks. (Shells reaching beyond half the box are
+    fine: compute_descriptors then sums over all periodic images by replicating the box.)"""
+    d = cfg.descriptors
+    if d.preset is None:
+        return
+    given = [k for k in ("radial", "angular", "l") if k in ((data or {}).get("descriptors") or {})]
+    if given:
+        raise ConfigError(f"descriptors.{given[0]}", f"give either descriptors.preset ({d.preset!r}) or "
+                                                     "explicit radial/angular/l blocks, not both")

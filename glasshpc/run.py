@@ -101,8 +101,13 @@ def execute(cfg, yaml_text, ctx, store_mode="auto", resume=False, overwrite=Fals
     wall = {}
     try:
         ctx.log(plan_text(cfg, ctx))
-        wall["snapshots"] = stages.snapshots(ctx, cfg, store, engines)
-        wall["replicas"] = stages.replicas(ctx, cfg, store, engines)
+        if cfg.imported is not None:  # published snapshots + replicas instead of LAMMPS (io/imported.py)
+            from .io.imported import import_stage
+            wall["import"] = import_stage(ctx, cfg, store)
+        else:
+            wall["snapshots"] = stages.snapshots(ctx, cfg, store, engines)
+            wall["replicas"] = stages.replicas(ctx, cfg, store, engines)
+        wall["static"] = stages.static_stage(ctx, cfg, store, engines)
         if cfg.inherent.enabled:
             wall["inherent"] = stages.inherent_stage(ctx, cfg, store, engines)
         lmp_log = list(engines.engine.log) if engines.engine is not None else []

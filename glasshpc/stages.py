@@ -14,7 +14,8 @@ from .models import cage_potential, get_model
 from .parallel import Progress, task_rng
 from .states.cage import cage_state
 from .store import task_key
-from .structure.descriptors import DescriptorSpec, compute_descriptors, second_minimum_gAA
+from .structure.descriptors import (DescriptorSpec, compute_descriptors, second_minimum_gAA,
+                                    spec_from_config)
 
 Q_EDGES = dynamics.q_grid()
 
@@ -59,6 +60,8 @@ def layout(cfg, n_features):
 def descriptor_spec(cfg, r_generation):
     """DescriptorSpec from the config's shell blocks (r_generation resolved by the caller)."""
     d = cfg.descriptors
+    if d.preset:  # a paper's named set (structure/descriptors.py preset())
+        return spec_from_config(d, len(get_model(cfg.model.name).species), r_generation)
 
     def shells(blocks):
         r = np.concatenate([np.linspace(b.r_min, b.r_max, b.count) for b in blocks])
@@ -129,9 +132,6 @@ def snapshots(ctx, cfg, store, engines):
         store.write("snapshots/types", (s,), types)
         store.write("snapshots/box", (s,), box)
         store.write("snapshots/sq_AA", (s,), dynamics.structure_factor(pos[types == 0], box, Q_EDGES))
-        energy, force = engines.get().static_properties(pos, types, box)
-        store.write("snapshots/energy", (s,), energy)
-        store.write("snapshots/net_force", (s,), np.linalg.norm(force, axis=1))
 
     return run_tasks(ctx, "snapshots", list(range(cfg.snapshots.count)), work, store)
 
@@ -190,6 +190,20 @@ def generation_radius(cfg, store):
     return second_minimum_gAA([store.read("snapshots/positions", (s,)) for s in range(S)],
                               [store.read("snapshots/types", (s,)) for s in range(S)],
                               [store.read("snapshots/box", (s,)) for s in range(S)])
+
+
+def static_stage(ctx, cfg, store, engines):
+    """Per-particle potential energy and |F^net| at t = 0 ([CAGE] Fig. 5), one task per snapshot,
+    whatever the snapshots' source (MD, files, imported data)."""
+
+    def work(s):
+        energy, force = engines.get().static_properties(store.read("snapshots/positions", (s,)),
+                                                        store.read("snapshots/types", (s,)),
+                                                        store.read("snapshots/box", (s,)))
+        store.write("snapshots/energy", (s,), energy)
+        store.write("snapshots/net_force", (s,), np.linalg.norm(force, axis=1))
+
+    return run_tasks(ctx, "static", list(range(cfg.snapshots.count)), work, store)
 
 
 def inherent_stage(ctx, cfg, store, engines):

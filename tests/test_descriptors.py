@@ -4,7 +4,8 @@ import pytest
 from scipy.special import sph_harm_y  # scipy >= 1.15: sph_harm_y(l, m, theta_polar, phi_azimuth)
 
 from glasshpc.structure.descriptors import (
-    DescriptorSpec, angular_descriptors, compute_descriptors, generation_average, preset, radial_descriptors,
+    DescriptorSpec, angular_descriptors, compute_descriptors, feature_names, generation_average, preset,
+    radial_descriptors, spec_from_config,
     radial_distribution, second_minimum_gAA)
 from glasshpc.structure.neighbors import NeighborList
 
@@ -214,7 +215,7 @@ def test_errors(config):
     pos, _, types = config
     spec = _spec()
     with pytest.raises(ValueError, match="half"):
-        compute_descriptors(pos, types, np.full(3, 5.0), spec)
+        compute_descriptors(pos, types, np.full(3, 5.0), spec, replicate=False)
     with pytest.raises(ValueError, match="types"):
         compute_descriptors(pos, types + 1, BOX, spec)
     with pytest.raises(ValueError, match="types"):
@@ -287,3 +288,158 @@ def test_radial_only_spec_through_compute_descriptors(config):
                                rtol=0, atol=1e-10)
     with pytest.raises(ValueError, match="finite"):
         compute_descriptors(np.full_like(pos, np.nan), types, BOX, spec)
+
+
+# ------------------------------------------------------------------------------------------------ presets, sharp Q_l
+
+def _brute_sharp_angular(pos, box, r_min, width, ls):
+    """[SOFT] Eq. 3.2–3.3 by brute force: unweighted mean of Y_lm over r_min < r_ij < r_min + width (scipy)."""
+    d, r = _pair_vectors(pos, box)
+    n = len(pos)
+    out = []
+    for lo in r_min:
+        inside = np.isfinite(r) & (r > lo) & (r < lo + width)
+        ii, jj = np.nonzero(inside)
+        dd, rr = d[ii, jj], r[ii, jj]
+        theta = np.arccos(np.clip(dd[:, 2] / rr, -1, 1))
+        phi = np.arctan2(dd[:, 1], dd[:, 0])
+        nj = np.bincount(ii, minlength=n)
+        for l in ls:
+            acc = np.zeros(n)
+            for m in range(-l, l + 1):
+                y = sph_harm_y(l, m, theta, phi)
+                qlm = (np.bincount(ii, y.real, minlength=n) + 1j * np.bincount(ii, y.imag, minlength=n)) \
+                    / np.where(nj > 0, nj, 1)
+                acc += np.abs(qlm) ** 2
+            out.append(np.where(nj > 0, np.sqrt(4 * np.pi / (2 * l + 1) * acc), 0.0))
+    return np.stack(out, axis=1)
+
+
+def test_sharp_shell_Ql_matches_brute_force(config):
+    pos, unwrapped, types = config
+    r_min, width, ls = np.array([1.0, 1.5, 2.0, 2.5, 3.0]), 0.5, (2, 4, 6, 8, 10, 12, 14)
+    spec = DescriptorSpec(np.array([0.0, 0.1]), np.array([0.2, 0.2]), r_min, np.full(5, width), ls, 2, 0,
+                          angular_kind="sharp")
+    assert spec.angular_cutoff() == pytest.approx(3.5)
+    x = compute_descriptors(unwrapped, types, BOX, spec)
+    ref = _brute_sharp_angular(pos, BOX, r_min, width, ls)
+    assert np.count_nonzero(ref) > 0.9 * ref.size
+    np.testing.assert_allclose(x[:, spec.n_radial:], ref, rtol=0, atol=1e-10)
+    names = feature_names(spec)
+    assert names[spec.n_radial] == "Q_2(1.00<r<1.50)" and names[-1] == "Q_14(3.00<r<3.50)"
+
+
+def test_angular_equals_freud_weighted_steinhardt(config):
+    """q_l(r, δ) = freud Steinhardt(weighted=True) fed our Gaussian shell weights (freud is single precision)."""
+    freud = pytest.importorskip("freud")
+    pos, _, _ = config
+    spec = _spec(generations=0)
+    nl = NeighborList(pos, BOX, spec.cutoff())
+    ours = angular_descriptors(nl, spec)
+    n = len(pos)
+    qi = np.repeat(np.arange(n), np.diff(nl.offsets))
+    for a, (rk, dk) in enumerate(zip(spec.angular_r, spec.angular_delta)):
+        w = np.exp(-(nl.distances - rk) ** 2 / (2 * dk * dk))
+        keep = np.abs(nl.distances - rk) <= spec.truncation * dk
+        fnl = freud.locality.NeighborList.from_arrays(n, n, qi[keep], nl.neighbors[keep], nl.vectors[keep], w[keep])
+        fbox = freud.box.Box(*BOX)
+        st = freud.order.Steinhardt(list(LS), weighted=True)
+        st.compute((fbox, pos - BOX * np.floor(pos / BOX) - 0.5 * BOX), neighbors=fnl)
+        ref = np.asarray(st.particle_order, dtype=np.float64).reshape(n, len(LS))
+        np.testing.assert_allclose(ours[:, a * len(LS):(a + 1) * len(LS)], ref, rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("name, counts", [
+    ("hs_cmp", (162, 192, 354, 1062)),       # [CMP] Sec. II.B
+    ("ka_avg", (200, 192, 392, 1176)),       # [AVG] (200 + 192 per generation)
+    ("melt_dw", (100, 192, 292, 876)),       # [DW] §2.2.1: 292 per generation, 876 in total
+    ("softness_135", (100, 35, 135, 135)),   # [SOFT] §3.2.3: M = 135
+])
+def test_preset_feature_counts(name, counts):
+    spec = preset(name)
+    assert (spec.n_radial, spec.n_angular, spec.n_base_features, spec.n_features) == counts
+    names = feature_names(spec)
+    assert len(names) == spec.n_features == len(set(names))
+
+
+def test_preset_shells_follow_the_papers():
+    dw = preset("melt_dw")
+    r, d = dw.radial_r, dw.radial_delta
+    assert np.allclose(r[:60], np.linspace(0.5, 2.0, 60)) and np.all(d[:60] == 0.025)
+    assert r[60] > 2.0 and r[79] == pytest.approx(3.0) and np.all(d[60:80] == 0.05)
+    assert r[80] > 3.0 and r[-1] == pytest.approx(5.0) and np.all(d[80:] == 0.1)
+    assert np.allclose(dw.angular_r, np.linspace(0.5, 2.5, 16)) and dw.angular_l == tuple(range(1, 13))
+    assert dw.r_generation == 2.5 and dw.n_species == 1
+    hs = preset("hs_cmp")
+    rr = hs.radial_r
+    assert rr[0] == pytest.approx(0.86) and rr[45] == pytest.approx(2.0)
+    assert np.sum((rr > 2.0) & (rr <= 3.0 + 1e-12)) == 20 and np.sum(rr > 3.0 + 1e-12) == 15
+    assert rr[-1] == pytest.approx(4.5) and np.allclose(hs.angular_r, np.linspace(1, 2.5, 16))
+    soft = preset("softness_135")
+    assert np.allclose(soft.radial_r, np.arange(50) * 0.1) and np.all(soft.radial_delta == 0.2)
+    assert soft.angular_kind == "sharp" and soft.angular_l == (2, 4, 6, 8, 10, 12, 14)
+    assert np.allclose(soft.angular_r, [1.0, 1.5, 2.0, 2.5, 3.0]) and np.all(soft.angular_delta == 0.5)
+    assert feature_names(soft)[0] == "G_A(r=0.00,δ=0.20)" and feature_names(preset("ka_avg"))[0] == \
+        "G_A(r=0.50,δ=0.025)"
+    with pytest.raises(ValueError, match="unknown descriptor preset"):
+        preset("nope")
+    with pytest.raises(ValueError, match="angular_kind"):
+        DescriptorSpec([1.0], [0.1], [1.0], [0.1], (2,), 1, 0, angular_kind="box")
+
+
+def test_preset_from_yaml():
+    from glasshpc import config
+
+    base = """
+output: x.h5
+model: {name: kob_andersen, n_particles: %d, density: 1.2, temperature: 0.8}
+snapshots: {count: 8}
+iso: {replicas: 2, times: [0.1, 1.0]}
+descriptors: {%s}
+"""
+    cfg = config.parse(base % (4096, "preset: ka_avg, generations: 2, r_generation: 1.9"))
+    spec = spec_from_config(cfg.descriptors, 2, 1.9)
+    assert spec == preset("ka_avg", 2, 2, 1.9) and spec.n_features == 1176
+    # explicit blocks still work through the same helper
+    cfg = config.parse(base % (400, "radial: [{r_min: 0.8, r_max: 2.2, count: 8, delta: 0.12}], l: [2, 4]"))
+    spec = spec_from_config(cfg.descriptors, 2, 1.5)
+    assert spec.n_radial == 16 and spec.angular_l == (2, 4) and np.allclose(spec.radial_r, np.linspace(0.8, 2.2, 8))
+    with pytest.raises(config.ConfigError, match="descriptors.radial"):
+        config.parse(base % (4096, "preset: ka_avg, radial: [{r_min: 1, r_max: 2, count: 3, delta: 0.1}]"))
+    small = config.parse(base % (1000, "preset: softness_135"))  # box replicated for the long shells
+    assert spec_from_config(small.descriptors, 2, 1.9).cutoff() > small.box_length / 2
+    with pytest.raises(config.ConfigError, match="descriptors.preset"):
+        config.parse(base % (4096, "preset: ka_avg2"))
+
+
+def test_small_box_sums_over_all_periodic_images():
+    """Cutoff beyond half the box: the descriptors are sums over every periodic image (brute force, scipy Y_lm)."""
+    box = np.array([4.0, 4.5, 5.0])
+    pos, unwrapped, types = _random_config(n=60, box=box, dmin=0.8, seed=5)
+    spec = DescriptorSpec(np.array([0.9, 1.3, 2.6]), np.array([0.1, 0.15, 0.15]), np.array([1.1, 2.4]),
+                          np.array([0.1, 0.2]), (2, 4, 6), 2, 1, r_generation=1.5)
+    assert spec.cutoff() > box.max() / 2
+    x = compute_descriptors(unwrapped, types, box, spec)
+    img = np.array(np.meshgrid(*[np.arange(-2, 3)] * 3, indexing="ij")).reshape(3, -1).T * box
+    d = (pos[None, :, None, :] + img[None, None]) - pos[:, None, None, :]       # (i, j, image, 3)
+    r = np.linalg.norm(d, axis=-1)
+    r[np.arange(60), np.arange(60), len(img) // 2] = np.inf                       # j = i, image 0
+    assert r[np.isfinite(r)].max() > spec.cutoff() + 1.0                          # enough images
+    G = [np.where((np.abs(r - rk) <= 7 * dk) & (types[None, :, None] == s), np.exp(-(r - rk) ** 2 / (2 * dk * dk)),
+                  0).sum((1, 2)) for s in range(2) for rk, dk in zip(spec.radial_r, spec.radial_delta)]
+    np.testing.assert_allclose(x[:, :6], np.stack(G, 1), rtol=0, atol=1e-10)
+    ii, jj, kk = np.nonzero(r < spec.cutoff())
+    rr, dd = r[ii, jj, kk], d[ii, jj, kk]
+    theta, phi = np.arccos(np.clip(dd[:, 2] / rr, -1, 1)), np.arctan2(dd[:, 1], dd[:, 0])
+    col = 6
+    for rk, dk in zip(spec.angular_r, spec.angular_delta):
+        w = np.where(np.abs(rr - rk) <= 7 * dk, np.exp(-(rr - rk) ** 2 / (2 * dk * dk)), 0.0)
+        z = np.bincount(ii, w, minlength=60)
+        for l in spec.angular_l:
+            acc = 0.0
+            for m in range(-l, l + 1):
+                y = w * sph_harm_y(l, m, theta, phi)
+                acc = acc + np.abs(np.bincount(ii, y.real, minlength=60) + 1j * np.bincount(ii, y.imag, minlength=60)
+                                   ) ** 2 / z ** 2
+            np.testing.assert_allclose(x[:, col], np.sqrt(4 * np.pi / (2 * l + 1) * acc), rtol=0, atol=1e-10)
+            col += 1

@@ -289,3 +289,22 @@ def test_block_size_does_not_matter(monkeypatch):
     m32 = GroupedRidgeCV(**kw).fit(X.astype(np.float32), Y, g)
     ref32 = GroupedRidgeCV(**kw).fit(X.astype(np.float32).astype(np.float64), Y, g)
     assert rel(m32.coef_, ref32.coef_) < 1e-10
+
+
+@pytest.mark.mpi(min_size=2)
+def test_mpi_grid_extension_reported_once():
+    """The edge-extension warning comes from rank 0 only; every rank extends the grid identically."""
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    X, Y, g = make_problem(seed=9, n_snap=10, per_snap=12, F=60, T=2, noise=20.0)
+    sel = (g % comm.Get_size()) == comm.Get_rank()
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        m = GroupedRidgeCV(alphas=np.logspace(-3, 0, 13), max_extensions=8, comm=comm).fit(X[sel], Y[sel], g[sel])
+    n_warn = sum("extended" in str(w.message) for w in rec)
+    assert m.grid_extended_
+    assert n_warn == (1 if comm.Get_rank() == 0 else 0)
+    assert comm.allreduce(n_warn) == 1
+    grids = comm.allgather(m.alphas_)
+    assert all(np.array_equal(a, grids[0]) for a in grids)

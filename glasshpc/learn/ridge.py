@@ -438,11 +438,13 @@ class GroupedRidgeCV:
                 order = np.argsort(alphas)
                 alphas, cv_mse = alphas[order], cv_mse[order]
                 extended = True
-            if extended:
+            # every rank holds the same cv_mse (broadcast), hence the same decision; only rank 0 says it
+            loud = comm is None or comm.Get_rank() == 0
+            if extended and loud:
                 warnings.warn(f"GroupedRidgeCV: CV optimum on a grid edge; alpha grid extended to "
                               f"[{alphas[0]:.3g}, {alphas[-1]:.3g}]", RuntimeWarning, stacklevel=2)
             lo, hi = self._edge_optimum(cv_mse)
-            if lo or hi:
+            if (lo or hi) and loud:
                 warnings.warn("GroupedRidgeCV: CV optimum still on the grid edge after "
                               f"{self.max_extensions} extension(s) ({'low' if lo else 'high'} side)",
                               RuntimeWarning, stacklevel=2)
