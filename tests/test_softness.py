@@ -1,0 +1,108 @@
+"""Softness SVC and regressors on synthetic data with a known generating hyperplane."""
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+from glasshpc.learn import softness as sm
+
+
+def _separable(n=3000, M=20, seed=0, gap=0.3):
+    """Anisotropic features (scales 0.5..5) labelled by a hyperplane in raw units, with an empty
+    slab of half-width ``gap`` around it."""
+    rng = np.random.default_rng(seed)
+    scales = np.linspace(0.5, 5.0, M)
+    X = rng.standard_normal((n, M)) * scales + 3.0
+    u = _unit(rng.standard_normal(M))
+    d = (X - 3.0) @ u - 0.4
+    keep = np.abs(d) > gap
+    return X[keep], d[keep] > 0, u
+
+
+def _unit(v):
+    return v / np.linalg.norm(v)
+
+
+def test_svc_recovers_generating_hyperplane():
+    X, y, u = _separable()
+    svc = sm.SoftnessSVC(C=1e-2).fit(X, y)
+    assert svc.normal_raw_ @ u > 0.99
+    assert np.linalg.norm(svc.coef_) == pytest.approx(1.0)
+    assert svc.train_accuracy_ > 0.97
+    # softness is the signed distance in standardised units, positive on the rearranging side
+    S = svc.softness(X)
+    np.testing.assert_allclose(S, ((X - svc.mean_) / svc.scale_) @ svc.coef_ - svc.intercept_)
+    assert np.mean(S[y] > 0) > 0.97 and np.mean(S[~y] < 0) > 0.97
+    # the best bias on the bias-free output is close to the SVC's own bias
+    b = sm.best_bias(svc.raw_output(X), y)
+    assert abs(b - svc.intercept_) < 0.5 * svc.margin_width_
+
+
+def test_best_bias_exact():
+    out = np.array([0.0, 1.0, 2.0, 3.0, 4.0, 5.0])
+    lab = np.array([False, False, False, True, True, True])
+    assert sm.best_bias(out, lab) == pytest.approx(2.5)
+
+
+def test_regressors_on_linear_logit():
+    rng = np.random.default_rng(2)
+    M, n = 12, 1500
+    scales = np.linspace(1.0, 3.0, M)
+    X = rng.standard_normal((n, M)) * scales
+    w = _unit(rng.standard_normal(M))
+    y = (X / scales) @ w * 1.5 - 4.0 + 0.1 * rng.standard_normal(n)
+    Xte = rng.standard_normal((500, M)) * scales
+    yte = (Xte / scales) @ w * 1.5 - 4.0
+    for name in sm.REGRESSORS:
+        reg = sm.fit_regressor(name, X, y, seed=3)
+        rho = sm.pearson(reg.predict(Xte), yte)
+        assert rho > (0.99 if name in ("linear_svr", "ridge") else 0.9), (name, rho)
+        if reg.coef_ is not None:
+            # standardised features here equal X / scales up to sampling → same normal
+            assert reg.coef_ @ w > 0.99
+            assert reg.intercept_ == pytest.approx(-4.0, abs=0.1)
+    names, D = sm.normal_dot_products({"a": w, "b": 2 * w, "c": -w})
+    np.testing.assert_allclose(D, [[1, 1, -1], [1, 1, -1], [-1, -1, 1]], atol=1e-12)
+
+
+def test_rfe_keeps_informative_features():
+    rng = np.random.default_rng(8)
+    M, n = 30, 2000
+    X = rng.standard_normal((n, M))
+    inform = [3, 11, 17, 25]
+    y = X[:, inform] @ np.array([1.0, -0.8, 0.6, 0.5]) + 0.3 * rng.standard_normal(n)
+    rank, rho = sm.rfe_curve(X[:1500], y[:1500], X[1500:], y[1500:], [1, 4, 30])
+    assert set(np.argsort(rank)[:4]) == set(inform)
+    assert rho[0] < rho[1] and rho[1] > 0.95 and abs(rho[2] - rho[1]) < 0.02
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="both"):
+        sm.SoftnessSVC().fit(np.ones((4, 2)), [True] * 4)
+    with pytest.raises(ValueError, match="sample 1, column 0"):
+        sm.SoftnessSVC().fit(np.array([[0.0, 1], [np.nan, 2]]), [True, False])
+    with pytest.raises(ValueError, match="unknown regressor"):
+        sm.fit_regressor("lasso", np.ones((3, 2)), np.ones(3))
+
+
+def test_gather_rows_orders_by_key_serial():
+    X, y = sm.gather_rows(MPI.COMM_SELF, [(2,), (0,)], [np.ones((2, 3)), np.zeros((1, 3))],
+                          [np.array([2, 2]), np.array([0])])
+    assert y.tolist() == [0, 2, 2] and X.shape == (3, 3)
+
+
+@pytest.mark.mpi(min_size=2)
+def test_gather_and_spread_fits_rank_independent():
+    comm = MPI.COMM_WORLD
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((400, 6))
+    y = X @ np.arange(1.0, 7.0) + 0.1 * rng.standard_normal(400)
+    blocks = [(b,) for b in range(8)]
+    mine = blocks[comm.rank::comm.size]
+    Xg, yg = sm.gather_rows(comm, mine, [X[50 * b[0]:50 * b[0] + 50] for b in mine],
+                            [y[50 * b[0]:50 * b[0] + 50] for b in mine])
+    assert np.array_equal(Xg, X) and np.array_equal(yg, y)
+    models = sm.fit_models(comm, ["ridge", "linear_svr", "mlp"],
+                           lambda name: sm.fit_regressor(name, Xg, yg, seed=1))
+    serial = {n: sm.fit_regressor(n, X, y, seed=1) for n in models}
+    for n in models:
+        assert np.array_equal(models[n].predict(X[:20]), serial[n].predict(X[:20])), n
