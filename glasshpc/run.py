@@ -27,6 +27,9 @@ from .store import Store, h5py_has_mpi
 
 def plan_text(cfg, ctx):
     """Human-readable task plan (what --dry-run prints)."""
+    if isinstance(cfg, config_mod.SoftnessRunConfig):   # softness sweep (glasshpc.softness_stages)
+        from .softness_stages import plan_text as softness_plan
+        return softness_plan(cfg, ctx)
     S, R, N = cfg.snapshots.count, cfg.iso.replicas, cfg.model.n_particles
     steps = cfg.replica_steps()
     T = steps.size
@@ -78,6 +81,9 @@ def versions():
 
 def execute(cfg, yaml_text, ctx, store_mode="auto"):
     """Run every stage; returns a dict of summary results (also written to the file)."""
+    if isinstance(cfg, config_mod.SoftnessRunConfig):   # softness sweep (glasshpc.softness_stages)
+        from .softness_stages import execute_softness
+        return execute_softness(cfg, yaml_text, ctx, store_mode)
     t_start = time.perf_counter()
     spec0 = stages.descriptor_spec(cfg, 2.0)   # feature count does not depend on r_generation
     store = Store(cfg.output, ctx, stages.layout(cfg, spec0.n_features), mode=store_mode)
