@@ -106,3 +106,107 @@ def test_gather_and_spread_fits_rank_independent():
     serial = {n: sm.fit_regressor(n, X, y, seed=1) for n in models}
     for n in models:
         assert np.array_equal(models[n].predict(X[:20]), serial[n].predict(X[:20])), n
+
+
+# -- the softness sweep end to end (real LAMMPS, real MPI, real HDF5) ---------------------------
+
+SWEEP_YAML = """
+output: {output}
+seed: 3
+model: {{name: kob_andersen, n_particles: 300}}
+md: {{melt_time: 2, nvt_time: 5, nve_time: 5}}
+softness:
+  state_points:
+    - {{temperature: 0.7, density: 1.2, snapshots: 2}}
+    - {{temperature: 1.0, density: 1.2, snapshots: 2}}
+  trajectory: {{duration: 30, measure_frames: 4}}
+  indicator: {{p_l: 0.05, quiet_time: 12}}
+  training: {{rearranging: 100, fluidity_min_temperature: 1.0, fluidity_fraction: 0.01,
+             fluidity_examples: 60}}
+  p_r: {{replicas: 4, replicas_per_task: 2, duration: 12, by: 7}}
+  features:
+    radial: [{{r_min: 0.0, r_max: 2.0, count: 9, delta: 0.2}}]
+    angular: [{{r_min: 1.25, r_max: 1.75, count: 2, delta: 0.15}}]
+    l: [2, 4, 6]
+    truncation: 4
+  models: [svc, ridge, linear_svr, mlp]
+  barriers: {{max_temperature: 1.1, bins: {{min: -20, max: 20, count: 8}}, min_count: 1}}
+"""
+
+
+def _sweep(path, comm):
+    from glasshpc import config
+    from glasshpc.parallel import Context
+    from glasshpc.run import execute
+    text = SWEEP_YAML.format(output=path)
+    return execute(config.parse(text), text, Context(comm))
+
+
+def test_sweep_writes_softness_and_barriers(tmp_path):
+    import h5py
+    from glasshpc.structure.descriptors import compute_descriptors
+    from glasshpc.softness_stages import Plan
+    from glasshpc import config
+    out = str(tmp_path / "sweep.h5")
+    summary = _sweep(out, MPI.COMM_SELF)
+    pl = Plan(config.parse(SWEEP_YAML.format(output=out)))
+    with h5py.File(out, "r") as f:
+        d = f["softness/data"]
+        types = d["types"][()]
+        # stored snapshot features are the descriptors of the stored snapshot
+        x0 = compute_descriptors(d["positions"][1], types[1], d["box"][1], pl.spec)
+        np.testing.assert_allclose(d["snapshot_features"][1], x0.astype(np.float32))
+        normal = f["softness/models/svc/normal"][()]
+        assert normal.shape == (pl.M,) and np.linalg.norm(normal) == pytest.approx(1.0)
+        # the SVC refitted on the stored training set gives the stored hyperplane
+        lab = d["train_label"][()]
+        sel = (lab >= 0) & (f["softness/snapshot_state"][()] == 0)[:, None]
+        X = d["train_X"][()][sel]
+        refit = sm.SoftnessSVC(1e-2).fit(X, lab[sel] == 1)
+        np.testing.assert_allclose(refit.coef_, normal, atol=1e-10)
+        assert (lab[sel] == 1).sum() == (lab[sel] == 0).sum() > 10       # balanced
+        # every A particle of every measured frame lands in a bin (edges ±20), and the
+        # rearranging counts are those of the stored indicator
+        A = types == 0
+        re = d["rearranged"][()].astype(bool)
+        for m in ("svc", "ridge", "linear_svr", "mlp", "svc_S"):
+            n, k = f[f"barriers/{m}/n"][()], f[f"barriers/{m}/k"][()]
+            for p in range(2):
+                js = np.flatnonzero(f["softness/snapshot_state"][()] == p)
+                assert n[p].sum() == A[js].sum() * pl.K
+                assert k[p].sum() == sum(re[j][:, A[j]].sum() for j in js)
+            ev = f[f"barriers/{m}/explained_variance"][()]
+            assert np.all((ev >= 0) & (ev <= 1))
+        assert k[0].sum() < k[1].sum()           # hotter → more rearrangements in 2 τ
+        D = f["softness/dot_products"][()]
+        np.testing.assert_allclose(np.diag(D), 1.0)
+        assert f["barriers/svc"].attrs["sigma_tr"] > 0
+        assert "fix traj all nvt" in f["provenance"].attrs["lammps_commands"]
+    assert set(summary["barriers"]) >= {"svc", "svc_S", "ridge"}
+
+
+@pytest.mark.mpi(min_size=2)
+def test_sweep_one_and_two_ranks_agree(tmp_path):
+    import os
+    import h5py
+    comm = MPI.COMM_WORLD
+    folder = comm.bcast(str(tmp_path), root=0)
+    two, one = os.path.join(folder, "two.h5"), os.path.join(folder, "one.h5")
+    _sweep(two, comm)
+    if comm.rank == 0:
+        _sweep(one, MPI.COMM_SELF)
+    comm.Barrier()
+    with h5py.File(one, "r") as a, h5py.File(two, "r") as b:
+        for name in a["softness/data"]:
+            # bitwise (NaN marks the unused slots, equal in both)
+            np.testing.assert_array_equal(a["softness/data"][name][()],
+                                          b["softness/data"][name][()], err_msg=name)
+        for m in ("svc", "ridge", "linear_svr"):
+            np.testing.assert_allclose(a[f"softness/models/{m}/normal"][()],
+                                       b[f"softness/models/{m}/normal"][()], rtol=1e-10, atol=1e-12)
+        for m in ("svc", "svc_S", "ridge", "mlp"):
+            assert np.array_equal(a[f"barriers/{m}/n"][()], b[f"barriers/{m}/n"][()]), m
+            assert np.array_equal(a[f"barriers/{m}/k"][()], b[f"barriers/{m}/k"][()]), m
+            np.testing.assert_allclose(a[f"barriers/{m}/delta_e"][()],
+                                       b[f"barriers/{m}/delta_e"][()], rtol=1e-9)
+        assert b["provenance"].attrs["ranks"] == comm.size
