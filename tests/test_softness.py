@@ -210,3 +210,23 @@ def test_sweep_one_and_two_ranks_agree(tmp_path):
             np.testing.assert_allclose(a[f"barriers/{m}/delta_e"][()],
                                        b[f"barriers/{m}/delta_e"][()], rtol=1e-9)
         assert b["provenance"].attrs["ranks"] == comm.size
+
+
+@pytest.mark.parametrize("change, key", [
+    (("p_l: 0.05", "p_l: -1"), "softness.indicator.p_l"),
+    (("models: [svc, ridge, linear_svr, mlp]", "models: [svc, lasso]"), "softness.models[1]"),
+    (("models: [svc, ridge, linear_svr, mlp]", "models: [ridge]"), "softness.models"),
+    (("r_max: 2.0, count: 9", "r_max: 3.0, count: 9"), "softness.features.radial[0]"),
+    (("duration: 30,", "duration: 30.5,"), "softness.trajectory.duration"),
+    (("by: 7", "by: 9"), "softness.p_r.by"),
+    (("replicas_per_task: 2", "replicas_per_task: 3"), "softness.p_r.replicas_per_task"),
+    (("snapshots: 2}}\n    - {{temperature: 1.0", "snapshots: 0}}\n    - {{temperature: 1.0"),
+     "softness.state_points[0].snapshots"),
+])
+def test_sweep_config_errors_name_the_key(change, key):
+    from glasshpc import config
+    text = SWEEP_YAML.replace(*change)
+    assert text != SWEEP_YAML
+    with pytest.raises(config.ConfigError) as err:
+        config.parse(text.format(output="x.h5"))
+    assert err.value.key == key
