@@ -55,31 +55,35 @@ def _frames_per(duration, frame_interval, what):
 
 @njit(cache=True)
 def _p_hop_kernel(x, w, out):
+    # direct window sums (no running sums: they lose precision on long unwrapped trajectories)
     F, N = x.shape[0], x.shape[1]
     inv = 1.0 / (w + 1)
     for i in range(N):
         for t in range(w, F - w):
-            ma = np.zeros(3)
-            mb = np.zeros(3)
+            ax = ay = az = 0.0
+            bx = by = bz = 0.0
             for k in range(t - w, t + 1):
-                for d in range(3):
-                    ma[d] += x[k, i, d]
+                ax += x[k, i, 0]
+                ay += x[k, i, 1]
+                az += x[k, i, 2]
             for k in range(t, t + w + 1):
-                for d in range(3):
-                    mb[d] += x[k, i, d]
-            for d in range(3):
-                ma[d] *= inv
-                mb[d] *= inv
+                bx += x[k, i, 0]
+                by += x[k, i, 1]
+                bz += x[k, i, 2]
+            ax *= inv
+            ay *= inv
+            az *= inv
+            bx *= inv
+            by *= inv
+            bz *= inv
             sa = 0.0   # ⟨(r − ⟨r⟩_B)²⟩_A
             for k in range(t - w, t + 1):
-                for d in range(3):
-                    u = x[k, i, d] - mb[d]
-                    sa += u * u
+                u, v, q = x[k, i, 0] - bx, x[k, i, 1] - by, x[k, i, 2] - bz
+                sa += u * u + v * v + q * q
             sb = 0.0   # ⟨(r − ⟨r⟩_A)²⟩_B
             for k in range(t, t + w + 1):
-                for d in range(3):
-                    u = x[k, i, d] - ma[d]
-                    sb += u * u
+                u, v, q = x[k, i, 0] - ax, x[k, i, 1] - ay, x[k, i, 2] - az
+                sb += u * u + v * v + q * q
             out[t, i] = math.sqrt(sa * inv * sb * inv)
 
 
