@@ -383,6 +383,8 @@ def describe():
                 walk(t, key)
 
     walk(Config, "")
+    lines.append("# softness sweep: a file with a top-level 'softness:' key (instead of the keys above)")
+    walk(SoftnessRunConfig, "")
     return "\n".join(lines)
 
 
