@@ -40,7 +40,7 @@ def snapshot_from_file(cfg, s):
 def check_inputs(cfg, ctx):
     """Collective. Read and check every snapshot file (ranks share the files) before anything is
     created; raises InputError (the first problem, same on every rank). No-op for MD snapshots."""
-    if cfg.snapshots.source != "files":
+    if getattr(cfg, "snapshots", None) is None or cfg.snapshots.source != "files":
         return
     err = None
     for s in ctx.mine(list(range(cfg.snapshots.count))):

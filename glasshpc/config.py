@@ -507,6 +507,8 @@ def parse(text):
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ConfigError("<yaml>", f"not valid YAML: {err}") from None
+    if isinstance(data, dict) and "softness" in data:   # the softness sweep has its own schema
+        return parse_softness(data)
     cfg = _build(Config, data, "")
     cfg = _model_checks(cfg)
     cfg = _resolve_snapshot_source(cfg)
@@ -541,6 +543,8 @@ def describe():
                 walk(t, key)
 
     walk(Config, "")
+    lines.append("# softness sweep: a file with a top-level 'softness:' key (instead of the keys above)")
+    walk(SoftnessRunConfig, "")
     return "\n".join(lines)
 
 
@@ -620,3 +624,228 @@ def _check_descriptor_preset(cfg, data):
     if given:
         raise ConfigError(f"descriptors.{given[0]}", f"give either descriptors.preset ({d.preset!r}) or "
                                                      "explicit radial/angular/l blocks, not both")
+
+
+# -- the softness / energy-barrier sweep ([SOFT]; SCIENCE.md §2, §5, §6) -------------------------
+# A YAML file with a top-level ``softness:`` key is a sweep over state points (its own schema,
+# :class:`SoftnessRunConfig`); ``python -m glasshpc.run`` then runs glasshpc.softness_stages.
+
+
+@dataclass(frozen=True)
+class StatePoint:
+    temperature: float = _f(doc="temperature T (ε/k_B)", lo=0.0, lo_open=True)
+    density: float = _f(doc="number density ρ (σ⁻³)", lo=0.0, lo_open=True)
+    snapshots: int = _f(doc="independent snapshots (each gives one trajectory)", lo=1)
+
+
+@dataclass(frozen=True)
+class SoftModelConfig:
+    name: str = _f(doc="glass former", choices=("kob_andersen",))
+    n_particles: int = _f(doc="particles per snapshot", lo=2)
+
+
+@dataclass(frozen=True)
+class TrajectoryConfig:
+    duration: float = _f(doc="trajectory length after the snapshot (τ)", lo=0.0, lo_open=True)
+    frame_interval: float = _f(1.0, "time between frames (τ); [SOFT]: 1", lo=0.0, lo_open=True)
+    ensemble: str = _f("nvt", "Nosé–Hoover NVT ([SOFT]) or NVE", choices=("nvt", "nve"))
+    measure_frames: int = _f(10, "structure frames t0 per trajectory at which P_R (rearranging "
+                                 "in (t0, t0 + window]) is measured", lo=1)
+
+
+@dataclass(frozen=True)
+class IndicatorConfig:
+    half_window: float = _f(5.0, "p_hop windows A = [t − w, t], B = [t, t + w] (τ)", lo=0.0,
+                            lo_open=True)
+    p_c: float = _f(0.2, "p_hop > p_c: rearranging (σ²) [SOFT]", lo=0.0, lo_open=True)
+    p_l: float = _f(0.0085, "p_hop < p_l for quiet_time: non-rearranging (σ²) [SOFT]", lo=0.0,
+                    lo_open=True)
+    quiet_time: float = _f(120.0, "minimum duration of a non-rearranging run (τ)", lo=0.0,
+                           lo_open=True)
+    lag: float = _f(2.0, "structure taken at t − lag for rearranging examples (τ)", lo=0.0)
+    window: float = _f(2.0, "P_R window after the structure frame (τ)", lo=0.0, lo_open=True)
+    csd_threshold: float = _f(0.0966, "CSD threshold (σ²) [SOFT] App. A (stored for reference)",
+                              lo=0.0, lo_open=True)
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    temperature: object = _f(AUTO, "state-point temperature of the softness training set; "
+                                   "'auto' = the coldest", kind="float_or_auto")
+    rearranging: int = _f(3800, "rearranging examples (balanced with non-rearranging) [SOFT]",
+                          lo=1)
+    fluidity_min_temperature: float = _f(1.0, "fluidity classifiers at state points with T ≥ this",
+                                         lo=0.0)
+    fluidity_fraction: float = _f(3.3e-4, "extreme tail fraction of p_hop per side [SOFT]",
+                                  lo=0.0, hi=0.5, lo_open=True, hi_open=True)
+    fluidity_examples: int = _f(5200, "examples per class of a fluidity set [SOFT]", lo=1)
+
+
+@dataclass(frozen=True)
+class RearrangementProbabilityConfig:
+    replicas: int = _f(0, "short isoconfigurational replicas per snapshot (0 = no p_r); "
+                          "[SOFT]: 10⁴–10⁶", lo=0)
+    replicas_per_task: int = _f(10, "replicas run by one task", lo=1)
+    duration: float = _f(30.0, "replica length (τ)", lo=0.0, lo_open=True)
+    by: float = _f(25.0, "rearranged (p_hop > p_c) at some t ≤ by (τ)", lo=0.0, lo_open=True)
+    temperatures: tuple = _f(doc="state-point temperatures with p_r (empty = all)",
+                             kind=("list", float), factory=tuple)
+    test_snapshots: int = _f(1, "training-T snapshots held out for the regressors' Pearson ρ",
+                             lo=0)
+
+
+def _default_soft_radial():
+    return (ShellBlock(0.0, 4.9, 50, 0.2),)
+
+
+def _default_soft_angular():
+    # the sharp shells [r_min, r_min + 0.5], r_min = 1.0 … 3.0, as Gaussians centred mid-shell
+    return (ShellBlock(1.25, 3.25, 5, 0.15),)
+
+
+@dataclass(frozen=True)
+class SoftFeaturesConfig:
+    radial: tuple = _f(doc="radial shells G(r, δ, s) per species ([SOFT]: r = 0 … 4.9, δ = 0.2)",
+                       kind=("list", ShellBlock), factory=_default_soft_radial)
+    angular: tuple = _f(doc="angular shells q_l(r, δ)", kind=("list", ShellBlock),
+                        factory=_default_soft_angular)
+    l: tuple = _f(doc="angular orders ([SOFT]: 2, 4, …, 14)", kind=("list", int),
+                  factory=lambda: (2, 4, 6, 8, 10, 12, 14))
+    truncation: float = _f(7.0, "Gaussians cut at |r_ij − r| > truncation·δ", lo=2.0)
+
+
+@dataclass(frozen=True)
+class BinsConfig:
+    min: float = _f(-3.0, "lowest bin edge of x", )
+    max: float = _f(3.0, "highest bin edge of x")
+    count: int = _f(12, "equal-width bins", lo=1)
+
+
+@dataclass(frozen=True)
+class BarriersConfig:
+    form: str = _f("arrhenius", "ln P_R = Σ − ΔE/T or the Kramers form", choices=("arrhenius",
+                                                                                  "kramers"))
+    max_temperature: float = _f(0.9, "fit only state points with T ≤ this (supercooled)", lo=0.0,
+                                lo_open=True)
+    bins: BinsConfig = _f(doc="bins of the Z-score x (and of S)", factory=BinsConfig)
+    min_count: int = _f(20, "bins with fewer particles at a T are left out of the fits", lo=1)
+
+
+@dataclass(frozen=True)
+class SoftnessConfig:
+    state_points: tuple = _f(doc="list of {temperature, density, snapshots}",
+                             kind=("list", StatePoint))
+    trajectory: TrajectoryConfig = _f(doc="trajectories for p_hop / P_R")
+    species: str = _f("A", "species the models are trained and applied on", choices=("A", "B"))
+    indicator: IndicatorConfig = _f(doc="p_hop windows and thresholds", factory=IndicatorConfig)
+    training: TrainingConfig = _f(doc="softness / fluidity training sets", factory=TrainingConfig)
+    p_r: RearrangementProbabilityConfig = _f(doc="isoconfigurational p_r",
+                                             factory=RearrangementProbabilityConfig)
+    features: SoftFeaturesConfig = _f(doc="structural features", factory=SoftFeaturesConfig)
+    C: float = _f(1e-2, "soft-margin penalty of the softness SVC [SOFT]", lo=0.0, lo_open=True)
+    models: tuple = _f(doc="models: svc, linear_svr, ridge, rbf_svr, mlp", kind=("list", str),
+                       factory=lambda: ("svc", "linear_svr", "ridge", "rbf_svr", "mlp"))
+    rfe_counts: tuple = _f(doc="feature counts of the RFE curve (empty = none)",
+                           kind=("list", int), factory=tuple)
+    barriers: BarriersConfig = _f(doc="energy-barrier fits", factory=BarriersConfig)
+
+
+@dataclass(frozen=True)
+class SoftnessRunConfig:
+    output: str = _f(doc="HDF5 output path")
+    model: SoftModelConfig = _f(doc="the glass former and N")
+    softness: SoftnessConfig = _f(doc="the sweep")
+    seed: int = _f(12345, "master seed", lo=0)
+    md: MDConfig = _f(doc="LAMMPS integration and preparation", factory=MDConfig)
+
+    def temperatures(self):
+        """(P,) float64 state-point temperatures."""
+        return np.array([p.temperature for p in self.softness.state_points])
+
+    def snapshot_slots(self):
+        """[(state index, snapshot index)] in slot order (the flat snapshot axis of the store)."""
+        return [(p, s) for p, sp in enumerate(self.softness.state_points)
+                for s in range(sp.snapshots)]
+
+    def training_state(self):
+        """Index of the training state point."""
+        T = self.temperatures()
+        t = self.softness.training.temperature
+        return int(np.argmin(T)) if t == AUTO else int(np.flatnonzero(np.isclose(T, t))[0])
+
+
+_CLASSES.update({c.__name__: c for c in (StatePoint, SoftModelConfig, TrajectoryConfig,
+                                         IndicatorConfig, TrainingConfig,
+                                         RearrangementProbabilityConfig, SoftFeaturesConfig,
+                                         BinsConfig, BarriersConfig, SoftnessConfig,
+                                         SoftnessRunConfig)})
+
+
+def _softness_checks(cfg):
+    s = cfg.softness
+    T = cfg.temperatures()
+    for i, sp in enumerate(s.state_points):
+        L = (cfg.model.n_particles / sp.density) ** (1.0 / 3.0)
+        for name in ("radial", "angular"):
+            for k, b in enumerate(getattr(s.features, name)):
+                if b.r_max < b.r_min:
+                    raise ConfigError(f"softness.features.{name}[{k}].r_max",
+                                      f"must be ≥ r_min ({b.r_min}), got {b.r_max}")
+                reach = b.r_max + s.features.truncation * b.delta
+                if reach >= L / 2:
+                    raise ConfigError(f"softness.features.{name}[{k}]",
+                                      f"shells reach {reach:.3g} σ, not below half the box "
+                                      f"({L / 2:.3g} σ) of state_points[{i}]")
+    if len(set(np.round(T, 12))) != T.size:
+        raise ConfigError("softness.state_points", "temperatures must be distinct")
+    t = s.training.temperature
+    if t != AUTO and not np.any(np.isclose(T, t)):
+        raise ConfigError("softness.training.temperature",
+                          f"must be one of the state-point temperatures {T.tolist()}, got {t}")
+    for i, t in enumerate(s.p_r.temperatures):
+        if not np.any(np.isclose(T, t)):
+            raise ConfigError(f"softness.p_r.temperatures[{i}]",
+                              f"must be a state-point temperature {T.tolist()}, got {t}")
+    for i, m in enumerate(s.models):
+        if m not in ("svc", "linear_svr", "ridge", "rbf_svr", "mlp"):
+            raise ConfigError(f"softness.models[{i}]", "must be one of svc, linear_svr, ridge, "
+                                                       f"rbf_svr, mlp; got {m!r}")
+    if "svc" not in s.models:
+        raise ConfigError("softness.models", "must contain 'svc' (b_best and σ_tr use it)")
+    ind, tr = s.indicator, s.trajectory
+    for key, val in (("softness.trajectory.duration", tr.duration),
+                     ("softness.indicator.half_window", ind.half_window),
+                     ("softness.indicator.quiet_time", ind.quiet_time),
+                     ("softness.indicator.lag", ind.lag), ("softness.indicator.window", ind.window),
+                     ("softness.p_r.duration", s.p_r.duration), ("softness.p_r.by", s.p_r.by)):
+        k = val / tr.frame_interval
+        if abs(k - round(k)) > 1e-6:
+            raise ConfigError(key, f"must be a whole number of frame intervals "
+                                   f"({tr.frame_interval} τ), got {val}")
+    fi = tr.frame_interval / cfg.md.timestep
+    if abs(fi - round(fi)) > 1e-6:
+        raise ConfigError("softness.trajectory.frame_interval",
+                          f"must be a whole number of timesteps ({cfg.md.timestep})")
+    if tr.duration < 2 * ind.half_window + ind.window + tr.frame_interval:
+        raise ConfigError("softness.trajectory.duration",
+                          f"must exceed 2·half_window + window = "
+                          f"{2 * ind.half_window + ind.window} τ")
+    if s.p_r.replicas and not ind.half_window <= s.p_r.by <= s.p_r.duration - ind.half_window:
+        raise ConfigError("softness.p_r.by", f"p_hop at t ≤ by needs half_window ≤ by ≤ duration − "
+                                             f"half_window ({ind.half_window}, "
+                                             f"{s.p_r.duration - ind.half_window})")
+    if s.p_r.replicas and s.p_r.replicas % s.p_r.replicas_per_task:
+        raise ConfigError("softness.p_r.replicas_per_task",
+                          f"must divide p_r.replicas ({s.p_r.replicas})")
+    if s.barriers.bins.max <= s.barriers.bins.min:
+        raise ConfigError("softness.barriers.bins.max", "must exceed bins.min")
+    for i, c in enumerate(s.rfe_counts):
+        if c < 1:
+            raise ConfigError(f"softness.rfe_counts[{i}]", f"must be ≥ 1, got {c}")
+
+
+def parse_softness(data):
+    """SoftnessRunConfig from an already loaded YAML mapping (ConfigError names the key)."""
+    cfg = _build(SoftnessRunConfig, data, "")
+    _softness_checks(cfg)
+    return cfg

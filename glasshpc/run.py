@@ -27,6 +27,9 @@ from .store import ResumeError, Store, h5py_has_mpi
 
 def plan_text(cfg, ctx):
     """Human-readable task plan (what --dry-run prints)."""
+    if isinstance(cfg, config_mod.SoftnessRunConfig):   # softness sweep (glasshpc.softness_stages)
+        from .softness_stages import plan_text as softness_plan
+        return softness_plan(cfg, ctx)
     S, R, N = cfg.snapshots.count, cfg.iso.replicas, cfg.model.n_particles
     steps = cfg.replica_steps()
     T = steps.size
@@ -93,6 +96,10 @@ def versions():
 def execute(cfg, yaml_text, ctx, store_mode="auto", resume=False, overwrite=False):
     """Run every stage; returns a dict of summary results (also written to the file).
     ``resume``/``overwrite``: see :class:`glasshpc.store.Store` and ``--resume``."""
+    if isinstance(cfg, config_mod.SoftnessRunConfig):   # softness sweep (glasshpc.softness_stages)
+        from .softness_stages import execute_softness
+        return execute_softness(cfg, yaml_text, ctx, store_mode, resume=resume,
+                                overwrite=overwrite)
     t_start = time.perf_counter()
     spec0 = stages.descriptor_spec(cfg, 2.0)   # feature count does not depend on r_generation
     store = Store(cfg.output, ctx, stages.layout(cfg, spec0.n_features), mode=store_mode,
@@ -247,7 +254,8 @@ def main(argv=None):
         return refuse(err)
     if args.dry_run:
         ctx.log(plan_text(cfg, ctx))
-        ctx.log(cluster.dry_run_text(cfg, ctx))
+        if not isinstance(cfg, config_mod.SoftnessRunConfig):   # the sweep's plan has its costs
+            ctx.log(cluster.dry_run_text(cfg, ctx))
         return 0
     if ctx.size > 1 and not any(k in os.environ for k in ("OMP_NUM_THREADS",
                                                            "OPENBLAS_NUM_THREADS",
