@@ -62,9 +62,10 @@ def ka_potential():
     return PairPotential("lj", m.epsilon, m.sigma, m.cutoff, shift=m.shifted), m.sigma_self()
 
 
-def run_case(name, pos, types, box, pot, T, sigma, cage, moves, repeats, goal):
+def run_case(name, pos, types, box, pot, T, sigma, cage, moves, repeats, goal, skin=None):
     n = len(pos)
-    kw = dict(cage=cage, cage_radius=0.5 * sigma, cage_sigma=sigma, target_acceptance=0.3)
+    kw = dict(cage=cage, cage_radius=0.5 * sigma, cage_sigma=sigma, target_acceptance=0.3,
+              skin=skin)
     cage_state(pos, types, box, pot, T, 5, 5, seed=99, **kw)  # compile / warm up
     sweeps = max(2, int(round(moves / n)))
     n_eq, n_meas = sweeps // 2, sweeps - sweeps // 2
@@ -91,6 +92,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--snapshots", default=None, help="directory caching the prepared snapshots")
     ap.add_argument("--quick", action="store_true", help="only KA T=0.55 Voronoi and HS Voronoi")
+    ap.add_argument("--skin", type=float, default=None, help="Verlet skin (default: cage_state's)")
     args = ap.parse_args()
     print(f"uptime: {os.popen('uptime').read().strip()}")
     pot, sig = ka_potential()
@@ -105,7 +107,7 @@ def main():
         cases.append((f"HS N=2000 eta=0.58 {cage}", p, t, b, hs, 1.0, np.array([1.0, 0.85]),
                       cage, GOAL_HS))
     for name, p, t, b, pt, T, s, cage, goal in cases:
-        run_case(name, p, t, b, pt, T, s, cage, args.moves, args.repeats, goal)
+        run_case(name, p, t, b, pt, T, s, cage, args.moves, args.repeats, goal, args.skin)
     print(f"uptime: {os.popen('uptime').read().strip()}")
 
 
