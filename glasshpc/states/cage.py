@@ -125,191 +125,420 @@ class PairPotential:
         return cls("hard", np.zeros((2, 2)), sig, sig.copy())
 
 
-# --------------------------------------------------------------------------- numba kernels
+# --------------------------------------------------------------------------- random numbers
+# xoshiro256+ (Blackman & Vigna 2018) seeded by splitmix64: a private, explicitly passed
+# generator state (4 uint64) -- faster than numba's global Mersenne Twister and independent of
+# any other numba code using np.random in the same process.
+
+_SM_A = np.uint64(0x9E3779B97F4A7C15)
+_SM_B = np.uint64(0xBF58476D1CE4E5B9)
+_SM_C = np.uint64(0x94D049BB133111EB)
+_U30, _U27, _U31 = np.uint64(30), np.uint64(27), np.uint64(31)
+_U17, _U45, _U19, _U11 = np.uint64(17), np.uint64(45), np.uint64(19), np.uint64(11)
+_TWO_M53 = 1.0 / 9007199254740992.0
+
 
 @njit(cache=True)
-def _build_list(pos, box, cut, allpairs):
-    """Neighbour list (offsets, neighbours, image shifts) of radius ``cut`` around ``pos``.
+def _rng_state(seed):
+    s = np.empty(4, np.uint64)
+    x = seed
+    for k in range(4):
+        x = x + _SM_A
+        z = x
+        z = (z ^ (z >> _U30)) * _SM_B
+        z = (z ^ (z >> _U27)) * _SM_C
+        s[k] = z ^ (z >> _U31)
+    return s
 
-    shift[k] is the lattice vector with  r_j + shift[k] - r_i  = minimum image at build time.
-    While every particle stays within skin/2 of its build position, this stored image is the
-    only image of j that can come within r_c of i (it was the unique image within
-    r_c + skin < L/2), so no minimum-image search is needed per move.  With ``allpairs`` the
-    list holds every j != i and the minimum image is recomputed on the fly instead.
+
+@njit(cache=True, inline="always")
+def _uniform(s):
+    """Uniform double in [0, 1) (53 random bits)."""
+    s0 = s[0]
+    s1 = s[1]
+    s2 = s[2]
+    s3 = s[3]
+    r = s0 + s3
+    t = s1 << _U17
+    s2 ^= s0
+    s3 ^= s1
+    s1 ^= s2
+    s0 ^= s3
+    s2 ^= t
+    s3 = (s3 << _U45) | (s3 >> _U19)
+    s[0] = s0
+    s[1] = s1
+    s[2] = s2
+    s[3] = s3
+    return np.float64(r >> _U11) * _TWO_M53
+
+
+# --------------------------------------------------------------------------- neighbour lists
+# Layout (rebuilt together): row i of the full list is split into one segment per species s of
+# the neighbour, entries row_off[i*S + s] : row_off[i*S + s + 1], so that the pair parameters are
+# loop constants.  Per entry k: nbj[k] = j, the lattice shift (sx, sy, sz)[k] of the image of j
+# (a multiple of the box), the *current* image-shifted neighbour coordinates
+# (ex, ey, ez)[k] = r_j + shift (kept up to date on every accepted move of j through the reverse
+# entry rev[k], the entry of i in j's row, whose shift is -shift), and the cached pair energy
+# pe[k] = pe[rev[k]].  The energy loop then streams three contiguous arrays, branch free.
+
+
+@njit(cache=True)
+def _pairs_cells(pos, types, box, lcut2, lmax):
+    """Half-list cell search (cells of edge >= lmax / sub, half stencil, each pair once) with the
+    unique minimum image (lmax < L/2); all pairs with the minimum image if a box edge holds
+    fewer than 2 sub + 1 cells."""
+    n = pos.shape[0]
+    nc = np.empty(3, np.int64)
+    sub = 2
+    for d in range(3):
+        if int(np.floor(box[d] * 2 / lmax)) < 5:
+            sub = 1
+    for d in range(3):
+        nc[d] = max(1, int(np.floor(box[d] * sub / lmax)))
+    use_cells = nc[0] >= 2 * sub + 1 and nc[1] >= 2 * sub + 1 and nc[2] >= 2 * sub + 1
+    if not use_cells:
+        nc[:] = 1
+    w = np.empty((n, 3))
+    ncell = nc[0] * nc[1] * nc[2]
+    cell = np.empty(n, np.int64)
+    start = np.zeros(ncell + 1, np.int64)
+    for i in range(n):
+        c = 0
+        for d in range(3):
+            x = pos[i, d] - box[d] * np.floor(pos[i, d] / box[d])
+            if x >= box[d]:
+                x -= box[d]
+            w[i, d] = x
+            k = min(int(x / box[d] * nc[d]), nc[d] - 1)
+            c = c * nc[d] + k
+        cell[i] = c
+        start[c + 1] += 1
+    for c in range(ncell):
+        start[c + 1] += start[c]
+    fill = start[:-1].copy()
+    order = np.empty(n, np.int64)
+    for i in range(n):
+        order[fill[cell[i]]] = i
+        fill[cell[i]] += 1
+    # half stencil: offset 0 and the offsets lexicographically > 0
+    offs = np.zeros(((2 * sub + 1) ** 3 // 2 + 1, 3), np.int64)
+    no = 1
+    if use_cells:
+        for ox in range(-sub, sub + 1):
+            for oy in range(-sub, sub + 1):
+                for oz in range(-sub, sub + 1):
+                    if (ox, oy, oz) > (0, 0, 0):
+                        offs[no, 0] = ox
+                        offs[no, 1] = oy
+                        offs[no, 2] = oz
+                        no += 1
+    cap = int(0.5 * n * (4.18879 * lmax ** 3 * n / (box[0] * box[1] * box[2])) * 1.3) + 64
+    pi = np.empty(cap, np.int64)
+    pj = np.empty(cap, np.int64)
+    ps = np.empty((cap, 3))
+    m = 0
+    hb0 = 0.5 * box[0]
+    hb1 = 0.5 * box[1]
+    hb2 = 0.5 * box[2]
+    for c in range(ncell):
+        cz = c % nc[2]
+        cy = (c // nc[2]) % nc[1]
+        cx = c // (nc[1] * nc[2])
+        for o in range(no):
+            c2 = (((cx + offs[o, 0]) % nc[0]) * nc[1] + (cy + offs[o, 1]) % nc[1]) * nc[2] \
+                + (cz + offs[o, 2]) % nc[2]
+            for p in range(start[c], start[c + 1]):
+                i = order[p]
+                ti = types[i]
+                q0 = p + 1 if o == 0 else start[c2]
+                for q in range(q0, start[c2 + 1]):
+                    j = order[q]
+                    d0 = w[j, 0] - w[i, 0]  # wrapped: |d| < L, one correction at most
+                    d1 = w[j, 1] - w[i, 1]
+                    d2 = w[j, 2] - w[i, 2]
+                    d0 = d0 - box[0] if d0 > hb0 else (d0 + box[0] if d0 < -hb0 else d0)
+                    d1 = d1 - box[1] if d1 > hb1 else (d1 + box[1] if d1 < -hb1 else d1)
+                    d2 = d2 - box[2] if d2 > hb2 else (d2 + box[2] if d2 < -hb2 else d2)
+                    if d0 * d0 + d1 * d1 + d2 * d2 < lcut2[ti, types[j]]:
+                        # exact lattice shift of the unwrapped positions: r_j + s - r_i = d
+                        s0 = box[0] * np.rint((pos[i, 0] - pos[j, 0] + d0) / box[0])
+                        s1 = box[1] * np.rint((pos[i, 1] - pos[j, 1] + d1) / box[1])
+                        s2 = box[2] * np.rint((pos[i, 2] - pos[j, 2] + d2) / box[2])
+                        if m == cap:
+                            cap *= 2
+                            pi2 = np.empty(cap, np.int64)
+                            pj2 = np.empty(cap, np.int64)
+                            ps2 = np.empty((cap, 3))
+                            pi2[:m] = pi[:m]
+                            pj2[:m] = pj[:m]
+                            ps2[:m] = ps[:m]
+                            pi, pj, ps = pi2, pj2, ps2
+                        if i < j:  # row i sees r_j + s, row j sees r_i - s
+                            pi[m] = i
+                            pj[m] = j
+                            ps[m, 0] = s0
+                            ps[m, 1] = s1
+                            ps[m, 2] = s2
+                        else:
+                            pi[m] = j
+                            pj[m] = i
+                            ps[m, 0] = -s0
+                            ps[m, 1] = -s1
+                            ps[m, 2] = -s2
+                        m += 1
+    return pi[:m], pj[:m], ps[:m]
+
+
+@njit(cache=True)
+def _pairs(pos, types, box, lcut2, allpairs):
+    """Every pair image (i < j, lattice shift) with |r_j + shift - r_i|^2 < lcut2[t_i, t_j].
+
+    Without ``allpairs`` (max list cutoff < L/2) the image is the unique minimum image, found with
+    the cell list; with ``allpairs`` every image within the cutoff is enumerated (small boxes).
     """
     n = pos.shape[0]
-    if allpairs:
-        off = np.empty(n + 1, np.int64)
-        nb = np.empty(n * (n - 1), np.int64)
-        k = 0
+    lmax = np.sqrt(lcut2.max())
+    if not allpairs:
+        return _pairs_cells(pos, types, box, lcut2, lmax)
+    kx = int(np.ceil(lmax / box[0])) + 1
+    ky = int(np.ceil(lmax / box[1])) + 1
+    kz = int(np.ceil(lmax / box[2])) + 1
+    pi = np.empty(0, np.int64)
+    pj = np.empty(0, np.int64)
+    ps = np.empty((0, 3))
+    for sweep in range(2):  # count, then fill
+        m = 0
         for i in range(n):
-            off[i] = k
-            for j in range(n):
-                if j != i:
-                    nb[k] = j
-                    k += 1
-        off[n] = k
-        return off, nb, np.zeros((nb.shape[0], 3))
-    off, nb, vec, _ = _neighbor_list(pos, box, cut)
-    shift = np.empty_like(vec)
+            ti = types[i]
+            for j in range(i + 1, n):
+                c = lcut2[ti, types[j]]
+                d0 = pos[j, 0] - pos[i, 0]
+                d1 = pos[j, 1] - pos[i, 1]
+                d2 = pos[j, 2] - pos[i, 2]
+                b0 = np.rint(d0 / box[0])
+                b1 = np.rint(d1 / box[1])
+                b2 = np.rint(d2 / box[2])
+                for a0 in range(-kx, kx + 1):
+                    s0 = box[0] * (a0 - b0)
+                    for a1 in range(-ky, ky + 1):
+                        s1 = box[1] * (a1 - b1)
+                        for a2 in range(-kz, kz + 1):
+                            s2 = box[2] * (a2 - b2)
+                            r2 = (d0 + s0) ** 2 + (d1 + s1) ** 2 + (d2 + s2) ** 2
+                            if r2 < c:
+                                if sweep == 1:
+                                    pi[m] = i
+                                    pj[m] = j
+                                    ps[m, 0] = s0
+                                    ps[m, 1] = s1
+                                    ps[m, 2] = s2
+                                m += 1
+        if sweep == 0:
+            pi = np.empty(m, np.int64)
+            pj = np.empty(m, np.int64)
+            ps = np.empty((m, 3))
+    return pi, pj, ps
+
+
+@njit(cache=True)
+def _build_lists(pos, types, box, n_species, lcut2, allpairs):
+    """Full per-species-segmented list (see layout above) around the current positions."""
+    n = pos.shape[0]
+    S = n_species
+    pi, pj, ps = _pairs(pos, types, box, lcut2, allpairs)
+    m = pi.shape[0]
+    row_off = np.zeros(n * S + 1, np.int64)
+    for p in range(m):
+        row_off[pi[p] * S + types[pj[p]] + 1] += 1
+        row_off[pj[p] * S + types[pi[p]] + 1] += 1
+    for c in range(n * S):
+        row_off[c + 1] += row_off[c]
+    cur = row_off[:-1].copy()
+    nbj = np.empty(2 * m, np.int64)
+    rev = np.empty(2 * m, np.int64)
+    sx = np.empty(2 * m)
+    sy = np.empty(2 * m)
+    sz = np.empty(2 * m)
+    ex = np.empty(2 * m)
+    ey = np.empty(2 * m)
+    ez = np.empty(2 * m)
+    for p in range(m):
+        i = pi[p]
+        j = pj[p]
+        k1 = cur[i * S + types[j]]
+        cur[i * S + types[j]] += 1
+        k2 = cur[j * S + types[i]]
+        cur[j * S + types[i]] += 1
+        nbj[k1] = j
+        nbj[k2] = i
+        rev[k1] = k2
+        rev[k2] = k1
+        sx[k1] = ps[p, 0]
+        sy[k1] = ps[p, 1]
+        sz[k1] = ps[p, 2]
+        sx[k2] = -ps[p, 0]
+        sy[k2] = -ps[p, 1]
+        sz[k2] = -ps[p, 2]
+        ex[k1] = pos[j, 0] + sx[k1]
+        ey[k1] = pos[j, 1] + sy[k1]
+        ez[k1] = pos[j, 2] + sz[k1]
+        ex[k2] = pos[i, 0] + sx[k2]
+        ey[k2] = pos[i, 1] + sy[k2]
+        ez[k2] = pos[i, 2] + sz[k2]
+    max_row = 0
     for i in range(n):
-        for k in range(off[i], off[i + 1]):
-            j = nb[k]
-            for d in range(3):
-                shift[k, d] = vec[k, d] - (pos[j, d] - pos[i, d])
-    return off, nb, shift
+        max_row = max(max_row, row_off[(i + 1) * S] - row_off[i * S])
+    return row_off, nbj, rev, sx, sy, sz, ex, ey, ez, max_row
+
+
+# --------------------------------------------------------------------------- row energies
+# No fastmath anywhere: the loops below are vectorised by LLVM as plain IEEE maps (no
+# reassociation needed), and the row sum uses eight fixed partial sums, so the energies -- and
+# hence every accept/reject decision -- are bitwise the same whatever the SIMD width.
 
 
 @njit(cache=True, inline="always")
-def _pair_energy(kind, r2, eps, sig, rc2, esh):
-    if r2 >= rc2:
-        return 0.0
+def _lane_sum(buf, m):
+    """sum(buf[:m]) in a fixed order (eight interleaved partial sums)."""
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
+    k = 0
+    while k + 8 <= m:
+        a0 += buf[k]
+        a1 += buf[k + 1]
+        a2 += buf[k + 2]
+        a3 += buf[k + 3]
+        a4 += buf[k + 4]
+        a5 += buf[k + 5]
+        a6 += buf[k + 6]
+        a7 += buf[k + 7]
+        k += 8
+    while k < m:
+        a0 += buf[k]
+        k += 1
+    return ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
+
+
+# The segment loops run over array *views* indexed from 0: with an index known to be >= 0
+# numba emits no negative-index wrap-around, and LLVM vectorises (5x faster than indexing the
+# full arrays with k in range(a, b)).
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _seg_lj(x, y, z, ex, ey, ez, c_s2, c_e4, c_rc, c_sh, out):
+    for k in range(ex.shape[0]):
+        dx = ex[k] - x
+        dy = ey[k] - y
+        dz = ez[k] - z
+        r2 = dx * dx + dy * dy + dz * dz
+        q = c_s2 / r2
+        q6 = q * q * q
+        v = c_e4 * (q6 * q6 - q6) - c_sh
+        out[k] = v if r2 < c_rc else 0.0
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _seg_harmonic(x, y, z, ex, ey, ez, c_is, c_ep, c_rc, out):
+    for k in range(ex.shape[0]):
+        dx = ex[k] - x
+        dy = ey[k] - y
+        dz = ez[k] - z
+        r2 = dx * dx + dy * dy + dz * dz
+        u = 1.0 - np.sqrt(r2) * c_is
+        out[k] = c_ep * u * u if r2 < c_rc else 0.0
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _seg_overlaps(x, y, z, ex, ey, ez, c_rc):
+    cnt = 0
+    for k in range(ex.shape[0]):
+        dx = ex[k] - x
+        dy = ey[k] - y
+        dz = ez[k] - z
+        cnt += (dx * dx + dy * dy + dz * dz) < c_rc
+    return cnt
+
+
+@njit(cache=True, error_model="numpy")
+def _row_lj(i, x, y, z, ti, S, row_off, ex, ey, ez, sig2, eps4, rc2, esh, buf):
+    """Pair energies of particle i placed at (x, y, z) with its row -> buf[0:m]; returns the sum.
+
+    LJ: 4 eps [(s/r)^12 - (s/r)^6] - shift for r^2 < rc^2, else 0 (branch free: select)."""
+    base = row_off[i * S]
+    for s in range(S):
+        a = row_off[i * S + s]
+        b = row_off[i * S + s + 1]
+        _seg_lj(x, y, z, ex[a:b], ey[a:b], ez[a:b], sig2[ti, s], eps4[ti, s], rc2[ti, s],
+                esh[ti, s], buf[a - base:b - base])
+    return _lane_sum(buf, row_off[i * S + S] - base)
+
+
+@njit(cache=True, error_model="numpy")
+def _row_harmonic(i, x, y, z, ti, S, row_off, ex, ey, ez, sig, eps, rc2, buf):
+    """As _row_lj for eps (1 - r/sigma)^2, r < sigma."""
+    base = row_off[i * S]
+    for s in range(S):
+        a = row_off[i * S + s]
+        b = row_off[i * S + s + 1]
+        _seg_harmonic(x, y, z, ex[a:b], ey[a:b], ez[a:b], 1.0 / sig[ti, s], eps[ti, s],
+                      rc2[ti, s], buf[a - base:b - base])
+    return _lane_sum(buf, row_off[i * S + S] - base)
+
+
+@njit(cache=True, error_model="numpy")
+def _row_overlaps(i, x, y, z, ti, S, row_off, ex, ey, ez, rc2):
+    """Hard spheres: number of row neighbours overlapping particle i placed at (x, y, z)."""
+    cnt = 0
+    for s in range(S):
+        a = row_off[i * S + s]
+        b = row_off[i * S + s + 1]
+        cnt += _seg_overlaps(x, y, z, ex[a:b], ey[a:b], ez[a:b], rc2[ti, s])
+    return cnt
+
+
+@njit(cache=True, inline="always")
+def _row_energy(kind, i, x, y, z, ti, S, row_off, ex, ey, ez, sig, sig2, eps, eps4, rc2, esh,
+                buf):
     if kind == 0:
-        s2 = sig * sig / r2
-        s6 = s2 * s2 * s2
-        return 4.0 * eps * (s6 * s6 - s6) - esh
-    if kind == 1:
-        x = 1.0 - np.sqrt(r2) / sig
-        return eps * x * x
-    return np.inf
-
-
-@njit(cache=True, inline="always")
-def _sep(j, x, y, z, k, pos, box, shift, allpairs):
-    dx = pos[j, 0] + shift[k, 0] - x
-    dy = pos[j, 1] + shift[k, 1] - y
-    dz = pos[j, 2] + shift[k, 2] - z
-    if allpairs:
-        dx -= box[0] * np.rint(dx / box[0])
-        dy -= box[1] * np.rint(dy / box[1])
-        dz -= box[2] * np.rint(dz / box[2])
-    return dx * dx + dy * dy + dz * dz
+        return _row_lj(i, x, y, z, ti, S, row_off, ex, ey, ez, sig2, eps4, rc2, esh, buf)
+    return _row_harmonic(i, x, y, z, ti, S, row_off, ex, ey, ez, sig, eps, rc2, buf)
 
 
 @njit(cache=True)
-def _energy_at(i, x, y, z, pos, types, box, off, nb, shift, allpairs, kind, eps, sig, rc2, esh):
-    """Energy of particle i placed at (x, y, z) with its list neighbours (inf on HS overlap)."""
-    ti = types[i]
-    e = 0.0
-    for k in range(off[i], off[i + 1]):
-        j = nb[k]
-        r2 = _sep(j, x, y, z, k, pos, box, shift, allpairs)
-        tj = types[j]
-        if r2 < rc2[ti, tj]:
-            v = _pair_energy(kind, r2, eps[ti, tj], sig[ti, tj], rc2[ti, tj], esh[ti, tj])
-            if kind == 2:
-                return np.inf
-            e += v
-    return e
+def _refresh(kind, pos, types, S, row_off, rev, ex, ey, ez, sig, sig2, eps, eps4, rc2, esh,
+             buf, pe, e):
+    """Recompute every cached pair energy (symmetrised: pe[k] = pe[rev[k]]) and particle energy
+    e_i = sum of its row from scratch; returns the total energy 0.5 sum_i e_i (HS: number of
+    overlapping pairs)."""
+    n = pos.shape[0]
+    tot = 0.0
+    for i in range(n):
+        ti = types[i]
+        a = row_off[i * S]
+        if kind == 2:
+            tot += _row_overlaps(i, pos[i, 0], pos[i, 1], pos[i, 2], ti, S, row_off, ex, ey, ez,
+                                 rc2)
+            continue
+        _row_energy(kind, i, pos[i, 0], pos[i, 1], pos[i, 2], ti, S, row_off, ex, ey, ez,
+                    sig, sig2, eps, eps4, rc2, esh, buf)
+        for k in range(a, row_off[i * S + S]):
+            if k < rev[k]:
+                pe[k] = buf[k - a]
+                pe[rev[k]] = buf[k - a]
+    if kind == 2:
+        return 0.5 * tot
+    for i in range(n):
+        a = row_off[i * S]
+        e[i] = _lane_sum(pe[a:], row_off[i * S + S] - a)
+        tot += e[i]
+    return 0.5 * tot
 
 
-@njit(cache=True, inline="always")
-def _lj(r2, eps, sig, esh):
-    s2 = sig * sig / r2
-    s6 = s2 * s2 * s2
-    return 4.0 * eps * (s6 * s6 - s6) - esh
-
-
-@njit(cache=True, inline="always")
-def _harm(r2, eps, sig):
-    x = 1.0 - np.sqrt(r2) / sig
-    return eps * x * x
-
-
-@njit(cache=True)
-def _de_shift(i, x, y, z, pos, types, off, nb, shift, kind, eps, sig, rc2, esh):
-    """(E_old, E_new) of particle i (current position / (x, y, z)); stored-image list.
-
-    The loops are written out per potential kind: a runtime kind / image branch inside the
-    pair loop costs a factor ~4 in speed."""
-    ti = types[i]
-    xo = pos[i, 0]
-    yo = pos[i, 1]
-    zo = pos[i, 2]
-    eo = 0.0
-    en = 0.0
-    if kind == 0:
-        for k in range(off[i], off[i + 1]):
-            j = nb[k]
-            tj = types[j]
-            px = pos[j, 0] + shift[k, 0]
-            py = pos[j, 1] + shift[k, 1]
-            pz = pos[j, 2] + shift[k, 2]
-            c = rc2[ti, tj]
-            ax = px - x
-            ay = py - y
-            az = pz - z
-            bx = px - xo
-            by = py - yo
-            bz = pz - zo
-            r2n = ax * ax + ay * ay + az * az
-            r2o = bx * bx + by * by + bz * bz
-            if r2n < c:
-                en += _lj(r2n, eps[ti, tj], sig[ti, tj], esh[ti, tj])
-            if r2o < c:
-                eo += _lj(r2o, eps[ti, tj], sig[ti, tj], esh[ti, tj])
-    else:
-        for k in range(off[i], off[i + 1]):
-            j = nb[k]
-            tj = types[j]
-            px = pos[j, 0] + shift[k, 0]
-            py = pos[j, 1] + shift[k, 1]
-            pz = pos[j, 2] + shift[k, 2]
-            c = rc2[ti, tj]
-            ax = px - x
-            ay = py - y
-            az = pz - z
-            bx = px - xo
-            by = py - yo
-            bz = pz - zo
-            r2n = ax * ax + ay * ay + az * az
-            r2o = bx * bx + by * by + bz * bz
-            if r2n < c:
-                en += _harm(r2n, eps[ti, tj], sig[ti, tj])
-            if r2o < c:
-                eo += _harm(r2o, eps[ti, tj], sig[ti, tj])
-    return eo, en
-
-
-@njit(cache=True)
-def _de_minimage(i, x, y, z, pos, types, box, off, nb, kind, eps, sig, rc2, esh):
-    """As _de_shift, minimum image recomputed per pair (all-pairs fallback, small boxes)."""
-    ti = types[i]
-    eo = 0.0
-    en = 0.0
-    for k in range(off[i], off[i + 1]):
-        j = nb[k]
-        tj = types[j]
-        c = rc2[ti, tj]
-        r2n = 0.0
-        r2o = 0.0
-        for d in range(3):
-            t = pos[j, d] - (x if d == 0 else (y if d == 1 else z))
-            t -= box[d] * np.rint(t / box[d])
-            r2n += t * t
-            t = pos[j, d] - pos[i, d]
-            t -= box[d] * np.rint(t / box[d])
-            r2o += t * t
-        if r2n < c:
-            en += _pair_energy(kind, r2n, eps[ti, tj], sig[ti, tj], c, esh[ti, tj])
-        if r2o < c:
-            eo += _pair_energy(kind, r2o, eps[ti, tj], sig[ti, tj], c, esh[ti, tj])
-    return eo, en
-
-
-@njit(cache=True)
-def _total_energy(pos, types, box, off, nb, shift, allpairs, kind, eps, sig, rc2, esh):
-    e = 0.0
-    for i in range(pos.shape[0]):
-        e += _energy_at(i, pos[i, 0], pos[i, 1], pos[i, 2], pos, types, box, off, nb, shift,
-                        allpairs, kind, eps, sig, rc2, esh)
-    return 0.5 * e
-
+# --------------------------------------------------------------------------- cage tests
 
 @njit(cache=True, inline="always")
 def _in_voronoi(ux, uy, uz, i, coff, cvec, sc2):
-    """u = R - r_i^init; cvec rows = minimum-image r_j^init - r_i^init; sc2 = s^2 per particle
-    (sc2 indexed by the precomputed neighbour weights)."""
+    """u = R - r_i^init; cvec rows = minimum-image r_j^init - r_i^init; sc2[k] = (s_j/s_i)^2.
+    Reference (row-major, early-exit) form of the kernel's test, kept for the tests."""
     u2 = ux * ux + uy * uy + uz * uz
     for k in range(coff[i], coff[i + 1]):
         wx = ux - cvec[k, 0]
@@ -319,6 +548,26 @@ def _in_voronoi(ux, uy, uz, i, coff, cvec, sc2):
         if not (u2 * sc2[k] < wx * wx + wy * wy + wz * wz):
             return False
     return True
+
+
+@njit(cache=True, error_model="numpy")
+def _outside_voronoi(ux, uy, uz, i, coff, cvx, cvy, cvz, sc2):
+    """Number of Eq. 10 conditions violated by u = R - r_i^init (0: inside); branch free over
+    the SANN row stored as separate coordinate arrays (vectorised)."""
+    u2 = ux * ux + uy * uy + uz * uz
+    a = coff[i]
+    b = coff[i + 1]
+    vx = cvx[a:b]
+    vy = cvy[a:b]
+    vz = cvz[a:b]
+    c2 = sc2[a:b]
+    bad = 0
+    for k in range(b - a):
+        wx = ux - vx[k]
+        wy = uy - vy[k]
+        wz = uz - vz[k]
+        bad += not (u2 * c2[k] < wx * wx + wy * wy + wz * wz)
+    return bad
 
 
 @njit(cache=True)
@@ -358,22 +607,31 @@ def in_cage(point, i, positions_init, box, cage_offsets, cage_neighbors, sigma_c
                               np.ascontiguousarray(sigma_cage, dtype=np.float64)))
 
 
-@njit(cache=True)
-def _mc_kernel(pos, init, types, box, kind, eps, sig, rc2, esh, T,
-               cage_mode, coff, cnb, cvec, csc2, sigc, rad2,
-               allpairs, vl_cut, skin, n_equil, n_measure, seed, step, step_max, target,
+# --------------------------------------------------------------------------- the MC kernel
+
+_REFRESH_SWEEPS = 1000  # cached energies recomputed from scratch at least this often
+
+
+@njit(cache=True, error_model="numpy")
+def _mc_kernel(pos, init, types, box, S, kind, sig, sig2, eps, eps4, rc2, esh, lcut2, T,
+               cage_mode, coff, cvx, cvy, cvz, csc2, cnb, sigc, rad2,
+               allpairs, skin, n_equil, n_measure, seed, step, step_max, target,
                record_every, debug):
-    np.random.seed(seed)
+    rng = _rng_state(seed)
     n = pos.shape[0]
     beta = 1.0 / T
     half_skin2 = (0.5 * skin) ** 2
-    off, nb, shift = _build_list(pos, box, vl_cut, allpairs)
+    row_off, nbj, rev, sx, sy, sz, ex, ey, ez, max_row = _build_lists(pos, types, box, S, lcut2,
+                                                                      allpairs)
     ref = pos.copy()
-    n_rebuilds = 0
+    buf = np.zeros(max_row + 8)
+    pe = np.zeros(nbj.shape[0])
+    e = np.zeros(n)
     energy = 0.0
     if kind != 2:
-        energy = _total_energy(pos, types, box, off, nb, shift, allpairs, kind, eps, sig, rc2,
-                               esh)
+        energy = _refresh(kind, pos, types, S, row_off, rev, ex, ey, ez, sig, sig2, eps, eps4,
+                          rc2, esh, buf, pe, e)
+    n_rebuilds = 0
     acc_sum = np.zeros((n, 3))
     n_rec = n_measure // record_every if record_every > 0 else 0
     samples = np.empty((n_rec, n, 3))
@@ -386,48 +644,70 @@ def _mc_kernel(pos, init, types, box, kind, eps, sig, rc2, esh, T,
     eq_moves = 0
     eq_acc = 0
     rec = 0
+    fn = float(n)
     for sweep in range(n_equil + n_measure):
         measuring = sweep >= n_equil
+        if kind != 2 and sweep > 0 and sweep % _REFRESH_SWEEPS == 0:
+            _refresh(kind, pos, types, S, row_off, rev, ex, ey, ez, sig, sig2, eps, eps4, rc2,
+                     esh, buf, pe, e)
         for _ in range(n):
-            i = np.random.randint(n)
-            nx = pos[i, 0] + step * (2.0 * np.random.random() - 1.0)
-            ny = pos[i, 1] + step * (2.0 * np.random.random() - 1.0)
-            nz = pos[i, 2] + step * (2.0 * np.random.random() - 1.0)
+            i = int(_uniform(rng) * fn)
+            if i >= n:  # guard against round-up of u * n
+                i = n - 1
+            nx = pos[i, 0] + step * (2.0 * _uniform(rng) - 1.0)
+            ny = pos[i, 1] + step * (2.0 * _uniform(rng) - 1.0)
+            nz = pos[i, 2] + step * (2.0 * _uniform(rng) - 1.0)
             ux = nx - init[i, 0]
             uy = ny - init[i, 1]
             uz = nz - init[i, 2]
             if cage_mode == 0:
-                inside = _in_voronoi(ux, uy, uz, i, coff, cvec, csc2)
+                inside = _outside_voronoi(ux, uy, uz, i, coff, cvx, cvy, cvz, csc2) == 0
             else:
                 inside = ux * ux + uy * uy + uz * uz < rad2[i]
             accepted = False
             if inside:
-                if not allpairs:
-                    dx = nx - ref[i, 0]
-                    dy = ny - ref[i, 1]
-                    dz = nz - ref[i, 2]
-                    if dx * dx + dy * dy + dz * dz > half_skin2:
-                        off, nb, shift = _build_list(pos, box, vl_cut, allpairs)
-                        ref[:, :] = pos
-                        n_rebuilds += 1
+                dx = nx - ref[i, 0]
+                dy = ny - ref[i, 1]
+                dz = nz - ref[i, 2]
+                if dx * dx + dy * dy + dz * dz > half_skin2:
+                    row_off, nbj, rev, sx, sy, sz, ex, ey, ez, max_row = _build_lists(
+                        pos, types, box, S, lcut2, allpairs)
+                    ref[:, :] = pos
+                    n_rebuilds += 1
+                    if buf.shape[0] < max_row + 8:
+                        buf = np.zeros(max_row + 8)
+                    pe = np.zeros(nbj.shape[0])
+                    if kind != 2:
+                        _refresh(kind, pos, types, S, row_off, rev, ex, ey, ez, sig, sig2, eps,
+                                 eps4, rc2, esh, buf, pe, e)
+                ti = types[i]
                 if kind == 2:
-                    accepted = _energy_at(i, nx, ny, nz, pos, types, box, off, nb, shift,
-                                          allpairs, kind, eps, sig, rc2, esh) == 0.0
+                    accepted = _row_overlaps(i, nx, ny, nz, ti, S, row_off, ex, ey, ez,
+                                             rc2) == 0
                 else:
-                    if allpairs:
-                        e_old, e_new = _de_minimage(i, nx, ny, nz, pos, types, box, off, nb,
-                                                    kind, eps, sig, rc2, esh)
-                    else:
-                        e_old, e_new = _de_shift(i, nx, ny, nz, pos, types, off, nb, shift,
-                                                 kind, eps, sig, rc2, esh)
-                    de = e_new - e_old
-                    if de <= 0.0 or np.random.random() < np.exp(-beta * de):
+                    en = _row_energy(kind, i, nx, ny, nz, ti, S, row_off, ex, ey, ez, sig,
+                                     sig2, eps, eps4, rc2, esh, buf)
+                    de = en - e[i]
+                    if de <= 0.0 or _uniform(rng) < np.exp(-beta * de):
                         accepted = True
                         energy += de
+                        # cached pair energies: row i from buf, partners through rev
+                        a = row_off[i * S]
+                        for k in range(a, row_off[i * S + S]):
+                            v = buf[k - a]
+                            e[nbj[k]] += v - pe[k]
+                            pe[k] = v
+                            pe[rev[k]] = v
+                        e[i] = en
             if accepted:
                 pos[i, 0] = nx
                 pos[i, 1] = ny
                 pos[i, 2] = nz
+                for k in range(row_off[i * S], row_off[i * S + S]):
+                    r = rev[k]  # the entry of i in j's row: shift -shift[k] (exact negation)
+                    ex[r] = nx - sx[k]
+                    ey[r] = ny - sy[k]
+                    ez[r] = nz - sz[k]
                 if debug:
                     if cage_mode == 0:
                         ok = _in_cage_full(pos[i], i, init, box, coff, cnb, sigc)
@@ -444,8 +724,8 @@ def _mc_kernel(pos, init, types, box, kind, eps, sig, rc2, esh, T,
                 block_moves += 1
                 block_acc += accepted
                 if block_moves >= block_len:
-                    a = block_acc / block_moves
-                    f = np.exp(0.5 * (a - target) / max(target, 1e-3))
+                    a_blk = block_acc / block_moves
+                    f = np.exp(0.5 * (a_blk - target) / max(target, 1e-3))
                     f = min(max(f, 0.5), 2.0)
                     step = min(step * f, step_max)
                     block_moves = 0
@@ -460,6 +740,20 @@ def _mc_kernel(pos, init, types, box, kind, eps, sig, rc2, esh, T,
     acc_eq = eq_acc / eq_moves if eq_moves > 0 else np.nan
     return (acc_sum / max(n_measure, 1), pos, acc_meas, acc_eq, step, energy, n_rebuilds,
             violations, samples)
+
+
+@njit(cache=True)
+def _total_energy(pos, types, box, S, kind, sig, sig2, eps, eps4, rc2, esh, lcut2, allpairs):
+    row_off, nbj, rev, sx, sy, sz, ex, ey, ez, max_row = _build_lists(pos, types, box, S, lcut2,
+                                                                      allpairs)
+    buf = np.zeros(max_row + 8)
+    pe = np.zeros(nbj.shape[0])
+    e = np.zeros(pos.shape[0])
+    tot = _refresh(kind, pos, types, S, row_off, rev, ex, ey, ez, sig, sig2, eps, eps4, rc2, esh,
+                   buf, pe, e)
+    if kind == 2:
+        return np.inf if tot > 0 else 0.0
+    return tot
 
 
 # --------------------------------------------------------------------------- Python API
@@ -500,20 +794,22 @@ def _prepare(positions, types, box, potential):
 
 
 def _tables(potential):
-    return (_KINDS[potential.kind], np.ascontiguousarray(potential.epsilon),
-            np.ascontiguousarray(potential.sigma), np.ascontiguousarray(potential.cutoff ** 2),
+    """(kind, sigma, sigma^2, eps, 4 eps, cutoff^2, energy shift) as contiguous (S, S) tables."""
+    sig = np.ascontiguousarray(potential.sigma)
+    eps = np.ascontiguousarray(potential.epsilon)
+    return (_KINDS[potential.kind], sig, sig * sig, eps, 4.0 * eps,
+            np.ascontiguousarray(potential.cutoff ** 2),
             np.ascontiguousarray(potential.energy_shift))
 
 
 def total_energy(positions, types, box, potential):
     """Total potential energy with the MC kernel's own energy routine (inf on HS overlap)."""
     positions, types, box = _prepare(positions, types, box, potential)
-    kind, eps, sig, rc2, esh = _tables(potential)
-    rc = float(potential.cutoff.max())
-    allpairs = rc + 0.1 >= 0.5 * box.min()
-    off, nb, shift = _build_list(positions, box, rc + 0.1, allpairs)
-    return float(_total_energy(positions, types, box, off, nb, shift, allpairs, kind, eps, sig,
-                               rc2, esh))
+    kind, sig, sig2, eps, eps4, rc2, esh = _tables(potential)
+    lcut2 = (potential.cutoff + 0.1) ** 2
+    allpairs = float(np.sqrt(lcut2.max())) >= 0.5 * box.min()
+    return float(_total_energy(positions, types, box, potential.n_species, kind, sig, sig2, eps,
+                               eps4, rc2, esh, lcut2, allpairs))
 
 
 def cage_neighbors(positions, box):
@@ -551,7 +847,8 @@ def cage_state(positions, types, box, potential, T, n_equil, n_measure, seed,
     cage_sigma : s_i in Eq. 10 (scalar, per species or per particle); default sigma_ii
     target_acceptance : acceptance the step is tuned to during equilibration
     step : initial half-side of the trial cube (default 0.05 * min s_i)
-    skin : Verlet skin (default 2 * max cage_radius + 0.05 for spheres, 0.8 for Voronoi)
+    skin : Verlet skin (default 2 * max cage_radius + 0.05 for spheres; Voronoi: 0.8, hard
+        spheres 0.5)
     record_every : if > 0, also return ``samples`` — the configuration every
         ``record_every`` measurement sweeps, shape (n_measure // record_every, N, 3)
     debug : re-check every accepted position with an independent cage test and count
@@ -577,7 +874,7 @@ def cage_state(positions, types, box, potential, T, n_equil, n_measure, seed,
                          potential.n_species, "cage_sigma")
     if np.any(sigc <= 0):
         raise ValueError("cage_sigma must be positive")
-    kind, eps, sig, rc2, esh = _tables(potential)
+    kind, sig, sig2, eps, eps4, rc2, esh = _tables(potential)
     if kind == 2:
         # a hard-sphere initial configuration must be overlap free
         e0 = total_energy(positions, types, box, potential)
@@ -590,7 +887,7 @@ def cage_state(positions, types, box, potential, T, n_equil, n_measure, seed,
         csc2 = np.ascontiguousarray((sigc[cnb] / sigc[src]) ** 2)
         rad2 = np.zeros(n)
         cage_mode = 0
-        default_skin = 0.8
+        default_skin = 0.5 if kind == 2 else 0.8  # measured best (bench/bench_cage.py --skin)
         step_cap = 1.0 * float(sigc.max())
     else:
         coff = np.zeros(n + 1, np.int64)
@@ -608,22 +905,22 @@ def cage_state(positions, types, box, potential, T, n_equil, n_measure, seed,
     skin = default_skin if skin is None else float(skin)
     if not skin > 0:
         raise ValueError("skin must be positive")
-    rc = float(potential.cutoff.max())
-    vl_cut = rc + skin
-    allpairs = vl_cut >= 0.5 * box.min()
-    if allpairs or (cage == "sphere" and skin >= 2.0 * float(np.sqrt(rad2.max()))):
+    lcut2 = np.ascontiguousarray((potential.cutoff + skin) ** 2)  # per species-pair list radii
+    allpairs = float(potential.cutoff.max()) + skin >= 0.5 * box.min()
+    if cage == "sphere" and skin >= 2.0 * float(np.sqrt(rad2.max())):
         step_max = step_cap  # no list rebuild can ever be triggered
     else:  # after a rebuild the trial displacement must be within skin/2
         step_max = min(step_cap, skin / (2.0 * np.sqrt(3.0)) * (1 - 1e-9))
     step0 = 0.05 * float(sigc.min()) if step is None else float(step)
     step0 = min(step0, step_max)
 
+    cvx, cvy, cvz = (np.ascontiguousarray(cvec[:, d]) for d in range(3))
     cs, final, acc, acc_eq, step_f, energy, n_reb, viol, samples = _mc_kernel(
-        positions.copy(), positions, types, box, kind, eps, sig, rc2, esh,
-        float(T) if kind != 2 else 1.0,
-        cage_mode, coff, cnb, cvec, csc2, sigc, rad2,
-        allpairs, vl_cut, skin, int(n_equil), int(n_measure), int(seed), step0, step_max,
-        float(target_acceptance), int(record_every), bool(debug))
+        positions.copy(), positions, types, box, potential.n_species, kind, sig, sig2, eps,
+        eps4, rc2, esh, lcut2, float(T) if kind != 2 else 1.0,
+        cage_mode, coff, cvx, cvy, cvz, csc2, cnb, sigc, rad2,
+        allpairs, skin, int(n_equil), int(n_measure), np.uint64(int(seed) % 2 ** 64), step0,
+        step_max, float(target_acceptance), int(record_every), bool(debug))
     out = dict(positions=cs, displacement=np.linalg.norm(cs - positions, axis=1),
                acceptance=float(acc), step=float(step_f), acceptance_equil=float(acc_eq),
                final=final, energy=float(energy), n_rebuilds=int(n_reb),
