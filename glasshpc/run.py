@@ -74,6 +74,23 @@ def plan_text(cfg, ctx):
     return "\n".join(lines)
 
 
+def write_provenance(h5, yaml_text, ctx, store, wall, lmp_log, species):
+    """/provenance attrs (input, versions, ranks, host, command, stage times, LAMMPS commands) and
+    the file's species and units attrs: how the file was made."""
+    p = h5.create_group("provenance")
+    p.attrs["config_yaml"] = yaml_text
+    p.attrs["versions"] = json.dumps(versions())
+    p.attrs["ranks"] = ctx.size
+    p.attrs["store_mode"] = store.mode
+    p.attrs["host"] = platform.node()
+    p.attrs["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
+    p.attrs["command"] = " ".join(sys.argv)
+    p.attrs["stage_seconds"] = json.dumps(wall)
+    p.attrs["lammps_commands"] = "\n".join(lmp_log)
+    h5.attrs["species"] = np.array(species, dtype="S")
+    h5.attrs["units"] = "reduced LJ units of species A"
+
+
 def versions():
     """Package versions for the provenance record."""
     import h5py
@@ -174,18 +191,7 @@ def execute(cfg, yaml_text, ctx, store_mode="auto", resume=False, overwrite=Fals
                 f.attrs["feature_set"] = json.dumps(vars(cfg.fits.feature_sets[name]))
             for name, rho in single.items():
                 g[f"single/{name}"] = rho
-            p = h5.create_group("provenance")
-            p.attrs["config_yaml"] = yaml_text
-            p.attrs["versions"] = json.dumps(versions())
-            p.attrs["ranks"] = ctx.size
-            p.attrs["store_mode"] = store.mode
-            p.attrs["host"] = platform.node()
-            p.attrs["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
-            p.attrs["command"] = " ".join(sys.argv)
-            p.attrs["stage_seconds"] = json.dumps(wall)
-            p.attrs["lammps_commands"] = "\n".join(lmp_log)
-            h5.attrs["species"] = np.array(species, dtype="S")
-            h5.attrs["units"] = "reduced LJ units of species A"
+            write_provenance(h5, yaml_text, ctx, store, wall, lmp_log, species)
 
         store.finalize(extra)
         ctx.log(f"wrote {os.path.abspath(cfg.output)}")

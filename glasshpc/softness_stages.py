@@ -435,10 +435,7 @@ def execute_softness(cfg, yaml_text, ctx, store_mode="auto", resume=False, overw
     """Run the whole sweep and write the HDF5 file; returns a summary dict (also printed).
     ``resume``/``overwrite`` as for the propensity pipeline (:class:`glasshpc.store.Store`)."""
     import dataclasses
-    import datetime
     import os
-    import platform
-    import sys
 
     import h5py
 
@@ -530,19 +527,8 @@ def execute_softness(cfg, yaml_text, ctx, store_mode="auto", resume=False, overw
                 mg["explained_variance"] = res["explained_variance"]
                 mg["jsd_vs_svc"] = res["jsd_vs_svc"]
                 mg.attrs["b_best"], mg.attrs["sigma_tr"] = res["b_best"], res["sigma_tr"]
-            p = h5.create_group("provenance")
-            p.attrs["config_yaml"] = yaml_text
-            from .run import versions
-            p.attrs["versions"] = json.dumps(versions())
-            p.attrs["ranks"] = ctx.size
-            p.attrs["store_mode"] = store.mode
-            p.attrs["host"] = platform.node()
-            p.attrs["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
-            p.attrs["command"] = " ".join(sys.argv)
-            p.attrs["stage_seconds"] = json.dumps(wall)
-            p.attrs["lammps_commands"] = "\n".join(lmp_log)
-            h5.attrs["species"] = np.array(species, dtype="S")
-            h5.attrs["units"] = "reduced LJ units of species A"
+            from .run import write_provenance
+            write_provenance(h5, yaml_text, ctx, store, wall, lmp_log, species)
 
         store.finalize(extra)
         ctx.log(f"wrote {os.path.abspath(cfg.output)}")

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .mixture import Mixture
+
 
 @dataclass(frozen=True)
-class BeadSpringModel:
+class BeadSpringModel(Mixture):
     """Linear bead-spring chains; all lengths σ, energies ε."""
     name: str
     species: tuple
@@ -27,14 +29,6 @@ class BeadSpringModel:
     lj_epsilon: float
     lj_sigma: float
     lj_cutoff: float
-
-    def counts(self, n):
-        """(1,) int: every monomer is species A."""
-        return np.array([n], dtype=np.int64)
-
-    def types(self, n):
-        """(n,) int32 zeros (one species)."""
-        return np.zeros(n, dtype=np.int32)
 
     def sigma_self(self):
         """(1,) σ, the size of the cage test of [CAGE] Eq. 10."""

@@ -10,23 +10,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .mixture import Mixture
+
 
 @dataclass(frozen=True)
-class HardSphereModel:
+class HardSphereModel(Mixture):
     """Binary additive hard spheres: ``diameters`` (S,) σ_s, ``fractions`` (S,) number fractions."""
     name: str
     species: tuple
     fractions: tuple
     diameters: tuple
-
-    def counts(self, n):
-        """(S,) int: particles per species for N = n, the last species taking the rounding rest."""
-        c = [int(round(f * n)) for f in self.fractions[:-1]]
-        return np.array(c + [n - sum(c)], dtype=np.int64)
-
-    def types(self, n):
-        """(n,) int32 species index of each particle, A first."""
-        return np.repeat(np.arange(len(self.species), dtype=np.int32), self.counts(n))
 
     def sigma_self(self):
         """(S,) σ_s, the per-species size of the cage test of [CAGE] Eq. 10."""

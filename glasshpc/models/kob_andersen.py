@@ -10,9 +10,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .mixture import Mixture
+
 
 @dataclass(frozen=True)
-class PairModel:
+class PairModel(Mixture):
     """A pair-potential glass former run through LAMMPS.
 
     ``epsilon``, ``sigma``, ``cutoff`` are (S, S) symmetric arrays in reduced units;
@@ -25,15 +27,6 @@ class PairModel:
     sigma: np.ndarray
     cutoff: np.ndarray
     shifted: bool
-
-    def counts(self, n):
-        """(S,) int: particles per species for N = n, the last species taking the rounding rest."""
-        c = [int(round(f * n)) for f in self.fractions[:-1]]
-        return np.array(c + [n - sum(c)], dtype=np.int64)
-
-    def types(self, n):
-        """(n,) int32 species index of each particle: A first, then B (as in the papers' files)."""
-        return np.repeat(np.arange(len(self.species), dtype=np.int32), self.counts(n))
 
     def sigma_self(self):
         """(S,) σ_ss, the per-species size used by the cage test of [CAGE] Eq. 10 for KA."""
