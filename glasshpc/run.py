@@ -19,6 +19,7 @@ import numpy as np
 
 from . import __version__, cluster, config as config_mod, interrupt, stages
 from .learn.fits import fit_propensity, single_variable_pearson
+from .learn.selection import write_selection
 from .dynamics import tau_alpha
 from .models import get_model
 from .parallel import MPI, Context
@@ -189,6 +190,11 @@ def execute(cfg, yaml_text, ctx, store_mode="auto", resume=False, overwrite=Fals
                 f.create_dataset("feature_names", data=res.feature_names,
                                  dtype=h5py.string_dtype())
                 f.attrs["feature_set"] = json.dumps(vars(cfg.fits.feature_sets[name]))
+                if res.selection:
+                    write_selection(f.create_group("selection"), res.selection,
+                                    cfg.fits.selection.method)
+                if res.mlp_pearson is not None:
+                    f["mlp_pearson"], f["mlp_r2"] = res.mlp_pearson, res.mlp_r2
             for name, rho in single.items():
                 g[f"single/{name}"] = rho
             write_provenance(h5, yaml_text, ctx, store, wall, lmp_log, species)

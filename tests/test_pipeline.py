@@ -118,3 +118,25 @@ def test_one_and_two_ranks_identical(tiny_yaml, tmp_path):
         np.testing.assert_allclose(a["fits/single/drcs"][()], b["fits/single/drcs"][()],
                                    rtol=1e-10)
         assert b["provenance"].attrs["ranks"] == comm.size
+
+
+def test_selection_and_mlp_from_yaml(tiny_yaml, tmp_path):
+    """fits.selection and fits.mlp run inside the pipeline and land in /fits/<set>/: the ranked
+    names are the set's own feature names, ρ with all selected features is finite."""
+    import yaml
+    data = yaml.safe_load(tiny_yaml(str(tmp_path / "sel.h5")))
+    data["fits"]["feature_sets"] = {"cs": {"features": "init+cs+drcs", "generations": 0}}
+    data["fits"]["selection"] = {"method": "forward", "max_features": 4}
+    data["fits"]["mlp"] = {"layers": 2, "max_iter": 30}
+    text = yaml.safe_dump(data)
+    execute(config.parse(text), text, Context(MPI.COMM_SELF))
+    with h5py.File(tmp_path / "sel.h5", "r") as f:
+        g = f["fits/cs"]
+        names = [n.decode() for n in g["feature_names"][()]]
+        order = g["selection/order"][()]
+        ranked = g["selection/names"][()]
+        assert order.shape == (2, 8, 4) and g["selection/rho"].shape == (2, 8, 4)
+        for sp, k, j in np.ndindex(order.shape):
+            assert ranked[sp, k, j].decode() == names[order[sp, k, j]]
+        assert np.isfinite(g["selection/rho"][:, 2:, -1]).all()
+        assert g["mlp_pearson"].shape == (2, 8) and np.all(np.abs(g["mlp_pearson"][()]) <= 1)

@@ -11,12 +11,15 @@ Rows are distributed over ranks by snapshot; :class:`GroupedRidgeCV` sums Gram m
 Allreduce, so the result is that of a fit on all rows whatever the rank count. All T times of one
 species share one Gram matrix.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..config import DESCRIPTOR_BLOCKS
+from ..parallel import task_rng
+from .mlp import mlp_for_fit
 from .ridge import GroupedRidgeCV, pearson, r2_score, split_snapshots
+from .selection import selection_for_fit
 
 # the per-particle scalar features and the datasets holding them
 SCALAR_SOURCES = {"drcs": "states/cage/displacement", "dris": "states/inherent/displacement",
@@ -27,7 +30,9 @@ SCALAR_SOURCES = {"drcs": "states/cage/displacement", "dris": "states/inherent/d
 @dataclass
 class FitResult:
     """Per feature set. Arrays: pearson, r2, alpha (n_species, T); coef (n_species, T, F) in the
-    order of ``feature_names`` (F,); intercept (n_species, T); grid_extended (n_species,) bool."""
+    order of ``feature_names`` (F,); intercept (n_species, T); grid_extended (n_species,) bool.
+    With ``fits.selection``: ``selection`` [SelectionResult per species]; with ``fits.mlp``:
+    ``mlp_pearson``, ``mlp_r2`` (n_species, T) of the MLP baseline on the same split."""
     pearson: np.ndarray
     r2: np.ndarray
     alpha: np.ndarray
@@ -35,6 +40,9 @@ class FitResult:
     intercept: np.ndarray
     grid_extended: np.ndarray
     feature_names: list
+    selection: list = field(default_factory=list)
+    mlp_pearson: np.ndarray = None
+    mlp_r2: np.ndarray = None
 
 
 def feature_layout(fset, descriptor_names):
@@ -88,7 +96,7 @@ def fit_propensity(ctx, cfg, store, descriptor_names, n_species):
     g = cfg.fits.alphas
     alphas = np.logspace(np.log10(g.min), np.log10(g.max), g.count)
     results = {}
-    for name, fset in cfg.fits.feature_sets.items():
+    for k_set, (name, fset) in enumerate(cfg.fits.feature_sets.items()):
         parts, names = feature_layout(fset, descriptor_names)
         F = len(names)
         res = FitResult(*(np.full((n_species, T), np.nan) for _ in range(3)),
@@ -106,6 +114,17 @@ def fit_propensity(ctx, cfg, store, descriptor_names, n_species):
             res.coef[sp] = model.coef_
             res.intercept[sp] = model.intercept_
             res.grid_extended[sp] = model.grid_extended_
+            if cfg.fits.selection.method != "none":   # [AVG] forward / [SOFT] RFE, collective
+                res.selection.append(selection_for_fit(
+                    ctx, Xtr, Ytr, Gtr, Xte, Yte, names, cfg.fits.selection.method,
+                    cfg.fits.selection.max_features, model.alpha_))
+            seed = int(task_rng(cfg.seed, "mlp", k_set, sp).integers(2 ** 31))
+            mlp = mlp_for_fit(ctx, Xtr, Ytr, Gtr, Xte, Yte, cfg.fits.mlp, seed)
+            if mlp is not None:
+                if res.mlp_pearson is None:
+                    res.mlp_pearson = np.full((n_species, T), np.nan)
+                    res.mlp_r2 = np.full((n_species, T), np.nan)
+                res.mlp_pearson[sp], res.mlp_r2[sp] = mlp.pearson, mlp.r2
         results[name] = res
     return results, train, test
 
