@@ -1,5 +1,5 @@
-"""The stages of a run, in data-flow order: snapshots → replicas → dynamics → inherent states →
-cage states → descriptors → fits.
+"""The stages of a run, in the order run.execute calls them: snapshots → replicas → static
+(energies, |F^net|) → inherent states → dynamics → cage states → descriptors → fits.
 
 Reduced LJ units of species A. Every stage has the same contract (DESIGN.md): a task list that is a
 pure function of the config; each task seeds itself from (config seed, stage, task identity) and
