@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny but complete Kob–Andersen configuration (reduced LJ units)."""
 import pytest
+import yaml
 
 TINY_YAML = """
 output: {output}
@@ -33,3 +34,16 @@ fits:
 def tiny_yaml():
     """Function output_path → YAML text of the tiny configuration."""
     return lambda output: TINY_YAML.format(output=output)
+
+
+def mutate_yaml(text, path, value):
+    """YAML text with the key at ``path`` (tuple of keys) set to ``value`` (deleted if KeyError)."""
+    data = yaml.safe_load(text)
+    d = data
+    for k in path[:-1]:
+        d = d[k]
+    if value is KeyError:
+        del d[path[-1]]
+    else:
+        d[path[-1]] = value
+    return yaml.safe_dump(data, allow_unicode=True)

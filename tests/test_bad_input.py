@@ -13,6 +13,7 @@ import pytest
 import yaml
 from mpi4py import MPI
 
+from conftest import mutate_yaml
 from glasshpc import cluster, config, stages
 from glasshpc.io.snapshots import InputError, check_overlaps
 from glasshpc.parallel import Context
@@ -37,16 +38,6 @@ def _tree(folder):
     return out
 
 
-def _mutate(text, path, value):
-    data = yaml.safe_load(text)
-    d = data
-    for k in path[:-1]:
-        d = d[k]
-    if value is KeyError:
-        del d[path[-1]]
-    else:
-        d[path[-1]] = value
-    return yaml.safe_dump(data, allow_unicode=True)
 
 
 def _refused(tmp_path, capsys, yaml_text, *flags, expect):
@@ -94,7 +85,7 @@ YAML_CASES = [
 
 @pytest.mark.parametrize("label,path,value,expect", YAML_CASES, ids=[c[0] for c in YAML_CASES])
 def test_yaml_refused(tiny_yaml, tmp_path, capsys, label, path, value, expect):
-    text = _mutate(tiny_yaml(str(tmp_path / "out.h5")), path, value)
+    text = mutate_yaml(tiny_yaml(str(tmp_path / "out.h5")), path, value)
     _refused(tmp_path, capsys, text, expect=expect)
 
 
@@ -128,7 +119,7 @@ def test_partial_exists_without_resume(tiny_yaml, tmp_path, capsys):
 
 def test_resume_with_different_config(tiny_yaml, tmp_path, capsys):
     _make_partial(tiny_yaml, tmp_path)
-    text = _mutate(tiny_yaml(str(tmp_path / "out.h5")), ("iso", "replicas"), 4)
+    text = mutate_yaml(tiny_yaml(str(tmp_path / "out.h5")), ("iso", "replicas"), 4)
     _refused(tmp_path, capsys, text, "--resume",
              expect=["different config", "iso.replicas: 3 → 4"])
 
@@ -433,7 +424,7 @@ def _subprocess(args, cwd):
 
 def test_subprocess_refusals(tiny_yaml, tmp_path):
     out = tmp_path / "out.h5"
-    (tmp_path / "bad.yaml").write_text(_mutate(tiny_yaml(str(out)), ("model", "density"), -1))
+    (tmp_path / "bad.yaml").write_text(mutate_yaml(tiny_yaml(str(out)), ("model", "density"), -1))
     (tmp_path / "good.yaml").write_text(tiny_yaml(str(out)))
     out.write_bytes(b"an earlier result")
     before = _tree(tmp_path)

@@ -4,21 +4,11 @@ import subprocess
 import sys
 
 import pytest
-import yaml
 
+from conftest import mutate_yaml
 from glasshpc import config
 
 
-def _mutate(text, path, value):
-    data = yaml.safe_load(text)
-    d = data
-    for k in path[:-1]:
-        d = d[k]
-    if value is KeyError:
-        del d[path[-1]]
-    else:
-        d[path[-1]] = value
-    return yaml.safe_dump(data, allow_unicode=True)
 
 
 BAD = [
@@ -54,7 +44,7 @@ BAD = [
 
 @pytest.mark.parametrize("path,value,key,allowed", BAD)
 def test_bad_value_names_key(tiny_yaml, path, value, key, allowed):
-    text = _mutate(tiny_yaml("out.h5"), path, value)
+    text = mutate_yaml(tiny_yaml("out.h5"), path, value)
     with pytest.raises(config.ConfigError) as err:
         config.parse(text)
     assert err.value.key == key
@@ -78,7 +68,7 @@ def test_inputs_validate():
 
 def test_cli_refuses_before_creating_files(tiny_yaml, tmp_path):
     out = tmp_path / "run.h5"
-    bad = _mutate(tiny_yaml(str(out)), ("iso", "replicas"), 0)
+    bad = mutate_yaml(tiny_yaml(str(out)), ("iso", "replicas"), 0)
     cfgfile = tmp_path / "bad.yaml"
     cfgfile.write_text(bad)
     proc = subprocess.run([sys.executable, "-m", "glasshpc.run", str(cfgfile)],

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from .neighbors import NeighborList, _cell_sort, _stencil_cells, check_cutoff
+from .neighbors import NeighborList, _cell_sort, _stencil_cells, check_cutoff, minimum_image
 
 __all__ = [
     "DescriptorSpec",
@@ -546,18 +546,9 @@ def _radial_direct(positions, box, cutoff, types, n_species, r, delta, truncatio
                             dx = xs[q, 0] - x0
                             dy = xs[q, 1] - y0
                             dz = xs[q, 2] - z0
-                            if dx > hb0:
-                                dx -= b0
-                            elif dx < -hb0:
-                                dx += b0
-                            if dy > hb1:
-                                dy -= b1
-                            elif dy < -hb1:
-                                dy += b1
-                            if dz > hb2:
-                                dz -= b2
-                            elif dz < -hb2:
-                                dz += b2
+                            dx = minimum_image(dx, b0, hb0)
+                            dy = minimum_image(dy, b1, hb1)
+                            dz = minimum_image(dz, b2, hb2)
                             r2 = dx * dx + dy * dy + dz * dz
                             if r2 < rc2:
                                 pi[m] = p

@@ -173,6 +173,16 @@ def _neighbor_list(positions, box, cutoff):
     return offsets, nbr[:k], vec[:k], dist[:k]
 
 
+@njit(cache=True, inline="always")
+def minimum_image(d, b, half_b):
+    """One separation component d (|d| < 1.5 b) mapped into [−b/2, b/2] for box edge b."""
+    if d > half_b:
+        return d - b
+    if d < -half_b:
+        return d + b
+    return d
+
+
 @njit(cache=True)
 def _row(i, wrapped, box, rc2, st, start, order, xs, nbr, vec, dist, k):
     """Append the neighbours of i (scanning the stencil cells st) at nbr/vec/dist[k:], return the new k."""
@@ -191,18 +201,9 @@ def _row(i, wrapped, box, rc2, st, start, order, xs, nbr, vec, dist, k):
             dx = xs[p, 0] - x0
             dy = xs[p, 1] - y0
             dz = xs[p, 2] - z0
-            if dx > hb0:
-                dx -= b0
-            elif dx < -hb0:
-                dx += b0
-            if dy > hb1:
-                dy -= b1
-            elif dy < -hb1:
-                dy += b1
-            if dz > hb2:
-                dz -= b2
-            elif dz < -hb2:
-                dz += b2
+            dx = minimum_image(dx, b0, hb0)
+            dy = minimum_image(dy, b1, hb1)
+            dz = minimum_image(dz, b2, hb2)
             r2 = dx * dx + dy * dy + dz * dz
             if r2 < rc2:
                 j = order[p]
