@@ -173,16 +173,6 @@ def _uniform(s):
     return np.float64(r >> _U11) * _TWO_M53
 
 
-# --------------------------------------------------------------------------- neighbour lists
-# Layout (rebuilt together): row i of the full list is split into one segment per species s of
-# the neighbour, entries row_off[i*S + s] : row_off[i*S + s + 1], so that the pair parameters are
-# loop constants.  Per entry k: nbj[k] = j, the lattice shift (sx, sy, sz)[k] of the image of j
-# (a multiple of the box), the *current* image-shifted neighbour coordinates
-# (ex, ey, ez)[k] = r_j + shift (kept up to date on every accepted move of j through the reverse
-# entry rev[k], the entry of i in j's row, whose shift is -shift), and the cached pair energy
-# pe[k] = pe[rev[k]].  The energy loop then streams three contiguous arrays, branch free.
-
-
 @njit(cache=True)
 def _pairs_cells(pos, types, box, lcut2, lmax):
     """Half-list cell search (cells of edge >= lmax / sub, half stencil, each pair once) with the
@@ -341,55 +331,318 @@ def _pairs(pos, types, box, lcut2, allpairs):
     return pi, pj, ps
 
 
+# --------------------------------------------------------------------------- neighbour lists
+# Layout: row i of the full list is split into one segment per species s of the neighbour so
+# that the pair parameters are loop constants.  Segment (i, s) owns the slots
+# seg_base[i*S + s] : seg_base[i*S + s + 1] (its capacity) of which the first seg_cnt[i*S + s]
+# are used.  Per entry k: nbj[k] = j, the lattice image (ix, iy, iz)[k] (int8; the shift of
+# the image of j is box * image) and the *current* neighbour coordinates relative to the row
+# owner's reference position, (ex, ey, ez)[k] = float32(r_j + shift - ref_i), kept up to date on
+# every accepted move of j through the reverse entry rev[k] (the entry of i in j's row, whose
+# image is -image).  The energy loop streams three contiguous float32 arrays, branch free; an
+# accepted move writes three numbers into each neighbour's row.  The cage MC is memory bound:
+# the compact entries (23 bytes instead of 56 with float64 coordinates and shifts) are what
+# make it fast.  Single precision costs nothing physically: the stored relative coordinates
+# (|d| < 4 sigma) carry an absolute error below 3e-7 sigma, i.e. the kernel samples the
+# Boltzmann weight of pair energies perturbed by ~1e-6 relative; all arithmetic and every sum
+# is in double precision.
+#
+# Exactness: every pair missing from the list has reference distance |ref_i - ref_j| >=
+# rc_ij + skin, and every particle stays within skin/2 of its reference position, so a missing
+# pair is always beyond its cutoff.  A trial position farther than skin/2 from ref_i *re-centres
+# particle i* (ref_i := trial position; its row is re-searched in a cell list of the reference
+# positions, pairs beyond rc_ij + skin are dropped and new ones added to both rows) instead of
+# rebuilding the whole list: in a cage only a few particles per sweep ever need it.
+
+
+@njit(cache=True, inline="always")
+def _rel(p, shift, r):
+    """Stored coordinate of a list entry: float32(p + shift - r), one rounding order everywhere."""
+    return np.float32((p + shift) - r)
+
+
 @njit(cache=True)
-def _build_lists(pos, types, box, n_species, lcut2, allpairs):
-    """Full per-species-segmented list (see layout above) around the current positions."""
+def _build_lists(pos, types, box, n_species, lcut2, allpairs, slack):
+    """Full neighbour list around the current positions (= the reference positions; layout
+    above).
+
+    Segment capacities are slack x the largest count of their (species, species) kind (+4).
+    Two stable counting sorts of the directed entries -- by neighbour, then by segment -- leave
+    every segment sorted by neighbour index: with spatially sorted particles and sequential
+    sweeps, the entries an accepted move rewrites in its neighbours' rows then share cache lines
+    with those the previous move rewrote."""
     n = pos.shape[0]
     S = n_species
     pi, pj, ps = _pairs(pos, types, box, lcut2, allpairs)
-    m = pi.shape[0]
-    row_off = np.zeros(n * S + 1, np.int64)
-    for p in range(m):
-        row_off[pi[p] * S + types[pj[p]] + 1] += 1
-        row_off[pj[p] * S + types[pi[p]] + 1] += 1
-    for c in range(n * S):
-        row_off[c + 1] += row_off[c]
-    cur = row_off[:-1].copy()
-    nbj = np.empty(2 * m, np.int64)
-    rev = np.empty(2 * m, np.int64)
-    sx = np.empty(2 * m)
-    sy = np.empty(2 * m)
-    sz = np.empty(2 * m)
-    ex = np.empty(2 * m)
-    ey = np.empty(2 * m)
-    ez = np.empty(2 * m)
-    for p in range(m):
-        i = pi[p]
-        j = pj[p]
-        k1 = cur[i * S + types[j]]
-        cur[i * S + types[j]] += 1
-        k2 = cur[j * S + types[i]]
-        cur[j * S + types[i]] += 1
-        nbj[k1] = j
-        nbj[k2] = i
-        rev[k1] = k2
-        rev[k2] = k1
-        sx[k1] = ps[p, 0]
-        sy[k1] = ps[p, 1]
-        sz[k1] = ps[p, 2]
-        sx[k2] = -ps[p, 0]
-        sy[k2] = -ps[p, 1]
-        sz[k2] = -ps[p, 2]
-        ex[k1] = pos[j, 0] + sx[k1]
-        ey[k1] = pos[j, 1] + sy[k1]
-        ez[k1] = pos[j, 2] + sz[k1]
-        ex[k2] = pos[i, 0] + sx[k2]
-        ey[k2] = pos[i, 1] + sy[k2]
-        ez[k2] = pos[i, 2] + sz[k2]
+    m2 = 2 * pi.shape[0]
+    # directed entry e: row pi[e >> 1] (e even) or pj[e >> 1] (e odd), neighbour the other one
+    start = np.zeros(n + 1, np.int64)
+    for e in range(m2):
+        start[(pj[e >> 1] if e & 1 == 0 else pi[e >> 1]) + 1] += 1
+    for c in range(n):
+        start[c + 1] += start[c]
+    by_nb = np.empty(m2, np.int64)
+    for e in range(m2):
+        j = pj[e >> 1] if e & 1 == 0 else pi[e >> 1]
+        by_nb[start[j]] = e
+        start[j] += 1
+    seg_cnt = np.zeros(n * S, np.int64)
+    for e in range(m2):
+        p = e >> 1
+        r, j = (pi[p], pj[p]) if e & 1 == 0 else (pj[p], pi[p])
+        seg_cnt[r * S + types[j]] += 1
+    cap = np.zeros((S, S), np.int64)
+    for i in range(n):
+        for s in range(S):
+            cap[types[i], s] = max(cap[types[i], s], seg_cnt[i * S + s])
+    for a in range(S):
+        for s in range(S):
+            cap[a, s] = int(cap[a, s] * slack) + 4 if slack > 1.0 else cap[a, s]
+    seg_base = np.zeros(n * S + 1, np.int64)
     max_row = 0
     for i in range(n):
-        max_row = max(max_row, row_off[(i + 1) * S] - row_off[i * S])
-    return row_off, nbj, rev, sx, sy, sz, ex, ey, ez, max_row
+        row = 0
+        for s in range(S):
+            seg_base[i * S + s + 1] = seg_base[i * S + s] + cap[types[i], s]
+            row += cap[types[i], s]
+        max_row = max(max_row, row)
+    cur = seg_base[:-1].copy()
+    slot = np.empty(m2, np.int64)
+    for q in range(m2):
+        e = by_nb[q]
+        p = e >> 1
+        r, j = (pi[p], pj[p]) if e & 1 == 0 else (pj[p], pi[p])
+        slot[e] = cur[r * S + types[j]]
+        cur[r * S + types[j]] += 1
+    size = seg_base[n * S]
+    nbj = np.zeros(size, np.int32)
+    rev = np.zeros(size, np.int32)
+    ix = np.zeros(size, np.int8)
+    iy = np.zeros(size, np.int8)
+    iz = np.zeros(size, np.int8)
+    ex = np.zeros(size, np.float32)
+    ey = np.zeros(size, np.float32)
+    ez = np.zeros(size, np.float32)
+    for e in range(m2):
+        p = e >> 1
+        k = slot[e]
+        sign = 1.0 if e & 1 == 0 else -1.0
+        i, j = (pi[p], pj[p]) if e & 1 == 0 else (pj[p], pi[p])
+        nbj[k] = j
+        rev[k] = slot[e ^ 1]
+        ix[k] = np.int8(np.rint(sign * ps[p, 0] / box[0]))
+        iy[k] = np.int8(np.rint(sign * ps[p, 1] / box[1]))
+        iz[k] = np.int8(np.rint(sign * ps[p, 2] / box[2]))
+        ex[k] = _rel(pos[j, 0], box[0] * ix[k], pos[i, 0])
+        ey[k] = _rel(pos[j, 1], box[1] * iy[k], pos[i, 1])
+        ez[k] = _rel(pos[j, 2], box[2] * iz[k], pos[i, 2])
+    return seg_base, seg_cnt, nbj, rev, ix, iy, iz, ex, ey, ez, max_row
+
+
+# Cell list of the reference positions for re-centring: cells of edge >= max list radius / 2,
+# searched with a 5^3 stencil; fixed cell capacity (cell_mem rows), slot of each particle in
+# where[i].
+
+@njit(cache=True)
+def _ref_cells(ref, box, lmax):
+    nc = np.empty(3, np.int64)
+    for d in range(3):
+        nc[d] = max(1, int(np.floor(box[d] * 2.0 / lmax)))
+    ncell = nc[0] * nc[1] * nc[2]
+    n = ref.shape[0]
+    cell_of = np.empty(n, np.int64)
+    cnt = np.zeros(ncell, np.int64)
+    for i in range(n):
+        c = _cell_index(ref[i, 0], ref[i, 1], ref[i, 2], box, nc)
+        cell_of[i] = c
+        cnt[c] += 1
+    ccap = 2 * cnt.max() + 8
+    cell_mem = np.empty((ncell, ccap), np.int32)
+    where = np.empty(n, np.int64)
+    cnt[:] = 0
+    for i in range(n):
+        c = cell_of[i]
+        cell_mem[c, cnt[c]] = i
+        where[i] = cnt[c]
+        cnt[c] += 1
+    return nc, cell_of, cnt, cell_mem, where
+
+
+@njit(cache=True, inline="always")
+def _cell_index(x, y, z, box, nc):
+    c = 0
+    for d, v in enumerate((x, y, z)):
+        w = v - box[d] * np.floor(v / box[d])
+        c = c * nc[d] + min(int(w / box[d] * nc[d]), nc[d] - 1)
+    return c
+
+
+@njit(cache=True, inline="always")
+def _remove_entry(k, seg, seg_base, seg_cnt, nbj, rev, ix, iy, iz, ex, ey, ez):
+    """Swap-remove slot k of segment seg (the last used slot moves into k; its partner's
+    reverse index follows)."""
+    last = seg_base[seg] + seg_cnt[seg] - 1
+    if k != last:
+        nbj[k] = nbj[last]
+        rev[k] = rev[last]
+        ix[k] = ix[last]
+        iy[k] = iy[last]
+        iz[k] = iz[last]
+        ex[k] = ex[last]
+        ey[k] = ey[last]
+        ez[k] = ez[last]
+        rev[rev[k]] = k
+    seg_cnt[seg] -= 1
+
+
+@njit(cache=True)
+def _recentre(i, x, y, z, pos, ref, types, box, S, lcut2, seg_base, seg_cnt, nbj, rev,
+              ix, iy, iz, ex, ey, ez, nc, cell_of, cell_cnt, cell_mem, where, mark, stamp):
+    """Move the reference position of particle i to (x, y, z) and make its row (and the
+    reverse entries) exactly the pairs with |ref_i - ref_j| < rc_ij + skin (minimum image,
+    unique since the list radius is below half the box).  ``mark``/``stamp``: scratch marks of
+    the retained neighbours (stamp unique per call).  Returns False if a segment or cell is
+    full (the caller then rebuilds everything with more room)."""
+    ti = types[i]
+    n = pos.shape[0]
+    hb0 = 0.5 * box[0]
+    hb1 = 0.5 * box[1]
+    hb2 = 0.5 * box[2]
+    # 1. keep the current pairs still within range (their coordinates now relative to the new
+    #    reference position), drop the others (both rows)
+    for s in range(S):
+        seg = i * S + s
+        k = seg_base[seg]
+        while k < seg_base[seg] + seg_cnt[seg]:
+            j = nbj[k]
+            s0 = box[0] * ix[k]
+            s1 = box[1] * iy[k]
+            s2 = box[2] * iz[k]
+            d0 = ref[j, 0] + s0 - x
+            d1 = ref[j, 1] + s1 - y
+            d2 = ref[j, 2] + s2 - z
+            if d0 * d0 + d1 * d1 + d2 * d2 < lcut2[ti, s]:
+                mark[j] = stamp
+                ex[k] = _rel(pos[j, 0], s0, x)
+                ey[k] = _rel(pos[j, 1], s1, y)
+                ez[k] = _rel(pos[j, 2], s2, z)
+                k += 1
+            else:
+                r = rev[k]
+                _remove_entry(r, j * S + ti, seg_base, seg_cnt, nbj, rev, ix, iy, iz, ex, ey,
+                              ez)
+                _remove_entry(k, seg, seg_base, seg_cnt, nbj, rev, ix, iy, iz, ex, ey, ez)
+    # 2. add the missing pairs found in the cell list of the reference positions
+    use_cells = nc[0] >= 5 and nc[1] >= 5 and nc[2] >= 5
+    c = _cell_index(x, y, z, box, nc)
+    cz = c % nc[2]
+    cy = (c // nc[2]) % nc[1]
+    cx = c // (nc[1] * nc[2])
+    span = 2 if use_cells else 0
+    for ox in range(-span, span + 1):
+        for oy in range(-span, span + 1):
+            for oz in range(-span, span + 1):
+                c2 = (((cx + ox) % nc[0]) * nc[1] + (cy + oy) % nc[1]) * nc[2] \
+                    + (cz + oz) % nc[2]
+                m = cell_cnt[c2] if use_cells else n
+                for q in range(m):
+                    j = cell_mem[c2, q] if use_cells else q
+                    if j == i or mark[j] == stamp:
+                        continue
+                    d0 = ref[j, 0] - x
+                    d1 = ref[j, 1] - y
+                    d2 = ref[j, 2] - z
+                    d0 = d0 - box[0] if d0 > hb0 else (d0 + box[0] if d0 < -hb0 else d0)
+                    d1 = d1 - box[1] if d1 > hb1 else (d1 + box[1] if d1 < -hb1 else d1)
+                    d2 = d2 - box[2] if d2 > hb2 else (d2 + box[2] if d2 < -hb2 else d2)
+                    tj = types[j]
+                    if d0 * d0 + d1 * d1 + d2 * d2 >= lcut2[ti, tj]:
+                        continue
+                    si = i * S + tj
+                    sj = j * S + ti
+                    if seg_base[si] + seg_cnt[si] == seg_base[si + 1] or \
+                            seg_base[sj] + seg_cnt[sj] == seg_base[sj + 1]:
+                        return False
+                    # lattice image of j near i
+                    a0 = np.int8(np.rint((x - ref[j, 0] + d0) / box[0]))
+                    a1 = np.int8(np.rint((y - ref[j, 1] + d1) / box[1]))
+                    a2 = np.int8(np.rint((z - ref[j, 2] + d2) / box[2]))
+                    k = seg_base[si] + seg_cnt[si]
+                    r = seg_base[sj] + seg_cnt[sj]
+                    seg_cnt[si] += 1
+                    seg_cnt[sj] += 1
+                    nbj[k] = j
+                    nbj[r] = i
+                    rev[k] = r
+                    rev[r] = k
+                    ix[k] = a0
+                    iy[k] = a1
+                    iz[k] = a2
+                    ix[r] = -a0
+                    iy[r] = -a1
+                    iz[r] = -a2
+                    ex[k] = _rel(pos[j, 0], box[0] * a0, x)
+                    ey[k] = _rel(pos[j, 1], box[1] * a1, y)
+                    ez[k] = _rel(pos[j, 2], box[2] * a2, z)
+                    ex[r] = _rel(pos[i, 0], box[0] * -a0, ref[j, 0])
+                    ey[r] = _rel(pos[i, 1], box[1] * -a1, ref[j, 1])
+                    ez[r] = _rel(pos[i, 2], box[2] * -a2, ref[j, 2])
+    # 3. move i in the cell list of the reference positions
+    c_old = cell_of[i]
+    if c != c_old:
+        w = where[i]
+        last = cell_mem[c_old, cell_cnt[c_old] - 1]
+        cell_mem[c_old, w] = last
+        where[last] = w
+        cell_cnt[c_old] -= 1
+        if cell_cnt[c] == cell_mem.shape[1]:
+            return False
+        cell_mem[c, cell_cnt[c]] = i
+        where[i] = cell_cnt[c]
+        cell_cnt[c] += 1
+        cell_of[i] = c
+    ref[i, 0] = x
+    ref[i, 1] = y
+    ref[i, 2] = z
+    return True
+
+
+@njit(cache=True)
+def _list_errors(pos, ref, types, box, S, lcut2, seg_base, seg_cnt, nbj, rev, ix, iy, iz, ex,
+                 ey, ez):
+    """Brute-force audit of the list (debug mode): every pair with minimum-image reference
+    distance below its list radius is listed exactly once in both rows, with opposite shifts,
+    mutual reverse indices and the current neighbour coordinates; returns the error count."""
+    n = pos.shape[0]
+    err = 0
+    count = np.zeros(n, np.int64)
+    for i in range(n):
+        ti = types[i]
+        count[:] = 0
+        for s in range(S):
+            seg = i * S + s
+            for k in range(seg_base[seg], seg_base[seg] + seg_cnt[seg]):
+                j = nbj[k]
+                r = rev[k]
+                count[j] += 1
+                if types[j] != s or rev[r] != k or nbj[r] != i or ix[r] != -ix[k] \
+                        or iy[r] != -iy[k] or iz[r] != -iz[k]:
+                    err += 1
+                if ex[k] != _rel(pos[j, 0], box[0] * ix[k], ref[i, 0]) \
+                        or ey[k] != _rel(pos[j, 1], box[1] * iy[k], ref[i, 1]) \
+                        or ez[k] != _rel(pos[j, 2], box[2] * iz[k], ref[i, 2]):
+                    err += 1
+        for j in range(n):
+            if j == i:
+                continue
+            d2 = 0.0
+            for d in range(3):
+                t = ref[j, d] - ref[i, d]
+                t -= box[d] * np.rint(t / box[d])
+                d2 += t * t
+            if (d2 < lcut2[ti, types[j]]) != (count[j] == 1) or count[j] > 1:
+                err += 1
+    return err
 
 
 # --------------------------------------------------------------------------- row energies
@@ -400,32 +653,37 @@ def _build_lists(pos, types, box, n_species, lcut2, allpairs):
 
 @njit(cache=True, inline="always")
 def _lane_sum(buf, m):
-    """sum(buf[:m]) in a fixed order (eight interleaved partial sums)."""
+    """sum(buf[:m]) in a fixed order (eight interleaved partial sums); m unsigned."""
     a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
-    k = 0
-    while k + 8 <= m:
+    k = np.uint64(0)
+    while k + np.uint64(8) <= m:
         a0 += buf[k]
-        a1 += buf[k + 1]
-        a2 += buf[k + 2]
-        a3 += buf[k + 3]
-        a4 += buf[k + 4]
-        a5 += buf[k + 5]
-        a6 += buf[k + 6]
-        a7 += buf[k + 7]
-        k += 8
+        a1 += buf[k + np.uint64(1)]
+        a2 += buf[k + np.uint64(2)]
+        a3 += buf[k + np.uint64(3)]
+        a4 += buf[k + np.uint64(4)]
+        a5 += buf[k + np.uint64(5)]
+        a6 += buf[k + np.uint64(6)]
+        a7 += buf[k + np.uint64(7)]
+        k += np.uint64(8)
     while k < m:
         a0 += buf[k]
-        k += 1
+        k += np.uint64(1)
     return ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
 
 
-# The segment loops run over array *views* indexed from 0: with an index known to be >= 0
-# numba emits no negative-index wrap-around, and LLVM vectorises (5x faster than indexing the
-# full arrays with k in range(a, b)).
+# The segment loops index the whole arrays with *unsigned* offsets: numba then emits no
+# negative-index wrap-around and LLVM vectorises them; array views (slices) would cost two
+# atomic reference-count updates each, which measured 37 % of the run time.  A trial move needs
+# E_i(new) - E_i(old) only; the "delta" loops evaluate both pair energies from the same loaded
+# neighbour coordinates (one division for the two LJ terms: 1/r_o^2 = r_n^2 / (r_o^2 r_n^2)),
+# so nothing per pair has to be cached -- an accepted move writes only the moved particle's own
+# coordinates into its neighbours' rows.
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _seg_lj(x, y, z, ex, ey, ez, c_s2, c_e4, c_rc, c_sh, out):
-    for k in range(ex.shape[0]):
+def _seg_lj(a, m, o, x, y, z, ex, ey, ez, c_s2, c_e4, c_rc, c_sh, out):
+    for u in range(m):
+        k = a + np.uint64(u)
         dx = ex[k] - x
         dy = ey[k] - y
         dz = ez[k] - z
@@ -433,24 +691,66 @@ def _seg_lj(x, y, z, ex, ey, ez, c_s2, c_e4, c_rc, c_sh, out):
         q = c_s2 / r2
         q6 = q * q * q
         v = c_e4 * (q6 * q6 - q6) - c_sh
-        out[k] = v if r2 < c_rc else 0.0
+        out[o + np.uint64(u)] = v if r2 < c_rc else 0.0
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _seg_harmonic(x, y, z, ex, ey, ez, c_is, c_ep, c_rc, out):
-    for k in range(ex.shape[0]):
+def _seg_dlj(a, m, o, ox, oy, oz, x, y, z, ex, ey, ez, c_s2, c_e4, c_rc, c_sh, out):
+    for u in range(m):
+        k = a + np.uint64(u)
+        ax = ex[k] - ox
+        ay = ey[k] - oy
+        az = ez[k] - oz
+        bx = ex[k] - x
+        by = ey[k] - y
+        bz = ez[k] - z
+        ro = ax * ax + ay * ay + az * az
+        rn = bx * bx + by * by + bz * bz
+        w = c_s2 / (ro * rn)
+        qo = w * rn
+        qn = w * ro
+        qo = qo * qo * qo
+        qn = qn * qn * qn
+        vo = c_e4 * (qo * qo - qo) - c_sh
+        vn = c_e4 * (qn * qn - qn) - c_sh
+        out[o + np.uint64(u)] = (vn if rn < c_rc else 0.0) - (vo if ro < c_rc else 0.0)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _seg_harmonic(a, m, o, x, y, z, ex, ey, ez, c_is, c_ep, c_rc, out):
+    for u in range(m):
+        k = a + np.uint64(u)
         dx = ex[k] - x
         dy = ey[k] - y
         dz = ez[k] - z
         r2 = dx * dx + dy * dy + dz * dz
-        u = 1.0 - np.sqrt(r2) * c_is
-        out[k] = c_ep * u * u if r2 < c_rc else 0.0
+        w = 1.0 - np.sqrt(r2) * c_is
+        out[o + np.uint64(u)] = c_ep * w * w if r2 < c_rc else 0.0
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _seg_overlaps(x, y, z, ex, ey, ez, c_rc):
+def _seg_dharmonic(a, m, o, ox, oy, oz, x, y, z, ex, ey, ez, c_is, c_ep, c_rc, out):
+    for u in range(m):
+        k = a + np.uint64(u)
+        ax = ex[k] - ox
+        ay = ey[k] - oy
+        az = ez[k] - oz
+        bx = ex[k] - x
+        by = ey[k] - y
+        bz = ez[k] - z
+        ro = ax * ax + ay * ay + az * az
+        rn = bx * bx + by * by + bz * bz
+        wo = 1.0 - np.sqrt(ro) * c_is
+        wn = 1.0 - np.sqrt(rn) * c_is
+        out[o + np.uint64(u)] = (c_ep * wn * wn if rn < c_rc else 0.0) \
+            - (c_ep * wo * wo if ro < c_rc else 0.0)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _seg_overlaps(a, m, x, y, z, ex, ey, ez, c_rc):
     cnt = 0
-    for k in range(ex.shape[0]):
+    for u in range(m):
+        k = a + np.uint64(u)
         dx = ex[k] - x
         dy = ey[k] - y
         dz = ez[k] - z
@@ -458,78 +758,71 @@ def _seg_overlaps(x, y, z, ex, ey, ez, c_rc):
     return cnt
 
 
-@njit(cache=True, error_model="numpy")
-def _row_lj(i, x, y, z, ti, S, row_off, ex, ey, ez, sig2, eps4, rc2, esh, buf):
-    """Pair energies of particle i placed at (x, y, z) with its row -> buf[0:m]; returns the sum.
-
-    LJ: 4 eps [(s/r)^12 - (s/r)^6] - shift for r^2 < rc^2, else 0 (branch free: select)."""
-    base = row_off[i * S]
+@njit(cache=True, error_model="numpy", inline="always")
+def _row_energy(kind, i, x, y, z, ti, S, seg_base, seg_cnt, ex, ey, ez, sig, sig2, eps, eps4,
+                rc2, esh, buf):
+    """Energy of particle i placed at (x, y, z) relative to its reference position, with its row
+    (LJ: 4 eps [(s/r)^12 - (s/r)^6] - shift, harmonic: eps (1 - r/s)^2, each for r^2 < rc^2;
+    branch free selects)."""
+    o = np.uint64(0)
     for s in range(S):
-        a = row_off[i * S + s]
-        b = row_off[i * S + s + 1]
-        _seg_lj(x, y, z, ex[a:b], ey[a:b], ez[a:b], sig2[ti, s], eps4[ti, s], rc2[ti, s],
-                esh[ti, s], buf[a - base:b - base])
-    return _lane_sum(buf, row_off[i * S + S] - base)
+        a = np.uint64(seg_base[i * S + s])
+        m = np.uint64(seg_cnt[i * S + s])
+        if kind == 0:
+            _seg_lj(a, m, o, x, y, z, ex, ey, ez, sig2[ti, s], eps4[ti, s], rc2[ti, s],
+                    esh[ti, s], buf)
+        else:
+            _seg_harmonic(a, m, o, x, y, z, ex, ey, ez, 1.0 / sig[ti, s], eps[ti, s],
+                          rc2[ti, s], buf)
+        o += m
+    return _lane_sum(buf, o)
 
 
-@njit(cache=True, error_model="numpy")
-def _row_harmonic(i, x, y, z, ti, S, row_off, ex, ey, ez, sig, eps, rc2, buf):
-    """As _row_lj for eps (1 - r/sigma)^2, r < sigma."""
-    base = row_off[i * S]
+@njit(cache=True, error_model="numpy", inline="always")
+def _row_delta(kind, i, ox, oy, oz, x, y, z, ti, S, seg_base, seg_cnt, ex, ey, ez, sig, sig2,
+               eps, eps4, rc2, esh, buf):
+    """E_i(x, y, z) - E_i(ox, oy, oz) over i's row (positions relative to ref_i; same pair
+    functions as _row_energy)."""
+    o = np.uint64(0)
     for s in range(S):
-        a = row_off[i * S + s]
-        b = row_off[i * S + s + 1]
-        _seg_harmonic(x, y, z, ex[a:b], ey[a:b], ez[a:b], 1.0 / sig[ti, s], eps[ti, s],
-                      rc2[ti, s], buf[a - base:b - base])
-    return _lane_sum(buf, row_off[i * S + S] - base)
+        a = np.uint64(seg_base[i * S + s])
+        m = np.uint64(seg_cnt[i * S + s])
+        if kind == 0:
+            _seg_dlj(a, m, o, ox, oy, oz, x, y, z, ex, ey, ez, sig2[ti, s], eps4[ti, s],
+                     rc2[ti, s], esh[ti, s], buf)
+        else:
+            _seg_dharmonic(a, m, o, ox, oy, oz, x, y, z, ex, ey, ez, 1.0 / sig[ti, s],
+                           eps[ti, s], rc2[ti, s], buf)
+        o += m
+    return _lane_sum(buf, o)
 
 
-@njit(cache=True, error_model="numpy")
-def _row_overlaps(i, x, y, z, ti, S, row_off, ex, ey, ez, rc2):
-    """Hard spheres: number of row neighbours overlapping particle i placed at (x, y, z)."""
+@njit(cache=True, error_model="numpy", inline="always")
+def _row_overlaps(i, x, y, z, ti, S, seg_base, seg_cnt, ex, ey, ez, rc2):
+    """Hard spheres: number of row neighbours overlapping particle i placed at (x, y, z)
+    (relative to ref_i)."""
     cnt = 0
     for s in range(S):
-        a = row_off[i * S + s]
-        b = row_off[i * S + s + 1]
-        cnt += _seg_overlaps(x, y, z, ex[a:b], ey[a:b], ez[a:b], rc2[ti, s])
+        cnt += _seg_overlaps(np.uint64(seg_base[i * S + s]), np.uint64(seg_cnt[i * S + s]),
+                             x, y, z, ex, ey, ez, rc2[ti, s])
     return cnt
 
 
-@njit(cache=True, inline="always")
-def _row_energy(kind, i, x, y, z, ti, S, row_off, ex, ey, ez, sig, sig2, eps, eps4, rc2, esh,
-                buf):
-    if kind == 0:
-        return _row_lj(i, x, y, z, ti, S, row_off, ex, ey, ez, sig2, eps4, rc2, esh, buf)
-    return _row_harmonic(i, x, y, z, ti, S, row_off, ex, ey, ez, sig, eps, rc2, buf)
-
-
 @njit(cache=True)
-def _refresh(kind, pos, types, S, row_off, rev, ex, ey, ez, sig, sig2, eps, eps4, rc2, esh,
-             buf, pe, e):
-    """Recompute every cached pair energy (symmetrised: pe[k] = pe[rev[k]]) and particle energy
-    e_i = sum of its row from scratch; returns the total energy 0.5 sum_i e_i (HS: number of
-    overlapping pairs)."""
-    n = pos.shape[0]
+def _scratch_energy(kind, pos, ref, types, S, seg_base, seg_cnt, ex, ey, ez, sig, sig2, eps,
+                    eps4, rc2, esh, buf):
+    """Total energy 0.5 sum_i E_i from scratch (hard spheres: number of overlapping pairs)."""
     tot = 0.0
-    for i in range(n):
+    for i in range(pos.shape[0]):
         ti = types[i]
-        a = row_off[i * S]
+        x = pos[i, 0] - ref[i, 0]
+        y = pos[i, 1] - ref[i, 1]
+        z = pos[i, 2] - ref[i, 2]
         if kind == 2:
-            tot += _row_overlaps(i, pos[i, 0], pos[i, 1], pos[i, 2], ti, S, row_off, ex, ey, ez,
-                                 rc2)
-            continue
-        _row_energy(kind, i, pos[i, 0], pos[i, 1], pos[i, 2], ti, S, row_off, ex, ey, ez,
-                    sig, sig2, eps, eps4, rc2, esh, buf)
-        for k in range(a, row_off[i * S + S]):
-            if k < rev[k]:
-                pe[k] = buf[k - a]
-                pe[rev[k]] = buf[k - a]
-    if kind == 2:
-        return 0.5 * tot
-    for i in range(n):
-        a = row_off[i * S]
-        e[i] = _lane_sum(pe[a:], row_off[i * S + S] - a)
-        tot += e[i]
+            tot += _row_overlaps(i, x, y, z, ti, S, seg_base, seg_cnt, ex, ey, ez, rc2)
+        else:
+            tot += _row_energy(kind, i, x, y, z, ti, S, seg_base, seg_cnt, ex, ey, ez, sig, sig2,
+                               eps, eps4, rc2, esh, buf)
     return 0.5 * tot
 
 
@@ -550,23 +843,21 @@ def _in_voronoi(ux, uy, uz, i, coff, cvec, sc2):
     return True
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def _outside_voronoi(ux, uy, uz, i, coff, cvx, cvy, cvz, sc2):
     """Number of Eq. 10 conditions violated by u = R - r_i^init (0: inside); branch free over
-    the SANN row stored as separate coordinate arrays (vectorised)."""
+    the SANN row stored as separate coordinate arrays (vectorised; unsigned offsets, see the
+    row energies)."""
     u2 = ux * ux + uy * uy + uz * uz
-    a = coff[i]
-    b = coff[i + 1]
-    vx = cvx[a:b]
-    vy = cvy[a:b]
-    vz = cvz[a:b]
-    c2 = sc2[a:b]
+    a = np.uint64(coff[i])
+    m = np.uint64(coff[i + 1] - coff[i])
     bad = 0
-    for k in range(b - a):
-        wx = ux - vx[k]
-        wy = uy - vy[k]
-        wz = uz - vz[k]
-        bad += not (u2 * c2[k] < wx * wx + wy * wy + wz * wz)
+    for u in range(m):
+        k = a + np.uint64(u)
+        wx = ux - cvx[k]
+        wy = uy - cvy[k]
+        wz = uz - cvz[k]
+        bad += not (u2 * sc2[k] < wx * wx + wy * wy + wz * wz)
     return bad
 
 
@@ -609,7 +900,119 @@ def in_cage(point, i, positions_init, box, cage_offsets, cage_neighbors, sigma_c
 
 # --------------------------------------------------------------------------- the MC kernel
 
-_REFRESH_SWEEPS = 1000  # cached energies recomputed from scratch at least this often
+_SLACK = 1.3  # segment capacity / largest count at a global rebuild (room for re-centring)
+# Hard spheres: trial moves closer than sigma_ij (1 + _HS_MARGIN) are rejected; the margin
+# exceeds the single-precision error of the list coordinates (< 3e-7 sigma), so no accepted
+# configuration ever overlaps.
+_HS_MARGIN = 1e-6
+# slots of the small state arrays shared by _moves and _mc_kernel
+_ENERGY, _STEP, _PX, _PY, _PZ = 0, 1, 2, 3, 4
+_BLOCK_MOVES, _BLOCK_ACC, _SWEEP_ACC, _RECENTRED, _VIOLATIONS, _PENDING = 0, 1, 2, 3, 4, 5
+
+
+@njit(cache=True, error_model="numpy")
+def _moves(i0, measuring, pos, init, ref, types, box, S, kind, sig, sig2, eps, eps4, rc2, esh,
+           lcut2, beta, cage_mode, coff, cvx, cvy, cvz, csc2, cnb, sigc, rad2, allpairs,
+           half_skin2, step_max, target, block_len, debug, rng, fs, ist,
+           seg_base, seg_cnt, nbj, rev, ix, iy, iz, ex, ey, ez,
+           nc, cell_of, cell_cnt, cell_mem, where, mark, buf):
+    """Trial moves of particles i0 .. N-1 of one sequential sweep.
+
+    Returns N when the sweep is done, or the index i of a particle whose move needs a global
+    list rebuild (its trial position is kept in fs[_PX:_PZ + 1], ist[_PENDING] = 1; the caller
+    rebuilds and calls again from i).  The arrays are never reassigned here, so numba passes
+    them without reference counting (a loop that can rebind them paid two atomic updates per
+    array and move, half of the run time)."""
+    n = pos.shape[0]
+    step = fs[_STEP]
+    for i in range(i0, n):
+        ox = pos[i, 0]
+        oy = pos[i, 1]
+        oz = pos[i, 2]
+        if ist[_PENDING]:
+            nx = fs[_PX]
+            ny = fs[_PY]
+            nz = fs[_PZ]
+            ist[_PENDING] = 0
+        else:
+            nx = ox + step * (2.0 * _uniform(rng) - 1.0)
+            ny = oy + step * (2.0 * _uniform(rng) - 1.0)
+            nz = oz + step * (2.0 * _uniform(rng) - 1.0)
+        ux = nx - init[i, 0]
+        uy = ny - init[i, 1]
+        uz = nz - init[i, 2]
+        if cage_mode == 0:
+            inside = _outside_voronoi(ux, uy, uz, i, coff, cvx, cvy, cvz, csc2) == 0
+        else:
+            inside = ux * ux + uy * uy + uz * uz < rad2[i]
+        accepted = False
+        if inside:
+            rx = ref[i, 0]
+            ry = ref[i, 1]
+            rz = ref[i, 2]
+            if (nx - rx) ** 2 + (ny - ry) ** 2 + (nz - rz) ** 2 > half_skin2:
+                # re-centre i on its current position (within skin/2 of the trial position,
+                # since step <= skin / (2 sqrt 3))
+                ok = False
+                if not allpairs:
+                    ist[_RECENTRED] += 1
+                    ok = _recentre(i, ox, oy, oz, pos, ref, types, box, S, lcut2, seg_base,
+                                   seg_cnt, nbj, rev, ix, iy, iz, ex, ey, ez, nc, cell_of,
+                                   cell_cnt, cell_mem, where, mark, ist[_RECENTRED])
+                if not ok:
+                    fs[_PX] = nx
+                    fs[_PY] = ny
+                    fs[_PZ] = nz
+                    ist[_PENDING] = 1
+                    fs[_STEP] = step
+                    return i
+                rx = ref[i, 0]
+                ry = ref[i, 1]
+                rz = ref[i, 2]
+            ti = types[i]
+            if kind == 2:
+                accepted = _row_overlaps(i, nx - rx, ny - ry, nz - rz, ti, S, seg_base, seg_cnt,
+                                         ex, ey, ez, rc2) == 0
+            else:
+                de = _row_delta(kind, i, ox - rx, oy - ry, oz - rz, nx - rx, ny - ry, nz - rz,
+                                ti, S, seg_base, seg_cnt, ex, ey, ez, sig, sig2, eps, eps4, rc2,
+                                esh, buf)
+                if de <= 0.0 or _uniform(rng) < np.exp(-beta * de):
+                    accepted = True
+                    fs[_ENERGY] += de
+        if accepted:
+            ist[_SWEEP_ACC] += 1
+            pos[i, 0] = nx
+            pos[i, 1] = ny
+            pos[i, 2] = nz
+            for s in range(S):
+                a = np.uint64(seg_base[i * S + s])
+                for u in range(np.uint64(seg_cnt[i * S + s])):
+                    k = a + np.uint64(u)
+                    r = np.uint64(rev[k])  # the entry of i in j's row: image -image[k]
+                    j = np.uint64(nbj[k])
+                    ex[r] = _rel(nx, box[0] * -ix[k], ref[j, 0])
+                    ey[r] = _rel(ny, box[1] * -iy[k], ref[j, 1])
+                    ez[r] = _rel(nz, box[2] * -iz[k], ref[j, 2])
+            if debug:
+                if cage_mode == 0:
+                    ok = _in_cage_full(pos[i], i, init, box, coff, cnb, sigc)
+                else:
+                    ok = np.sqrt(ux * ux + uy * uy + uz * uz) < np.sqrt(rad2[i])
+                if not ok:
+                    ist[_VIOLATIONS] += 1
+        if not measuring:
+            ist[_BLOCK_MOVES] += 1
+            ist[_BLOCK_ACC] += accepted
+            if ist[_BLOCK_MOVES] >= block_len:
+                a_blk = ist[_BLOCK_ACC] / ist[_BLOCK_MOVES]
+                f = np.exp(0.5 * (a_blk - target) / max(target, 1e-3))
+                f = min(max(f, 0.5), 2.0)
+                step = min(step * f, step_max)
+                ist[_BLOCK_MOVES] = 0
+                ist[_BLOCK_ACC] = 0
+    fs[_STEP] = step
+    return n
 
 
 @njit(cache=True, error_model="numpy")
@@ -621,138 +1024,92 @@ def _mc_kernel(pos, init, types, box, S, kind, sig, sig2, eps, eps4, rc2, esh, l
     n = pos.shape[0]
     beta = 1.0 / T
     half_skin2 = (0.5 * skin) ** 2
-    row_off, nbj, rev, sx, sy, sz, ex, ey, ez, max_row = _build_lists(pos, types, box, S, lcut2,
-                                                                      allpairs)
+    lmax = np.sqrt(lcut2.max())
+    slack = 1.0 if allpairs else _SLACK
+    seg_base, seg_cnt, nbj, rev, ix, iy, iz, ex, ey, ez, max_row = _build_lists(
+        pos, types, box, S, lcut2, allpairs, slack)
     ref = pos.copy()
+    nc, cell_of, cell_cnt, cell_mem, where = _ref_cells(ref, box, lmax)
+    mark = np.full(n, -1, np.int64)
     buf = np.zeros(max_row + 8)
-    pe = np.zeros(nbj.shape[0])
-    e = np.zeros(n)
-    energy = 0.0
+    fs = np.zeros(5)
+    fs[_STEP] = step
     if kind != 2:
-        energy = _refresh(kind, pos, types, S, row_off, rev, ex, ey, ez, sig, sig2, eps, eps4,
-                          rc2, esh, buf, pe, e)
+        fs[_ENERGY] = _scratch_energy(kind, pos, ref, types, S, seg_base, seg_cnt, ex, ey, ez,
+                                      sig, sig2, eps, eps4, rc2, esh, buf)
+    ist = np.zeros(6, np.int64)
     n_rebuilds = 0
     acc_sum = np.zeros((n, 3))
     n_rec = n_measure // record_every if record_every > 0 else 0
     samples = np.empty((n_rec, n, 3))
-    violations = 0
-    block_moves = 0
-    block_acc = 0
     block_len = max(500, n)
-    meas_moves = 0
     meas_acc = 0
-    eq_moves = 0
     eq_acc = 0
     rec = 0
-    fn = float(n)
     for sweep in range(n_equil + n_measure):
         measuring = sweep >= n_equil
-        if kind != 2 and sweep > 0 and sweep % _REFRESH_SWEEPS == 0:
-            _refresh(kind, pos, types, S, row_off, rev, ex, ey, ez, sig, sig2, eps, eps4, rc2,
-                     esh, buf, pe, e)
-        for _ in range(n):
-            i = int(_uniform(rng) * fn)
-            if i >= n:  # guard against round-up of u * n
-                i = n - 1
-            nx = pos[i, 0] + step * (2.0 * _uniform(rng) - 1.0)
-            ny = pos[i, 1] + step * (2.0 * _uniform(rng) - 1.0)
-            nz = pos[i, 2] + step * (2.0 * _uniform(rng) - 1.0)
-            ux = nx - init[i, 0]
-            uy = ny - init[i, 1]
-            uz = nz - init[i, 2]
-            if cage_mode == 0:
-                inside = _outside_voronoi(ux, uy, uz, i, coff, cvx, cvy, cvz, csc2) == 0
-            else:
-                inside = ux * ux + uy * uy + uz * uz < rad2[i]
-            accepted = False
-            if inside:
-                dx = nx - ref[i, 0]
-                dy = ny - ref[i, 1]
-                dz = nz - ref[i, 2]
-                if dx * dx + dy * dy + dz * dz > half_skin2:
-                    row_off, nbj, rev, sx, sy, sz, ex, ey, ez, max_row = _build_lists(
-                        pos, types, box, S, lcut2, allpairs)
-                    ref[:, :] = pos
-                    n_rebuilds += 1
-                    if buf.shape[0] < max_row + 8:
-                        buf = np.zeros(max_row + 8)
-                    pe = np.zeros(nbj.shape[0])
-                    if kind != 2:
-                        _refresh(kind, pos, types, S, row_off, rev, ex, ey, ez, sig, sig2, eps,
-                                 eps4, rc2, esh, buf, pe, e)
-                ti = types[i]
-                if kind == 2:
-                    accepted = _row_overlaps(i, nx, ny, nz, ti, S, row_off, ex, ey, ez,
-                                             rc2) == 0
-                else:
-                    en = _row_energy(kind, i, nx, ny, nz, ti, S, row_off, ex, ey, ez, sig,
-                                     sig2, eps, eps4, rc2, esh, buf)
-                    de = en - e[i]
-                    if de <= 0.0 or _uniform(rng) < np.exp(-beta * de):
-                        accepted = True
-                        energy += de
-                        # cached pair energies: row i from buf, partners through rev
-                        a = row_off[i * S]
-                        for k in range(a, row_off[i * S + S]):
-                            v = buf[k - a]
-                            e[nbj[k]] += v - pe[k]
-                            pe[k] = v
-                            pe[rev[k]] = v
-                        e[i] = en
-            if accepted:
-                pos[i, 0] = nx
-                pos[i, 1] = ny
-                pos[i, 2] = nz
-                for k in range(row_off[i * S], row_off[i * S + S]):
-                    r = rev[k]  # the entry of i in j's row: shift -shift[k] (exact negation)
-                    ex[r] = nx - sx[k]
-                    ey[r] = ny - sy[k]
-                    ez[r] = nz - sz[k]
-                if debug:
-                    if cage_mode == 0:
-                        ok = _in_cage_full(pos[i], i, init, box, coff, cnb, sigc)
-                    else:
-                        ok = np.sqrt(ux * ux + uy * uy + uz * uz) < np.sqrt(rad2[i])
-                    if not ok:
-                        violations += 1
-            if measuring:
-                meas_moves += 1
-                meas_acc += accepted
-            else:
-                eq_moves += 1
-                eq_acc += accepted
-                block_moves += 1
-                block_acc += accepted
-                if block_moves >= block_len:
-                    a_blk = block_acc / block_moves
-                    f = np.exp(0.5 * (a_blk - target) / max(target, 1e-3))
-                    f = min(max(f, 0.5), 2.0)
-                    step = min(step * f, step_max)
-                    block_moves = 0
-                    block_acc = 0
+        ist[_SWEEP_ACC] = 0
+        i = 0
+        while True:
+            i = _moves(i, measuring, pos, init, ref, types, box, S, kind, sig, sig2, eps, eps4,
+                       rc2, esh, lcut2, beta, cage_mode, coff, cvx, cvy, cvz, csc2, cnb, sigc,
+                       rad2, allpairs, half_skin2, step_max, target, block_len, debug, rng, fs,
+                       ist, seg_base, seg_cnt, nbj, rev, ix, iy, iz, ex, ey, ez, nc, cell_of,
+                       cell_cnt, cell_mem, where, mark, buf)
+            if i == n:
+                break
+            # tiny box (all images, no re-centring) or a full segment / cell: rebuild all
+            if not allpairs:
+                slack *= 1.25
+            seg_base, seg_cnt, nbj, rev, ix, iy, iz, ex, ey, ez, max_row = _build_lists(
+                pos, types, box, S, lcut2, allpairs, slack)
+            ref[:, :] = pos
+            nc, cell_of, cell_cnt, cell_mem, where = _ref_cells(ref, box, lmax)
+            buf = np.zeros(max_row + 8)
+            n_rebuilds += 1
+        if debug and not allpairs:
+            ist[_VIOLATIONS] += _list_errors(pos, ref, types, box, S, lcut2, seg_base, seg_cnt,
+                                             nbj, rev, ix, iy, iz, ex, ey, ez)
         if measuring:
+            meas_acc += ist[_SWEEP_ACC]
             acc_sum += pos
             m = sweep - n_equil + 1
             if record_every > 0 and m % record_every == 0 and rec < n_rec:
                 samples[rec] = pos
                 rec += 1
-    acc_meas = meas_acc / meas_moves if meas_moves > 0 else np.nan
-    acc_eq = eq_acc / eq_moves if eq_moves > 0 else np.nan
-    return (acc_sum / max(n_measure, 1), pos, acc_meas, acc_eq, step, energy, n_rebuilds,
-            violations, samples)
+        else:
+            eq_acc += ist[_SWEEP_ACC]
+    acc_meas = meas_acc / (n_measure * n) if n_measure > 0 else np.nan
+    acc_eq = eq_acc / (n_equil * n) if n_equil > 0 else np.nan
+    return (acc_sum / max(n_measure, 1), pos, acc_meas, acc_eq, fs[_STEP], fs[_ENERGY],
+            n_rebuilds, ist[_RECENTRED], ist[_VIOLATIONS], samples)
 
 
 @njit(cache=True)
-def _total_energy(pos, types, box, S, kind, sig, sig2, eps, eps4, rc2, esh, lcut2, allpairs):
-    row_off, nbj, rev, sx, sy, sz, ex, ey, ez, max_row = _build_lists(pos, types, box, S, lcut2,
-                                                                      allpairs)
-    buf = np.zeros(max_row + 8)
-    pe = np.zeros(nbj.shape[0])
-    e = np.zeros(pos.shape[0])
-    tot = _refresh(kind, pos, types, S, row_off, rev, ex, ey, ez, sig, sig2, eps, eps4, rc2, esh,
-                   buf, pe, e)
-    if kind == 2:
-        return np.inf if tot > 0 else 0.0
+def _total_energy(pos, types, box, kind, sig, eps, rc2, esh, lcut2, allpairs):
+    """Total energy in double precision straight from the pair search (independent of the
+    kernel's single-precision list entries); hard spheres: inf on any overlap, else 0."""
+    pi, pj, ps = _pairs(pos, types, box, lcut2, allpairs)
+    tot = 0.0
+    for p in range(pi.shape[0]):
+        i = pi[p]
+        j = pj[p]
+        a = types[i]
+        b = types[j]
+        r2 = 0.0
+        for d in range(3):
+            t = pos[j, d] + ps[p, d] - pos[i, d]
+            r2 += t * t
+        if r2 >= rc2[a, b]:
+            continue
+        if kind == 2:
+            return np.inf
+        if kind == 0:
+            q = (sig[a, b] * sig[a, b] / r2) ** 3
+            tot += 4.0 * eps[a, b] * (q * q - q) - esh[a, b]
+        else:
+            u = 1.0 - np.sqrt(r2) / sig[a, b]
+            tot += eps[a, b] * u * u
     return tot
 
 
@@ -803,13 +1160,30 @@ def _tables(potential):
 
 
 def total_energy(positions, types, box, potential):
-    """Total potential energy with the MC kernel's own energy routine (inf on HS overlap)."""
+    """Total potential energy (double precision; inf if hard spheres overlap) of an (N, 3)
+    configuration with (N,) species indices in an orthorhombic (3,) box."""
     positions, types, box = _prepare(positions, types, box, potential)
     kind, sig, sig2, eps, eps4, rc2, esh = _tables(potential)
     lcut2 = (potential.cutoff + 0.1) ** 2
     allpairs = float(np.sqrt(lcut2.max())) >= 0.5 * box.min()
-    return float(_total_energy(positions, types, box, potential.n_species, kind, sig, sig2, eps,
-                               eps4, rc2, esh, lcut2, allpairs))
+    return float(_total_energy(positions, types, box, kind, sig, eps, rc2, esh, lcut2, allpairs))
+
+
+def spatial_order(positions, box, cell=1.0):
+    """Permutation putting particles in Morton (Z-curve) order of cells of edge ~``cell``.
+
+    Returns (N,) int64; neighbours in space become neighbours in memory, which is what makes
+    the MC kernel's row updates cache friendly."""
+    positions = np.asarray(positions, dtype=np.float64)
+    box = np.asarray(box, dtype=np.float64)
+    w = positions - box * np.floor(positions / box)
+    nc = np.maximum(1, np.floor(box / cell)).astype(np.int64)
+    c = np.minimum((w / box * nc).astype(np.int64), nc - 1)
+    code = np.zeros(len(w), np.int64)
+    for bit in range(20):
+        for d in range(3):
+            code |= ((c[:, d] >> bit) & 1) << (3 * bit + d)
+    return np.argsort(code, kind="stable")
 
 
 def cage_neighbors(positions, box):
@@ -881,6 +1255,21 @@ def cage_state(positions, types, box, potential, T, n_equil, n_measure, seed,
         if not np.isfinite(e0):
             raise ValueError("hard-sphere initial configuration has overlaps")
 
+    rad = np.zeros(n)
+    if cage == "sphere":
+        rad = _per_particle(0.5 * sigc if cage_radius is None else cage_radius, types,
+                            potential.n_species, "cage_radius")
+        if np.any(rad <= 0):
+            raise ValueError("cage_radius must be positive")
+
+    # the kernel works on particles in spatial (Morton) order; results are mapped back below
+    order = spatial_order(positions, box)
+    positions_in = positions
+    positions = np.ascontiguousarray(positions[order])
+    types = np.ascontiguousarray(types[order])
+    sigc = np.ascontiguousarray(sigc[order])
+    rad = np.ascontiguousarray(rad[order])
+
     if cage == "voronoi":
         coff, cnb, cvec = cage_neighbors(positions, box)
         src = np.repeat(np.arange(n), np.diff(coff))
@@ -894,10 +1283,6 @@ def cage_state(positions, types, box, potential, T, n_equil, n_measure, seed,
         cnb = np.zeros(0, np.int64)
         cvec = np.zeros((0, 3))
         csc2 = np.zeros(0)
-        rad = _per_particle(0.5 * sigc if cage_radius is None else cage_radius, types,
-                            potential.n_species, "cage_radius")
-        if np.any(rad <= 0):
-            raise ValueError("cage_radius must be positive")
         rad2 = rad ** 2
         cage_mode = 1
         default_skin = 2.0 * float(rad.max()) + 0.05
@@ -915,16 +1300,22 @@ def cage_state(positions, types, box, potential, T, n_equil, n_measure, seed,
     step0 = min(step0, step_max)
 
     cvx, cvy, cvz = (np.ascontiguousarray(cvec[:, d]) for d in range(3))
-    cs, final, acc, acc_eq, step_f, energy, n_reb, viol, samples = _mc_kernel(
+    if kind == 2:  # single-precision list entries: keep a margin so no true overlap slips in
+        rc2 = rc2 * (1.0 + _HS_MARGIN) ** 2
+    cs, final, acc, acc_eq, step_f, energy, n_reb, n_rec, viol, samples = _mc_kernel(
         positions.copy(), positions, types, box, potential.n_species, kind, sig, sig2, eps,
         eps4, rc2, esh, lcut2, float(T) if kind != 2 else 1.0,
         cage_mode, coff, cvx, cvy, cvz, csc2, cnb, sigc, rad2,
         allpairs, skin, int(n_equil), int(n_measure), np.uint64(int(seed) % 2 ** 64), step0,
         step_max, float(target_acceptance), int(record_every), bool(debug))
-    out = dict(positions=cs, displacement=np.linalg.norm(cs - positions, axis=1),
+    back = np.empty_like(order)
+    back[order] = np.arange(n)
+    cs = cs[back]
+    final = final[back]
+    out = dict(positions=cs, displacement=np.linalg.norm(cs - positions_in, axis=1),
                acceptance=float(acc), step=float(step_f), acceptance_equil=float(acc_eq),
                final=final, energy=float(energy), n_rebuilds=int(n_reb),
-               violations=int(viol))
+               n_recentred=int(n_rec), violations=int(viol))
     if record_every > 0:
-        out["samples"] = samples
+        out["samples"] = samples[:, back]
     return out
