@@ -941,10 +941,19 @@ def _moves(i0, measuring, pos, init, ref, types, box, S, kind, sig, sig2, eps, e
         ux = nx - init[i, 0]
         uy = ny - init[i, 1]
         uz = nz - init[i, 2]
-        if cage_mode == 0:
-            inside = _outside_voronoi(ux, uy, uz, i, coff, cvx, cvy, cvz, csc2) == 0
+        u2 = ux * ux + uy * uy + uz * uz
+        if cage_mode == 0:  # Eq. 10, branch free over the SANN row (== _outside_voronoi)
+            a = np.uint64(coff[i])
+            bad = 0
+            for u in range(np.uint64(coff[i + 1] - coff[i])):
+                k = a + np.uint64(u)
+                wx = ux - cvx[k]
+                wy = uy - cvy[k]
+                wz = uz - cvz[k]
+                bad += not (u2 * csc2[k] < wx * wx + wy * wy + wz * wz)
+            inside = bad == 0
         else:
-            inside = ux * ux + uy * uy + uz * uz < rad2[i]
+            inside = u2 < rad2[i]
         accepted = False
         if inside:
             rx = ref[i, 0]
@@ -969,14 +978,74 @@ def _moves(i0, measuring, pos, init, ref, types, box, S, kind, sig, sig2, eps, e
                 rx = ref[i, 0]
                 ry = ref[i, 1]
                 rz = ref[i, 2]
+            # the row loops are written out here: inlined helpers would alias the arrays and
+            # bring back the reference counting (same arithmetic as _seg_dlj, _seg_dharmonic,
+            # _seg_overlaps)
             ti = types[i]
+            ox -= rx
+            oy -= ry
+            oz -= rz
+            x = nx - rx
+            y = ny - ry
+            z = nz - rz
+            o = np.uint64(0)
+            overlaps = 0
+            for s in range(S):
+                a = np.uint64(seg_base[i * S + s])
+                m = np.uint64(seg_cnt[i * S + s])
+                c_rc = rc2[ti, s]
+                if kind == 2:
+                    for u in range(m):
+                        k = a + np.uint64(u)
+                        dx = ex[k] - x
+                        dy = ey[k] - y
+                        dz = ez[k] - z
+                        overlaps += (dx * dx + dy * dy + dz * dz) < c_rc
+                elif kind == 0:
+                    c_s2 = sig2[ti, s]
+                    c_e4 = eps4[ti, s]
+                    c_sh = esh[ti, s]
+                    for u in range(m):
+                        k = a + np.uint64(u)
+                        ax = ex[k] - ox
+                        ay = ey[k] - oy
+                        az = ez[k] - oz
+                        bx = ex[k] - x
+                        by = ey[k] - y
+                        bz = ez[k] - z
+                        ro = ax * ax + ay * ay + az * az
+                        rn = bx * bx + by * by + bz * bz
+                        w = c_s2 / (ro * rn)
+                        qo = w * rn
+                        qn = w * ro
+                        qo = qo * qo * qo
+                        qn = qn * qn * qn
+                        vo = c_e4 * (qo * qo - qo) - c_sh
+                        vn = c_e4 * (qn * qn - qn) - c_sh
+                        buf[o + np.uint64(u)] = (vn if rn < c_rc else 0.0) \
+                            - (vo if ro < c_rc else 0.0)
+                else:
+                    c_is = 1.0 / sig[ti, s]
+                    c_ep = eps[ti, s]
+                    for u in range(m):
+                        k = a + np.uint64(u)
+                        ax = ex[k] - ox
+                        ay = ey[k] - oy
+                        az = ez[k] - oz
+                        bx = ex[k] - x
+                        by = ey[k] - y
+                        bz = ez[k] - z
+                        ro = ax * ax + ay * ay + az * az
+                        rn = bx * bx + by * by + bz * bz
+                        wo = 1.0 - np.sqrt(ro) * c_is
+                        wn = 1.0 - np.sqrt(rn) * c_is
+                        buf[o + np.uint64(u)] = (c_ep * wn * wn if rn < c_rc else 0.0) \
+                            - (c_ep * wo * wo if ro < c_rc else 0.0)
+                o += m
             if kind == 2:
-                accepted = _row_overlaps(i, nx - rx, ny - ry, nz - rz, ti, S, seg_base, seg_cnt,
-                                         ex, ey, ez, rc2) == 0
+                accepted = overlaps == 0
             else:
-                de = _row_delta(kind, i, ox - rx, oy - ry, oz - rz, nx - rx, ny - ry, nz - rz,
-                                ti, S, seg_base, seg_cnt, ex, ey, ez, sig, sig2, eps, eps4, rc2,
-                                esh, buf)
+                de = _lane_sum(buf, o)
                 if de <= 0.0 or _uniform(rng) < np.exp(-beta * de):
                     accepted = True
                     fs[_ENERGY] += de
