@@ -14,7 +14,7 @@ The cage-state position is r_i^CS = <r_i> averaged over the measurement sweeps (
 sweep = N trial moves), in the same periodic image as r_i^init (positions are never wrapped),
 and Delta r_i^CS = |r_i^CS - r_i^init|.
 
-Trial moves: a random particle is displaced uniformly in a cube of side 2*step.  During the
+Trial moves: each particle in turn is displaced uniformly in a cube of side 2*step.  During the
 ``n_equil`` equilibration sweeps ``step`` is tuned multiplicatively towards
 ``target_acceptance``; it is frozen during the ``n_measure`` measurement sweeps (so the
 measurement is a proper Markov chain with detailed balance).  The numba RNG is seeded with
@@ -29,32 +29,37 @@ Potentials (``PairPotential``, generic S x S pair tables):
   distribution differs (very slightly, only for pairs crossing r_c) from the shifted model.
   Use ``PairPotential.kob_andersen(shift=True)`` to sample the truncated-and-shifted variant.
 * ``'harmonic'``: eps_ij (1 - r/s_ij)^2 for r < s_ij (cutoff = s_ij).
-* ``'hard'``: overlap (r < s_ij) -> reject; otherwise every in-cage move is accepted
-  (T drops out).
+* ``'hard'``: overlap (r < s_ij (1 + 1e-6), a margin above the single-precision error of the
+  list coordinates, so no accepted configuration overlaps) -> reject; otherwise every in-cage
+  move is accepted (T drops out).
 
-Energy of the moved particle: Verlet list built with radius max(cutoff) + skin around
-reference positions.  Exactness argument: a pair missing from the list had reference distance
->= r_c + skin; if both particles are within skin/2 of their reference positions, their distance
-is still >= r_c, where the pair energy is zero.  Hence the kernel keeps the invariant
-|r_i - r_i^ref| <= skin/2 for every particle: a trial position (already inside its cage) that
-would violate it triggers a rebuild of the list from the current configuration, and the step is
-capped at skin/(2 sqrt 3) so that after a rebuild the trial displacement is again within skin/2.
-For the spherical cage the default skin = 2 cage_radius + 0.05 makes the list built once at
-r^init exact for the whole run (every particle stays within cage_radius <= skin/2 of r^init,
-so no rebuild can happen; the 0.05 margin only guards against round-off).  For the Voronoi
-cage the cell size is not bounded a priori (Eq. 10 cells are bounded by Apollonius spheres, the
-cell of a large particle with only small neighbours can be large, and SANN misses some true
-Voronoi neighbours so cells can have long spikes), so the guard above is what makes the list
-exact; with the default skin 0.8 rebuilds are rare (``n_rebuilds`` is reported; e.g. 10 in
-300 sweeps of a poorly relaxed N = 2000 KA glass).  If max(cutoff) + skin >= half the box the
-kernel falls back to all pairs with the minimum image (requires max(cutoff) < half the box).
+Sweeps visit the particles sequentially in Morton order (``spatial_order``), which satisfies balance
+(Manousiouthakis & Deem, J. Chem. Phys. 110, 2753 (1999)) like random selection does, and keeps
+the neighbour rows an accepted move rewrites in cache.
+
+Energy of the moved particle: a full Verlet list of radius rc_ij + skin around *reference
+positions*, holding the neighbours' current coordinates (single precision, relative to the
+reference point; see the list layout below).  Exactness argument: a pair missing from the list
+has reference distance >= rc_ij + skin; every particle stays within skin/2 of its reference
+position, so the pair is beyond its cutoff.  A trial position (already inside its cage) farther
+than skin/2 from ref_i *re-centres* particle i: ref_i becomes its current position (the trial
+displacement is capped at skin / (2 sqrt 3)), and its row and the reverse entries are redone
+from a cell list of the reference positions; in a cage only a few particles per sweep need
+this, so there are no global rebuilds (only when a fixed-capacity segment overflows, or for
+tiny boxes, max(cutoff) + skin >= half the box, where all images are enumerated and the whole
+list is rebuilt instead).  Defaults: skin 0.6 for LJ, 0.4 for harmonic and hard spheres
+(measured best, bench/bench_cage.py --skin).
+
+Speed (bench/bench_cage.py, one core, N = 2000): KA T = 0.55 about 2.6 M trial moves/s,
+hard spheres at eta = 0.58 about 14 M/s (Voronoi cage).  The kernel is bound by memory
+traffic: the compact list entries, the fused old/new energies (nothing cached per pair) and
+sequential sweeps over spatially sorted particles are what make it fast.
 """
 from dataclasses import dataclass
 
 import numpy as np
 from numba import njit
 
-from ..structure.neighbors import _neighbor_list
 from ..structure.sann import sann_neighbors
 
 _KINDS = {"lj": 0, "harmonic": 1, "hard": 2}
@@ -453,7 +458,8 @@ def _ref_cells(ref, box, lmax):
     cell_of = np.empty(n, np.int64)
     cnt = np.zeros(ncell, np.int64)
     for i in range(n):
-        c = _cell_index(ref[i, 0], ref[i, 1], ref[i, 2], box, nc)
+        c = _cell_index(ref[i, 0], ref[i, 1], ref[i, 2], box[0], box[1], box[2], nc[0],
+                        nc[1], nc[2])
         cell_of[i] = c
         cnt[c] += 1
     ccap = 2 * cnt.max() + 8
@@ -469,30 +475,14 @@ def _ref_cells(ref, box, lmax):
 
 
 @njit(cache=True, inline="always")
-def _cell_index(x, y, z, box, nc):
+def _cell_index(x, y, z, b0, b1, b2, n0, n1, n2):
+    """Cell of a point (any image) in an n0 x n1 x n2 grid of the box b0 x b1 x b2 (scalars
+    only: array arguments of inlined helpers cost reference counting)."""
     c = 0
-    for d, v in enumerate((x, y, z)):
-        w = v - box[d] * np.floor(v / box[d])
-        c = c * nc[d] + min(int(w / box[d] * nc[d]), nc[d] - 1)
+    for v, b, nd in ((x, b0, n0), (y, b1, n1), (z, b2, n2)):
+        w = v - b * np.floor(v / b)
+        c = c * nd + min(int(w / b * nd), nd - 1)
     return c
-
-
-@njit(cache=True, inline="always")
-def _remove_entry(k, seg, seg_base, seg_cnt, nbj, rev, ix, iy, iz, ex, ey, ez):
-    """Swap-remove slot k of segment seg (the last used slot moves into k; its partner's
-    reverse index follows)."""
-    last = seg_base[seg] + seg_cnt[seg] - 1
-    if k != last:
-        nbj[k] = nbj[last]
-        rev[k] = rev[last]
-        ix[k] = ix[last]
-        iy[k] = iy[last]
-        iz[k] = iz[last]
-        ex[k] = ex[last]
-        ey[k] = ey[last]
-        ez[k] = ez[last]
-        rev[rev[k]] = k
-    seg_cnt[seg] -= 1
 
 
 @njit(cache=True)
@@ -528,27 +518,40 @@ def _recentre(i, x, y, z, pos, ref, types, box, S, lcut2, seg_base, seg_cnt, nbj
                 ez[k] = _rel(pos[j, 2], s2, z)
                 k += 1
             else:
-                r = rev[k]
-                _remove_entry(r, j * S + ti, seg_base, seg_cnt, nbj, rev, ix, iy, iz, ex, ey,
-                              ez)
-                _remove_entry(k, seg, seg_base, seg_cnt, nbj, rev, ix, iy, iz, ex, ey, ez)
-    # 2. add the missing pairs found in the cell list of the reference positions
+                # swap-remove the reverse entry, then k itself: the last used slot of the
+                # segment moves in and its partner's reverse index follows (written out:
+                # an inlined helper would cost reference counting)
+                for kk, sg in ((np.int64(rev[k]), j * S + ti), (k, seg)):
+                    last = seg_base[sg] + seg_cnt[sg] - 1
+                    if kk != last:
+                        nbj[kk] = nbj[last]
+                        rev[kk] = rev[last]
+                        ix[kk] = ix[last]
+                        iy[kk] = iy[last]
+                        iz[kk] = iz[last]
+                        ex[kk] = ex[last]
+                        ey[kk] = ey[last]
+                        ez[kk] = ez[last]
+                        rev[rev[kk]] = kk
+                    seg_cnt[sg] -= 1
+    # 2. add the missing pairs found in the cell list of the reference positions (5^3 stencil;
+    #    all particles if a box edge holds fewer than 5 cells)
     use_cells = nc[0] >= 5 and nc[1] >= 5 and nc[2] >= 5
-    c = _cell_index(x, y, z, box, nc)
-    cz = c % nc[2]
-    cy = (c // nc[2]) % nc[1]
-    cx = c // (nc[1] * nc[2])
+    c = _cell_index(x, y, z, box[0], box[1], box[2], nc[0], nc[1], nc[2])
     span = 2 if use_cells else 0
-    for ox in range(-span, span + 1):
-        for oy in range(-span, span + 1):
-            for oz in range(-span, span + 1):
-                c2 = (((cx + ox) % nc[0]) * nc[1] + (cy + oy) % nc[1]) * nc[2] \
-                    + (cz + oz) % nc[2]
+    cx = c // (nc[1] * nc[2])
+    cy = (c // nc[2]) % nc[1]
+    cz = c % nc[2]
+    for qx in range(cx - span, cx + span + 1):
+        wx = qx + nc[0] if qx < 0 else (qx - nc[0] if qx >= nc[0] else qx)
+        for qy in range(cy - span, cy + span + 1):
+            wy = qy + nc[1] if qy < 0 else (qy - nc[1] if qy >= nc[1] else qy)
+            cxy = (wx * nc[1] + wy) * nc[2]
+            for qz in range(cz - span, cz + span + 1):
+                c2 = cxy + (qz + nc[2] if qz < 0 else (qz - nc[2] if qz >= nc[2] else qz))
                 m = cell_cnt[c2] if use_cells else n
                 for q in range(m):
                     j = cell_mem[c2, q] if use_cells else q
-                    if j == i or mark[j] == stamp:
-                        continue
                     d0 = ref[j, 0] - x
                     d1 = ref[j, 1] - y
                     d2 = ref[j, 2] - z
@@ -556,7 +559,8 @@ def _recentre(i, x, y, z, pos, ref, types, box, S, lcut2, seg_base, seg_cnt, nbj
                     d1 = d1 - box[1] if d1 > hb1 else (d1 + box[1] if d1 < -hb1 else d1)
                     d2 = d2 - box[2] if d2 > hb2 else (d2 + box[2] if d2 < -hb2 else d2)
                     tj = types[j]
-                    if d0 * d0 + d1 * d1 + d2 * d2 >= lcut2[ti, tj]:
+                    if d0 * d0 + d1 * d1 + d2 * d2 >= lcut2[ti, tj] or j == i \
+                            or mark[j] == stamp:
                         continue
                     si = i * S + tj
                     sj = j * S + ti
@@ -674,11 +678,10 @@ def _lane_sum(buf, m):
 
 # The segment loops index the whole arrays with *unsigned* offsets: numba then emits no
 # negative-index wrap-around and LLVM vectorises them; array views (slices) would cost two
-# atomic reference-count updates each, which measured 37 % of the run time.  A trial move needs
-# E_i(new) - E_i(old) only; the "delta" loops evaluate both pair energies from the same loaded
-# neighbour coordinates (one division for the two LJ terms: 1/r_o^2 = r_n^2 / (r_o^2 r_n^2)),
-# so nothing per pair has to be cached -- an accepted move writes only the moved particle's own
-# coordinates into its neighbours' rows.
+# atomic reference-count updates each, which measured 37 % of the run time.  These from-scratch
+# row energies give the initial total; a trial move (in _moves) evaluates E_i(new) - E_i(old)
+# from the same loaded coordinates, so nothing per pair is cached and an accepted move writes
+# only the moved particle's own coordinates into its neighbours' rows.
 
 @njit(cache=True, error_model="numpy", inline="always")
 def _seg_lj(a, m, o, x, y, z, ex, ey, ez, c_s2, c_e4, c_rc, c_sh, out):
@@ -695,28 +698,6 @@ def _seg_lj(a, m, o, x, y, z, ex, ey, ez, c_s2, c_e4, c_rc, c_sh, out):
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _seg_dlj(a, m, o, ox, oy, oz, x, y, z, ex, ey, ez, c_s2, c_e4, c_rc, c_sh, out):
-    for u in range(m):
-        k = a + np.uint64(u)
-        ax = ex[k] - ox
-        ay = ey[k] - oy
-        az = ez[k] - oz
-        bx = ex[k] - x
-        by = ey[k] - y
-        bz = ez[k] - z
-        ro = ax * ax + ay * ay + az * az
-        rn = bx * bx + by * by + bz * bz
-        w = c_s2 / (ro * rn)
-        qo = w * rn
-        qn = w * ro
-        qo = qo * qo * qo
-        qn = qn * qn * qn
-        vo = c_e4 * (qo * qo - qo) - c_sh
-        vn = c_e4 * (qn * qn - qn) - c_sh
-        out[o + np.uint64(u)] = (vn if rn < c_rc else 0.0) - (vo if ro < c_rc else 0.0)
-
-
-@njit(cache=True, error_model="numpy", inline="always")
 def _seg_harmonic(a, m, o, x, y, z, ex, ey, ez, c_is, c_ep, c_rc, out):
     for u in range(m):
         k = a + np.uint64(u)
@@ -726,24 +707,6 @@ def _seg_harmonic(a, m, o, x, y, z, ex, ey, ez, c_is, c_ep, c_rc, out):
         r2 = dx * dx + dy * dy + dz * dz
         w = 1.0 - np.sqrt(r2) * c_is
         out[o + np.uint64(u)] = c_ep * w * w if r2 < c_rc else 0.0
-
-
-@njit(cache=True, error_model="numpy", inline="always")
-def _seg_dharmonic(a, m, o, ox, oy, oz, x, y, z, ex, ey, ez, c_is, c_ep, c_rc, out):
-    for u in range(m):
-        k = a + np.uint64(u)
-        ax = ex[k] - ox
-        ay = ey[k] - oy
-        az = ez[k] - oz
-        bx = ex[k] - x
-        by = ey[k] - y
-        bz = ez[k] - z
-        ro = ax * ax + ay * ay + az * az
-        rn = bx * bx + by * by + bz * bz
-        wo = 1.0 - np.sqrt(ro) * c_is
-        wn = 1.0 - np.sqrt(rn) * c_is
-        out[o + np.uint64(u)] = (c_ep * wn * wn if rn < c_rc else 0.0) \
-            - (c_ep * wo * wo if ro < c_rc else 0.0)
 
 
 @njit(cache=True, error_model="numpy", inline="always")
@@ -774,25 +737,6 @@ def _row_energy(kind, i, x, y, z, ti, S, seg_base, seg_cnt, ex, ey, ez, sig, sig
         else:
             _seg_harmonic(a, m, o, x, y, z, ex, ey, ez, 1.0 / sig[ti, s], eps[ti, s],
                           rc2[ti, s], buf)
-        o += m
-    return _lane_sum(buf, o)
-
-
-@njit(cache=True, error_model="numpy", inline="always")
-def _row_delta(kind, i, ox, oy, oz, x, y, z, ti, S, seg_base, seg_cnt, ex, ey, ez, sig, sig2,
-               eps, eps4, rc2, esh, buf):
-    """E_i(x, y, z) - E_i(ox, oy, oz) over i's row (positions relative to ref_i; same pair
-    functions as _row_energy)."""
-    o = np.uint64(0)
-    for s in range(S):
-        a = np.uint64(seg_base[i * S + s])
-        m = np.uint64(seg_cnt[i * S + s])
-        if kind == 0:
-            _seg_dlj(a, m, o, ox, oy, oz, x, y, z, ex, ey, ez, sig2[ti, s], eps4[ti, s],
-                     rc2[ti, s], esh[ti, s], buf)
-        else:
-            _seg_dharmonic(a, m, o, ox, oy, oz, x, y, z, ex, ey, ez, 1.0 / sig[ti, s],
-                           eps[ti, s], rc2[ti, s], buf)
         o += m
     return _lane_sum(buf, o)
 
@@ -841,24 +785,6 @@ def _in_voronoi(ux, uy, uz, i, coff, cvec, sc2):
         if not (u2 * sc2[k] < wx * wx + wy * wy + wz * wz):
             return False
     return True
-
-
-@njit(cache=True, error_model="numpy", inline="always")
-def _outside_voronoi(ux, uy, uz, i, coff, cvx, cvy, cvz, sc2):
-    """Number of Eq. 10 conditions violated by u = R - r_i^init (0: inside); branch free over
-    the SANN row stored as separate coordinate arrays (vectorised; unsigned offsets, see the
-    row energies)."""
-    u2 = ux * ux + uy * uy + uz * uz
-    a = np.uint64(coff[i])
-    m = np.uint64(coff[i + 1] - coff[i])
-    bad = 0
-    for u in range(m):
-        k = a + np.uint64(u)
-        wx = ux - cvx[k]
-        wy = uy - cvy[k]
-        wz = uz - cvz[k]
-        bad += not (u2 * sc2[k] < wx * wx + wy * wy + wz * wz)
-    return bad
 
 
 @njit(cache=True)
@@ -942,7 +868,7 @@ def _moves(i0, measuring, pos, init, ref, types, box, S, kind, sig, sig2, eps, e
         uy = ny - init[i, 1]
         uz = nz - init[i, 2]
         u2 = ux * ux + uy * uy + uz * uz
-        if cage_mode == 0:  # Eq. 10, branch free over the SANN row (== _outside_voronoi)
+        if cage_mode == 0:  # Eq. 10, branch free over the SANN row
             a = np.uint64(coff[i])
             bad = 0
             for u in range(np.uint64(coff[i + 1] - coff[i])):
@@ -978,9 +904,9 @@ def _moves(i0, measuring, pos, init, ref, types, box, S, kind, sig, sig2, eps, e
                 rx = ref[i, 0]
                 ry = ref[i, 1]
                 rz = ref[i, 2]
-            # the row loops are written out here: inlined helpers would alias the arrays and
-            # bring back the reference counting (same arithmetic as _seg_dlj, _seg_dharmonic,
-            # _seg_overlaps)
+            # E_i(new) - E_i(old) from the same loaded neighbour coordinates, one division for
+            # both LJ terms (1/r_o^2 = r_n^2 / (r_o^2 r_n^2)); the loops are written out here
+            # because inlined helpers alias the arrays and bring back the reference counting
             ti = types[i]
             ox -= rx
             oy -= ry
@@ -1290,8 +1216,10 @@ def cage_state(positions, types, box, potential, T, n_equil, n_measure, seed,
     cage_sigma : s_i in Eq. 10 (scalar, per species or per particle); default sigma_ii
     target_acceptance : acceptance the step is tuned to during equilibration
     step : initial half-side of the trial cube (default 0.05 * min s_i)
-    skin : Verlet skin (default 2 * max cage_radius + 0.05 for spheres; Voronoi: 0.8, hard
-        spheres 0.5)
+    skin : Verlet skin (default 0.6 for LJ, 0.4 for harmonic and hard spheres); the trial step
+        is capped at skin / (2 sqrt 3) (``step_capped`` in the result says it was reached, i.e.
+        the acceptance may stay above target: pass a larger skin for dilute systems; a sphere
+        cage with skin >= 2 cage_radius needs no re-centring and caps the step at the radius)
     record_every : if > 0, also return ``samples`` — the configuration every
         ``record_every`` measurement sweeps, shape (n_measure // record_every, N, 3)
     debug : re-check every accepted position with an independent cage test and count
@@ -1301,8 +1229,10 @@ def cage_state(positions, types, box, potential, T, n_equil, n_measure, seed,
     -------
     dict with positions (N, 3) r^CS, displacement (N,) |r^CS - r^init|, acceptance (measurement
     phase), step (frozen step), and also acceptance_equil, final (N, 3) last configuration,
-    energy (running total energy of ``final``; 0 for hard spheres), n_rebuilds, violations,
-    samples (if record_every).
+    energy (running total energy of ``final``, accurate to ~1e-8 relative; 0 for hard spheres),
+    n_recentred (list re-centrings), n_rebuilds (global list rebuilds), step_capped,
+    violations (debug: cage violations + list-audit errors, must be 0), samples (if
+    record_every).
     """
     positions, types, box = _prepare(positions, types, box, potential)
     n = positions.shape[0]
@@ -1345,7 +1275,6 @@ def cage_state(positions, types, box, potential, T, n_equil, n_measure, seed,
         csc2 = np.ascontiguousarray((sigc[cnb] / sigc[src]) ** 2)
         rad2 = np.zeros(n)
         cage_mode = 0
-        default_skin = 0.5 if kind == 2 else 0.8  # measured best (bench/bench_cage.py --skin)
         step_cap = 1.0 * float(sigc.max())
     else:
         coff = np.zeros(n + 1, np.int64)
@@ -1354,16 +1283,16 @@ def cage_state(positions, types, box, potential, T, n_equil, n_measure, seed,
         csc2 = np.zeros(0)
         rad2 = rad ** 2
         cage_mode = 1
-        default_skin = 2.0 * float(rad.max()) + 0.05
         step_cap = float(rad.max())
+    default_skin = 0.6 if kind == 0 else 0.4  # measured best (bench/bench_cage.py --skin)
     skin = default_skin if skin is None else float(skin)
     if not skin > 0:
         raise ValueError("skin must be positive")
     lcut2 = np.ascontiguousarray((potential.cutoff + skin) ** 2)  # per species-pair list radii
     allpairs = float(potential.cutoff.max()) + skin >= 0.5 * box.min()
     if cage == "sphere" and skin >= 2.0 * float(np.sqrt(rad2.max())):
-        step_max = step_cap  # no list rebuild can ever be triggered
-    else:  # after a rebuild the trial displacement must be within skin/2
+        step_max = step_cap  # every particle stays within skin/2 of r^init: no re-centring
+    else:  # a re-centred particle's trial position must lie within skin/2 of its position
         step_max = min(step_cap, skin / (2.0 * np.sqrt(3.0)) * (1 - 1e-9))
     step0 = 0.05 * float(sigc.min()) if step is None else float(step)
     step0 = min(step0, step_max)
@@ -1384,7 +1313,8 @@ def cage_state(positions, types, box, potential, T, n_equil, n_measure, seed,
     out = dict(positions=cs, displacement=np.linalg.norm(cs - positions_in, axis=1),
                acceptance=float(acc), step=float(step_f), acceptance_equil=float(acc_eq),
                final=final, energy=float(energy), n_rebuilds=int(n_reb),
-               n_recentred=int(n_rec), violations=int(viol))
+               n_recentred=int(n_rec), violations=int(viol),
+               step_capped=bool(step_f >= step_max * (1 - 1e-12)))
     if record_every > 0:
         out["samples"] = samples[:, back]
     return out
