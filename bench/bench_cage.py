@@ -76,7 +76,7 @@ def run_case(name, pos, types, box, pot, T, sigma, cage, moves, repeats, goal, s
         dw, dp = time.perf_counter() - w0, time.process_time() - p0
         best_wall = max(best_wall, sweeps * n / dw)
         best_cpu = max(best_cpu, sweeps * n / dp)
-    extra = "".join(f"  {k} {r[k]}" for k in ("n_rebuilds",) if k in r)
+    extra = f"  re-centred/sweep {r['n_recentred'] / sweeps:.1f}  rebuilds {r['n_rebuilds']}"
     print(f"{name:34s} {best_wall / 1e6:7.2f} M/s wall  {best_cpu / 1e6:7.2f} M/s CPU  "
           f"ratio to goal {best_cpu / goal:5.2f} (CPU) {best_wall / goal:5.2f} (wall)  "
           f"[{sweeps} sweeps, acc {r['acceptance']:.3f}, step {r['step']:.4f}, "
