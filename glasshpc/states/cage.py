@@ -497,9 +497,12 @@ def _recentre(i, x, y, z, pos, ref, types, box, S, lcut2, seg_base, seg_cnt, nbj
     full (the caller then rebuilds everything with more room)."""
     ti = types[i]
     n = pos.shape[0]
-    hb0 = 0.5 * box[0]
-    hb1 = 0.5 * box[1]
-    hb2 = 0.5 * box[2]
+    b0 = box[0]
+    b1 = box[1]
+    b2 = box[2]
+    ib0 = 1.0 / b0
+    ib1 = 1.0 / b1
+    ib2 = 1.0 / b2
     # 1. keep the current pairs still within range (their coordinates now relative to the new
     #    reference position), drop the others (both rows)
     for s in range(S):
@@ -553,13 +556,14 @@ def _recentre(i, x, y, z, pos, ref, types, box, S, lcut2, seg_base, seg_cnt, nbj
                 c2 = cxy + (qz + nc[2] if qz < 0 else (qz - nc[2] if qz >= nc[2] else qz))
                 m = cell_cnt[c2] if use_cells else n
                 for q in range(m):
-                    j = cell_mem[c2, q] if use_cells else q
+                    # unsigned indices and rint: no wrap-around code, no unpredictable branches
+                    j = np.uint64(cell_mem[np.uint64(c2), np.uint64(q)] if use_cells else q)
                     d0 = ref[j, 0] - x
                     d1 = ref[j, 1] - y
                     d2 = ref[j, 2] - z
-                    d0 = d0 - box[0] if d0 > hb0 else (d0 + box[0] if d0 < -hb0 else d0)
-                    d1 = d1 - box[1] if d1 > hb1 else (d1 + box[1] if d1 < -hb1 else d1)
-                    d2 = d2 - box[2] if d2 > hb2 else (d2 + box[2] if d2 < -hb2 else d2)
+                    d0 -= b0 * np.rint(d0 * ib0)
+                    d1 -= b1 * np.rint(d1 * ib1)
+                    d2 -= b2 * np.rint(d2 * ib2)
                     tj = types[j]
                     if d0 * d0 + d1 * d1 + d2 * d2 >= lcut2[ti, tj] or j == i \
                             or mark[j] == stamp:
