@@ -231,6 +231,34 @@ def test_one_chain_writes_the_single_chain_seed_result(two_chains, tmp_path):
         store.close()
 
 
+def test_killed_in_both_cage_passes_resumes_to_the_same_file(two_chains, tmp_path):
+    """SIGKILL after 3 chain tasks, resume, SIGKILL after the first chain average, resume: the
+    finished chains are not rerun and the file equals the uninterrupted run's, bitwise."""
+    ref, text, _ = two_chains
+    out = tmp_path / "killed.h5"
+    cfg = tmp_path / "killed.yaml"
+    cfg.write_text(mutate_yaml(text, ("output",), str(out)))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def run(*flags, kill=None):
+        env = dict(os.environ, PYTHONPATH=root, OMP_NUM_THREADS="1")
+        env.pop("GLASSHPC_KILL_AFTER", None)
+        if kill:
+            env["GLASSHPC_KILL_AFTER"] = kill
+        return subprocess.run([sys.executable, "-m", "glasshpc.run", str(cfg), *flags],
+                              capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+
+    assert run(kill="cage states:3").returncode != 0
+    p = run("--resume", kill="cage chain average:1")
+    assert p.returncode != 0 and "[cage states] resuming: 3 of 10 tasks already done" in p.stdout
+    p = run("--resume")
+    assert p.returncode == 0, p.stderr
+    assert "[cage chain average] resuming: 1 of 5 tasks already done" in p.stdout
+    with h5py.File(ref, "r") as a, h5py.File(out, "r") as b:
+        for name in CAGE_DATASETS:
+            assert np.array_equal(a[name][()], b[name][()]), name
+
+
 @pytest.mark.mpi(min_size=2)
 def test_chains_one_and_two_ranks_identical(tiny_yaml, tmp_path):
     comm = MPI.COMM_WORLD
