@@ -160,6 +160,11 @@ class CageConfig:
     measurement_sweeps: int = _f(1000000, "MC sweeps averaged into r^CS (paper: 10⁶)", lo=1)
     target_acceptance: float = _f(0.3, "acceptance the trial step is tuned to", lo=0.0, hi=1.0,
                                   lo_open=True, hi_open=True)
+    chains: int = _f(1, "independent MC chains per snapshot, each with its own seed from "
+                        "task_rng(seed, 'cage', snapshot, chain) (chain 0: task_rng(seed, 'cage', "
+                        "snapshot), the single-chain seed); r^CS is their average: the constrained "
+                        "system mixes slowly, so K short chains estimate ⟨r⟩ better than one "
+                        "K-times longer chain", lo=1)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Dynamics of isoconfigurational ensembles: propensity, F_s(q,t), τ_α, S(q).
+"""Dynamics of isoconfigurational ensembles: propensity, F_s(q,t), τ_α, MSD and the end of the
+ballistic regime, S(q).
 
 Reduced LJ units of species A (lengths σ_AA, times τ). Displacements are unwrapped
 r_i(t) − r_i(0) (SCIENCE.md §2).
@@ -57,6 +58,68 @@ def self_intermediate_scattering(displacements, types, q, n_species):
     for s in range(n_species):
         out[s] = f[:, :, types == s].mean(axis=(0, 2))
     return out
+
+
+def mean_squared_displacement(displacements, types, n_species):
+    """Mean squared displacement per species, ⟨|Δr_j(t)|²⟩ over replicas and the particles j of
+    each species (SCIENCE.md §2).
+
+    displacements : (R, T, N, 3) float, unwrapped; types : (N,) int species indices
+    Returns (n_species, T) float64 (σ²); NaN rows for species absent from ``types``."""
+    d = np.asarray(displacements)
+    if d.ndim != 4 or d.shape[-1] != 3:
+        raise ValueError(f"displacements must have shape (R, T, N, 3), got {d.shape}")
+    r2 = np.einsum("rtnk,rtnk->rtn", d, d, dtype=np.float64)
+    out = np.full((n_species, d.shape[1]), np.nan)
+    for s in range(n_species):
+        if np.any(types == s):
+            out[s] = r2[:, :, types == s].mean(axis=(0, 2))
+    return out
+
+
+BALLISTIC_END_DEFINITION = ("t_x = sqrt(MSD_plateau / (3 T)): the time at which the ballistic MSD "
+                            "3 k_B T t^2 / m reaches the plateau MSD, MSD_plateau = MSD at the "
+                            "minimum of d ln MSD / d ln t; NaN when that minimum is not inside the "
+                            "read-out times")
+
+
+def ballistic_end(times, msd, temperature):
+    """End of the ballistic regime t_x (τ), per species.
+
+    The ballistic MSD 3 k_B T t² / m (m = k_B = 1) reaches the cage plateau at
+    t_x = sqrt(MSD_plateau / (3 T)), with MSD_plateau the MSD where the log-log slope
+    d ln MSD / d ln t is smallest (the plateau between the ballistic slope 2 and the diffusive
+    slope 1). The slope is taken by second-order finite differences in ln t; its minimum is refined
+    by a parabola through the smallest slope and its two neighbours, and ln MSD interpolated
+    linearly in ln t there.
+
+    times : (T,) increasing read-out times (τ); msd : (T,) or (n_species, T) MSD (σ²);
+    temperature : k_B T (ε).
+    Returns float (or (n_species,) float64 for 2-d ``msd``); NaN when the smallest slope is the
+    first or last read-out (no plateau inside the measured times) or fewer than 3 finite points.
+    Raises ValueError for mismatched shapes or temperature ≤ 0."""
+    times = np.asarray(times, dtype=np.float64)
+    msd = np.asarray(msd, dtype=np.float64)
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    if msd.ndim == 2:
+        return np.array([ballistic_end(times, m, temperature) for m in msd])
+    if msd.shape != times.shape:
+        raise ValueError(f"msd {msd.shape} and times {times.shape} must match")
+    if times.size < 3 or not (np.all(np.isfinite(msd)) and np.all(msd > 0)):
+        return float("nan")
+    x, y = np.log(times), np.log(msd)
+    slope = np.gradient(y, x)
+    k = int(np.argmin(slope))
+    if k == 0 or k == times.size - 1:
+        return float("nan")
+    # vertex of the parabola through (x, slope) at k-1, k, k+1 (a minimum: the middle is lowest)
+    xs, ss = x[k - 1:k + 2], slope[k - 1:k + 2]
+    a, b, _ = np.polyfit(xs - xs[1], ss, 2)
+    x_min = xs[1] + (-b / (2 * a) if a > 0 else 0.0)
+    x_min = min(max(x_min, xs[0]), xs[2])
+    plateau = np.exp(np.interp(x_min, x, y))
+    return float(np.sqrt(plateau / (3.0 * temperature)))
 
 
 def tau_alpha(times, fs, level=np.exp(-1.0)):

@@ -20,7 +20,8 @@ import numpy as np
 from . import __version__, cluster, config as config_mod, interrupt, stages
 from .learn.fits import fit_propensity, single_variable_pearson
 from .learn.selection import write_selection
-from .dynamics import tau_alpha
+from .dynamics import BALLISTIC_END_DEFINITION, ballistic_end, tau_alpha
+from .states.chains import chain_reliability
 from .models import get_model
 from .parallel import MPI, Context
 from .store import ResumeError, Store, h5py_has_mpi
@@ -59,9 +60,12 @@ def plan_text(cfg, ctx):
                      f"{cfg.inherent.force_tolerance:g}")
     if cfg.cage.enabled:
         c = cfg.cage
-        lines.append(f"  stage cage       : {S} tasks × ({c.equilibration_sweeps} + "
+        K = c.chains
+        tasks = f"{S} tasks" if K == 1 else f"{S} × {K} chains = {S * K} tasks"
+        lines.append(f"  stage cage       : {tasks} × ({c.equilibration_sweeps} + "
                      f"{c.measurement_sweeps}) sweeps, {c.cage} cage "
-                     f"({S * (c.equilibration_sweeps + c.measurement_sweeps) * N / 1e9:.3g} G trial moves)")
+                     f"({S * K * (c.equilibration_sweeps + c.measurement_sweeps) * N / 1e9:.3g} "
+                     "G trial moves)")
     n_states = len(stages.descriptor_states(cfg))
     lines += [
         f"  stage descriptors: {S} tasks × {n_states} states × {F} features "
@@ -148,8 +152,27 @@ def execute(cfg, yaml_text, ctx, store_mode="auto", resume=False, overwrite=Fals
         species = get_model(cfg.model.name).species
         ctx.log(f"F_s(q = {q:.3f}, t) reaches 1/e at τ_α = " + ", ".join(
             f"{t:.4g} τ ({n})" for n, t in zip(species, taus)))
+        msd = np.mean([store.read("dynamics/msd", (s,)) for s in range(cfg.snapshots.count)],
+                      axis=0)
+        t_x = ballistic_end(times, msd, cfg.model.temperature)
+        ctx.log("end of the ballistic regime t_x = √(MSD_plateau / 3T) = " + ", ".join(
+            f"{t:.4g} τ ({n})" for n, t in zip(species, t_x))
+            + ("" if np.all(np.isfinite(t_x)) else
+               " (NaN: no minimum of d ln MSD / d ln t inside the read-out times)"))
+        cage_attrs = {}
         if cfg.cage.enabled:
             wall["cage"] = stages.cage_stage(ctx, cfg, store)
+            K = cfg.cage.chains
+            cage_attrs["chains"] = K
+            if K > 1:
+                r_half, rel = chain_reliability(
+                    [store.read("states/cage/chains/split_half_pearson", (s,))
+                     for s in range(cfg.snapshots.count)], K)
+                cage_attrs.update(chain_split_half_pearson=r_half, chain_reliability=rel)
+                ctx.log(f"cage states: {K} chains per snapshot; Δr^CS split-half Pearson "
+                        + ", ".join(f"{r:.3f} ({n})" for n, r in zip(species, r_half))
+                        + f", reliability of the {K}-chain mean "
+                        + ", ".join(f"{r:.3f} ({n})" for n, r in zip(species, rel)))
         t0 = time.perf_counter()
         r_gen = stages.generation_radius(cfg, store)
         spec = stages.descriptor_spec(cfg, r_gen)
@@ -173,6 +196,11 @@ def execute(cfg, yaml_text, ctx, store_mode="auto", resume=False, overwrite=Fals
             h5["dynamics/fs_mean"] = fs
             h5["dynamics"].attrs["q"] = q
             h5["dynamics"].attrs["tau_alpha"] = np.array(taus)
+            h5["dynamics/msd_mean"] = msd
+            h5["dynamics"].attrs["ballistic_end"] = t_x
+            h5["dynamics"].attrs["ballistic_end_definition"] = BALLISTIC_END_DEFINITION
+            for key, value in cage_attrs.items():
+                h5["states/cage"].attrs[key] = value
             h5["dynamics"].attrs["propensity_kind"] = cfg.dynamics.propensity
             # read-out closest to 1 τ, as in dynamics.debye_waller
             h5["dynamics"].attrs["debye_waller_time"] = times[np.argmin(np.abs(times - 1.0))]
@@ -201,7 +229,8 @@ def execute(cfg, yaml_text, ctx, store_mode="auto", resume=False, overwrite=Fals
 
         store.finalize(extra)
         ctx.log(f"wrote {os.path.abspath(cfg.output)}")
-        return {"tau_alpha": taus, "q": q, "fits": fits, "single": single, "wall": wall}
+        return {"tau_alpha": taus, "ballistic_end": t_x, "q": q, "fits": fits, "single": single,
+                "wall": wall}
     finally:
         store.close()
 

@@ -13,6 +13,7 @@ from . import dynamics, interrupt
 from .models import cage_potential, get_model
 from .parallel import Progress, task_rng
 from .states.cage import cage_state
+from .states.chains import average_chains, split_half_pearson
 from .store import task_key
 from .structure.descriptors import (DescriptorSpec, compute_descriptors, second_minimum_gAA,
                                     spec_from_config)
@@ -33,6 +34,7 @@ def layout(cfg, n_features):
         "iso/displacements": ((S, R, T, N, 3), np.float32),
         "propensity": ((S, T, N), np.float64),
         "dynamics/fs": ((S, n_species, T), np.float64),
+        "dynamics/msd": ((S, n_species, T), np.float64),
         "snapshots/energy": ((S, N), np.float64),
         "snapshots/net_force": ((S, N), np.float64),
         "dynamics/debye_waller": ((S, N), np.float64),
@@ -54,6 +56,14 @@ def layout(cfg, n_features):
             "states/cage/step": ((S,), np.float64),
             "descriptors/cs": ((S, N, n_features), np.float64),
         })
+        K = cfg.cage.chains
+        if K > 1:   # the independent chains behind the averaged r^CS (cage_stage)
+            out.update({
+                "states/cage/chains/positions": ((S, K, N, 3), np.float64),
+                "states/cage/chains/acceptance": ((S, K), np.float64),
+                "states/cage/chains/step": ((S, K), np.float64),
+                "states/cage/chains/split_half_pearson": ((S, n_species), np.float64),
+            })
     return out
 
 
@@ -166,8 +176,9 @@ def wave_number(cfg, store):
 
 
 def dynamics_stage(ctx, cfg, store, q):
-    """Stage 3: propensity, F_s(q,t) and the local Debye–Waller factor ⟨|Δr_i(t≈1)|²⟩ ([DW])
-    per snapshot from its replicas' displacements."""
+    """Stage 3: propensity, F_s(q,t), the MSD per species (for the end of the ballistic regime,
+    dynamics.ballistic_end) and the local Debye–Waller factor ⟨|Δr_i(t≈1)|²⟩ ([DW]) per snapshot
+    from its replicas' displacements."""
     n_species = len(get_model(cfg.model.name).species)
 
     def work(s):
@@ -176,6 +187,8 @@ def dynamics_stage(ctx, cfg, store, q):
         store.write("propensity", (s,), dynamics.propensity(disp, cfg.dynamics.propensity))
         store.write("dynamics/fs", (s,),
                     dynamics.self_intermediate_scattering(disp, types, q, n_species))
+        store.write("dynamics/msd", (s,),
+                    dynamics.mean_squared_displacement(disp, types, n_species))
         store.write("dynamics/debye_waller", (s,),
                     dynamics.debye_waller(disp, cfg.replica_times())[0])
 
@@ -224,28 +237,73 @@ def inherent_stage(ctx, cfg, store, engines):
     return run_tasks(ctx, "inherent states", list(range(cfg.snapshots.count)), work, store)
 
 
+def cage_seed(cfg, s, k=0):
+    """Seed (int) of cage-MC chain ``k`` of snapshot ``s``: from task_rng(seed, 'cage', s) for
+    chain 0 — the single-chain seed, so a ``cage.chains: 1`` run and chain 0 of any run agree — and
+    from task_rng(seed, 'cage', s, k) for k ≥ 1. A function of the task identity only."""
+    ident = (s,) if k == 0 else (s, k)
+    return int(task_rng(cfg.seed, "cage", *ident).integers(2 ** 62))
+
+
 def cage_stage(ctx, cfg, store):
     """Cage states r^CS by constrained canonical MC at the snapshot temperature ([CAGE] Eq. 10,
-    SCIENCE.md §3), one task per snapshot, seeded by (seed, snapshot)."""
+    SCIENCE.md §3). One task per (snapshot, chain), seeded by :func:`cage_seed`.
+
+    With ``cage.chains`` = K > 1 every chain is stored (``states/cage/chains/*``) and a second pass
+    (one task per snapshot) writes r^CS = the mean of the K chain averages (summed in chain order:
+    rank-count independent), Δr^CS = |r^CS − r^init|, acceptance and step = their means over the
+    chains, and the per-species split-half Pearson of Δr^CS (states.chains.split_half_pearson).
+    Returns the stage wall time (s)."""
     c = cfg.cage
+    K = c.chains
+    S = cfg.snapshots.count
     model = get_model(cfg.model.name)
     potential = cage_potential(cfg.model.name)
     sigma = model.sigma_self()
 
-    def work(s):
+    def chain(s, k):
         pos = store.read("snapshots/positions", (s,))
-        seed = int(task_rng(cfg.seed, "cage", s).integers(2 ** 62))
-        res = cage_state(pos, store.read("snapshots/types", (s,)),
-                         store.read("snapshots/box", (s,)), potential, cfg.model.temperature,
-                         c.equilibration_sweeps, c.measurement_sweeps, seed, cage=c.cage,
-                         cage_radius=c.radius * sigma, cage_sigma=sigma,
-                         target_acceptance=c.target_acceptance)
-        store.write("states/cage/positions", (s,), res["positions"])
-        store.write("states/cage/displacement", (s,), res["displacement"])
-        store.write("states/cage/acceptance", (s,), np.array(res["acceptance"]))
-        store.write("states/cage/step", (s,), np.array(res["step"]))
+        return cage_state(pos, store.read("snapshots/types", (s,)),
+                          store.read("snapshots/box", (s,)), potential, cfg.model.temperature,
+                          c.equilibration_sweeps, c.measurement_sweeps, cage_seed(cfg, s, k),
+                          cage=c.cage, cage_radius=c.radius * sigma, cage_sigma=sigma,
+                          target_acceptance=c.target_acceptance)
 
-    return run_tasks(ctx, "cage states", list(range(cfg.snapshots.count)), work, store)
+    def write_state(s, positions, displacement, acceptance, step):
+        store.write("states/cage/positions", (s,), positions)
+        store.write("states/cage/displacement", (s,), displacement)
+        store.write("states/cage/acceptance", (s,), np.array(acceptance))
+        store.write("states/cage/step", (s,), np.array(step))
+
+    if K == 1:
+        def work(s):
+            res = chain(s, 0)
+            write_state(s, res["positions"], res["displacement"], res["acceptance"], res["step"])
+
+        return run_tasks(ctx, "cage states", list(range(S)), work, store)
+
+    def work_chain(task):
+        s, k = task
+        res = chain(s, k)
+        store.write("states/cage/chains/positions", (s, k), res["positions"])
+        store.write("states/cage/chains/acceptance", (s, k), np.array(res["acceptance"]))
+        store.write("states/cage/chains/step", (s, k), np.array(res["step"]))
+
+    def work_mean(s):
+        init = store.read("snapshots/positions", (s,))
+        per_chain = np.stack([store.read("states/cage/chains/positions", (s, k))
+                              for k in range(K)])
+        r_cs = average_chains(per_chain)
+        acceptance, step = (np.mean([store.read(f"states/cage/chains/{name}", (s, k))
+                                     for k in range(K)]) for name in ("acceptance", "step"))
+        write_state(s, r_cs, np.linalg.norm(r_cs - init, axis=1), acceptance, step)
+        store.write("states/cage/chains/split_half_pearson", (s,),
+                    split_half_pearson(per_chain, init, store.read("snapshots/types", (s,)),
+                                       len(model.species)))
+
+    wall = run_tasks(ctx, "cage states", [(s, k) for s in range(S) for k in range(K)],
+                     work_chain, store)
+    return wall + run_tasks(ctx, "cage chain average", list(range(S)), work_mean, store)
 
 
 def descriptor_states(cfg):

@@ -6,7 +6,9 @@
 One solid curve per feature set (/fits/<set>/pearson [n_species, T]), dashed curves for the
 single-variable correlations of Δr^CS, Δr^IS, |F^net| with propensity (/fits/single/<name>
 [n_species, T], [CAGE] Figs. 2, 5) and a last panel with the mean propensity per species
-(/propensity [S, T, N], /snapshots/types [S, N]). Times in τ, lengths in σ_AA (reduced LJ units).
+(/propensity [S, T, N], /snapshots/types [S, N]). The ballistic regime t < t_x (attr
+/dynamics.ballistic_end [n_species], dynamics.ballistic_end) is shaded grey. Times in τ, lengths in
+σ_AA (reduced LJ units).
 """
 import argparse
 import os
@@ -37,6 +39,7 @@ def main(argv=None):
         prop = f["propensity"][()]
         types = f["snapshots/types"][()]
         tau = f["dynamics"].attrs.get("tau_alpha", [np.nan] * len(species))
+        t_x = f["dynamics"].attrs.get("ballistic_end", [np.nan] * len(species))
         kind = f["dynamics"].attrs.get("propensity_kind", "abs")
     fig, axes = plt.subplots(1, len(species) + 1, figsize=(4.2 * (len(species) + 1), 3.6))
     for s, ax in enumerate(axes[:-1]):
@@ -47,6 +50,9 @@ def main(argv=None):
                 ax.plot(times, rho[s], ls="--", lw=1.2, label=SINGLE_LABELS[name])
         if np.isfinite(tau[s]):
             ax.axvline(tau[s], color="0.6", ls=":", label=r"$\tau_\alpha$")
+        if np.isfinite(t_x[s]) and t_x[s] > times[0]:
+            ax.axvspan(times[0], t_x[s], color="0.88", zorder=0,
+                       label=rf"ballistic, $t < t_x$ = {t_x[s]:.3g} $\tau$")
         ax.set_xscale("log")
         ax.set_ylim(min(0.0, np.nanmin([r[s] for r in (*fits.values(), *single.values())])), 1.0)
         ax.set_xlabel(r"$t\ (\tau)$")
