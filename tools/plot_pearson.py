@@ -41,7 +41,7 @@ def main(argv=None):
         tau = f["dynamics"].attrs.get("tau_alpha", [np.nan] * len(species))
         t_x = f["dynamics"].attrs.get("ballistic_end", [np.nan] * len(species))
         kind = f["dynamics"].attrs.get("propensity_kind", "abs")
-    fig, axes = plt.subplots(1, len(species) + 1, figsize=(4.2 * (len(species) + 1), 3.6))
+    fig, axes = plt.subplots(1, len(species) + 1, figsize=(4.2 * (len(species) + 1), 4.6))
     for s, ax in enumerate(axes[:-1]):
         for name, rho in fits.items():
             ax.plot(times, rho[s], marker="o", ms=3, label=name)
@@ -58,7 +58,8 @@ def main(argv=None):
         ax.set_xlabel(r"$t\ (\tau)$")
         ax.set_ylabel(r"Pearson $\rho(t)$, held-out snapshots")
         ax.set_title(f"species {species[s]}")
-        ax.legend(fontsize=7, ncol=2)
+        # below the axes: the curves fill the upper half of the frame
+        ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.2))
     ax = axes[-1]
     for s, name in enumerate(species):
         mean = np.array([prop[:, k][types == s].mean() for k in range(len(times))])
