@@ -232,6 +232,20 @@ def test_deterministic_seed(ka400):
     assert not np.array_equal(a["positions"], c["positions"])
 
 
+def test_far_periodic_images_give_the_same_cage_state(ka400):
+    """Unwrapped input hundreds of boxes away (beyond the kernel's int8 list images): r^CS is
+    returned in each particle's input image and equals the wrapped run's."""
+    pos, t, box = ka400
+    pot = PairPotential.kob_andersen(shift=True)
+    far = np.random.default_rng(3).integers(-300, 300, pos.shape) * box
+    a = cage_state(pos, t, box, pot, 0.5, 5, 5, seed=4, record_every=5)
+    b = cage_state(pos + far, t, box, pot, 0.5, 5, 5, seed=4, record_every=5)
+    np.testing.assert_allclose(b["positions"] - far, a["positions"], atol=1e-9)
+    np.testing.assert_allclose(b["samples"][0] - far, a["samples"][0], atol=1e-9)
+    np.testing.assert_allclose(b["displacement"], a["displacement"], atol=1e-9)
+    assert b["energy"] == pytest.approx(a["energy"], rel=1e-9)
+
+
 # ---------------------------------------------------------------------------- energies
 
 @pytest.mark.parametrize("shift", [False, True])

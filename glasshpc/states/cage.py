@@ -1278,10 +1278,12 @@ def cage_state(positions, types, box, potential, T, n_equil, n_measure, seed,
         if np.any(rad <= 0):
             raise ValueError("cage_radius must be positive")
 
-    # the kernel works on particles in spatial (Morton) order; results are mapped back below
+    # the kernel works on particles in spatial (Morton) order, each in its image in the box (the
+    # list stores lattice images as int8); results are mapped back below
     order = spatial_order(positions, box)
     positions_in = positions
-    positions = np.ascontiguousarray(positions[order])
+    image = (box * np.floor(positions / box))[order]
+    positions = np.ascontiguousarray(positions[order] - image)
     types = np.ascontiguousarray(types[order])
     sigc = np.ascontiguousarray(sigc[order])
     rad = np.ascontiguousarray(rad[order])
@@ -1325,13 +1327,13 @@ def cage_state(positions, types, box, potential, T, n_equil, n_measure, seed,
         step_max, float(target_acceptance), int(record_every), bool(debug))
     back = np.empty_like(order)
     back[order] = np.arange(n)
-    cs = cs[back]
-    final = final[back]
+    cs = (cs + image)[back]
+    final = (final + image)[back]
     out = dict(positions=cs, displacement=np.linalg.norm(cs - positions_in, axis=1),
                acceptance=float(acc), step=float(step_f), acceptance_equil=float(acc_eq),
                final=final, energy=float(energy), n_rebuilds=int(n_reb),
                n_recentred=int(n_rec), violations=int(viol),
                step_capped=bool(step_f >= step_max * (1 - 1e-12)))
     if record_every > 0:
-        out["samples"] = samples[:, back]
+        out["samples"] = (samples + image)[:, back]
     return out
