@@ -656,9 +656,11 @@ def _list_errors(pos, ref, types, box, S, lcut2, seg_base, seg_cnt, nbj, rev, ix
 
 
 # --------------------------------------------------------------------------- row energies
-# No fastmath anywhere: the loops below are vectorised by LLVM as plain IEEE maps (no
-# reassociation needed), and the row sum uses eight fixed partial sums, so the energies -- and
-# hence every accept/reject decision -- are bitwise the same whatever the SIMD width.
+# The trial-move row loops live in _moves.  No fastmath anywhere: they are vectorised by LLVM
+# as plain IEEE maps (no reassociation needed; unsigned offsets, so no negative-index
+# wrap-around code), and the row sum uses eight fixed partial sums, so the energies -- and
+# hence every accept/reject decision -- are bitwise the same whatever the SIMD width.  The
+# initial total energy comes from _total_energy (double precision, from the pair search).
 
 
 @njit(cache=True, inline="always")
@@ -682,98 +684,17 @@ def _lane_sum(buf, m):
     return ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
 
 
-# The segment loops index the whole arrays with *unsigned* offsets: numba then emits no
-# negative-index wrap-around and LLVM vectorises them; array views (slices) would cost two
-# atomic reference-count updates each, which measured 37 % of the run time.  These from-scratch
-# row energies give the initial total; a trial move (in _moves) evaluates E_i(new) - E_i(old)
-# from the same loaded coordinates, so nothing per pair is cached and an accepted move writes
-# only the moved particle's own coordinates into its neighbours' rows.
-
-@njit(cache=True, error_model="numpy", inline="always")
-def _seg_lj(a, m, o, x, y, z, ex, ey, ez, c_s2, c_e4, c_rc, c_sh, out):
-    for u in range(m):
-        k = a + np.uint64(u)
-        dx = ex[k] - x
-        dy = ey[k] - y
-        dz = ez[k] - z
-        r2 = dx * dx + dy * dy + dz * dz
-        q = c_s2 / r2
-        q6 = q * q * q
-        v = c_e4 * (q6 * q6 - q6) - c_sh
-        out[o + np.uint64(u)] = v if r2 < c_rc else 0.0
-
-
-@njit(cache=True, error_model="numpy", inline="always")
-def _seg_harmonic(a, m, o, x, y, z, ex, ey, ez, c_is, c_ep, c_rc, out):
-    for u in range(m):
-        k = a + np.uint64(u)
-        dx = ex[k] - x
-        dy = ey[k] - y
-        dz = ez[k] - z
-        r2 = dx * dx + dy * dy + dz * dz
-        w = 1.0 - np.sqrt(r2) * c_is
-        out[o + np.uint64(u)] = c_ep * w * w if r2 < c_rc else 0.0
-
-
-@njit(cache=True, error_model="numpy", inline="always")
-def _seg_overlaps(a, m, x, y, z, ex, ey, ez, c_rc):
-    cnt = 0
-    for u in range(m):
-        k = a + np.uint64(u)
-        dx = ex[k] - x
-        dy = ey[k] - y
-        dz = ez[k] - z
-        cnt += (dx * dx + dy * dy + dz * dz) < c_rc
-    return cnt
-
-
-@njit(cache=True, error_model="numpy", inline="always")
-def _row_energy(kind, i, x, y, z, ti, S, seg_base, seg_cnt, ex, ey, ez, sig, sig2, eps, eps4,
-                rc2, esh, buf):
-    """Energy of particle i placed at (x, y, z) relative to its reference position, with its row
-    (LJ: 4 eps [(s/r)^12 - (s/r)^6] - shift, harmonic: eps (1 - r/s)^2, each for r^2 < rc^2;
-    branch free selects)."""
-    o = np.uint64(0)
-    for s in range(S):
-        a = np.uint64(seg_base[i * S + s])
-        m = np.uint64(seg_cnt[i * S + s])
-        if kind == 0:
-            _seg_lj(a, m, o, x, y, z, ex, ey, ez, sig2[ti, s], eps4[ti, s], rc2[ti, s],
-                    esh[ti, s], buf)
-        else:
-            _seg_harmonic(a, m, o, x, y, z, ex, ey, ez, 1.0 / sig[ti, s], eps[ti, s],
-                          rc2[ti, s], buf)
-        o += m
-    return _lane_sum(buf, o)
-
-
-@njit(cache=True, error_model="numpy", inline="always")
-def _row_overlaps(i, x, y, z, ti, S, seg_base, seg_cnt, ex, ey, ez, rc2):
-    """Hard spheres: number of row neighbours overlapping particle i placed at (x, y, z)
-    (relative to ref_i)."""
-    cnt = 0
-    for s in range(S):
-        cnt += _seg_overlaps(np.uint64(seg_base[i * S + s]), np.uint64(seg_cnt[i * S + s]),
-                             x, y, z, ex, ey, ez, rc2[ti, s])
-    return cnt
-
-
-@njit(cache=True)
-def _scratch_energy(kind, pos, ref, types, S, seg_base, seg_cnt, ex, ey, ez, sig, sig2, eps,
-                    eps4, rc2, esh, buf):
-    """Total energy 0.5 sum_i E_i from scratch (hard spheres: number of overlapping pairs)."""
-    tot = 0.0
-    for i in range(pos.shape[0]):
-        ti = types[i]
-        x = pos[i, 0] - ref[i, 0]
-        y = pos[i, 1] - ref[i, 1]
-        z = pos[i, 2] - ref[i, 2]
-        if kind == 2:
-            tot += _row_overlaps(i, x, y, z, ti, S, seg_base, seg_cnt, ex, ey, ez, rc2)
-        else:
-            tot += _row_energy(kind, i, x, y, z, ti, S, seg_base, seg_cnt, ex, ey, ez, sig, sig2,
-                               eps, eps4, rc2, esh, buf)
-    return 0.5 * tot
+@njit(cache=True, inline="always")
+def _pair_r2(ex, ey, ez, ox, oy, oz, x, y, z):
+    """Squared distances of a neighbour at (ex, ey, ez) from the old and the trial position
+    (scalars only: array arguments of inlined helpers would cost reference counting)."""
+    ax = ex - ox
+    ay = ey - oy
+    az = ez - oz
+    bx = ex - x
+    by = ey - y
+    bz = ez - z
+    return ax * ax + ay * ay + az * az, bx * bx + by * by + bz * bz
 
 
 # --------------------------------------------------------------------------- cage tests
@@ -948,14 +869,7 @@ def _moves(i0, measuring, pos, init, ref, types, box, S, kind, sig, sig2, eps, e
                     zero = np.float32(0.0)
                     for u in range(m):
                         k = a + np.uint64(u)
-                        ax = ex[k] - ox32
-                        ay = ey[k] - oy32
-                        az = ez[k] - oz32
-                        bx = ex[k] - x32
-                        by = ey[k] - y32
-                        bz = ez[k] - z32
-                        ro = ax * ax + ay * ay + az * az
-                        rn = bx * bx + by * by + bz * bz
+                        ro, rn = _pair_r2(ex[k], ey[k], ez[k], ox32, oy32, oz32, x32, y32, z32)
                         w = c_s2 / (ro * rn)
                         qo = w * rn
                         qn = w * ro
@@ -970,14 +884,7 @@ def _moves(i0, measuring, pos, init, ref, types, box, S, kind, sig, sig2, eps, e
                     c_ep = eps[ti, s]
                     for u in range(m):
                         k = a + np.uint64(u)
-                        ax = ex[k] - ox
-                        ay = ey[k] - oy
-                        az = ez[k] - oz
-                        bx = ex[k] - x
-                        by = ey[k] - y
-                        bz = ez[k] - z
-                        ro = ax * ax + ay * ay + az * az
-                        rn = bx * bx + by * by + bz * bz
+                        ro, rn = _pair_r2(ex[k], ey[k], ez[k], ox, oy, oz, x, y, z)
                         wo = 1.0 - np.sqrt(ro) * c_is
                         wn = 1.0 - np.sqrt(rn) * c_is
                         buf[o + np.uint64(u)] = (c_ep * wn * wn if rn < c_rc else 0.0) \
@@ -1046,8 +953,8 @@ def _mc_kernel(pos, init, types, box, S, kind, sig, sig2, eps, eps4, rc2, esh, l
     fs = np.zeros(5)
     fs[_STEP] = step
     if kind != 2:
-        fs[_ENERGY] = _scratch_energy(kind, pos, ref, types, S, seg_base, seg_cnt, ex, ey, ez,
-                                      sig, sig2, eps, eps4, rc2, esh, buf)
+        fs[_ENERGY] = _total_energy(pos, types, box, kind, sig, eps, rc2, esh, lcut2,
+                                    allpairs)
     ist = np.zeros(6, np.int64)
     n_rebuilds = 0
     acc_sum = np.zeros((n, 3))
