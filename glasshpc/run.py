@@ -17,14 +17,15 @@ import traceback
 import h5py
 import numpy as np
 
-from . import __version__, cluster, config as config_mod, interrupt, stages
+from . import __version__, cluster, config as config_mod, interrupt, resources, stages
 from .learn.fits import fit_propensity, single_variable_pearson
 from .learn.selection import write_selection
 from .dynamics import BALLISTIC_END_DEFINITION, ballistic_end, tau_alpha
 from .states.chains import chain_reliability
 from .models import get_model
 from .parallel import MPI, Context
-from .store import ResumeError, Store, h5py_has_mpi
+from .runlock import LockHeld
+from .store import AlreadyFinished, DiskFull, ResumeError, Store, h5py_has_mpi
 
 
 def plan_text(cfg, ctx):
@@ -262,7 +263,7 @@ def single_table(times, single, species):
 
 def main(argv=None):
     """Command line (``python -m glasshpc.run --help``). Returns the exit code: 0 done, 1 crash,
-    2 refused input (nothing created or changed), 3 stopped by SIGTERM (resumable)."""
+    2 refused input (nothing created or changed), 3 stopped by SIGTERM or SIGINT (resumable)."""
     ap = argparse.ArgumentParser(prog="python -m glasshpc.run", description=__doc__.split("\n")[0])
     ap.add_argument("config", nargs="?", help="YAML input")
     ap.add_argument("--dry-run", action="store_true",
@@ -275,6 +276,8 @@ def main(argv=None):
                             "redoing its finished tasks")
     again.add_argument("--overwrite", action="store_true",
                        help="discard OUTPUT.partial/ and replace OUTPUT when the new run finishes")
+    ap.add_argument("--ignore-resources", action="store_true",
+                    help="run even if the resource plan says memory or disk will not suffice")
     args = ap.parse_args(argv)
     ctx = Context()
     if args.describe:
@@ -288,13 +291,28 @@ def main(argv=None):
             print(f"glasshpc: {err}", file=sys.stderr, flush=True)
         return 2
 
+    previous = interrupt.install()     # from here on Ctrl-C / SIGTERM stop cleanly (exit 3)
+    try:
+        return _main(args, ctx, refuse)
+    finally:
+        interrupt.restore(previous)
+
+
+def _main(args, ctx, refuse):
     try:
         cfg, text = config_mod.load(args.config)
         cluster.check_inputs(cfg, ctx)     # snapshot files: read and validated before any output
-    except (config_mod.ConfigError, cluster.InputError, OSError) as err:
+        mode = "mpio" if h5py_has_mpi() else "shards"
+        res = resources.check(cfg, ctx, mode, resume=args.resume, ignore=args.ignore_resources)
+    except (config_mod.ConfigError, cluster.InputError, resources.ResourceError, OSError) as err:
         return refuse(err)
+    if interrupt.requested():
+        ctx.log(f"glasshpc: stopped by {interrupt.signal_name()} before any work; nothing "
+                "was created")
+        return interrupt.EXIT_INTERRUPTED
     if args.dry_run:
         ctx.log(plan_text(cfg, ctx))
+        ctx.log(resources.text(res, ctx.size))
         if not isinstance(cfg, config_mod.SoftnessRunConfig):   # the sweep's plan has its costs
             ctx.log(cluster.dry_run_text(cfg, ctx))
         return 0
@@ -305,10 +323,18 @@ def main(argv=None):
         # eigh of the fits ran 5x slower with 2 threads per rank on 2 cores)
         from threadpoolctl import threadpool_limits
         threadpool_limits(1)
-    previous = interrupt.install()
     try:
         execute(cfg, text, ctx, resume=args.resume, overwrite=args.overwrite)
-    except (FileExistsError, PermissionError, ResumeError) as err:
+    except AlreadyFinished as done:
+        ctx.log(f"glasshpc: {done}")
+        return 0
+    except DiskFull as full:      # one line, no traceback; the run resumes once space is freed
+        if ctx.root or not full.collective:
+            print(f"glasshpc: {full.strerror}", file=sys.stderr, flush=True)
+        if ctx.size > 1 and not full.collective:
+            ctx.comm.Abort(1)     # the other ranks may be waiting for this one in a collective
+        return 1
+    except (FileExistsError, PermissionError, ResumeError, LockHeld) as err:
         return refuse(err)
     except interrupt.Interrupted as sig:
         if ctx.root:
@@ -322,8 +348,6 @@ def main(argv=None):
         if ctx.size > 1:
             ctx.comm.Abort(1)
         return 1
-    finally:
-        interrupt.restore(previous)
     return 0
 
 

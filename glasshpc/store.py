@@ -24,10 +24,14 @@ file inside ``.partial/`` and renames it to ``<output>`` (atomic on POSIX), so a
 final name is always complete; then the folder is removed. Reduced LJ units for every stored
 quantity (the store itself is unit-agnostic).
 """
+import errno
+import glob
 import hashlib
 import json
 import os
 import shutil
+import time
+import uuid
 import zlib
 
 import h5py
@@ -35,12 +39,37 @@ import numpy as np
 
 from . import interrupt
 from .parallel import MPI  # noqa: F401  (mpi4py imported before h5py opens an mpio file)
+from .runlock import LOCK_NAME, LockHeld, RunLock
 
-FORMAT = "glasshpc-partial-1"
+FORMAT = "glasshpc-partial-2"   # 2: run_id, lock file, checksummed journal records
 
 
 class ResumeError(RuntimeError):
     """``--resume`` (or a fresh start) refused: the message names the file and the problem."""
+
+
+class AlreadyFinished(RuntimeError):
+    """``--resume`` of a run whose output is already complete (exit 0: nothing left to do)."""
+
+
+class DiskFull(OSError):
+    """No space left while writing ``where``; ``needed`` bytes are still to be written.
+
+    ``collective``: raised on every rank at once (finalisation) rather than on one rank only."""
+
+    def __init__(self, where, needed, collective=False):
+        self.where, self.needed, self.collective = where, int(needed), collective
+        free = _free_bytes(where)
+        super().__init__(errno.ENOSPC, f"disk full writing {where}: the rest of the run needs "
+                                       f"≈ {_gib(needed)} there (free now: {_gib(free)}); free "
+                                       "space, then continue with --resume")
+
+    def __reduce__(self):
+        return (DiskFull, (self.where, self.needed, self.collective))
+
+
+# refusals that cross ranks by name (Store.__init__): input errors, exit 2 — or 0 (AlreadyFinished)
+_REFUSALS = (FileExistsError, ResumeError, PermissionError, LockHeld, AlreadyFinished)
 
 
 def h5py_has_mpi():
@@ -90,18 +119,18 @@ class Store:
         self.partial = self.path + ".partial"
         # JSON round trip: tuples become lists, so a stored config compares equal to a new one
         self.config = json.loads(json.dumps(config, sort_keys=True, default=str))
+        self._lock = None
         res = None
         if ctx.root:
             try:
                 res = ("ok", self._prepare(resume, overwrite))
-            except (FileExistsError, ResumeError, PermissionError) as exc:
+            except _REFUSALS as exc:
                 res = (type(exc).__name__, str(exc))
             except OSError as exc:
                 res = ("PermissionError", f"cannot create {self.partial}: {exc}")
         kind, value = ctx.comm.bcast(res, root=0)
         if kind != "ok":
-            raise {"FileExistsError": FileExistsError, "ResumeError": ResumeError,
-                   "PermissionError": PermissionError}[kind](value)
+            raise {c.__name__: c for c in _REFUSALS}[kind](value)
         self.attempt, record = value
         self.owner = {name: {} for name in self.layout}   # name → {slot: location}
         self.completed_tasks = {}                         # stage → set of task keys
@@ -111,6 +140,7 @@ class Store:
         self._fds = {}
         self._fh = None
         self._data = None
+        self._journal = None
         tag = f"a{self.attempt:03d}-r{ctx.rank:05d}"
         self._journal_path = os.path.join(self.partial, f"journal-{tag}.jsonl")
         self._data_name = f"data-{tag}.bin"
@@ -127,82 +157,172 @@ class Store:
             self._load_journals()
             if ctx.root:   # only now, after every check passed, does the folder change
                 _atomic_json(os.path.join(self.partial, "run.json"), record)
+                self._lock.write_holder()
             ctx.comm.Barrier()
         self._journal = open(self._journal_path, "a", encoding="utf-8")
 
     # -- opening -------------------------------------------------------------------------------
     def _prepare(self, resume, overwrite):
-        """Rank 0: every check first, then create ``.partial`` (fresh start). Returns (attempt,
-        run record); on resume the caller writes the record once the journals are verified."""
+        """Rank 0: take the output's lock, make every check, then create ``.partial`` (fresh
+        start, atomically: built as ``.partial.new-PID`` and renamed) or reopen it (resume).
+        Returns (attempt, run record); on resume the caller writes the record once the journals
+        are verified. Nothing is created or changed when this raises (a lock file created for the
+        check is removed again)."""
         parent = os.path.dirname(self.path)
         if not os.path.isdir(parent):
             raise PermissionError(f"output directory {parent} does not exist")
         if not _writable(parent):
             raise PermissionError(f"output directory {parent} is not writable")
-        run_json = os.path.join(self.partial, "run.json")
-        if resume:
-            if not os.path.isdir(self.partial):
-                if os.path.exists(self.partial):
-                    raise ResumeError(f"cannot resume: {self.partial} is a file, not the folder of "
-                                      "an unfinished glasshpc run")
-                if os.path.exists(self.path):
-                    raise FileExistsError(_describe_existing(self.path) + "; nothing to resume")
-                raise ResumeError(f"cannot resume: {self.partial} does not exist (no unfinished "
-                                  "run for this output); start without --resume")
-            if not os.path.exists(run_json):
-                raise ResumeError(f"cannot resume: {self.partial} has no run.json, so it was not "
-                                  "written by glasshpc (or is left over from a finished run); "
-                                  "delete it or use --overwrite")
-            try:
-                with open(run_json, encoding="utf-8") as fh:
-                    run = json.load(fh)
-                if not isinstance(run, dict) or run.get("format") != FORMAT:
-                    raise ValueError(f"format tag {run.get('format') if isinstance(run, dict) else run!r}")
-                attempt = int(run["attempt"]) + 1
-                old_mode, old_hash = run["mode"], run["config_sha256"]
-                old_layout = run["layout"]
-            except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
-                raise ResumeError(f"cannot resume: {run_json} is corrupted or not a glasshpc run "
-                                  f"record ({exc}); delete {self.partial} or use --overwrite") from None
-            if self.config is not None and old_hash != config_fingerprint(self.config):
-                diff = _diff(run.get("config", {}), self.config)
-                raise ResumeError("cannot resume with a different config: "
-                                  + (", ".join(diff[:6]) if diff else "config hash differs")
-                                  + f" (run in {self.partial}); use the original config, or "
-                                  "--overwrite to start again")
-            if old_layout != _layout_json(self.layout):
-                raise ResumeError(f"cannot resume: the dataset layout recorded in {run_json} "
-                                  "differs from this version of glasshpc")
-            if old_mode != self.mode:
-                raise ResumeError(f"cannot resume: the run was written in '{old_mode}' mode but "
-                                  f"this h5py gives '{self.mode}'")
-            if os.path.exists(self.path) and not run.get("replaces_output"):
-                raise FileExistsError(_describe_existing(self.path) + f" next to {self.partial}; "
-                                      "move one of them away")
-            replaces = bool(run.get("replaces_output"))
-        else:
+        if os.path.isdir(self.path):
+            raise FileExistsError(f"output {self.path} is a directory; 'output' must name a file "
+                                  "(e.g. run.h5) in an existing directory")
+        _clean_leftovers(self.partial)
+        lock = created = None
+        if os.path.isdir(self.partial):
+            had_lock_file = os.path.exists(os.path.join(self.partial, LOCK_NAME))
+            lock = RunLock.acquire(self.partial, create=resume or overwrite)  # LockHeld if live
+            created = lock is not None and not had_lock_file
+        try:
+            if lock is not None or os.path.isdir(self.partial):
+                if self._finished_remnant():
+                    # a finished run was killed after renaming the output, before its cleanup
+                    _discard(self.partial, lock)
+                    lock = created = None
+                    if resume:
+                        raise AlreadyFinished(f"output {self.path} is complete (its run had "
+                                              "finished; the leftover .partial/ was removed)")
+            if resume:
+                if os.path.exists(self.path) and not os.path.isdir(self.partial) \
+                        and self._matching_output():
+                    raise AlreadyFinished(f"output {self.path} is complete: it was written by "
+                                          "this config; nothing to resume")
+                attempt, record = self._check_resume()
+                self._lock = lock
+                return attempt, record
             if not overwrite:
                 if os.path.exists(self.path):
-                    raise FileExistsError(f"output {self.path} exists; move it away, choose another "
-                                          "output path, or use --overwrite")
-                if os.path.exists(self.partial):
-                    raise FileExistsError(f"{self.partial} exists: an earlier run did not finish; "
-                                          "continue it with --resume, or start again with "
-                                          "--overwrite")
-            elif os.path.isdir(self.partial):
-                shutil.rmtree(self.partial)
-            elif os.path.exists(self.partial):
-                os.remove(self.partial)
-            os.makedirs(self.partial)
-            attempt = 1
-            # an existing output stays valid until the new one replaces it atomically
-            replaces = os.path.exists(self.path)
-        record = {"format": FORMAT, "attempt": attempt, "mode": self.mode,
+                    raise FileExistsError(f"output {self.path} exists; move it away, choose "
+                                          "another output path, or use --overwrite")
+                if os.path.lexists(self.partial):
+                    raise FileExistsError(f"{self.partial} exists: an earlier run did not "
+                                          "finish; continue it with --resume, or start again "
+                                          "with --overwrite")
+        except BaseException:
+            if lock is not None:
+                if created:
+                    _remove_quietly(os.path.join(self.partial, LOCK_NAME))
+                lock.release()
+            raise
+        # fresh start: the new folder is complete and locked before it appears under its name
+        new = f"{self.partial}.new-{os.getpid()}"
+        os.makedirs(new)
+        new_lock = RunLock.acquire(new)
+        new_lock.write_holder()
+        # an existing output stays valid until the new one replaces it atomically
+        record = {"format": FORMAT, "attempt": 1, "mode": self.mode, "run_id": uuid.uuid4().hex,
                   "config_sha256": config_fingerprint(self.config), "config": self.config,
-                  "layout": _layout_json(self.layout), "replaces_output": replaces}
-        if not resume:
-            _atomic_json(run_json, record)
+                  "layout": _layout_json(self.layout), "replaces_output": os.path.exists(self.path)}
+        _atomic_json(os.path.join(new, "run.json"), record)
+        _fsync_dir(new)
+        if lock is not None or os.path.lexists(self.partial):   # --overwrite: retire the old one
+            if os.path.isdir(self.partial):
+                _discard(self.partial, lock)
+            else:
+                os.remove(self.partial)
+        try:
+            os.rename(new, self.partial)
+        except OSError:    # another run created .partial between our check and now
+            new_lock.release()
+            shutil.rmtree(new, ignore_errors=True)
+            other = RunLock.acquire(self.partial, create=False)
+            if other is not None:
+                other.release()
+            raise FileExistsError(f"{self.partial} was created by another run just now; "
+                                  "only one run may write an output") from None
+        new_lock.moved(self.partial)
+        _fsync_dir(parent)
+        self._lock = new_lock
+        return 1, record
+
+    def _check_resume(self):
+        """Rank 0, locked: the checks of ``--resume`` on ``.partial/run.json``. Returns
+        (attempt, updated run record)."""
+        run_json = os.path.join(self.partial, "run.json")
+        if not os.path.isdir(self.partial):
+            if os.path.exists(self.partial):
+                raise ResumeError(f"cannot resume: {self.partial} is a file, not the folder of "
+                                  "an unfinished glasshpc run")
+            if os.path.exists(self.path):
+                raise FileExistsError(_describe_existing(self.path) + "; nothing to resume")
+            raise ResumeError(f"cannot resume: {self.partial} does not exist (no unfinished "
+                              "run for this output); start without --resume")
+        if not os.path.exists(run_json):
+            raise ResumeError(f"cannot resume: {self.partial} has no run.json, so it was not "
+                              "written by glasshpc (or is left over from a finished run); "
+                              "delete it or use --overwrite")
+        try:
+            with open(run_json, encoding="utf-8") as fh:
+                run = json.load(fh)
+            if not isinstance(run, dict) or run.get("format") != FORMAT:
+                tag = run.get("format") if isinstance(run, dict) else None
+                if isinstance(tag, str) and tag.startswith("glasshpc-partial-"):
+                    raise ResumeError(f"cannot resume: {self.partial} was written by another "
+                                      f"version of glasshpc (format {tag[:40]!r}, this version "
+                                      f"reads {FORMAT!r}); finish it with that version, or "
+                                      "start again with --overwrite")
+                raise ValueError(f"format tag {str(tag)[:40]!r}")
+            attempt = int(run["attempt"]) + 1
+            old_mode, old_hash = run["mode"], run["config_sha256"]
+            old_layout = run["layout"]
+            run_id = str(run["run_id"])
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            raise ResumeError(f"cannot resume: {run_json} is corrupted or not a glasshpc run "
+                              f"record ({str(exc)[:200]}); delete {self.partial} or use "
+                              "--overwrite") from None
+        if self.config is not None and old_hash != config_fingerprint(self.config):
+            diff = _diff(run.get("config", {}), self.config)
+            raise ResumeError("cannot resume with a different config: "
+                              + (", ".join(diff[:6]) if diff else "config hash differs")
+                              + f" (run in {self.partial}); use the original config, or "
+                              "--overwrite to start again")
+        if old_layout != _layout_json(self.layout):
+            raise ResumeError(f"cannot resume: the dataset layout recorded in {run_json} "
+                              "differs from this version of glasshpc")
+        if old_mode != self.mode:
+            raise ResumeError(f"cannot resume: the run was written in '{old_mode}' mode but "
+                              f"this h5py gives '{self.mode}'")
+        if os.path.exists(self.path) and not run.get("replaces_output"):
+            raise FileExistsError(_describe_existing(self.path) + f" next to {self.partial}; "
+                                  "move one of them away")
+        record = {"format": FORMAT, "attempt": attempt, "mode": self.mode, "run_id": run_id,
+                  "config_sha256": config_fingerprint(self.config), "config": self.config,
+                  "layout": _layout_json(self.layout),
+                  "replaces_output": bool(run.get("replaces_output"))}
         return attempt, record
+
+    def _output_attrs(self):
+        """(run_id, config_sha256) recorded in the output file, or (None, None)."""
+        try:
+            with h5py.File(self.path, "r") as fh:
+                return (_attr_str(fh.attrs.get("run_id")),
+                        _attr_str(fh.attrs.get("config_sha256")))
+        except (OSError, ValueError):
+            return None, None
+
+    def _finished_remnant(self):
+        """True if ``.partial/`` belongs to the run that wrote the (complete) output."""
+        if not os.path.isfile(self.path):
+            return False
+        try:
+            with open(os.path.join(self.partial, "run.json"), encoding="utf-8") as fh:
+                run_id = json.load(fh).get("run_id")
+        except (OSError, ValueError, AttributeError):
+            return False
+        return run_id is not None and self._output_attrs()[0] == run_id
+
+    def _matching_output(self):
+        """True if the output was written by a run of this very config."""
+        return self._output_attrs()[1] == config_fingerprint(self.config)
 
     def _load_journals(self):
         """Collective: read every earlier journal, verify each slot's checksum (ranks share the
@@ -233,7 +353,9 @@ class Store:
 
     def _verify_journal(self, name):
         path = os.path.join(self.partial, name)
-        attempt = int(name.split("-")[1][1:])
+        tag = name[len("journal-"):-len(".jsonl")]
+        attempt = int(tag.split("-")[0][1:])
+        data_name = f"data-{tag}.bin"
         with open(path, "rb") as fh:
             lines = fh.read().split(b"\n")
         out = []
@@ -241,21 +363,35 @@ class Store:
         for lineno, raw in enumerate(lines[:-1]):
             try:
                 rec = json.loads(raw)
+                if not isinstance(rec, dict) or set(rec) != {"stage", "task", "slots", "crc"}:
+                    raise ValueError("not a journal record")
+                if _record_crc(rec) != rec["crc"]:
+                    raise ValueError("the line fails its checksum (its stage, task, dataset "
+                                     "names or slot locations were changed)")
                 stage, task = rec["stage"], task_key(rec["task"])
                 slots = []
                 for name_, slot, loc, crc in rec["slots"]:
                     if name_ not in self.layout:
-                        raise KeyError(f"unknown dataset {name_!r}")
+                        raise KeyError(f"unknown dataset {str(name_)[:80]!r}")
                     slot = tuple(int(i) for i in slot)
-                    loc = loc if isinstance(loc, str) else tuple(loc)
+                    shape = self.layout[name_][0]
+                    if len(slot) >= len(shape) + 1 or any(not 0 <= i < n
+                                                         for i, n in zip(slot, shape)):
+                        raise ValueError(f"slot {list(slot)} is outside {name_} {list(shape)}")
+                    if loc != "mpio":
+                        if not (isinstance(loc, list) and len(loc) == 3 and loc[0] == data_name):
+                            raise ValueError(f"{name_}{list(slot)}: location {str(loc)[:80]} is "
+                                             f"not in this rank's data file {data_name}")
+                        loc = tuple(loc)
                     data = self._read_loc(name_, slot, loc)
                     if zlib.crc32(np.ascontiguousarray(data).tobytes()) != crc:
                         raise ValueError(f"{name_}{list(slot)} fails its checksum")
                     slots.append((name_, slot, loc))
             except (ValueError, KeyError, TypeError, OSError) as exc:
-                raise ResumeError(f"cannot resume: {path} line {lineno + 1}: {exc} — the data of "
-                                  f"a finished task is damaged; delete {name} to recompute that "
-                                  "rank's tasks, or start again with --overwrite") from None
+                raise ResumeError(f"cannot resume: {path} line {lineno + 1}: {str(exc)[:300]} — "
+                                  "the record of a finished task is damaged; delete "
+                                  f"{name} to recompute that rank's tasks, or start again with "
+                                  "--overwrite") from None
             out.append(((attempt, name, lineno), stage, task, slots))
         return out
 
@@ -283,36 +419,66 @@ class Store:
     # -- public --------------------------------------------------------------------------------
     def write(self, name, slot, array):
         """Write ``array`` to ``name[slot]`` (slot: tuple of leading indices). Independent I/O;
-        durable once the task is committed (:meth:`commit`)."""
+        durable once the task is committed (:meth:`commit`). Raises :class:`DiskFull`."""
         slot = tuple(int(i) for i in np.atleast_1d(slot))
         shape, dtype = self._slot_shape(name, slot), self.layout[name][1]
         arr = np.ascontiguousarray(np.broadcast_to(np.asarray(array, dtype=dtype), shape))
-        if self.mode == "mpio":
-            self._fh[name][slot] = arr
-            loc = "mpio"
-        else:
-            if self._data is None:
-                self._data = open(os.path.join(self.partial, self._data_name), "ab")
-            offset = self._data.tell()
-            self._data.write(arr.tobytes())
-            loc = (self._data_name, offset, arr.nbytes)
+        try:
+            if self.mode == "mpio":
+                self._fh[name][slot] = arr
+                loc = "mpio"
+            else:
+                if self._data is None:
+                    self._data = open(os.path.join(self.partial, self._data_name), "ab")
+                offset = self._data.tell()
+                self._data.write(arr.tobytes())
+                loc = (self._data_name, offset, arr.nbytes)
+        except OSError as exc:
+            self._raise_if_full(exc, self.partial)
+            raise
         self._pending.append((name, slot, loc, zlib.crc32(arr.tobytes())))
 
     def commit(self, stage, task):
         """Record that ``task`` of ``stage`` finished: flush and fsync its data, then append and
-        fsync one journal line. After this returns, a kill cannot lose the task."""
-        if self._data is not None:
-            self._data.flush()
-            os.fsync(self._data.fileno())
-        line = json.dumps({"stage": stage, "task": list(task_key(task)),
-                           "slots": [[n, list(s), loc, crc] for n, s, loc, crc in self._pending]})
-        self._journal.write(line + "\n")
-        self._journal.flush()
-        os.fsync(self._journal.fileno())
+        fsync one journal line whose checksum covers the stage, the task identity, the dataset
+        names, slots and locations, and every slot's CRC-32. After this returns, a kill cannot lose
+        the task. Raises :class:`DiskFull` (the task then counts as unfinished)."""
+        rec = {"stage": stage, "task": list(task_key(task)),
+               "slots": [[n, list(s), loc, crc] for n, s, loc, crc in self._pending]}
+        rec["crc"] = _record_crc(rec)
+        try:
+            if self._data is not None:
+                self._data.flush()
+                os.fsync(self._data.fileno())
+            self._journal.write(json.dumps(rec) + "\n")
+            self._journal.flush()
+            os.fsync(self._journal.fileno())
+        except OSError as exc:
+            self._raise_if_full(exc, self.partial)
+            raise
+        if self._lock is not None:
+            self._lock.heartbeat()
         for name, slot, loc, _ in self._pending:
             self._new[name][slot] = loc
         self._pending = []
         self.completed_tasks.setdefault(stage, set()).add(task_key(task))
+
+    def bytes_remaining(self):
+        """Bytes the rest of the run still has to write here: the slots not yet written and, in
+        shard mode, the final file (assembled beside the shards)."""
+        left = 0
+        for name, (shape, dtype) in self.layout.items():
+            done = self.owner[name].keys() | self._new[name].keys()
+            n_lead = max((len(k) for k in done), default=1)
+            per_slot = int(np.prod(shape[n_lead:])) * dtype.itemsize
+            left += (int(np.prod(shape[:n_lead])) - len(done)) * per_slot
+        if self.mode == "shards":
+            left += sum(int(np.prod(s)) * d.itemsize for s, d in self.layout.values())
+        return left
+
+    def _raise_if_full(self, exc, where):
+        if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFull(where, self.bytes_remaining()) from None
 
     def completed(self, stage):
         """Set of task keys (:func:`task_key`) of ``stage`` recorded as finished (this run and, on
@@ -354,9 +520,14 @@ class Store:
 
     def finalize(self, write_extra):
         """Collective. Check completeness, build the final file inside ``.partial/``, call
-        ``write_extra(h5file)`` on rank 0 to add results and provenance, rename it to the output.
+        ``write_extra(h5file)`` on rank 0 to add results and provenance, and make it durable:
+        fsync the file, rename it to the output, fsync the directory, and only then retire
+        ``.partial/`` (renamed to ``.partial.trash-PID``, then removed). A kill at any step leaves
+        either a resumable ``.partial/`` or a finished output (whose leftover folder the next run
+        removes). The output's root attrs ``run_id`` and ``config_sha256`` tie it to its run.
 
-        Raises RuntimeError (and leaves ``.partial`` in place) if a slot is missing."""
+        Raises RuntimeError (and leaves ``.partial`` in place) if a slot is missing, or
+        :class:`DiskFull` (temporary file removed; resumable once space is freed)."""
         self.sync()
         missing = {}
         for name, (shape, _) in self.layout.items():
@@ -365,7 +536,8 @@ class Store:
             if m:
                 missing[name] = m[:5]
         if missing:
-            raise RuntimeError(f"incomplete run, nothing finalised; missing slots: {missing}")
+            raise RuntimeError(f"incomplete run in {self.partial}, nothing finalised; missing "
+                               f"slots (never written): {str(missing)[:400]}")
         tmp = os.path.join(self.partial, "final.h5.tmp")
         if self.mode == "mpio":
             self._fh.close()
@@ -374,26 +546,44 @@ class Store:
         err = None
         if self.ctx.root:
             try:
+                with open(os.path.join(self.partial, "run.json"), encoding="utf-8") as fh:
+                    run = json.load(fh)
                 if self.mode == "mpio":
-                    with h5py.File(os.path.join(self.partial, "data.h5"), "a") as out:
+                    tmp = os.path.join(self.partial, "data.h5")
+                    with h5py.File(tmp, "a") as out:
                         for key in [k for k in out if k not in _top_groups(self.layout)]:
                             del out[key]   # left by an interrupted earlier finalisation
+                        _stamp(out, run)
                         write_extra(out)
-                    tmp = os.path.join(self.partial, "data.h5")
                 else:
                     with h5py.File(tmp, "w") as out:
                         self._copy_slots(out)
+                        _stamp(out, run)
                         write_extra(out)
+                interrupt.fault_point("finalize", "assembled", 0)
+                _fsync_file(tmp)
+                interrupt.fault_point("finalize", "synced", 0)
                 os.replace(tmp, self.path)
-                # the output is complete: mark the folder dead first, then remove it
-                os.remove(os.path.join(self.partial, "run.json"))
+                interrupt.fault_point("finalize", "renamed", 0)
+                _fsync_dir(os.path.dirname(self.path))
+                interrupt.fault_point("finalize", "dir_synced", 0)
                 self._close_files()
-                shutil.rmtree(self.partial, ignore_errors=True)
-            except Exception as exc:  # report on every rank, keep the partial data
-                err = f"finalisation failed: {exc!r}"
+                _discard(self.partial, self._lock, stage_hook=True)
+                self._lock = None
+            except OSError as exc:  # report on every rank, keep the partial data
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    if self.mode == "shards":
+                        _remove_quietly(tmp)
+                    err = ("DiskFull", (self.partial, self.bytes_remaining()))
+                else:
+                    err = ("RuntimeError", f"finalisation of {self.path} failed: {exc!r}")
+            except Exception as exc:  # noqa: BLE001  (same: every rank must learn of it)
+                err = ("RuntimeError", f"finalisation of {self.path} failed: {exc!r}")
         err = self.ctx.comm.bcast(err, root=0)
         if err:
-            raise RuntimeError(err)
+            if err[0] == "DiskFull":
+                raise DiskFull(*err[1], collective=True)
+            raise RuntimeError(err[1])
 
     def _copy_slots(self, out):
         for name, (shape, dtype) in self.layout.items():
@@ -413,10 +603,110 @@ class Store:
                 setattr(self, attr, None)
 
     def close(self):
+        """Close every file and release the output's lock (idempotent)."""
         self._close_files()
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+
+def _record_crc(rec):
+    """CRC-32 of a journal record's stage, task, dataset names, slots, locations and slot CRCs."""
+    body = json.dumps([rec["stage"], rec["task"], rec["slots"]], sort_keys=True,
+                      separators=(",", ":"))
+    return zlib.crc32(body.encode())
+
+
+def _stamp(h5, run):
+    """Root attrs tying a finished file to its run (used to recognise a finished remnant)."""
+    h5.attrs["run_id"] = str(run["run_id"])
+    h5.attrs["config_sha256"] = str(run["config_sha256"])
+
+
+def _attr_str(value):
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _fsync_file(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path):
+    """Make a rename or a new entry in ``path`` durable (POSIX: fsync the directory)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:   # some file systems refuse fsync on directories; nothing more to do there
+        pass
+    finally:
+        os.close(fd)
+
+
+def _discard(folder, lock, stage_hook=False):
+    """Retire ``folder`` atomically (rename to ``folder.trash-PID``, fsync the parent), then remove
+    it and release ``lock``. A kill in between leaves only a ``.trash-`` folder, which
+    :func:`_clean_leftovers` removes later."""
+    trash = f"{folder}.trash-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    os.rename(folder, trash)
+    if lock is not None:
+        lock.moved(trash)
+    _fsync_dir(os.path.dirname(folder))
+    if stage_hook:
+        interrupt.fault_point("finalize", "trashed", 0)
+    shutil.rmtree(trash, ignore_errors=True)
+    if lock is not None:
+        lock.release()
+
+
+def _clean_leftovers(partial, min_age=60.0):
+    """Remove ``partial.trash-*`` folders (retired by a run killed before it removed them) and
+    ``partial.new-*`` folders older than ``min_age`` s (a start killed before its rename), unless
+    a live run holds them."""
+    for folder in glob.glob(glob.escape(partial) + ".trash-*") + \
+            glob.glob(glob.escape(partial) + ".new-*"):
+        try:
+            if ".new-" in folder and time.time() - os.stat(folder).st_mtime < min_age:
+                continue
+            lock = RunLock.acquire(folder, create=False)
+        except (LockHeld, OSError):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        if lock is not None:
+            lock.release()
+
+
+def _remove_quietly(path):
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def _free_bytes(path):
+    """Free bytes for an unprivileged writer on the file system holding ``path`` (or its parent)."""
+    while path and not os.path.exists(path):
+        path = os.path.dirname(path)
+    try:
+        st = os.statvfs(path or ".")
+    except OSError:
+        return 0
+    return st.f_bavail * st.f_frsize
+
+
+def _gib(nbytes):
+    return f"{nbytes / 2**30:.3g} GiB" if nbytes >= 2**27 else f"{nbytes / 2**20:.3g} MiB"
 
 
 def _fill(dtype):
