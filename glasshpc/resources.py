@@ -141,6 +141,8 @@ def local_ranks(comm):
 
 def text(p, ranks):
     """Lines of the plan for the run's log and ``--dry-run``."""
+    if "memory" not in p:
+        return "  resources: " + "; ".join(p["problems"])
     biggest = max(p["stages"], key=p["stages"].get) if p["stages"] else None
     return (f"  resources: peak memory ≈ {_gib(p['memory'])} per rank"
             + (f" (largest stage: {biggest})" if biggest else "")
@@ -148,23 +150,24 @@ def text(p, ranks):
             f"peak disk ≈ {_gib(p['disk'])} (work files + final file)")
 
 
-def check(cfg, ctx, store_mode, resume=False, ignore=False):
-    """Collective. Compare the plan with this node's memory and the output's free disk. Raises
-    :class:`ResourceError` (every rank, same message) naming what does not fit and the override,
-    unless ``ignore`` (then the problem is printed as a warning). Returns the plan dict."""
+def assess(cfg, ctx, store_mode, resume=False):
+    """Collective. The plan (see :func:`plan`) compared with this node's memory and the output's
+    free disk: the plan dict plus ``problems`` (list of str, empty if the run fits) and
+    ``memory_fits`` (bool); the same on every rank."""
     from .config import SoftnessRunConfig
     make = plan_softness if isinstance(cfg, SoftnessRunConfig) else plan
-    problem, p = None, None
+    p = None
     per_node = local_ranks(ctx.comm)
     if ctx.root:
+        problems, memory_fits = [], True
         try:
             p = make(cfg, ctx.size, store_mode)
             out = os.path.abspath(cfg.output)
             need_disk = max(0, p["disk"] - (written_bytes(out + ".partial") if resume else 0))
             free = _free_bytes(os.path.dirname(out))
             mem = available_memory()
-            problems = []
             if mem is not None and p["memory"] * per_node > mem:
+                memory_fits = False
                 problems.append(f"peak memory ≈ {_gib(p['memory'])} per rank × {per_node} ranks "
                                 f"on this node = {_gib(p['memory'] * per_node)} exceeds the "
                                 f"{_gib(mem)} available")
@@ -173,16 +176,27 @@ def check(cfg, ctx, store_mode, resume=False, ignore=False):
                                 f"{os.path.dirname(out)} (output ≈ {_gib(p['output'])}"
                                 + (", built beside its work files" if store_mode == "shards"
                                    else "") + f") but {_gib(free)} is free")
-            if problems:
-                problem = ("resource plan: " + "; ".join(problems) + ". Reduce model.n_particles, "
-                           "snapshots.count, iso.replicas or iso.times.count (or free space), "
-                           "or pass --ignore-resources if you know better")
         except (ValueError, OverflowError, MemoryError) as exc:
-            problem = f"resource plan: the layout is too large to plan ({str(exc)[:120]})"
-    problem, p = ctx.comm.bcast((problem, p), root=0)
-    if problem:
-        if not ignore:
-            raise ResourceError(problem)
-        ctx.log(f"glasshpc: warning: {problem} (ignored: --ignore-resources)")
-    return p
+            p, memory_fits = {"stages": {}}, False
+            problems.append(f"the layout is too large to plan ({str(exc)[:120]})")
+        p.update(problems=problems, memory_fits=memory_fits)
+    return ctx.comm.bcast(p, root=0)
 
+
+def refusal(p):
+    """The one-line refusal of a plan with problems."""
+    return ("resource plan: " + "; ".join(p["problems"]) + ". Reduce model.n_particles, "
+            "snapshots.count, iso.replicas or iso.times.count (or free space), or pass "
+            "--ignore-resources if you know better")
+
+
+def check(cfg, ctx, store_mode, resume=False, ignore=False):
+    """Collective :func:`assess`; raises :class:`ResourceError` (every rank, same message) naming
+    what does not fit and the override, unless ``ignore`` (then printed as a warning). Returns the
+    plan."""
+    p = assess(cfg, ctx, store_mode, resume)
+    if p["problems"]:
+        if not ignore:
+            raise ResourceError(refusal(p))
+        ctx.log(f"glasshpc: warning: {refusal(p)} (ignored: --ignore-resources)")
+    return p

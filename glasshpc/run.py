@@ -303,17 +303,25 @@ def _main(args, ctx, refuse):
         cfg, text = config_mod.load(args.config)
         cluster.check_inputs(cfg, ctx)     # snapshot files: read and validated before any output
         mode = "mpio" if h5py_has_mpi() else "shards"
-        res = resources.check(cfg, ctx, mode, resume=args.resume, ignore=args.ignore_resources)
+        res = resources.assess(cfg, ctx, mode, resume=args.resume)
+        if res["problems"] and not (args.dry_run or args.ignore_resources):
+            raise resources.ResourceError(resources.refusal(res))
     except (config_mod.ConfigError, cluster.InputError, resources.ResourceError, OSError) as err:
         return refuse(err)
     if interrupt.requested():
         ctx.log(f"glasshpc: stopped by {interrupt.signal_name()} before any work; nothing "
                 "was created")
         return interrupt.EXIT_INTERRUPTED
+    if res["problems"]:
+        ctx.log(f"glasshpc: warning: {resources.refusal(res)}"
+                + (" (ignored: --ignore-resources)" if args.ignore_resources else
+                   " — a run of this config would be refused"))
     if args.dry_run:
         ctx.log(plan_text(cfg, ctx))
         ctx.log(resources.text(res, ctx.size))
-        if not isinstance(cfg, config_mod.SoftnessRunConfig):   # the sweep's plan has its costs
+        if not res["memory_fits"]:   # the calibration would allocate what the node lacks
+            ctx.log("  (no calibration: the configured system does not fit this node's memory)")
+        elif not isinstance(cfg, config_mod.SoftnessRunConfig):   # the sweep has its costs
             ctx.log(cluster.dry_run_text(cfg, ctx))
         return 0
     if ctx.size > 1 and not any(k in os.environ for k in ("OMP_NUM_THREADS",

@@ -3,8 +3,13 @@ and a journal of finished tasks that lets a killed run resume without redoing th
 
 While a run is in progress everything lives in ``<output>.partial/``:
 
-* ``run.json`` — format tag, attempt counter, store mode, the layout and the normalised config with
-  its SHA-256 (a resume with a different config is refused, naming the keys that differ).
+* ``lock`` — held by rank 0 for the run's whole life (:mod:`glasshpc.runlock`): one writer per
+  output; a second run, resume or overwrite is refused naming the holder. The folder is built as
+  ``<output>.partial.new-PID`` (locked, with its ``run.json``) and renamed into place, so it never
+  exists unlocked and half-made.
+* ``run.json`` — format tag, run id, attempt counter, store mode, the layout and the normalised
+  config with its SHA-256 (a resume with a different config is refused, naming the keys that
+  differ).
 * **shard mode** (serial h5py, e.g. the pip wheel): each rank appends the raw bytes of the slots it
   writes to its own ``data-aAAA-rRRRRR.bin`` (AAA = attempt). Bytes once written are never
   modified, so a SIGKILL at any moment cannot damage finished work; HDF5 is written only at
@@ -15,14 +20,15 @@ While a run is in progress everything lives in ``<output>.partial/``:
   at creation, so later task writes touch raw data only) and each rank writes its own slots.
 * ``journal-aAAA-rRRRRR.jsonl`` — one line per finished task, appended by :meth:`Store.commit`
   **after** the task's data is flushed and fsync'ed: stage, task identity and for every slot its
-  location and CRC-32. A task is finished iff its line is complete. A torn last line (kill during
-  the append) is ignored; a complete line whose data is missing or fails its checksum cannot come
-  from a kill and is refused as corruption.
+  location and CRC-32, and a CRC-32 of all of that. A task is finished iff its line is complete. A
+  torn last line (kill during the append) is ignored; a complete line that fails its checksum, points
+  outside its rank's data file or at a slot outside the layout, or whose data is missing or fails
+  its checksum cannot come from a kill and is refused as corruption, naming the file and line.
 
 Finalisation (:meth:`Store.finalize`) checks that every declared slot was written, builds the final
-file inside ``.partial/`` and renames it to ``<output>`` (atomic on POSIX), so a file under the
-final name is always complete; then the folder is removed. Reduced LJ units for every stored
-quantity (the store itself is unit-agnostic).
+file inside ``.partial/``, fsyncs it, renames it to ``<output>`` (atomic on POSIX), fsyncs the
+directory, then retires the folder; a file under the final name is always complete. Reduced LJ
+units for every stored quantity (the store itself is unit-agnostic).
 """
 import errno
 import glob
