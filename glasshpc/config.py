@@ -16,19 +16,59 @@ import yaml
 
 AUTO = "auto"
 
+# Hard upper bounds: larger than any published study, small enough that a typo (1e9 for 1e3) is
+# refused at once instead of failing with MemoryError (or a LAMMPS crash) after hours of work.
+MAX_PARTICLES = 10**8        # [CAGE], [SOFT], GlassBench: N ≤ 10⁵
+MAX_SNAPSHOTS = 10**6        # papers: 10²–10⁴ snapshots
+MAX_REPLICAS = 10**6         # iso: 30–500 replicas; [SOFT] p_r: up to 10⁶
+MAX_TIMES = 10**4            # read-out times (papers: 10–100)
+MAX_SWEEPS = 10**9           # cage MC sweeps ([CAGE]: 10⁶)
+MAX_CHAINS = 10**4
+MAX_ITEMS = 1000             # entries of a list or mapping key (shell blocks, feature sets, ...)
+MAX_RUN_STEPS = 2**31 - 1    # one LAMMPS `run N` takes N < 2³¹ (MAXSMALLINT)
+MAX_SKIN = 1.0               # σ; LAMMPS' LJ default is 0.3: a larger skin only grows the lists
+
 
 class ConfigError(ValueError):
-    """Invalid configuration: ``key`` is the dotted key path, the message says what is allowed."""
+    """Invalid configuration: ``key`` is the dotted key path, the message says what is allowed.
+
+    Survives pickling (mpi4py's ``bcast``/``allgather`` pickle it when one rank refuses an input)."""
 
     def __init__(self, key, message):
-        self.key = key
+        key = str(key)
+        if len(key) > 200:       # a key path built from an unknown (user-written) key name
+            key = key[:200] + "…"
+        self.key, self.message = key, message
         super().__init__(f"config error at '{key}': {message}")
+
+    def __reduce__(self):
+        return (type(self), (self.key, self.message))
+
+
+_BRIEF = None
+
+
+def brief(value, limit=80):
+    """``repr(value)`` cut to at most ``limit`` characters (…-terminated): every message that shows a
+    user-given value uses it, so a huge value (a long string, a nested list) never floods the log.
+    Nested containers are abbreviated first (reprlib), so the cost is bounded too."""
+    global _BRIEF
+    if _BRIEF is None:
+        import reprlib
+        _BRIEF = reprlib.Repr()
+        _BRIEF.maxstring = _BRIEF.maxother = _BRIEF.maxlong = limit
+        _BRIEF.maxlevel, _BRIEF.maxlist, _BRIEF.maxtuple, _BRIEF.maxdict = 3, 12, 12, 8
+    text = _BRIEF.repr(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def _f(default=dataclasses.MISSING, doc="", kind=None, choices=None, lo=None, hi=None,
-       lo_open=False, hi_open=False, factory=None):
+       lo_open=False, hi_open=False, factory=None, **extra):
+    """A schema field: default, doc, kind, allowed choices, range [lo, hi] (hi on every count:
+    a typo like 1e9 is refused before any work), and ``extra`` (reserved names, max_items,
+    optional)."""
     meta = dict(doc=doc, kind=kind, choices=choices, lo=lo, hi=hi, lo_open=lo_open,
-                hi_open=hi_open)
+                hi_open=hi_open, **extra)
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -38,7 +78,7 @@ def _f(default=dataclasses.MISSING, doc="", kind=None, choices=None, lo=None, hi
 class ModelConfig:
     name: str = _f(doc="glass former", choices=("kob_andersen", "harmonic_spheres",
                                                  "hard_spheres", "bead_spring"))
-    n_particles: int = _f(doc="particles per snapshot", lo=2)
+    n_particles: int = _f(doc="particles per snapshot", lo=2, hi=MAX_PARTICLES)
     density: float = _f(None, "number density ρ (σ⁻³); required except for hard_spheres given "
                               "packing_fraction", lo=0.0, lo_open=True)
     temperature: float = _f(doc="temperature T (ε/k_B; hard spheres: k_B T, 1 by convention)",
@@ -49,14 +89,15 @@ class ModelConfig:
     growth_rate: float = _f(None, "hard_spheres only: Lubachevsky–Stillinger growth rate of the "
                                   "diameters (τ⁻¹); default 0.02", lo=0.0, lo_open=True, hi=1.0)
     chain_length: int = _f(None, "bead_spring only: monomers per linear chain; default 5 "
-                                 "(pentamers, [DW])", lo=2)
+                                 "(pentamers, [DW])", lo=2, hi=MAX_PARTICLES)
 
 
 @dataclass(frozen=True)
 class MDConfig:
     timestep: float = _f(0.005, "MD timestep (τ)", lo=0.0, lo_open=True, hi=0.1)
-    skin: float = _f(0.3, "neighbour-list skin (σ); 0.3 measured fastest for KA", lo=0.0,
-                     lo_open=True)
+    skin: float = _f(0.3, "neighbour-list skin (σ); 0.3 measured fastest for KA; ≤ 1, and "
+                          "pair cutoff + skin below half the box", lo=0.0, lo_open=True,
+                     hi=MAX_SKIN)
     tdamp: float = _f(0.5, "Nosé–Hoover damping time (τ)", lo=0.0, lo_open=True)
     melt_temperature: float = _f(2.0, "temperature of the initial NVT melt", lo=0.0, lo_open=True)
     melt_time: float = _f(10.0, "NVT melt duration (τ)", lo=0.0)
@@ -67,11 +108,13 @@ class MDConfig:
 @dataclass(frozen=True)
 class SnapshotsConfig:
     count: int = _f(None, doc="independent equilibrated snapshots (required with source 'lammps'; "
-                              "with 'files' the number of files, checked if given)", lo=1)
+                              "with 'files' the number of files, checked if given)", lo=1,
+                  hi=MAX_SNAPSHOTS)
     source: str = _f("lammps", "'lammps': prepare snapshots by MD; 'files': read your own "
                      "snapshot files (one per snapshot) instead", choices=("lammps", "files"))
     path: str = _f("", "source 'files': a folder (every non-hidden file in it) or a glob pattern, "
-                       "relative to the working directory; files sorted in natural order")
+                       "relative to the working directory; files sorted in natural order",
+                   kind="path", optional=True)
     format: str = _f("auto", "source 'files': file format; 'auto' = from the extension "
                              "(.data/.lmp → lammps-data, .dump/.lammpstrj → lammps-dump, "
                              ".xyz/.extxyz → extxyz)",
@@ -85,12 +128,13 @@ class SnapshotsConfig:
 class TimesConfig:
     start: float = _f(doc="first read-out time (τ), ≥ md.timestep", lo=0.0, lo_open=True)
     stop: float = _f(doc="last read-out time (τ)", lo=0.0, lo_open=True)
-    count: int = _f(doc="number of log-spaced read-out times", lo=1)
+    count: int = _f(doc="number of log-spaced read-out times", lo=1, hi=MAX_TIMES)
 
 
 @dataclass(frozen=True)
 class IsoConfig:
-    replicas: int = _f(doc="replicas per snapshot (isoconfigurational ensemble size)", lo=1)
+    replicas: int = _f(doc="replicas per snapshot (isoconfigurational ensemble size)", lo=1,
+                       hi=MAX_REPLICAS)
     times: object = _f(doc="read-out times: {start, stop, count} log-spaced, or an explicit "
                            "increasing list (τ); rounded to whole timesteps", kind="times")
 
@@ -107,7 +151,7 @@ class DynamicsConfig:
 class ShellBlock:
     r_min: float = _f(doc="first shell centre (σ)", lo=0.0)
     r_max: float = _f(doc="last shell centre (σ)", lo=0.0)
-    count: int = _f(doc="equally spaced shells from r_min to r_max", lo=1)
+    count: int = _f(doc="equally spaced shells from r_min to r_max", lo=1, hi=MAX_ITEMS)
     delta: float = _f(doc="Gaussian width δ (σ)", lo=0.0, lo_open=True)
 
 
@@ -130,12 +174,13 @@ class DescriptorsConfig:
     angular: tuple = _f(doc="angular shells q_l(r, δ), list of {r_min, r_max, count, delta}",
                         kind=("list", ShellBlock), factory=_default_angular)
     l: tuple = _f(doc="angular orders l of q_l", kind=("list", int),
-                  factory=lambda: tuple(range(1, 13)))
+                  factory=lambda: tuple(range(1, 13)), max_items=21)
     generations: int = _f(2, "highest generation n of neighbour averaging ([CAGE] Eq. 9)", lo=0,
                           hi=5)
     r_generation: object = _f(AUTO, "r_c of generation averaging (σ) or 'auto' = second "
                                     "minimum of g_AA", kind="float_or_auto")
-    truncation: float = _f(7.0, "Gaussians are cut at |r_ij − r| > truncation·δ", lo=3.0)
+    truncation: float = _f(7.0, "Gaussians are cut at |r_ij − r| > truncation·δ", lo=3.0,
+                           hi=100.0)
     preset: str = _f(None, "named descriptor set of a paper instead of radial/angular/l blocks "
                            "(structure/descriptors.py preset())", choices=DESCRIPTOR_PRESETS)
 
@@ -144,7 +189,7 @@ class DescriptorsConfig:
 class AlphaGrid:
     min: float = _f(1e-5, "smallest ridge α", lo=0.0, lo_open=True)
     max: float = _f(1e7, "largest ridge α", lo=0.0, lo_open=True)
-    count: int = _f(49, "log-spaced α values", lo=1)
+    count: int = _f(49, "log-spaced α values", lo=1, hi=MAX_ITEMS)
 
 
 @dataclass(frozen=True)
@@ -156,15 +201,16 @@ class CageConfig:
                        lo=0.0, lo_open=True)
     equilibration_sweeps: int = _f(500000, "MC sweeps (N trial moves each) before measuring; "
                                            "the step is tuned to target_acceptance meanwhile "
-                                           "(paper: 5×10⁵)", lo=0)
-    measurement_sweeps: int = _f(1000000, "MC sweeps averaged into r^CS (paper: 10⁶)", lo=1)
+                                           "(paper: 5×10⁵)", lo=0, hi=MAX_SWEEPS)
+    measurement_sweeps: int = _f(1000000, "MC sweeps averaged into r^CS (paper: 10⁶)", lo=1,
+                                 hi=MAX_SWEEPS)
     target_acceptance: float = _f(0.3, "acceptance the trial step is tuned to", lo=0.0, hi=1.0,
                                   lo_open=True, hi_open=True)
     chains: int = _f(1, "independent MC chains per snapshot, each with its own seed from "
                         "task_rng(seed, 'cage', snapshot, chain) (chain 0: task_rng(seed, 'cage', "
                         "snapshot), the single-chain seed); r^CS is their average: the constrained "
                         "system mixes slowly, so K short chains estimate ⟨r⟩ better than one "
-                        "K-times longer chain", lo=1)
+                        "K-times longer chain", lo=1, hi=MAX_CHAINS)
 
 
 @dataclass(frozen=True)
@@ -172,7 +218,8 @@ class InherentConfig:
     enabled: bool = _f(False, "compute inherent states r^IS by FIRE minimisation")
     force_tolerance: float = _f(1e-6, "converged when max_i |F_i| is below this (ε/σ)", lo=0.0,
                                 lo_open=True)
-    max_iterations: int = _f(200000, "FIRE iterations before the run stops with an error", lo=1)
+    max_iterations: int = _f(200000, "FIRE iterations before the run stops with an error", lo=1,
+                             hi=10**9)
 
 
 # blocks a feature set may combine with '+' ([CAGE] Figs. 3 and 5)
@@ -205,28 +252,30 @@ class SelectionConfig:
     method: str = _f("none", "feature selection on the Gram matrices: greedy 'forward' ([AVG]) or "
                              "'rfe' ([SOFT])", choices=("none", "forward", "rfe"))
     max_features: int = _f(100, "stop after this many features (forward) / report sizes up to it (rfe)",
-                           lo=1)
+                           lo=1, hi=10**5)
 
 
 @dataclass(frozen=True)
 class MLPConfig:
     layers: int = _f(0, "hidden layers of the MLP baseline ([CMP], [DW]); 0 = off", lo=0, hi=3)
-    width: int = _f(16, "ReLU units per hidden layer", lo=1)
+    width: int = _f(16, "ReLU units per hidden layer", lo=1, hi=10**4)
     l2: float = _f(1e-3, "L2 penalty (MLPRegressor alpha)", lo=0.0)
-    max_iter: int = _f(300, "Adam epochs", lo=1)
-    max_rows: int = _f(100000, "training rows gathered for the MLP (deterministic subsample)", lo=1)
+    max_iter: int = _f(300, "Adam epochs", lo=1, hi=10**6)
+    max_rows: int = _f(100000, "training rows gathered for the MLP (deterministic subsample)", lo=1,
+                       hi=10**8)
 
 
 @dataclass(frozen=True)
 class FitsConfig:
     test_fraction: float = _f(0.25, "fraction of snapshots held out for ρ(t)", lo=0.0, hi=1.0,
                               lo_open=True, hi_open=True)
-    cv_folds: int = _f(4, "cross-validation folds, grouped by snapshot", lo=2)
+    cv_folds: int = _f(4, "cross-validation folds, grouped by snapshot", lo=2, hi=MAX_ITEMS)
     alphas: AlphaGrid = _f(doc="ridge α grid (extended automatically at an edge optimum)",
                            factory=AlphaGrid)
     feature_sets: dict = _f(doc="named feature sets, each {features, generations}, fitted per "
                                 "species and time", kind=("dict", FeatureSet),
-                            factory=_default_sets)
+                            factory=_default_sets,
+                            reserved={"single": "the single-variable correlations"})
     selection: SelectionConfig = _f(doc="feature selection per feature set, species and time",
                                     factory=SelectionConfig)
     mlp: MLPConfig = _f(doc="non-linear baseline on the same splits (off by default)",
@@ -235,12 +284,12 @@ class FitsConfig:
 
 @dataclass(frozen=True)
 class Config:
-    output: str = _f(doc="HDF5 output path (relative to the working directory)")
+    output: str = _f(doc="HDF5 output path (relative to the working directory)", kind="path")
     model: ModelConfig = _f(doc="the glass former and state point")
     snapshots: SnapshotsConfig = _f(doc="snapshot count")
     iso: IsoConfig = _f(doc="isoconfigurational ensemble")
     seed: int = _f(12345, "master seed; every stream derives from it and the task identity",
-                   lo=0)
+                   lo=0, hi=2**63 - 1)
     md: MDConfig = _f(doc="LAMMPS integration and preparation", factory=MDConfig)
     dynamics: DynamicsConfig = _f(doc="propensity and F_s", factory=DynamicsConfig)
     descriptors: DescriptorsConfig = _f(doc="structural descriptor grids",
@@ -289,21 +338,21 @@ def _scalar(value, kind, key):
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
                 return int(value)
-            raise ConfigError(key, f"must be an integer, got {value!r}")
+            raise ConfigError(key, f"must be an integer, got {brief(value)}")
         return value
     if kind is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(key, f"must be a number, got {value!r}")
+            raise ConfigError(key, f"must be a number, got {brief(value)}")
         if not math.isfinite(value):
-            raise ConfigError(key, f"must be finite, got {value!r}")
+            raise ConfigError(key, f"must be finite, got {brief(value)}")
         return float(value)
     if kind is bool:
         if not isinstance(value, bool):
-            raise ConfigError(key, f"must be true or false, got {value!r}")
+            raise ConfigError(key, f"must be true or false, got {brief(value)}")
         return value
     if kind is str:
         if not isinstance(value, str):
-            raise ConfigError(key, f"must be a string, got {value!r}")
+            raise ConfigError(key, f"must be a string, got {brief(value)}")
         return value
     raise TypeError(kind)
 
@@ -311,12 +360,12 @@ def _scalar(value, kind, key):
 def _check_range(value, meta, key):
     lo, hi = meta.get("lo"), meta.get("hi")
     if lo is not None and (value < lo or (meta["lo_open"] and value == lo)):
-        raise ConfigError(key, f"must be {'>' if meta['lo_open'] else '≥'} {lo}, got {value!r}")
+        raise ConfigError(key, f"must be {'>' if meta['lo_open'] else '≥'} {lo}, got {brief(value)}")
     if hi is not None and (value > hi or (meta["hi_open"] and value == hi)):
-        raise ConfigError(key, f"must be {'<' if meta['hi_open'] else '≤'} {hi}, got {value!r}")
+        raise ConfigError(key, f"must be {'<' if meta['hi_open'] else '≤'} {hi}, got {brief(value)}")
     choices = meta.get("choices")
     if choices is not None and value not in choices:
-        raise ConfigError(key, f"must be one of {list(choices)}, got {value!r}")
+        raise ConfigError(key, f"must be one of {list(choices)}, got {brief(value)}")
 
 
 def _build(cls, data, key):
@@ -324,7 +373,7 @@ def _build(cls, data, key):
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(key or "<top>", f"must be a mapping with keys {[f.name for f in fields(cls)]}, "
-                                          f"got {data!r}")
+                                          f"got {brief(data)}")
     names = [f.name for f in fields(cls)]
     unknown = [k for k in data if k not in names]
     if unknown:
@@ -352,6 +401,8 @@ def _value(f, value, key):
                 raise ConfigError(_join(key, "stop"), f"must exceed start ({t.start}), got {t.stop}")
             return t
         if isinstance(value, list) and value:
+            if len(value) > MAX_TIMES:
+                raise ConfigError(key, f"at most {MAX_TIMES} read-out times, got {len(value)}")
             vals = [_scalar(v, float, f"{key}[{i}]") for i, v in enumerate(value)]
             for i in range(1, len(vals)):
                 if vals[i] <= vals[i - 1]:
@@ -366,11 +417,14 @@ def _value(f, value, key):
             return AUTO
         v = _scalar(value, float, key) if not isinstance(value, str) else None
         if v is None or v <= 0:
-            raise ConfigError(key, f"must be 'auto' or a positive number, got {value!r}")
+            raise ConfigError(key, f"must be 'auto' or a positive number, got {brief(value)}")
         return v
     if isinstance(kind, tuple) and kind[0] == "list":
         if not isinstance(value, list) or not value:
             raise ConfigError(key, "must be a non-empty list")
+        cap = meta.get("max_items", MAX_ITEMS)
+        if len(value) > cap:
+            raise ConfigError(key, f"at most {cap} entries, got {len(value)}")
         item = kind[1]
         if dataclasses.is_dataclass(item):
             return tuple(_build(item, v, f"{key}[{i}]") for i, v in enumerate(value))
@@ -379,11 +433,18 @@ def _value(f, value, key):
     if isinstance(kind, tuple) and kind[0] == "dict":
         if not isinstance(value, dict) or not value:
             raise ConfigError(key, "must be a non-empty mapping name → settings")
+        if len(value) > MAX_ITEMS:
+            raise ConfigError(key, f"at most {MAX_ITEMS} entries, got {len(value)}")
         out = {}
         for name, v in value.items():
-            if not isinstance(name, str) or not name.replace("_", "").replace("+", "").isalnum():
+            if not isinstance(name, str) or not name.replace("_", "").replace("+", "").isascii() \
+                    or not name.replace("_", "").replace("+", "").isalnum() or len(name) > 64:
                 raise ConfigError(_join(key, str(name)),
-                                  "names may contain letters, digits, '_' and '+'")
+                                  "names may contain letters, digits, '_' and '+' (at most 64)")
+            if name in meta.get("reserved", ()):
+                raise ConfigError(_join(key, name), f"{name!r} is reserved (the output file uses "
+                                                    f"/fits/{name} for {meta['reserved'][name]}); "
+                                                    "choose another name")
             out[name] = _build(kind[1], v, _join(key, name))
         return out
     if dataclasses.is_dataclass(f.type) or (isinstance(f.type, str) and f.type in _CLASSES):
@@ -393,7 +454,21 @@ def _value(f, value, key):
                                                      "bool": bool}[f.type]
     v = _scalar(value, typ, key)
     _check_range(v, meta, key)
+    if kind == "path":
+        _check_path(v, meta, key)
     return v
+
+
+def _check_path(value, meta, key):
+    """A path key: not empty (unless allowed), no NUL byte, not longer than PATH_MAX."""
+    if not value.strip():
+        if meta.get("optional"):             # optional path keys default to '' (= not given)
+            return
+        raise ConfigError(key, "must be a non-empty path")
+    if "\0" in value:
+        raise ConfigError(key, f"must not contain a NUL byte, got {brief(value)}")
+    if len(value.encode("utf-8", "surrogateescape")) > 4096:
+        raise ConfigError(key, f"longer than 4096 bytes (PATH_MAX), got {brief(value)}")
 
 
 def _join(a, b):
@@ -405,8 +480,13 @@ class ImportConfig:
     format: str = _f(doc="'glassbench' (one .npz per configuration: types, initial_positions, positions "
                          "(R, N, 3)) or 'bapst' (Bapst et al. 2020 pickles)",
                      choices=("glassbench", "bapst"))
-    files: str = _f(doc="glob pattern of the files (sorted; the first snapshots.count are used)")
-    first_type: int = _f(0, "type label of species A in the files (1 for LAMMPS-style labels)", lo=0)
+    files: str = _f(doc="glob pattern of the files (sorted; the first snapshots.count are used)",
+                    kind="path")
+    first_type: int = _f(0, "type label of species A in the files (1 for LAMMPS-style labels)", lo=0,
+                         hi=10**6)
+    trusted: bool = _f(False, "bapst only: unpickle the files without restriction (pickles can run "
+                              "code: only for files you trust); false = only numpy arrays, dicts, "
+                              "lists and scalars are admitted")
 
 
 _CLASSES = {c.__name__: c for c in (ModelConfig, MDConfig, SnapshotsConfig, TimesConfig, IsoConfig,
@@ -433,6 +513,18 @@ def _cross_checks(cfg):
                                   f"shells reach r_max + truncation·δ = {reach:.3g} σ, which must be "
                                   f"below half the box ({cfg.box_length / 2:.3g} σ for N = "
                                   f"{cfg.model.n_particles}, ρ = {cfg.model.density})")
+    r_gen = cfg.descriptors.r_generation
+    if r_gen != AUTO and r_gen >= cfg.box_length / 2:
+        raise ConfigError("descriptors.r_generation",
+                          f"must be below half the box ({cfg.box_length / 2:.3g} σ for N = "
+                          f"{cfg.model.n_particles}, ρ = {cfg.model.density}): a longer radius "
+                          f"reaches a particle's own periodic images; got {r_gen}")
+    _md_checks(cfg.md, cfg.model.name, [cfg.box_length], "model")
+    steps = cfg.replica_steps()[-1] if cfg.iso.times else 0
+    if steps > MAX_RUN_STEPS:
+        raise ConfigError("iso.times", f"the last read-out is {steps} timesteps after the start; "
+                                       f"at most {MAX_RUN_STEPS} (one LAMMPS run); lower the stop "
+                                       "time or raise md.timestep")
     for i, l in enumerate(cfg.descriptors.l):
         if not 0 <= l <= 20:
             raise ConfigError(f"descriptors.l[{i}]", f"must be in 0..20, got {l}")
@@ -445,13 +537,13 @@ def _cross_checks(cfg):
         blocks = fs.blocks
         for b in blocks:
             if b not in FEATURE_BLOCKS:
-                raise ConfigError(key, f"unknown feature block {b!r}; allowed blocks, joined by "
+                raise ConfigError(key, f"unknown feature block {brief(b)}; allowed blocks, joined by "
                                        f"'+': {list(FEATURE_BLOCKS)}")
             if b in needs and not getattr(cfg, needs[b]).enabled:
-                raise ConfigError(key, f"block {b!r} needs the {needs[b]} states: set "
+                raise ConfigError(key, f"block {brief(b)} needs the {needs[b]} states: set "
                                        f"{needs[b]}.enabled: true")
         if len(set(blocks)) != len(blocks):
-            raise ConfigError(key, f"a block appears twice in {fs.features!r}")
+            raise ConfigError(key, f"a block appears twice in {brief(fs.features)}")
         if fs.generations > cfg.descriptors.generations:
             raise ConfigError(f"fits.feature_sets.{name}.generations",
                               f"must be ≤ descriptors.generations ({cfg.descriptors.generations})")
@@ -468,6 +560,36 @@ def _cross_checks(cfg):
     if counts.min() < 1:
         raise ConfigError("model.n_particles",
                           f"too small: species counts would be {counts.tolist()}")
+
+
+def _pair_cutoff(model_name):
+    """Largest pair cutoff of a LAMMPS model (σ_AA), None for models without one (hard spheres)."""
+    from .models import get_model
+    m = get_model(model_name)
+    if hasattr(m, "lj_cutoff"):
+        return float(m.lj_cutoff)
+    if hasattr(m, "cutoff"):
+        return float(np.max(m.cutoff))
+    return None
+
+
+def _md_checks(md, model_name, boxes, where):
+    """MD durations fit one LAMMPS run; the neighbour reach (pair cutoff + skin) stays below half of
+    every box (LAMMPS accepts more, but then every atom sees its own periodic images: the ghost count
+    and the neighbour lists grow as (r_c + skin)³ until memory runs out; skin 100 segfaulted)."""
+    for name in ("melt_time", "nvt_time", "nve_time"):
+        steps = getattr(md, name) / md.timestep
+        if steps > MAX_RUN_STEPS:
+            raise ConfigError(f"md.{name}", f"is {steps:.3g} timesteps of md.timestep = {md.timestep}; "
+                                            f"at most {MAX_RUN_STEPS} (one LAMMPS run)")
+    rc = _pair_cutoff(model_name)
+    if rc is None:
+        return
+    L = min(boxes)
+    if rc + md.skin >= L / 2:
+        raise ConfigError("md.skin", f"pair cutoff {rc:.3g} σ + skin {md.skin} σ = {rc + md.skin:.3g} σ "
+                                     f"must be below half the box ({L / 2:.3g} σ from the {where} "
+                                     "N and density); lower the skin or use more particles")
 
 
 _MODEL_ONLY = {"packing_fraction": ("hard_spheres",), "growth_rate": ("hard_spheres",),
@@ -505,13 +627,101 @@ def _model_checks(cfg):
     return dataclasses.replace(cfg, model=m)
 
 
-def parse(text):
-    """Config from YAML text; raises ConfigError (naming the key) or a YAML parse error wrapped in
-    ConfigError('<yaml>', …)."""
+MAX_YAML_BYTES = 1 << 20     # a config is a few kB; an explicit list of 10⁴ times is ~100 kB
+MAX_YAML_DEPTH = 50          # the schema nests 4 deep; 50 leaves room and bounds the recursion
+
+
+def _mark(mark):
+    return f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "?"
+
+
+class _Loader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses what a config never needs and an attacker would use: aliases
+    (``*name``: an alias bomb expands to gigabytes), nesting deeper than MAX_YAML_DEPTH (the composer
+    recurses), duplicate keys (PyYAML keeps the last one silently), and integers too long to convert.
+    Errors are yaml.MarkedYAMLError with the line, so parse() reports them as '<yaml>' errors."""
+
+    def __init__(self, stream, name):
+        super().__init__(stream)
+        self.name = name
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.get_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"aliases (*{str(event.anchor)[:40]}) are not allowed in a glasshpc config; "
+                "write the value out", event.start_mark)
+        event = self.peek_event()
+        if getattr(event, "anchor", None) is not None:
+            raise yaml.composer.ComposerError(
+                None, None, f"anchors (&{str(event.anchor)[:40]}) are not allowed in a glasshpc config",
+                event.start_mark)
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nesting deeper than {MAX_YAML_DEPTH} levels", event.start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:       # unhashable key: the base class reports it
+                    continue
+                if first is not None:
+                    raise yaml.constructor.ConstructorError(
+                        f"duplicate key {brief(key)}: first at line {first.line + 1}", first,
+                        f"again at line {key_node.start_mark.line + 1}", key_node.start_mark)
+                seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_int(self, node):
+        try:
+            return super().construct_yaml_int(node)
+        except ValueError as err:       # e.g. more than 4300 digits
+            raise yaml.constructor.ConstructorError(None, None, f"cannot read an integer: {err}",
+                                                    node.start_mark) from None
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
+
+
+def _safe_yaml(text, name="<config>"):
+    """The YAML data of ``text`` through :class:`_Loader`; ConfigError('<yaml>', …) with the line."""
+    loader = None
     try:
-        data = yaml.safe_load(text)
+        loader = _Loader(text, name)      # the reader refuses non-printable characters already
+        return loader.get_single_data()
     except yaml.YAMLError as err:
-        raise ConfigError("<yaml>", f"not valid YAML: {err}") from None
+        msg = _yaml_message(err)
+        where = "" if name in msg else f"{name}: "
+        raise ConfigError("<yaml>", f"{where}not valid YAML: {msg}") from None
+    except RecursionError:          # cannot happen below MAX_YAML_DEPTH; kept as a last guard
+        raise ConfigError("<yaml>", f"{name}: nesting too deep") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def _yaml_message(err):
+    text = str(err)
+    return text if len(text) <= 600 else text[:600] + "…"
+
+
+def parse(text, name="<config>"):
+    """Config (or SoftnessRunConfig) from YAML text; raises ConfigError naming the key, or
+    ConfigError('<yaml>', …) naming the line for YAML errors, aliases, deep nesting and duplicate
+    keys (see :class:`_Loader`)."""
+    data = _safe_yaml(text, name)
     if isinstance(data, dict) and "softness" in data:   # the softness sweep has its own schema
         return parse_softness(data)
     cfg = _build(Config, data, "")
@@ -522,11 +732,31 @@ def parse(text):
     return cfg
 
 
+def read_text(path):
+    """The text of a YAML file: at most MAX_YAML_BYTES, no NUL byte, valid UTF-8 (ConfigError naming
+    the file, line and byte otherwise)."""
+    with open(path, "rb") as fh:
+        raw = fh.read(MAX_YAML_BYTES + 1)
+    if len(raw) > MAX_YAML_BYTES:
+        raise ConfigError("<yaml>", f"{path}: larger than {MAX_YAML_BYTES} bytes; a config is a small "
+                                    "text file")
+    nul = raw.find(b"\0")
+    if nul >= 0:
+        line = raw.count(b"\n", 0, nul) + 1
+        raise ConfigError("<yaml>", f"{path} line {line} (byte {nul}): NUL byte; "
+                                    "a binary file, not a YAML config")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise ConfigError("<yaml>", f"{path} line {line} (byte {err.start}): not valid UTF-8 "
+                                    f"({raw[err.start:err.start + 1]!r}); save the file as UTF-8") from None
+
+
 def load(path):
-    """Read and validate a YAML file. Returns (Config, yaml_text)."""
-    with open(path, encoding="utf-8") as fh:
-        text = fh.read()
-    return parse(text), text
+    """Read and validate a YAML file (:func:`read_text`, :func:`parse`). Returns (Config, yaml_text)."""
+    text = read_text(path)
+    return parse(text, str(path)), text
 
 
 def describe():
@@ -558,14 +788,20 @@ def describe():
 def _type_map(value, key):
     """{file type (int or name) → species name}; keys normalised to str ('1', 'Ar')."""
     if not isinstance(value, dict) or not value:
-        raise ConfigError(key, f"must be a non-empty mapping file type → species name, got {value!r}")
-    out = {}
+        raise ConfigError(key, f"must be a non-empty mapping file type → species name, got {brief(value)}")
+    if len(value) > MAX_ITEMS:
+        raise ConfigError(key, f"at most {MAX_ITEMS} file types, got {len(value)}")
+    out, given = {}, {}
     for k, v in value.items():
         if isinstance(k, bool) or not isinstance(k, (int, str)) or str(k).strip() == "":
             raise ConfigError(f"{key}.{k}", "file types must be integers or names")
         if not isinstance(v, str):
-            raise ConfigError(f"{key}.{k}", f"must be a species name (string), got {v!r}")
-        out[str(k)] = v
+            raise ConfigError(f"{key}.{k}", f"must be a species name (string), got {brief(v)}")
+        if str(k) in out:      # {1: A, '1': B}: both are file type '1' (LAMMPS writes no quotes)
+            raise ConfigError(f"{key}.{k}", f"the keys {brief(given[str(k)])} and {brief(k)} both "
+                                            f"name file type '{k}' (mapped to {brief(out[str(k)])} "
+                                            f"and {brief(v)}); give each type once")
+        out[str(k)], given[str(k)] = v, k
     return out
 
 
@@ -608,13 +844,13 @@ def _resolve_snapshot_source(cfg):
     species = get_model(cfg.model.name).species
     for k, v in sn.type_map.items():
         if v not in species:
-            raise ConfigError(f"snapshots.type_map.{k}", f"unknown species {v!r}; the model "
+            raise ConfigError(f"snapshots.type_map.{k}", f"unknown species {brief(v)}; the model "
                                                          f"{cfg.model.name} has {list(species)}")
     files = snapshot_files(sn.path)
     if not files:
-        raise ConfigError("snapshots.path", f"no files match {sn.path!r}")
+        raise ConfigError("snapshots.path", f"no files match {brief(sn.path)}")
     if sn.count is not None and sn.count != len(files):
-        raise ConfigError("snapshots.count", f"is {sn.count} but {sn.path!r} holds {len(files)} "
+        raise ConfigError("snapshots.count", f"is {sn.count} but {brief(sn.path)} holds {len(files)} "
                                              "files; omit count or make them agree")
     return dataclasses.replace(cfg, snapshots=dataclasses.replace(sn, count=len(files)))
 
@@ -627,7 +863,7 @@ def _check_descriptor_preset(cfg, data):
         return
     given = [k for k in ("radial", "angular", "l") if k in ((data or {}).get("descriptors") or {})]
     if given:
-        raise ConfigError(f"descriptors.{given[0]}", f"give either descriptors.preset ({d.preset!r}) or "
+        raise ConfigError(f"descriptors.{given[0]}", f"give either descriptors.preset ({brief(d.preset)}) or "
                                                      "explicit radial/angular/l blocks, not both")
 
 
@@ -640,13 +876,14 @@ def _check_descriptor_preset(cfg, data):
 class StatePoint:
     temperature: float = _f(doc="temperature T (ε/k_B)", lo=0.0, lo_open=True)
     density: float = _f(doc="number density ρ (σ⁻³)", lo=0.0, lo_open=True)
-    snapshots: int = _f(doc="independent snapshots (each gives one trajectory)", lo=1)
+    snapshots: int = _f(doc="independent snapshots (each gives one trajectory)", lo=1,
+                        hi=MAX_SNAPSHOTS)
 
 
 @dataclass(frozen=True)
 class SoftModelConfig:
     name: str = _f(doc="glass former", choices=("kob_andersen",))
-    n_particles: int = _f(doc="particles per snapshot", lo=2)
+    n_particles: int = _f(doc="particles per snapshot", lo=2, hi=MAX_PARTICLES)
 
 
 @dataclass(frozen=True)
@@ -655,7 +892,7 @@ class TrajectoryConfig:
     frame_interval: float = _f(1.0, "time between frames (τ); [SOFT]: 1", lo=0.0, lo_open=True)
     ensemble: str = _f("nvt", "Nosé–Hoover NVT ([SOFT]) or NVE", choices=("nvt", "nve"))
     measure_frames: int = _f(10, "structure frames t0 per trajectory at which P_R (rearranging "
-                                 "in (t0, t0 + window]) is measured", lo=1)
+                                 "in (t0, t0 + window]) is measured", lo=1, hi=MAX_TIMES)
 
 
 @dataclass(frozen=True)
@@ -678,25 +915,25 @@ class TrainingConfig:
     temperature: object = _f(AUTO, "state-point temperature of the softness training set; "
                                    "'auto' = the coldest", kind="float_or_auto")
     rearranging: int = _f(3800, "rearranging examples (balanced with non-rearranging) [SOFT]",
-                          lo=1)
+                          lo=1, hi=10**8)
     fluidity_min_temperature: float = _f(1.0, "fluidity classifiers at state points with T ≥ this",
                                          lo=0.0)
     fluidity_fraction: float = _f(3.3e-4, "extreme tail fraction of p_hop per side [SOFT]",
                                   lo=0.0, hi=0.5, lo_open=True, hi_open=True)
-    fluidity_examples: int = _f(5200, "examples per class of a fluidity set [SOFT]", lo=1)
+    fluidity_examples: int = _f(5200, "examples per class of a fluidity set [SOFT]", lo=1, hi=10**8)
 
 
 @dataclass(frozen=True)
 class RearrangementProbabilityConfig:
     replicas: int = _f(0, "short isoconfigurational replicas per snapshot (0 = no p_r); "
-                          "[SOFT]: 10⁴–10⁶", lo=0)
-    replicas_per_task: int = _f(10, "replicas run by one task", lo=1)
+                          "[SOFT]: 10⁴–10⁶", lo=0, hi=MAX_REPLICAS)
+    replicas_per_task: int = _f(10, "replicas run by one task", lo=1, hi=MAX_REPLICAS)
     duration: float = _f(30.0, "replica length (τ)", lo=0.0, lo_open=True)
     by: float = _f(25.0, "rearranged (p_hop > p_c) at some t ≤ by (τ)", lo=0.0, lo_open=True)
     temperatures: tuple = _f(doc="state-point temperatures with p_r (empty = all)",
                              kind=("list", float), factory=tuple)
     test_snapshots: int = _f(1, "training-T snapshots held out for the regressors' Pearson ρ",
-                             lo=0)
+                             lo=0, hi=MAX_SNAPSHOTS)
 
 
 def _default_soft_radial():
@@ -716,14 +953,14 @@ class SoftFeaturesConfig:
                         factory=_default_soft_angular)
     l: tuple = _f(doc="angular orders ([SOFT]: 2, 4, …, 14)", kind=("list", int),
                   factory=lambda: (2, 4, 6, 8, 10, 12, 14))
-    truncation: float = _f(7.0, "Gaussians cut at |r_ij − r| > truncation·δ", lo=2.0)
+    truncation: float = _f(7.0, "Gaussians cut at |r_ij − r| > truncation·δ", lo=2.0, hi=100.0)
 
 
 @dataclass(frozen=True)
 class BinsConfig:
     min: float = _f(-3.0, "lowest bin edge of x", )
     max: float = _f(3.0, "highest bin edge of x")
-    count: int = _f(12, "equal-width bins", lo=1)
+    count: int = _f(12, "equal-width bins", lo=1, hi=MAX_ITEMS)
 
 
 @dataclass(frozen=True)
@@ -733,7 +970,8 @@ class BarriersConfig:
     max_temperature: float = _f(0.9, "fit only state points with T ≤ this (supercooled)", lo=0.0,
                                 lo_open=True)
     bins: BinsConfig = _f(doc="bins of the Z-score x (and of S)", factory=BinsConfig)
-    min_count: int = _f(20, "bins with fewer particles at a T are left out of the fits", lo=1)
+    min_count: int = _f(20, "bins with fewer particles at a T are left out of the fits", lo=1,
+                        hi=MAX_PARTICLES)
 
 
 @dataclass(frozen=True)
@@ -757,10 +995,10 @@ class SoftnessConfig:
 
 @dataclass(frozen=True)
 class SoftnessRunConfig:
-    output: str = _f(doc="HDF5 output path")
+    output: str = _f(doc="HDF5 output path", kind="path")
     model: SoftModelConfig = _f(doc="the glass former and N")
     softness: SoftnessConfig = _f(doc="the sweep")
-    seed: int = _f(12345, "master seed", lo=0)
+    seed: int = _f(12345, "master seed", lo=0, hi=2**63 - 1)
     md: MDConfig = _f(doc="LAMMPS integration and preparation", factory=MDConfig)
 
     def temperatures(self):
@@ -789,6 +1027,9 @@ _CLASSES.update({c.__name__: c for c in (StatePoint, SoftModelConfig, Trajectory
 def _softness_checks(cfg):
     s = cfg.softness
     T = cfg.temperatures()
+    _md_checks(cfg.md, cfg.model.name,
+               [(cfg.model.n_particles / sp.density) ** (1.0 / 3.0) for sp in s.state_points],
+               "state points'")
     for i, sp in enumerate(s.state_points):
         L = (cfg.model.n_particles / sp.density) ** (1.0 / 3.0)
         for name in ("radial", "angular"):
@@ -814,7 +1055,7 @@ def _softness_checks(cfg):
     for i, m in enumerate(s.models):
         if m not in ("svc", "linear_svr", "ridge", "rbf_svr", "mlp"):
             raise ConfigError(f"softness.models[{i}]", "must be one of svc, linear_svr, ridge, "
-                                                       f"rbf_svr, mlp; got {m!r}")
+                                                       f"rbf_svr, mlp; got {brief(m)}")
     if "svc" not in s.models:
         raise ConfigError("softness.models", "must contain 'svc' (b_best and σ_tr use it)")
     ind, tr = s.indicator, s.trajectory
@@ -845,8 +1086,8 @@ def _softness_checks(cfg):
     if s.barriers.bins.max <= s.barriers.bins.min:
         raise ConfigError("softness.barriers.bins.max", "must exceed bins.min")
     for i, c in enumerate(s.rfe_counts):
-        if c < 1:
-            raise ConfigError(f"softness.rfe_counts[{i}]", f"must be ≥ 1, got {c}")
+        if not 1 <= c <= 10**5:
+            raise ConfigError(f"softness.rfe_counts[{i}]", f"must be in 1..100000, got {c}")
 
 
 def parse_softness(data):
