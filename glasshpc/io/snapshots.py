@@ -32,7 +32,17 @@ _TOL = 1e-6   # relative tolerance of "inside the box" (files round coordinates)
 
 
 class InputError(ValueError):
-    """A snapshot file the pipeline cannot use; the message names the file and the problem."""
+    """A snapshot file the pipeline cannot use; the message names the file and the problem (and the
+    line for reader errors). Plain ``args``: survives pickling through mpi4py collectives."""
+
+
+_MAX_ID = 2**63 - 1
+
+
+def _show(text, limit=60):
+    """A file excerpt for a message: repr, at most ``limit`` characters."""
+    r = repr(text)
+    return r if len(r) <= limit else r[:limit - 1] + "…"
 
 
 @dataclass
@@ -44,6 +54,7 @@ class Frame:
     wrapped : (N, 3) float64 or None — the file's in-box coordinates (must lie in [lo, hi])
     types : (N,) str — particle type labels as written ('1', '2', or species names)
     ids : (N,) int64 — atom ids (1..N in file order when the file has none)
+    lines : (N,) int64 — 1-based line of each particle in the file (for messages)
     lo, hi : (3,) float64 box bounds; tilt : (3,) float64 (xy, xz, yz), zero for orthorhombic
     path, format : where it came from
     """
@@ -51,6 +62,7 @@ class Frame:
     wrapped: object
     types: np.ndarray
     ids: np.ndarray
+    lines: np.ndarray
     lo: np.ndarray
     hi: np.ndarray
     tilt: np.ndarray
@@ -91,11 +103,18 @@ def read_frame(path, fmt="auto"):
               "extxyz": read_extxyz}.get(fmt)
     if reader is None:
         raise InputError(f"{path}: unknown format {fmt!r}; known: {list(FORMATS)}")
+    with open(path, "rb") as fh:
+        raw = fh.read()
     try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except UnicodeDecodeError:
-        raise InputError(f"{path}: not a text file (cannot be a {fmt} file)") from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise InputError(f"{path} line {line} (byte {err.start}): not UTF-8 text (cannot be a {fmt} "
+                         "file)") from None
+    nul = text.find("\0")
+    if nul >= 0:
+        raise InputError(f"{path} line {text.count(chr(10), 0, nul) + 1}: NUL byte (a binary file, "
+                         f"cannot be a {fmt} file)")
     return reader(text, path)
 
 
@@ -103,8 +122,23 @@ def _floats(tokens, path, lineno, what):
     try:
         return [float(t) for t in tokens]
     except ValueError:
-        raise InputError(f"{path} line {lineno}: cannot read {what} from {' '.join(tokens)!r}") \
-            from None
+        raise InputError(f"{path} line {lineno}: cannot read {what} from "
+                         f"{_show(' '.join(tokens))}") from None
+
+
+def _int(token, path, lineno, what, lo=None):
+    """A whole number written as one (``300``, not ``300.0``, ``5.5`` or ``1e3``), |v| < 2⁶³."""
+    try:
+        v = int(token)
+    except ValueError:
+        raise InputError(f"{path} line {lineno}: {what} must be a whole number, got "
+                         f"{_show(token)}") from None
+    if abs(v) > _MAX_ID:
+        raise InputError(f"{path} line {lineno}: {what} {_show(token, 30)} is out of range "
+                         "(|value| < 2⁶³)")
+    if lo is not None and v < lo:
+        raise InputError(f"{path} line {lineno}: {what} must be ≥ {lo}, got {v}")
+    return v
 
 
 # -- LAMMPS data -----------------------------------------------------------------------------
@@ -125,7 +159,7 @@ def read_lammps_data(text, path="<data>"):
             break
         words = body.split()
         if len(words) == 2 and words[1] == "atoms":
-            n_atoms = int(words[0])
+            n_atoms = _int(words[0], path, i + 1, "the atom count", lo=1)
         for d, ax in enumerate("xyz"):
             if words[2:] == [f"{ax}lo", f"{ax}hi"]:
                 lo[d], hi[d] = _floats(words[:2], path, i + 1, f"{ax}lo {ax}hi")
@@ -156,15 +190,17 @@ def read_lammps_data(text, path="<data>"):
         ln, r = bad[0] if bad else rows[-1]
         raise InputError(f"{path} line {ln}: Atoms lines of style atomic have 5 or 8 columns "
                          f"(id type x y z [ix iy iz]), got {len(r)}")
-    ids = np.array([int(r[0]) for _, r in rows], dtype=np.int64)
+    ids = np.array([_int(r[0], path, ln, "the atom id", lo=1) for ln, r in rows], dtype=np.int64)
     types = np.array([r[1] for _, r in rows])
     x = np.array([_floats(r[2:5], path, ln, "x y z") for ln, r in rows])
     lo, hi = np.array(lo), np.array(hi)
     pos = x.copy()
     if ncol == {8}:
-        img = np.array([[int(v) for v in r[5:8]] for _, r in rows])
+        img = np.array([[_int(v, path, ln, "an image flag") for v in r[5:8]] for ln, r in rows],
+                       dtype=np.float64)
         pos = x + img * (hi - lo)
-    return Frame(pos, x, types, ids, lo, hi, tilt, path, "lammps-data")
+    lines_of = np.array([ln for ln, _ in rows], dtype=np.int64)
+    return Frame(pos, x, types, ids, lines_of, lo, hi, tilt, path, "lammps-data")
 
 
 def _section_rows(lines, i, n, path, section):
@@ -201,10 +237,9 @@ def read_lammps_dump(text, path="<dump>"):
 
     expect(0, "TIMESTEP")
     expect(2, "NUMBER OF ATOMS")
-    try:
-        n = int(lines[3])
-    except (IndexError, ValueError):
-        raise InputError(f"{path} line 4: the number of atoms is missing") from None
+    if len(lines) < 4 or not lines[3].strip():
+        raise InputError(f"{path} line 4: the number of atoms is missing")
+    n = _int(lines[3].strip(), path, 4, "the number of atoms", lo=1)
     bounds = expect(4, "BOX BOUNDS")
     triclinic = bounds[2:5] == ["xy", "xz", "yz"]
     lo, hi, tilt = np.zeros(3), np.zeros(3), np.zeros(3)
@@ -212,6 +247,9 @@ def read_lammps_dump(text, path="<dump>"):
         if 5 + d >= len(lines):
             raise InputError(f"{path}: truncated in the box bounds")
         v = _floats(lines[5 + d].split(), path, 6 + d, "box bounds")
+        if len(v) < (3 if triclinic else 2):
+            raise InputError(f"{path} line {6 + d}: box bounds need {'lo hi tilt' if triclinic else 'lo hi'}, "
+                             f"got {_show(lines[5 + d])}")
         lo[d], hi[d] = v[0], v[1]
         if triclinic:
             tilt[d] = v[2]
@@ -230,7 +268,8 @@ def read_lammps_dump(text, path="<dump>"):
     col = {c: j for j, c in enumerate(cols)}
     if "type" not in col and "element" not in col:
         raise InputError(f"{path}: the ATOMS columns {cols} lack 'type' (or 'element')")
-    ids = (np.array([int(r[col["id"]]) for r in table], dtype=np.int64) if "id" in col
+    ids = (np.array([_int(r[col["id"]], path, 10 + k, "the atom id", lo=1)
+                     for k, r in enumerate(table)], dtype=np.int64) if "id" in col
            else np.arange(1, n + 1, dtype=np.int64))
     types = np.array([r[col.get("type", col.get("element"))] for r in table])
     L = hi - lo
@@ -252,9 +291,11 @@ def read_lammps_dump(text, path="<dump>"):
         raise InputError(f"{path}: the ATOMS columns {cols} hold no coordinates (need xu yu zu, "
                          "x y z, xs ys zs or xsu ysu zsu)")
     if wrapped is not None and all(c in col for c in ("ix", "iy", "iz")):
-        img = np.array([[int(r[col[c]]) for c in ("ix", "iy", "iz")] for r in table])
+        img = np.array([[_int(r[col[c]], path, 10 + k, "an image flag") for c in ("ix", "iy", "iz")]
+                        for k, r in enumerate(table)], dtype=np.float64)
         pos = wrapped + img * L
-    return Frame(pos, wrapped, types, ids, lo, hi, tilt, path, "lammps-dump")
+    return Frame(pos, wrapped, types, ids, np.arange(10, 10 + n, dtype=np.int64), lo, hi, tilt,
+                 path, "lammps-dump")
 
 
 # -- extended XYZ ----------------------------------------------------------------------------
@@ -265,10 +306,9 @@ _KV = re.compile(r'(\w+)=(?:"([^"]*)"|(\S+))')
 def read_extxyz(text, path="<extxyz>"):
     """Extended XYZ (one frame): Lattice (orthorhombic), Properties with species and pos."""
     lines = text.splitlines()
-    try:
-        n = int(lines[0].split()[0])
-    except (IndexError, ValueError):
-        raise InputError(f"{path} line 1: expected the particle count") from None
+    if not lines or not lines[0].split():
+        raise InputError(f"{path} line 1: expected the particle count")
+    n = _int(lines[0].split()[0], path, 1, "the particle count", lo=1)
     if len(lines) < 2:
         raise InputError(f"{path}: truncated: no comment line")
     info = {m.group(1): (m.group(2) if m.group(2) is not None else m.group(3))
@@ -284,8 +324,9 @@ def read_extxyz(text, path="<extxyz>"):
         raise InputError(f"{path} line 2: cannot parse Properties={info.get('Properties')}")
     col, j = {}, 0
     for name, _kind, width in zip(props[0::3], props[1::3], props[2::3]):
-        col[name] = (j, int(width))
-        j += int(width)
+        w = _int(width, path, 2, f"the width of property {_show(name, 30)}", lo=1)
+        col[name] = (j, w)
+        j += w
     if "species" not in col or "pos" not in col or col["pos"][1] != 3:
         raise InputError(f"{path} line 2: Properties must include species:S:1 and pos:R:3")
     body = lines[2:2 + n]
@@ -305,8 +346,8 @@ def read_extxyz(text, path="<extxyz>"):
     off = cell - np.diag(np.diag(cell))
     # a non-orthorhombic cell is reported as tilt so the caller refuses it by name
     tilt = np.array([np.abs(off).max(), 0.0, 0.0])
-    return Frame(pos, pos, types, np.arange(1, n + 1, dtype=np.int64), lo, np.diag(cell).copy(),
-                 tilt, path, "extxyz")
+    return Frame(pos, pos, types, np.arange(1, n + 1, dtype=np.int64),
+                 np.arange(3, 3 + n, dtype=np.int64), lo, np.diag(cell).copy(), tilt, path, "extxyz")
 
 
 # -- checks and conversion -------------------------------------------------------------------
@@ -330,9 +371,13 @@ def load_snapshot(path, fmt, type_map, species, n_particles=None, density=None, 
     n = len(f.ids)
     if n_particles is not None and n != n_particles:
         raise InputError(f"{path}: {n} particles but model.n_particles = {n_particles}")
-    if len(np.unique(f.ids)) != n:
-        dup = f.ids[np.flatnonzero(np.bincount(f.ids - f.ids.min()) > 1)[0]] if n else None
-        raise InputError(f"{path}: atom id {dup} appears more than once")
+    # duplicates by sorting (never by allocating an array indexed by id: ids may be huge)
+    by_id = np.argsort(f.ids, kind="stable")
+    same = np.flatnonzero(f.ids[by_id][1:] == f.ids[by_id][:-1])
+    if same.size:
+        a, b = by_id[same[0]], by_id[same[0] + 1]
+        raise InputError(f"{path} lines {f.lines[a]} and {f.lines[b]}: atom id {f.ids[a]} appears "
+                         f"more than once ({same.size} repeated ids)")
     L = f.hi - f.lo
     if not (np.all(np.isfinite(L)) and np.all(L > 0)):
         raise InputError(f"{path}: invalid box bounds lo = {f.lo}, hi = {f.hi}")
@@ -350,14 +395,14 @@ def load_snapshot(path, fmt, type_map, species, n_particles=None, density=None, 
         bad = np.union1d(bad, np.flatnonzero(~np.isfinite(f.wrapped).all(axis=1)))
     if bad.size:
         i = int(bad[0])
-        raise InputError(f"{path}: particle {i} (atom id {f.ids[i]}) has a non-finite coordinate "
-                         f"{f.positions[i].tolist()}")
+        raise InputError(f"{path} line {f.lines[i]}: particle {i} (atom id {f.ids[i]}) has a "
+                         f"non-finite coordinate {f.positions[i].tolist()}")
     if f.wrapped is not None:
         tol = _TOL * L
         out = np.flatnonzero(((f.wrapped < f.lo - tol) | (f.wrapped > f.hi + tol)).any(axis=1))
         if out.size:
             i = int(out[0])
-            raise InputError(f"{path}: particle {i} (atom id {f.ids[i]}) at "
+            raise InputError(f"{path} line {f.lines[i]}: particle {i} (atom id {f.ids[i]}) at "
                              f"{f.wrapped[i].tolist()} is outside the box [{f.lo.tolist()}, "
                              f"{f.hi.tolist()}] ({out.size} particles outside)")
     index = {name: k for k, name in enumerate(species)}
@@ -365,9 +410,10 @@ def load_snapshot(path, fmt, type_map, species, n_particles=None, density=None, 
     for i, t in enumerate(f.types):
         name = type_map.get(str(t))
         if name is None or name not in index:
-            raise InputError(f"{path}: particle {i} (atom id {f.ids[i]}) has type {str(t)!r}, "
-                             f"which snapshots.type_map {dict(type_map)} does not map to a "
-                             f"species of the model ({list(species)})")
+            raise InputError(f"{path} line {f.lines[i]}: particle {i} (atom id {f.ids[i]}) has "
+                             f"type {_show(str(t), 40)}, which snapshots.type_map "
+                             f"{_show(dict(type_map), 200)} does not map to a species of the "
+                             f"model ({list(species)})")
         types[i] = index[name]
     order = np.argsort(f.ids, kind="stable")
     pos = f.positions[order] - f.lo
