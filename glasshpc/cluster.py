@@ -38,8 +38,14 @@ def snapshot_from_file(cfg, s):
 
 
 def check_inputs(cfg, ctx):
-    """Collective. Read and check every snapshot file (ranks share the files) before anything is
-    created; raises InputError (the first problem, same on every rank). No-op for MD snapshots."""
+    """Collective. Read and check every input file before anything is created: snapshot files
+    (``snapshots.source: files``) and published data sets (``imported:``,
+    :func:`glasshpc.io.imported.check_imported`); ranks share the files. Raises InputError or
+    ConfigError (the problem of the lowest-numbered bad file, the same on every rank). No-op for
+    MD snapshots."""
+    if getattr(cfg, "imported", None) is not None:
+        from .io.imported import check_imported
+        check_imported(cfg, ctx)
     if getattr(cfg, "snapshots", None) is None or cfg.snapshots.source != "files":
         return
     err = None
@@ -47,11 +53,16 @@ def check_inputs(cfg, ctx):
         try:
             snapshot_from_file(cfg, s)
         except InputError as exc:
-            err = (s, str(exc))
+            err = (s, exc)
+        except (OSError, MemoryError, ValueError) as exc:   # a rank must not leave the others waiting
+            path = snapshot_files(cfg.snapshots.path)[s]
+            err = (s, InputError(f"{path}: cannot be read ({type(exc).__name__}: "
+                                 f"{str(exc)[:120]})"))
+        if err is not None:
             break
-    errors = sorted(e for e in ctx.comm.allgather(err) if e)
+    errors = sorted((e for e in ctx.comm.allgather(err) if e), key=lambda e: e[0])
     if errors:
-        raise InputError(errors[0][1])
+        raise errors[0][1]
 
 
 def md_steps(cfg):
