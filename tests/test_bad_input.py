@@ -43,7 +43,10 @@ def _tree(folder):
 def _refused(tmp_path, capsys, yaml_text, *flags, expect):
     """Write the YAML, run main(), check exit code 2, the message, and an unchanged folder."""
     cfg = tmp_path / "run.yaml"
-    cfg.write_text(yaml_text)
+    if isinstance(yaml_text, bytes):
+        cfg.write_bytes(yaml_text)
+    else:
+        cfg.write_text(yaml_text)
     before = _tree(tmp_path)
     code = main([str(cfg), *flags])
     err = capsys.readouterr().err
@@ -80,6 +83,32 @@ YAML_CASES = [
     ("negative seed", ("seed",), -1, ["seed", "≥ 0"]),
     ("files-only key with MD snapshots", ("snapshots", "path"), "snaps/",
      ["snapshots.path", "source: files"]),
+    # sizes: every count has a hard upper bound (issue 12, defect 5)
+    ("n_particles 1e12", ("model", "n_particles"), 10**12, ["model.n_particles", "≤ 100000000"]),
+    ("replicas 1e9", ("iso", "replicas"), 10**9, ["iso.replicas", "≤ 1000000"]),
+    ("snapshots.count 1e9", ("snapshots", "count"), 10**9, ["snapshots.count", "≤ 1000000"]),
+    ("times.count 1e9", ("iso", "times"), {"start": 0.01, "stop": 2.0, "count": 10**9},
+     ["iso.times.count", "≤ 10000"]),
+    ("explicit times list too long", ("iso", "times"), [0.01 * (k + 1) for k in range(10001)],
+     ["iso.times", "at most 10000"]),
+    ("last read-out beyond one LAMMPS run", ("iso", "times"), {"start": 0.01, "stop": 1.0e8, "count": 4},
+     ["iso.times", "2147483647"]),
+    ("nve_time beyond one LAMMPS run", ("md", "nve_time"), 1.0e9, ["md.nve_time", "2147483647"]),
+    ("r_generation beyond half the box", ("descriptors", "r_generation"), 1000,
+     ["descriptors.r_generation", "half the box"]),
+    ("skin 100", ("md", "skin"), 100, ["md.skin", "≤ 1.0"]),
+    ("cutoff + skin beyond half the box", ("md", "skin"), 0.9, ["md.skin", "half the box"]),
+    ("cage chains 1e9", ("cage", "chains"), 10**9, ["cage.chains", "≤ 10000"]),
+    ("cage sweeps 1e12", ("cage", "measurement_sweeps"), 10**12, ["cage.measurement_sweeps", "≤"]),
+    ("MLP width 1e9", ("fits", "mlp"), {"layers": 1, "width": 10**9}, ["fits.mlp.width", "≤ 10000"]),
+    ("cv_folds huge", ("fits", "cv_folds"), 10**7, ["fits.cv_folds", "≤ 1000"]),
+    ("seed beyond int64", ("seed",), 2**64, ["seed", "≤"]),
+    # names and paths
+    ("feature set named single", ("fits", "feature_sets"), {"single": {"generations": 0}},
+     ["fits.feature_sets.single", "reserved", "/fits/single"]),
+    ("empty output", ("output",), "", ["'output'", "non-empty path"]),
+    ("output with a NUL byte", ("output",), "out\0.h5", ["'output'", "NUL"]),
+    ("output longer than PATH_MAX", ("output",), "o" * 5000 + ".h5", ["'output'", "PATH_MAX"]),
 ]
 
 
@@ -92,6 +121,82 @@ def test_yaml_refused(tiny_yaml, tmp_path, capsys, label, path, value, expect):
 def test_yaml_syntax_error(tiny_yaml, tmp_path, capsys):
     text = tiny_yaml(str(tmp_path / "out.h5")).replace("replicas: 3", "replicas: [3")
     _refused(tmp_path, capsys, text, expect=["not valid YAML"])
+
+
+def test_yaml_not_utf8(tiny_yaml, tmp_path, capsys):
+    text = tiny_yaml(str(tmp_path / "out.h5")).encode()
+    text = text.replace(b"seed: 7", b"seed: 7  # caf\xe9 latin-1")
+    line = text[:text.index(b"\xe9")].count(b"\n") + 1
+    _refused(tmp_path, capsys, text, expect=["run.yaml", f"line {line}", "not valid UTF-8"])
+
+
+def test_yaml_binary_file(tmp_path, capsys):
+    _refused(tmp_path, capsys, b"\x89HDF\r\n\x1a\n\0\0\0\0" + bytes(range(256)),
+             expect=["run.yaml", "line 3 (byte 8)", "NUL byte"])
+
+
+def test_yaml_deep_nesting(tiny_yaml, tmp_path, capsys):
+    text = tiny_yaml(str(tmp_path / "out.h5")) + "extra: " + "[" * 20000 + "]" * 20000 + "\n"
+    _refused(tmp_path, capsys, text, expect=["run.yaml", "nesting deeper than 50", "line"])
+
+
+def test_yaml_alias_bomb(tiny_yaml, tmp_path, capsys):
+    import time
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"a{k}: &a{k} [" + ", ".join([f"*a{k - 1}"] * 9) + "]" for k in range(1, 10)]
+    text = "\n".join(lines) + "\n" + tiny_yaml(str(tmp_path / "out.h5")).replace(
+        "seed: 7", "seed: *a9")
+    t0 = time.perf_counter()
+    _refused(tmp_path, capsys, text, expect=["run.yaml", "line 1", "anchors (&a0) are not allowed"])
+    assert time.perf_counter() - t0 < 10     # a sanity bound (expanded: 9¹⁰ strings), not a speed test
+
+
+def test_yaml_alias_as_value(tiny_yaml, tmp_path, capsys):
+    text = tiny_yaml(str(tmp_path / "out.h5")).replace("seed: 7", "seed: *x")
+    _refused(tmp_path, capsys, text, expect=["aliases (*x) are not allowed", "line 3"])
+
+
+def test_yaml_duplicate_key(tiny_yaml, tmp_path, capsys):
+    text = tiny_yaml(str(tmp_path / "out.h5")) + "seed: 99\n"
+    lines = text.splitlines()
+    first = next(i for i, ln in enumerate(lines) if ln.startswith("seed: 7")) + 1
+    _refused(tmp_path, capsys, text, expect=["duplicate key 'seed'", f"first at line {first}",
+                                             f"again at line {len(lines)}"])
+
+
+def test_yaml_duplicate_nested_key(tiny_yaml, tmp_path, capsys):
+    text = tiny_yaml(str(tmp_path / "out.h5")).replace("replicas: 3", "replicas: 3\n  replicas: 30")
+    _refused(tmp_path, capsys, text, expect=["duplicate key 'replicas'", "line 8", "line 9"])
+
+
+def test_yaml_huge_integer(tiny_yaml, tmp_path, capsys):
+    text = tiny_yaml(str(tmp_path / "out.h5")).replace("seed: 7", "seed: " + "9" * 5000)
+    err = _refused(tmp_path, capsys, text, expect=["cannot read an integer", "line 3"])
+    assert len(err) < 1500
+
+
+def test_yaml_too_large(tiny_yaml, tmp_path, capsys):
+    text = tiny_yaml(str(tmp_path / "out.h5")) + "# " + "x" * (1 << 20) + "\n"
+    _refused(tmp_path, capsys, text, expect=["run.yaml", "larger than 1048576 bytes"])
+
+
+@pytest.mark.parametrize("path", [("model", "name"), ("model", "temperature"), ("seed",)])
+def test_long_values_truncated(tiny_yaml, tmp_path, capsys, path):
+    text = mutate_yaml(tiny_yaml(str(tmp_path / "out.h5")), path, "x" * 100000)
+    err = _refused(tmp_path, capsys, text, expect=[".".join(path), "xxx...xxx"])
+    assert len(err) < 400, len(err)
+
+
+def test_long_unknown_key_truncated(tiny_yaml, tmp_path, capsys):
+    text = mutate_yaml(tiny_yaml(str(tmp_path / "out.h5")), ("k" * 100000,), 1)
+    err = _refused(tmp_path, capsys, text, expect=["unknown key", "kkkk…"])
+    assert len(err) < 1000, len(err)
+
+
+def test_long_list_value_truncated(tiny_yaml, tmp_path, capsys):
+    text = mutate_yaml(tiny_yaml(str(tmp_path / "out.h5")), ("model", "name"), [list(range(1000)) for _ in range(50)])
+    err = _refused(tmp_path, capsys, text, expect=["model.name", "..."])
+    assert len(err) < 400, len(err)
 
 
 def test_output_directory_not_writable(tiny_yaml, tmp_path, capsys):
