@@ -194,7 +194,7 @@ def test_long_unknown_key_truncated(tiny_yaml, tmp_path, capsys):
 
 
 def test_long_list_value_truncated(tiny_yaml, tmp_path, capsys):
-    text = mutate_yaml(tiny_yaml(str(tmp_path / "out.h5")), ("model", "name"), [list(range(1000)) for _ in range(50)])
+    text = mutate_yaml(tiny_yaml(str(tmp_path / "out.h5")), ("model", "name"), [list(range(200)) for _ in range(10)])
     err = _refused(tmp_path, capsys, text, expect=["model.name", "..."])
     assert len(err) < 400, len(err)
 
@@ -542,3 +542,392 @@ def test_subprocess_refusals(tiny_yaml, tmp_path):
     p = _subprocess(["good.yaml", "--resume", "--overwrite"], tmp_path)
     assert p.returncode == 2 and "not allowed with" in p.stderr
     assert _tree(tmp_path) == before
+
+
+# -- snapshot-file reader errors: file and line ------------------------------------------------------
+
+def _edit_line(p, lineno, new):
+    lines = p.read_text().splitlines()
+    lines[lineno - 1] = new
+    p.write_text("\n".join(lines) + "\n")
+
+
+def _data_line(p, atom_index):
+    """1-based line of atom ``atom_index`` (0-based) in a file written by write_data."""
+    lines = p.read_text().splitlines()
+    return lines.index("Atoms # atomic") + 3 + atom_index
+
+
+def test_data_fractional_atom_count(tiny_yaml, tmp_path, capsys):
+    def w(p, box):
+        write_data(p, _lattice(), _types(), box)
+        _edit_line(p, 3, "300.0 atoms")
+    _check_file_refused(tiny_yaml, tmp_path, capsys, "s9.data",
+                        ["s9.data line 3", "atom count must be a whole number", "'300.0'"], w)
+
+
+def test_data_fractional_atom_id(tiny_yaml, tmp_path, capsys):
+    def w(p, box):
+        write_data(p, _lattice(), _types(), box)
+        ln = _data_line(p, 4)
+        _edit_line(p, ln, "5.5 1 1.0 1.0 1.0")
+        w.line = ln
+    err = _check_file_refused(tiny_yaml, tmp_path, capsys, "s9.data",
+                              ["atom id must be a whole number", "'5.5'"], w)
+    assert f"line {w.line}" in err
+
+
+def test_data_non_numeric_coordinate(tiny_yaml, tmp_path, capsys):
+    def w(p, box):
+        write_data(p, _lattice(), _types(), box)
+        w.line = _data_line(p, 10)
+        _edit_line(p, w.line, "11 1 1.0 one 1.0")
+    err = _check_file_refused(tiny_yaml, tmp_path, capsys, "s9.data", ["cannot read x y z"], w)
+    assert f"line {w.line}" in err
+
+
+def test_data_fractional_image_flag(tiny_yaml, tmp_path, capsys):
+    def w(p, box):
+        write_data(p, _lattice(), _types(), box, images=np.zeros((300, 3), int))
+        w.line = _data_line(p, 20)
+        _edit_line(p, w.line, "21 1 1.0 1.0 1.0 0 0.5 0")
+    err = _check_file_refused(tiny_yaml, tmp_path, capsys, "s9.data",
+                              ["image flag must be a whole number", "'0.5'"], w)
+    assert f"line {w.line}" in err
+
+
+def test_data_duplicate_huge_atom_id(tiny_yaml, tmp_path, capsys):
+    """A duplicated id of 10¹⁵ is refused by sorting (an id-indexed array would need 7 PiB)."""
+    def w(p, box):
+        write_data(p, _lattice(), _types(), box)
+        pos = _lattice()
+        w.lines = [_data_line(p, 7), _data_line(p, 99)]
+        for ln, k in zip(w.lines, (7, 99)):
+            _edit_line(p, ln, "1000000000000000 1 %r %r %r" % tuple(float(v) for v in pos[k]))
+    err = _check_file_refused(tiny_yaml, tmp_path, capsys, "s9.data",
+                              ["atom id 1000000000000000 appears more than once"], w)
+    assert f"lines {w.lines[0]} and {w.lines[1]}" in err
+
+
+def test_data_atom_id_beyond_int64(tiny_yaml, tmp_path, capsys):
+    def w(p, box):
+        write_data(p, _lattice(), _types(), box)
+        w.line = _data_line(p, 3)
+        _edit_line(p, w.line, "1" + "0" * 30 + " 1 1.0 1.0 1.0")
+    err = _check_file_refused(tiny_yaml, tmp_path, capsys, "s9.data", ["out of range"], w)
+    assert f"line {w.line}" in err
+
+
+def test_dump_fractional_image_flag(tiny_yaml, tmp_path, capsys):
+    def w(p, box):
+        write_dump(p, _lattice(), _types(), box)
+        text = p.read_text().replace("ITEM: ATOMS id type x y z", "ITEM: ATOMS id type x y z ix iy iz")
+        lines = [ln + " 0 0 0" if k >= 9 else ln for k, ln in enumerate(text.splitlines())]
+        lines[9 + 30] = lines[9 + 30][:-6] + " 0 0 0.5"
+        p.write_text("\n".join(lines) + "\n")
+    _check_file_refused(tiny_yaml, tmp_path, capsys, "s9.dump",
+                        ["s9.dump line 40", "image flag must be a whole number"], w)
+
+
+def test_dump_fractional_atom_count(tiny_yaml, tmp_path, capsys):
+    def w(p, box):
+        write_dump(p, _lattice(), _types(), box)
+        _edit_line(p, 4, "300.0")
+    _check_file_refused(tiny_yaml, tmp_path, capsys, "s9.dump",
+                        ["s9.dump line 4", "number of atoms must be a whole number"], w)
+
+
+def test_dump_short_box_bounds(tiny_yaml, tmp_path, capsys):
+    def w(p, box):
+        write_dump(p, _lattice(), _types(), box)
+        _edit_line(p, 7, "0.0")
+    _check_file_refused(tiny_yaml, tmp_path, capsys, "s9.dump", ["s9.dump line 7", "box bounds need"], w)
+
+
+def test_extxyz_non_numeric_position(tiny_yaml, tmp_path, capsys):
+    def w(p, box):
+        write_xyz(p, _lattice(), np.where(_types() == 1, "A", "B"), box)
+        _edit_line(p, 50, "A 1.0 2.0 x3")
+    _check_file_refused(tiny_yaml, tmp_path, capsys, "s9.xyz", ["s9.xyz line 50", "cannot read pos"], w,
+                        type_map="{1: A, 2: B, A: A, B: B}")
+
+
+def test_snapshot_file_not_text(tiny_yaml, tmp_path, capsys):
+    def w(p, box):
+        write_data(p, _lattice(), _types(), box)
+        p.write_bytes(p.read_bytes().replace(b"Masses", b"Mass\xe9s"))
+    _check_file_refused(tiny_yaml, tmp_path, capsys, "s9.data", ["s9.data line", "not UTF-8"], w)
+
+
+def test_type_map_two_keys_one_type(tiny_yaml, tmp_path, capsys):
+    _snapdir(tmp_path)
+    text = _files_yaml(tiny_yaml, tmp_path, "*", type_map="{1: A, '1': B, 2: B}")
+    _refused(tmp_path, capsys, text, expect=["snapshots.type_map.1", "both name file type '1'"])
+
+
+# -- imported data sets (GlassBench .npz, Bapst pickles): refused before anything is created ----------
+
+IMP_R = 3
+IMP_TIMES = [0.5, 2.0, 8.0]
+
+
+def _gb_config(s, offset=0.9):
+    """Initial positions of snapshot s: 300 sites of a 7³ lattice (spacing L/7 = 0.9) placed from
+    offset·0.9 to L − 0.09, so that the configuration fills its box like a liquid does."""
+    rng = np.random.default_rng(500 + s)
+    g = np.stack(np.meshgrid(*(np.arange(7),) * 3, indexing="ij"), -1).reshape(-1, 3)
+    pos = (g[rng.choice(len(g), 300, replace=False)] + offset) * (L300 / 7)
+    return pos, np.where(np.arange(300) < 240, 0, 1), rng
+
+
+def write_glassbench_set(folder, n=5, mutate=None):
+    for s in range(n):
+        pos, types, rng = _gb_config(s)
+        rep = pos[None] + 0.05 * rng.normal(size=(IMP_R, 300, 3))
+        arrays = dict(types=types + 1, initial_positions=pos, positions=rep)
+        if mutate is not None:
+            mutate(s, arrays)
+        np.savez(os.path.join(folder, f"ka_{s:03d}.npz"), **arrays)
+
+
+def write_bapst_set(folder, n=5, mutate=None):
+    import pickle
+    for s in range(n):
+        pos, types, rng = _gb_config(s)
+        start = pos + L300 * rng.integers(-2, 3, size=pos.shape)
+        targets = [[start + 0.05 * np.sqrt(t) * rng.normal(size=(300, 3)) for _ in range(IMP_R)]
+                   for t in IMP_TIMES]
+        d = {"positions": start, "types": types, "box": np.full(3, L300),
+             "time": np.array([0.1, 0.5, 1.0, 2.0, 4.0, 8.0]), "time_indices": np.array([1, 3, 5]),
+             "trajectory_target_positions": targets, "metadata": {"temperature": 0.8}}
+        if mutate is not None:
+            d = mutate(s, d)
+        data = d if isinstance(d, bytes) else pickle.dumps(d, protocol=4)
+        with open(os.path.join(folder, f"system_{s:03d}.pickle"), "wb") as fh:
+            fh.write(data)
+
+
+def _imported_yaml(tiny_yaml, tmp_path, fmt, **change):
+    data = yaml.safe_load(tiny_yaml(str(tmp_path / "out.h5")))
+    pattern = "ka_*.npz" if fmt == "glassbench" else "system_*.pickle"
+    data["imported"] = {"format": fmt, "files": str(tmp_path / "data" / pattern),
+                        "first_type": 1 if fmt == "glassbench" else 0}
+    data["iso"] = {"replicas": IMP_R, "times": [2.0] if fmt == "glassbench" else IMP_TIMES}
+    data["dynamics"] = {"q": 7.2}
+    data["inherent"] = {"enabled": False}
+    data["cage"] = {"enabled": False}
+    data["fits"]["feature_sets"] = {"g1": {"generations": 1}}
+    for path, value in change.items():
+        d = data
+        keys = path.split(".")
+        for k in keys[:-1]:
+            d = d.setdefault(k, {})
+        d[keys[-1]] = value
+    return yaml.safe_dump(data)
+
+
+def _imported_refused(tiny_yaml, tmp_path, capsys, fmt, expect, mutate=None, n=5, **change):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (write_glassbench_set if fmt == "glassbench" else write_bapst_set)(str(folder), n, mutate)
+    text = _imported_yaml(tiny_yaml, tmp_path, fmt, **change)
+    err = _refused(tmp_path, capsys, text, expect=expect)
+    assert not (tmp_path / "out.h5.partial").exists()
+    return err
+
+
+def test_imported_good_sets_validate(tiny_yaml, tmp_path):
+    """The control: both writers' data pass every check."""
+    for fmt, writer in (("glassbench", write_glassbench_set), ("bapst", write_bapst_set)):
+        folder = tmp_path / fmt / "data"
+        folder.mkdir(parents=True)
+        writer(str(folder))
+        cfg = config.parse(_imported_yaml(tiny_yaml, tmp_path / fmt, fmt))
+        cluster.check_inputs(cfg, Context(MPI.COMM_SELF))
+
+
+def test_imported_mismatch_refused_then_fixed_rerun(tiny_yaml, tmp_path, capsys):
+    """The refusal (iso.replicas above the files') comes before OUTPUT.partial/ exists, so the fixed
+    config runs to the end (issue 12: the rerun used to be refused)."""
+    _imported_refused(tiny_yaml, tmp_path, capsys, "glassbench", ["iso.replicas", "ka_000.npz holds 3 replicas"],
+                      **{"iso.replicas": 4})
+    text = _imported_yaml(tiny_yaml, tmp_path, "glassbench")
+    (tmp_path / "run.yaml").write_text(text)
+    assert main([str(tmp_path / "run.yaml")]) == 0, capsys.readouterr().err
+    import h5py
+    with h5py.File(tmp_path / "out.h5", "r") as f:
+        assert f["iso/displacements"].shape == (5, IMP_R, 1, 300, 3)
+
+
+def test_imported_glob_matches_nothing(tiny_yaml, tmp_path, capsys):
+    _imported_refused(tiny_yaml, tmp_path, capsys, "glassbench", ["imported.files", "matches 0 file(s)"],
+                      **{"imported.files": str(tmp_path / "data" / "nothing_*.npz")})
+
+
+def test_imported_too_few_files(tiny_yaml, tmp_path, capsys):
+    _imported_refused(tiny_yaml, tmp_path, capsys, "glassbench",
+                      ["imported.files", "matches 4 file(s)", "snapshots.count = 5"], n=4)
+
+
+def test_imported_n_mismatch(tiny_yaml, tmp_path, capsys):
+    _imported_refused(tiny_yaml, tmp_path, capsys, "bapst", ["model.n_particles", "system_000.pickle holds 300"],
+                      **{"model.n_particles": 301})
+
+
+def test_imported_times_mismatch(tiny_yaml, tmp_path, capsys):
+    _imported_refused(tiny_yaml, tmp_path, capsys, "bapst", ["iso.times", "must be the file's times"],
+                      **{"iso.times": [0.5, 2.0, 9.0]})
+
+
+def test_imported_first_type_mismatch(tiny_yaml, tmp_path, capsys):
+    _imported_refused(tiny_yaml, tmp_path, capsys, "glassbench", ["imported.first_type", "ka_000.npz"],
+                      **{"imported.first_type": 0})
+
+
+def test_imported_missing_key(tiny_yaml, tmp_path, capsys):
+    def m(s, arrays):
+        if s == 3:
+            del arrays["initial_positions"]
+    _imported_refused(tiny_yaml, tmp_path, capsys, "glassbench",
+                      ["ka_003.npz", "missing array 'initial_positions'"], m)
+
+
+def test_imported_wrong_shape(tiny_yaml, tmp_path, capsys):
+    def m(s, arrays):
+        if s == 2:
+            arrays["positions"] = arrays["positions"][..., :2]
+    _imported_refused(tiny_yaml, tmp_path, capsys, "glassbench", ["ka_002.npz", "must be (R, N, 3)"], m)
+
+
+def test_imported_nan(tiny_yaml, tmp_path, capsys):
+    def m(s, d):
+        if s == 4:
+            d["trajectory_target_positions"][1][2][17, 0] = np.nan
+        return d
+    _imported_refused(tiny_yaml, tmp_path, capsys, "bapst",
+                      ["system_004.pickle", "replica 2, time 1", "particle 17 is not finite"], m)
+
+
+def test_imported_fractional_types(tiny_yaml, tmp_path, capsys):
+    def m(s, arrays):
+        if s == 1:
+            arrays["types"] = arrays["types"] + 0.5
+    _imported_refused(tiny_yaml, tmp_path, capsys, "glassbench", ["ka_001.npz", "types must be integers"], m)
+
+
+def test_imported_not_an_npz(tiny_yaml, tmp_path, capsys):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    write_glassbench_set(str(folder))
+    (folder / "ka_001.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    _refused(tmp_path, capsys, _imported_yaml(tiny_yaml, tmp_path, "glassbench"),
+             expect=["ka_001.npz", "not a readable .npz"])
+
+
+def test_imported_not_a_pickle(tiny_yaml, tmp_path, capsys):
+    _imported_refused(tiny_yaml, tmp_path, capsys, "bapst", ["system_002.pickle", "not a readable pickle"],
+                      lambda s, d: b"\x80\x04garbage" if s == 2 else d)
+
+
+class _Exploit:
+    """A pickle payload that runs a shell command when loaded (what a crafted data file could do)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_bapst_malicious_pickle_refused(tiny_yaml, tmp_path, capsys):
+    marker = tmp_path.parent / f"{tmp_path.name}-pwned"
+
+    def m(s, d):
+        if s == 1:
+            d["metadata"] = _Exploit(marker)
+        return d
+    err = _imported_refused(tiny_yaml, tmp_path, capsys, "bapst",
+                            ["system_001.pickle", "refused to load posix.system", "imported.trusted"], m)
+    assert not marker.exists(), err
+
+
+def test_bapst_trusted_lifts_the_restriction(tmp_path):
+    """trusted: true admits any class (here a harmless collections.Counter the restricted reader refuses)."""
+    import collections
+    from glasshpc.io.imported import read_bapst
+
+    def m(s, d):
+        d["metadata"] = collections.Counter(a=1)
+        return d
+    write_bapst_set(str(tmp_path), n=1, mutate=m)
+    path = str(tmp_path / "system_000.pickle")
+    with pytest.raises(InputError, match="refused to load collections.Counter"):
+        read_bapst(path)
+    assert read_bapst(path, trusted=True).displacements.shape == (IMP_R, 3, 300, 3)
+
+
+def test_glassbench_density_too_high(tiny_yaml, tmp_path, capsys):
+    """ρ = 1.3 on ρ = 1.2 data: the initial positions reach beyond the smaller box (the data would be
+    rewrapped into it)."""
+    _imported_refused(tiny_yaml, tmp_path, capsys, "glassbench",
+                      ["model.density", "ka_000.npz", "outside the box"], **{"model.density": 1.3})
+
+
+def test_glassbench_density_too_low(tiny_yaml, tmp_path, capsys):
+    _imported_refused(tiny_yaml, tmp_path, capsys, "glassbench",
+                      ["model.density", "ka_000.npz", "no particle within a slab"], **{"model.density": 1.0})
+
+
+def test_glassbench_overlapping_pair(tiny_yaml, tmp_path, capsys):
+    def m(s, arrays):
+        if s == 3:
+            arrays["initial_positions"][5] = arrays["initial_positions"][200] + [0.2, 0, 0]
+            arrays["positions"][:, 5] = arrays["initial_positions"][5]
+    _imported_refused(tiny_yaml, tmp_path, capsys, "glassbench", ["ka_003.npz", "particles 5 and 200", "overlap"],
+                      m)
+
+
+def test_glassbench_wrapped_replicas(tiny_yaml, tmp_path, capsys):
+    """Replica positions wrapped into the box (particles crossing the boundary jump by ≈ L)."""
+    def m(s, arrays):
+        if s == 2:
+            rep = arrays["positions"]
+            edge = np.argmax(arrays["initial_positions"][:, 0])
+            rep[:, edge, 0] += 0.3                       # crosses x = L ...
+            arrays["positions"] = rep % L300             # ... and is wrapped back
+    _imported_refused(tiny_yaml, tmp_path, capsys, "glassbench", ["ka_002.npz", "look wrapped", "along x"], m)
+
+
+def test_bapst_box_disagrees_with_density(tiny_yaml, tmp_path, capsys):
+    _imported_refused(tiny_yaml, tmp_path, capsys, "bapst", ["model.density", "system_000.pickle", "cubic box"],
+                      **{"model.density": 1.25})
+
+
+def test_imported_error_crosses_ranks(tiny_yaml, tmp_path):
+    """2 ranks: the bad file belongs to rank 1; its ConfigError reaches every rank intact (pickled through
+    allgather), the run exits 2 naming the file and the key, and nothing is created."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+
+    def m(s, arrays):
+        if s == 1:
+            arrays["positions"] = arrays["positions"][:2]
+    write_glassbench_set(str(folder), mutate=m)
+    (tmp_path / "run.yaml").write_text(_imported_yaml(tiny_yaml, tmp_path, "glassbench"))
+    before = _tree(tmp_path)
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    mpiexec = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    p = subprocess.run([mpiexec, "-n", "2", sys.executable, "-m", "glasshpc.run", "run.yaml"], cwd=tmp_path,
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2, p.stderr
+    assert "iso.replicas" in p.stderr and "ka_001.npz holds 2 replicas" in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr
+    assert _tree(tmp_path) == before
+
+
+def test_errors_survive_pickling():
+    import pickle
+    e = pickle.loads(pickle.dumps(config.ConfigError("iso.replicas", "too many")))
+    assert isinstance(e, config.ConfigError) and e.key == "iso.replicas" and str(e).endswith("too many")
+    e = pickle.loads(pickle.dumps(InputError("a.data line 3: bad")))
+    assert isinstance(e, InputError) and str(e) == "a.data line 3: bad"

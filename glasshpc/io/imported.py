@@ -36,6 +36,7 @@ import glob
 import os
 import pickle
 import warnings
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,7 +80,7 @@ class RestrictedUnpickler(pickle.Unpickler):
 
     def find_class(self, module, name):
         if (module, name) not in _SAFE_GLOBALS:
-            raise pickle.UnpicklingError(f"refused to load {brief(module, 60)}.{brief(name, 60)} (only numpy "
+            raise pickle.UnpicklingError(f"refused to load {_cut(module, 60)}.{_cut(name, 60)} (only numpy "
                                          "arrays, dicts, lists and scalars are admitted; set "
                                          "imported.trusted: true for files you trust)")
         with warnings.catch_warnings():        # numpy 2 aliases numpy.core with a DeprecationWarning
@@ -89,6 +90,12 @@ class RestrictedUnpickler(pickle.Unpickler):
 
 def _wrap(pos, box):
     return pos - box * np.floor(pos / box)
+
+
+def _cut(text, limit):
+    """Plain text cut to ``limit`` characters (…-terminated): for exception texts in messages."""
+    text = str(text)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def _check_arrays(path, types, pos0, disp):
@@ -119,7 +126,7 @@ def _numeric(path, key, value, dtype=np.float64):
             raise ValueError(f"dtype {arr.dtype}")
         return arr.astype(dtype, copy=False) if dtype is not None else arr
     except (ValueError, TypeError) as err:
-        raise InputError(f"{path}: {key!r} is not a numeric array ({brief(str(err), 80)})") from None
+        raise InputError(f"{path}: {key!r} is not a numeric array ({_cut(str(err), 80)})") from None
 
 
 def _span(rep):
@@ -142,8 +149,8 @@ def read_glassbench(path, box_length):
     """
     try:
         f = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as err:
-        raise InputError(f"{path}: not a readable .npz file ({brief(str(err), 80)})") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise InputError(f"{path}: not a readable .npz file ({_cut(str(err), 80)})") from None
     with f:
         if not hasattr(f, "files"):
             raise InputError(f"{path}: a single .npy array, not an .npz archive with types, "
@@ -155,10 +162,10 @@ def read_glassbench(path, box_length):
             types = _numeric(path, "types", f["types"], None).reshape(-1)
             pos0 = _numeric(path, "initial_positions", f["initial_positions"])
             rep = _numeric(path, "positions", f["positions"])
-        except (OSError, ValueError, EOFError) as err:      # damaged member of the zip archive
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:   # damaged member
             if isinstance(err, InputError):
                 raise
-            raise InputError(f"{path}: damaged archive ({brief(str(err), 80)})") from None
+            raise InputError(f"{path}: damaged archive ({_cut(str(err), 80)})") from None
     if rep.ndim == 2:  # a single replica
         rep = rep[None]
     if rep.ndim != 3 or pos0.ndim != 2 or rep.shape[1:] != pos0.shape:
@@ -187,10 +194,11 @@ def read_bapst(path, trusted=False):
         with open(path, "rb") as fh:
             d = pickle.load(fh) if trusted else RestrictedUnpickler(fh).load()
     except pickle.UnpicklingError as err:
-        raise InputError(f"{path}: {brief(str(err), 300)}") from None
+        what = str(err) if str(err).startswith("refused to load") else f"not a readable pickle ({err})"
+        raise InputError(f"{path}: {_cut(what, 300)}") from None
     except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, ImportError,
             MemoryError, OverflowError) as err:
-        raise InputError(f"{path}: not a readable pickle ({type(err).__name__}: {brief(str(err), 80)})") \
+        raise InputError(f"{path}: not a readable pickle ({type(err).__name__}: {_cut(str(err), 80)})") \
             from None
     if not isinstance(d, dict):
         raise InputError(f"{path}: expected a dict, got {type(d).__name__}")
@@ -367,9 +375,9 @@ def check_imported(cfg, ctx):
             _conform(cfg, _read(cfg, files[s]), files[s])
         except (ConfigError, InputError) as exc:
             err = (s, exc)
-        except (OSError, ValueError, MemoryError) as exc:    # unreadable file, ragged arrays, ...
+        except Exception as exc:  # noqa: BLE001  unreadable file, ragged arrays...: never leave a rank behind
             err = (s, InputError(f"{files[s]}: cannot be read as a {cfg.imported.format} file "
-                                 f"({type(exc).__name__}: {brief(str(exc), 120)})"))
+                                 f"({type(exc).__name__}: {_cut(str(exc), 120)})"))
         if err is not None:
             break
     errors = sorted((e for e in ctx.comm.allgather(err) if e), key=lambda e: e[0])
