@@ -341,6 +341,7 @@ def _main(args, ctx, refuse):
             print(f"glasshpc: {full.strerror}", file=sys.stderr, flush=True)
         if ctx.size > 1 and not full.collective:
             ctx.comm.Abort(1)     # the other ranks may be waiting for this one in a collective
+        _HARD_EXIT[0] = True
         return 1
     except (FileExistsError, PermissionError, ResumeError, LockHeld) as err:
         return refuse(err)
@@ -359,5 +360,14 @@ def _main(args, ctx, refuse):
     return 0
 
 
+# set after a full disk: HDF5 cannot close a file whose writes failed, and its exit-time cleanup
+# may crash; everything that matters is on disk, so the process leaves without it
+_HARD_EXIT = [False]
+
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if _HARD_EXIT[0]:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

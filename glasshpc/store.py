@@ -31,11 +31,13 @@ directory, then retires the folder; a file under the final name is always comple
 units for every stored quantity (the store itself is unit-agnostic).
 """
 import errno
+import gc
 import glob
 import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 import uuid
 import zlib
@@ -482,6 +484,16 @@ class Store:
             left += sum(int(np.prod(s)) * d.itemsize for s, d in self.layout.values())
         return left
 
+    def _check_room_for_final(self):
+        """Shard mode: refuse (DiskFull) before assembling a final file the disk cannot hold; HDF5
+        recovers badly from a failed write (``GLASSHPC_FINAL_SPACE_CHECK=0``: skip, for tests)."""
+        if os.environ.get("GLASSHPC_FINAL_SPACE_CHECK", "1") == "0":
+            return
+        need = sum(int(np.prod(s)) * d.itemsize for s, d in self.layout.values())
+        need = int(need * 1.02) + 4 * 2**20          # HDF5 metadata, results and provenance
+        if _free_bytes(self.partial) < need:
+            raise DiskFull(self.partial, need)
+
     def _raise_if_full(self, exc, where):
         if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
             raise DiskFull(where, self.bytes_remaining()) from None
@@ -551,19 +563,24 @@ class Store:
             self.ctx.comm.Barrier()
         err = None
         if self.ctx.root:
+            hooks = sys.unraisablehook, sys.excepthook
+            # a failed HDF5 write is reported again by every h5py object it leaves behind (Cython
+            # prints them through both hooks); keep the first report (the exception below) only
+            sys.unraisablehook, sys.excepthook = (lambda _: None), (lambda *_: None)
             try:
                 with open(os.path.join(self.partial, "run.json"), encoding="utf-8") as fh:
                     run = json.load(fh)
-                if self.mode == "mpio":
+                if self.mode == "shards":
+                    self._check_room_for_final()
+                    with h5py.File(tmp, "w") as out:
+                        self._copy_slots(out)
+                        _stamp(out, run)
+                        write_extra(out)
+                else:
                     tmp = os.path.join(self.partial, "data.h5")
                     with h5py.File(tmp, "a") as out:
                         for key in [k for k in out if k not in _top_groups(self.layout)]:
                             del out[key]   # left by an interrupted earlier finalisation
-                        _stamp(out, run)
-                        write_extra(out)
-                else:
-                    with h5py.File(tmp, "w") as out:
-                        self._copy_slots(out)
                         _stamp(out, run)
                         write_extra(out)
                 interrupt.fault_point("finalize", "assembled", 0)
@@ -576,15 +593,16 @@ class Store:
                 self._close_files()
                 _discard(self.partial, self._lock, stage_hook=True)
                 self._lock = None
-            except OSError as exc:  # report on every rank, keep the partial data
-                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            except Exception as exc:  # noqa: BLE001  (report on every rank, keep the partial data)
+                if _is_disk_full(exc):
                     if self.mode == "shards":
                         _remove_quietly(tmp)
                     err = ("DiskFull", (self.partial, self.bytes_remaining()))
                 else:
                     err = ("RuntimeError", f"finalisation of {self.path} failed: {exc!r}")
-            except Exception as exc:  # noqa: BLE001  (same: every rank must learn of it)
-                err = ("RuntimeError", f"finalisation of {self.path} failed: {exc!r}")
+            finally:
+                gc.collect()     # the echoes come from deallocation: let them happen muted
+                sys.unraisablehook, sys.excepthook = hooks
         err = self.ctx.comm.bcast(err, root=0)
         if err:
             if err[0] == "DiskFull":
@@ -617,6 +635,15 @@ class Store:
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+
+
+def _is_disk_full(exc):
+    """True for ENOSPC / EDQUOT, also as HDF5 reports them (a RuntimeError or OSError whose text
+    carries 'errno = 28')."""
+    if isinstance(exc, DiskFull) or getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc)
+    return "No space left on device" in text or "errno = 28" in text or "quota exceeded" in text
 
 
 def _record_crc(rec):

@@ -70,13 +70,22 @@ def _mount_tmpfs(folder, size):
     return p.returncode == 0
 
 
+def _one_line_disk_full(p):
+    assert p.returncode == 1, p.stderr
+    ours = [line for line in p.stderr.splitlines() if line.startswith("glasshpc:")]
+    assert len(ours) == 1 and "disk full writing" in ours[0], p.stderr
+    assert "--resume" in ours[0] and "needs ≈" in ours[0]
+    assert "Traceback" not in p.stderr and "Exception ignored" not in p.stderr, p.stderr
+
+
 def test_full_disk_is_refused_or_reported_in_one_line_and_resumes(tmp_path, tiny_yaml, reference):
-    """A tmpfs too small for the shards and the final file: the resource plan refuses the run
-    (exit 2, nothing created); forced with --ignore-resources the run fails at finalisation with
-    one line naming the path and the space needed (exit 1, no temporary file left), and resumes to
-    the uninterrupted result once the file system is larger."""
+    """A tmpfs too small for the run: the resource plan refuses it (exit 2, nothing created);
+    forced with --ignore-resources the run stops where the disk fills — during the tasks, before
+    the final file (space checked first), or inside HDF5's write of it — each time with one line
+    naming the path and the space still needed (exit 1, no temporary file left), and resumes to the
+    uninterrupted result once the file system is larger."""
     disk = tmp_path / "disk"
-    if os.geteuid() != 0 or not _mount_tmpfs(disk, "4200k"):
+    if os.geteuid() != 0 or not _mount_tmpfs(disk, "2m"):
         pytest.skip("cannot mount a tmpfs here (needs root)")
     try:
         cfg = _relative_config(disk, tiny_yaml)
@@ -85,16 +94,19 @@ def test_full_disk_is_refused_or_reported_in_one_line_and_resumes(tmp_path, tiny
         assert "resource plan" in p.stderr and "of disk at" in p.stderr
         assert "--ignore-resources" in p.stderr
         assert sorted(os.listdir(disk)) == ["run.yaml"]
-        p = _run(1, cfg, "--ignore-resources")
-        assert p.returncode == 1, p.stderr
-        lines = [line for line in p.stderr.splitlines() if line.strip()]
-        assert len(lines) == 1 and "disk full writing" in lines[0], p.stderr
-        assert "--resume" in lines[0] and "needs ≈" in lines[0]
+        _one_line_disk_full(_run(1, cfg, "--ignore-resources"))           # in the task stages
+        done = _journal(str(disk / "run.h5.partial"))
+        assert done and not (disk / "run.h5").exists()
+        subprocess.run(["mount", "-o", "remount,size=4200k", str(disk)], check=True)
+        _one_line_disk_full(_run(1, cfg, "--resume", "--ignore-resources"))   # before assembly
+        _one_line_disk_full(_run(1, cfg, "--resume", "--ignore-resources",
+                                 GLASSHPC_FINAL_SPACE_CHECK="0"))        # inside HDF5's writes
         assert not glob.glob(str(disk / "run.h5.partial" / "*.tmp"))
         assert not (disk / "run.h5").exists()
         subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
         p = _run(1, cfg, "--resume")
         assert p.returncode == 0, p.stderr
+        assert sorted(os.listdir(disk)) == ["run.h5", "run.yaml"]
         _assert_same(reference, disk / "run.h5")
     finally:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
