@@ -143,8 +143,8 @@ class IsoConfig:
 class DynamicsConfig:
     propensity: str = _f("abs", "⟨|Δr|⟩ ('abs', [CAGE] Eq. 4) or ⟨|Δr|²⟩ ('squared')",
                          choices=("abs", "squared"))
-    q: object = _f(AUTO, "wave number of F_s(q,t) (σ⁻¹) or 'auto' = first peak of S_AA(q)",
-                   kind="float_or_auto")
+    q: object = _f(AUTO, "wave number of F_s(q,t) (σ⁻¹) or 'auto' = first peak of S_AA(q); "
+                         "at most 100", kind="float_or_auto", lo=0.0, lo_open=True, hi=100.0)
 
 
 @dataclass(frozen=True)
@@ -418,6 +418,8 @@ def _value(f, value, key):
         v = _scalar(value, float, key) if not isinstance(value, str) else None
         if v is None or v <= 0:
             raise ConfigError(key, f"must be 'auto' or a positive number, got {brief(value)}")
+        if meta.get("hi") is not None and v > meta["hi"]:
+            raise ConfigError(key, f"must be 'auto' or ≤ {meta['hi']:g}, got {v}")
         return v
     if isinstance(kind, tuple) and kind[0] == "list":
         if not isinstance(value, list) or not value:
@@ -773,7 +775,13 @@ def describe():
                 default = "(see below)" if dataclasses.is_dataclass(t) else repr(f.default_factory())
             else:
                 default = "required"
-            lines.append(f"{key:34s} {default:28s} {f.metadata.get('doc', '')}")
+            m = f.metadata
+            bounds = ""
+            if m.get("lo") is not None or m.get("hi") is not None:
+                lo = "" if m.get("lo") is None else f"{'(' if m['lo_open'] else '['}{m['lo']:g}"
+                hi = "" if m.get("hi") is None else f"{m['hi']:g}{')' if m['hi_open'] else ']'}"
+                bounds = f" {lo or '(−∞'}, {hi or '∞)'}"
+            lines.append(f"{key:34s} {default:28s} {m.get('doc', '')}{bounds}")
             if dataclasses.is_dataclass(t):
                 walk(t, key)
 

@@ -103,6 +103,7 @@ YAML_CASES = [
     ("MLP width 1e9", ("fits", "mlp"), {"layers": 1, "width": 10**9}, ["fits.mlp.width", "≤ 10000"]),
     ("cv_folds huge", ("fits", "cv_folds"), 10**7, ["fits.cv_folds", "≤ 1000"]),
     ("seed beyond int64", ("seed",), 2**64, ["seed", "≤"]),
+    ("wave number huge", ("dynamics",), {"q": 1.0e6}, ["dynamics.q", "≤ 100"]),
     # names and paths
     ("feature set named single", ("fits", "feature_sets"), {"single": {"generations": 0}},
      ["fits.feature_sets.single", "reserved", "/fits/single"]),
