@@ -269,6 +269,9 @@ def main(argv=None):
     ap.add_argument("--dry-run", action="store_true",
                     help="validate, print the task plan, a measured core-hour estimate and the "
                          "output size; create nothing")
+    ap.add_argument("--ranks", type=int, default=None, metavar="P",
+                    help="with --dry-run: predict each stage's wall time, busy fraction and "
+                         "parallel efficiency on P ranks (default: the launch size)")
     ap.add_argument("--describe", action="store_true", help="print every config key and default")
     again = ap.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true",
@@ -323,6 +326,8 @@ def _main(args, ctx, refuse):
             ctx.log("  (no calibration: the configured system does not fit this node's memory)")
         elif not isinstance(cfg, config_mod.SoftnessRunConfig):   # the sweep has its costs
             ctx.log(cluster.dry_run_text(cfg, ctx))
+            from .schedule import schedule_text
+            ctx.log(schedule_text(cfg, ctx, args.ranks or ctx.size))
         return 0
     if ctx.size > 1 and not any(k in os.environ for k in ("OMP_NUM_THREADS",
                                                            "OPENBLAS_NUM_THREADS",

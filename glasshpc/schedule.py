@@ -1,0 +1,295 @@
+"""Predicted schedule of a run on P ranks (``python -m glasshpc.run CONFIG --dry-run --ranks P``).
+
+Every task's cost is calibrated by short real runs on this rank (best and worst of ``repeats``, so
+the noise of a shared machine is stated as a range), then the dynamic schedule of
+:func:`glasshpc.stages.run_tasks` is simulated: tasks sorted longest first, each handed to the
+earliest free worker (an engine group of K ranks, or one rank). Per stage the prediction gives
+the wall time, the busy fraction (rank-time inside tasks / P × stage wall) and the parallel
+efficiency (1-rank wall / (P × P-rank wall); serial work repeated on every rank counts against
+it). Seconds of wall time on this machine's cores.
+
+Calibrated pieces (reduced LJ units; N particles of the configured model):
+  MD           atom-steps/s of NVE (snapshots: melt + NVT + NVE steps; replicas: the last read-out
+               step; static: 2 force evaluations) on a 100-step melt of the model;
+  inherent     FIRE seconds per iteration (a run capped at 1000 iterations on that
+               configuration) × FIRE_ITERATIONS (5000, assumed: the snapshots do not exist yet);
+  cage         trial moves/s of the cage MC and its fixed set-up (two short chains);
+  descriptors  one ``compute_descriptors`` per state;
+  dynamics     propensity, F_s, MSD, Debye–Waller of a (R, T, N, 3) array;
+  fits         one Gram product and one eigendecomposition at the largest feature count, scaled
+               as rows·F² and F³ (every rank repeats the solves: serial).
+Not included: numba compilation (``python -m glasshpc.compile`` where available) and the final
+assembly of the output file.
+"""
+import dataclasses
+import heapq
+import time
+
+import numpy as np
+
+# Efficiency of one LAMMPS instance on K ranks (domain decomposition) relative to K independent
+# instances, by atoms per rank: an assumption from LAMMPS's LJ strong-scaling benchmarks (≈ 0.8–0.9
+# at a few hundred atoms per core); on this machine K = 2 for N = 2000 KA is measured by
+# bench/bench_scaling.py --engine.
+GROUP_EFFICIENCY = ((1000, 0.9), (400, 0.8), (0, 0.6))
+MIN_ATOMS_PER_RANK = 400    # engine_ranks 'auto' never goes below this
+# FIRE iterations per inherent state: the dry run cannot know them for snapshots it has not made;
+# STACK.md measured 4727 for KA N = 2000 (to 1e-8). The cost per iteration is calibrated on a
+# run capped at FIRE_CALIBRATION_ITERATIONS.
+FIRE_ITERATIONS = 5000
+FIRE_CALIBRATION_ITERATIONS = 1000
+
+
+def group_efficiency(n_atoms, k):
+    """Assumed parallel efficiency of one LAMMPS instance on ``k`` ranks (1.0 for k = 1)."""
+    if k <= 1:
+        return 1.0
+    per = n_atoms / k
+    return next(e for lim, e in GROUP_EFFICIENCY if per >= lim)
+
+
+def simulate(costs, workers, overhead=0.0):
+    """Makespan (s) of dynamic scheduling: ``costs`` (s) in the given order, each task to the
+    earliest free of ``workers``; ``overhead`` s added per task (dispatch + commit)."""
+    if len(costs) == 0 or workers <= 0:
+        return 0.0
+    free = [0.0] * min(workers, len(costs))
+    heapq.heapify(free)
+    for c in costs:
+        heapq.heappush(free, heapq.heappop(free) + c + overhead)
+    return max(free)
+
+
+@dataclasses.dataclass
+class Stage:
+    """One stage: ``costs`` (s per task on one rank), ``serial`` (s every rank spends outside the
+    tasks), ``group`` ranks per task and the group's efficiency."""
+    name: str
+    costs: np.ndarray
+    serial: float = 0.0
+    group: int = 1
+    efficiency: float = 1.0
+
+
+def predict(stages, ranks, overhead=0.0):
+    """[(name, wall s, busy fraction, efficiency)] per stage and the total row, on ``ranks``."""
+    rows, work_total, wall_total = [], 0.0, 0.0
+    for st in stages:
+        costs = np.sort(np.asarray(st.costs, dtype=np.float64))[::-1]   # LPT
+        k = max(1, min(st.group, ranks))
+        per_task = costs / (k * st.efficiency)
+        span = simulate(per_task, ranks // k, overhead)
+        wall = span + st.serial
+        work = float(costs.sum()) + st.serial   # the 1-rank wall
+        busy = float(per_task.sum()) * k / (ranks * span) if span > 0 else 1.0
+        eff = work / (ranks * wall) if wall > 0 else 1.0
+        rows.append((st.name, wall, busy, eff))
+        work_total += work
+        wall_total += wall
+    rows.append(("total", wall_total, None,
+                 work_total / (ranks * wall_total) if wall_total > 0 else 1.0))
+    return rows
+
+
+def _best_worst(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times), max(times)
+
+
+def calibrate(cfg, repeats=3, log=None):
+    """Measured costs on this rank: dict name → (best, worst) seconds or rate (see module doc)."""
+    from . import dynamics, stages as st
+    from .md import make_engine
+    from .models import cage_potential, get_model
+    from .parallel import task_rng
+    m, md = cfg.model, cfg.md
+    N = m.n_particles
+    out = {}
+    eng = make_engine(cfg)
+    try:
+        rng = task_rng(cfg.seed, "calibration")
+        pos, types, box = eng.prepare_snapshot(N, m.density, m.temperature, rng,
+                                               md.melt_temperature, 100 * md.timestep, 0.0, 0.0,
+                                               md.tdamp)
+        steps = 300
+        b, w = _best_worst(lambda: eng.run_replica(pos, types, box, m.temperature, rng, [steps]),
+                           repeats)
+        out["md"] = (N * steps / b, N * steps / w)     # atom-steps/s: best, worst
+        if cfg.inherent.enabled:
+            cap = min(FIRE_CALIBRATION_ITERATIONS, cfg.inherent.max_iterations)
+
+            def fire():
+                try:
+                    eng.inherent_state(pos, types, box, cfg.inherent.force_tolerance, cap)
+                except RuntimeError:   # not converged within the cap: expected
+                    pass
+                lmp = getattr(eng, "lmp", None)   # EDMD engines: the whole run is timed
+                fire.iterations = (max(1, int(lmp.extract_global("ntimestep"))) if lmp is not None
+                                   else FIRE_ITERATIONS)
+            t = _best_worst(fire, max(1, min(2, repeats)))
+            per = tuple(x / fire.iterations for x in t)
+            its = min(FIRE_ITERATIONS, cfg.inherent.max_iterations)
+            out["inherent"] = tuple(p * its for p in per)
+    finally:
+        eng.close()
+    pos = np.asarray(pos)
+    if cfg.cage.enabled:
+        from .states.cage import cage_state
+        potential = cage_potential(m.name)
+        sigma = get_model(m.name).sigma_self()
+        c = cfg.cage
+
+        def chain(sweeps):
+            cage_state(pos, types, box, potential, m.temperature, 2, sweeps, 1, cage=c.cage,
+                       cage_radius=c.radius * sigma, cage_sigma=sigma,
+                       target_acceptance=c.target_acceptance)
+        chain(1)   # compiles (cache) once
+        # the long chain ≈ 2·10⁶ more trial moves than the short one: ≈ 0.5 s, well above the noise
+        short = 4
+        long_ = short + max(20, int(2e6 / N))
+        t_s = _best_worst(lambda: chain(short), repeats)
+        t_l = _best_worst(lambda: chain(long_), repeats)
+        per = tuple(max(1e-12, (t_l[i] - t_s[i]) / ((long_ - short) * N)) for i in (0, 1))
+        fixed = tuple(max(0.0, t_s[i] - (short + 2) * N * per[i]) for i in (0, 1))
+        out["cage_move"], out["cage_fixed"] = per, fixed
+    from .structure.descriptors import compute_descriptors
+    spec = st.descriptor_spec(cfg, 1.5 if cfg.descriptors.r_generation == "auto"
+                              else cfg.descriptors.r_generation)
+    compute_descriptors(pos, types, box, spec)   # compiles once
+    out["descriptors"] = _best_worst(lambda: compute_descriptors(pos, types, box, spec), repeats)
+    R, T = cfg.iso.replicas, len(cfg.replica_steps())
+    n_species = len(get_model(m.name).species)
+    disp = np.random.default_rng(0).normal(0, 0.3, (R, T, N, 3)).astype(np.float32)
+    times = cfg.replica_times()
+
+    def dyn():
+        dynamics.propensity(disp, cfg.dynamics.propensity)
+        dynamics.self_intermediate_scattering(disp, types, 7.25, n_species)
+        dynamics.mean_squared_displacement(disp, types, n_species)
+        dynamics.debye_waller(disp, times)
+    out["dynamics"] = _best_worst(dyn, repeats)
+    F = _max_features(cfg, spec)
+    rows = 4000
+    X = np.random.default_rng(1).normal(size=(rows, F))
+    g = X.T @ X
+    out["gram_per_row_f2"] = tuple(t / (rows * F * F) for t in
+                                   _best_worst(lambda: X.T @ X, max(1, min(2, repeats))))
+    out["eigh_per_f3"] = tuple(t / F ** 3 for t in
+                               _best_worst(lambda: np.linalg.eigh(g), max(1, min(2, repeats))))
+    out["features"] = F
+    return out
+
+
+def _feature_counts(cfg, spec):
+    """{feature set: columns} of the fits (descriptor blocks × generations + scalars)."""
+    from .config import DESCRIPTOR_BLOCKS
+    out = {}
+    for name, fs in cfg.fits.feature_sets.items():
+        n = 0
+        for block in fs.blocks:
+            n += (fs.generations + 1) * spec.n_base_features if block in DESCRIPTOR_BLOCKS else 1
+        out[name] = n
+    return out
+
+
+def _max_features(cfg, spec):
+    return max(_feature_counts(cfg, spec).values())
+
+
+def stage_models(cfg, cal, which=0, engine_ranks=1):
+    """[Stage] of the main pipeline from the calibration ``cal`` (``which`` 0 = best, 1 = worst
+    of the repeats). ``engine_ranks``: ranks per LAMMPS instance in the snapshot stage."""
+    from . import stages as st
+    from .cluster import md_steps
+    from .models import get_model
+    S, R, N = cfg.snapshots.count, cfg.iso.replicas, cfg.model.n_particles
+    rate = cal["md"][which]
+    prep, rep = md_steps(cfg)
+    out = []
+    if prep:
+        out.append(Stage("snapshots", np.full(S, prep / S * N / rate), group=engine_ranks,
+                         efficiency=group_efficiency(N, engine_ranks)))
+    out.append(Stage("replicas", np.full(S * R, rep / (S * R) * N / rate)))
+    out.append(Stage("static", np.full(S, 2 * N / rate)))
+    if "inherent" in cal:
+        out.append(Stage("inherent", np.full(S, cal["inherent"][which])))
+    out.append(Stage("dynamics", np.full(S, cal["dynamics"][which])))
+    if "cage_move" in cal:
+        c = cfg.cage
+        chain = (c.equilibration_sweeps + c.measurement_sweeps) * N * cal["cage_move"][which] \
+            + cal["cage_fixed"][which]
+        out.append(Stage("cage", np.full(S * c.chains, chain)))
+    n_states = len(st.descriptor_states(cfg))
+    out.append(Stage("descriptors", np.full(S, n_states * cal["descriptors"][which])))
+    spec = st.descriptor_spec(cfg, 1.5)
+    n_species = len(get_model(cfg.model.name).species)
+    rows = S * N * (1.0 - cfg.test_snapshots() / S)
+    gram, solves = [], 0.0
+    for F in _feature_counts(cfg, spec).values():
+        gram.append(rows * F * F * cal["gram_per_row_f2"][which])
+        solves += n_species * (cfg.fits.cv_folds + 1) * F ** 3 * cal["eigh_per_f3"][which]
+    # Gram rows are spread over ranks by snapshot (S tasks); the eigendecompositions are repeated
+    # on every rank today (serial)
+    out.append(Stage("fits", np.full(S, sum(gram) / S), serial=solves))
+    return out
+
+
+def auto_engine_ranks(cfg, ranks):
+    """K of ``parallel.engine_ranks: auto`` on ``ranks``: the largest K with ⌊ranks/K⌋ ≥ the
+    snapshot count (every rank busy in the snapshot stage) and ≥ MIN_ATOMS_PER_RANK atoms per rank;
+    1 when there are at least as many snapshots as ranks."""
+    S, N = cfg.snapshots.count, cfg.model.n_particles
+    k = max(1, ranks // max(S, 1))
+    return max(1, min(k, N // MIN_ATOMS_PER_RANK))
+
+
+def prediction_text(cfg, ranks, repeats=3, engine_ranks=None):
+    """The ``--dry-run --ranks P`` table (rank 0; runs the calibration)."""
+    cal = calibrate(cfg, repeats)
+    K = engine_ranks if engine_ranks is not None else 1
+    best = predict(stage_models(cfg, cal, 0, K), ranks)
+    worst = predict(stage_models(cfg, cal, 1, K), ranks)
+    lo, hi = cal["md"][1] / 1e6, cal["md"][0] / 1e6
+    lines = [f"  predicted schedule on {ranks} ranks (dynamic, longest task first; calibrated "
+             f"here, best of {repeats}; range = best … worst repeat):",
+             f"    MD {lo:.3g} … {hi:.3g} M atom-steps/s per core"
+             + (f"; snapshot stage on engine groups of {K} ranks (assumed group efficiency "
+                f"{group_efficiency(cfg.model.n_particles, K):.2f})" if K > 1 else ""),
+             f"    {'stage':12s} {'wall':>21s} {'busy':>6s} {'efficiency':>11s}"]
+    for (name, wb, busy, eb), (_, ww, _, ew) in zip(best, worst):
+        wb, ww = sorted((wb, ww))
+        eb, ew = sorted((eb, ew), reverse=True)
+        wall = f"{_hms(wb)} … {_hms(ww)}"
+        lines.append(f"    {name:12s} {wall:>21s} "
+                     + (f"{100 * busy:5.1f}%" if busy is not None else "      ")
+                     + f" {100 * eb:6.1f} %" + (f" … {100 * ew:.1f} %" if abs(ew - eb) > 5e-4
+                                                else ""))
+    lines.append("    (not included: numba compilation, the final assembly of the output file)")
+    return "\n".join(lines), best
+
+
+def _hms(seconds):
+    s = int(round(seconds))
+    if s < 60:
+        return f"{seconds:.3g} s"
+    return f"{s // 3600:d}:{(s % 3600) // 60:02d}:{s % 60:02d}"
+
+
+def schedule_text(cfg, ctx, ranks, repeats=3):
+    """Collective: :func:`prediction_text` computed on rank 0 (calibration there only)."""
+    text = None
+    if ctx.root:
+        text = prediction_text(cfg, ranks, repeats, engine_ranks_for(cfg, ranks))[0]
+    return ctx.comm.bcast(text, root=0)
+
+
+def engine_ranks_for(cfg, ranks):
+    """K of the snapshot stage: ``parallel.engine_ranks`` (``auto`` → :func:`auto_engine_ranks`);
+    1 for configs without the key."""
+    par = getattr(cfg, "parallel", None)
+    k = getattr(par, "engine_ranks", 1) if par is not None else 1
+    return auto_engine_ranks(cfg, ranks) if k == "auto" else int(k)
