@@ -283,6 +283,16 @@ class FitsConfig:
 
 
 @dataclass(frozen=True)
+class ParallelConfig:
+    engine_ranks: object = _f(1, "ranks sharing one LAMMPS instance (domain decomposition) in the "
+                                 "snapshot stage, K ≥ 1, or 'auto' = the largest K leaving no rank "
+                                 "idle there (⌊ranks/K⌋ ≥ snapshots, ≥ 400 atoms per rank), chosen "
+                                 "at the first launch and kept by --resume. The snapshots depend "
+                                 "on K (not on the launch size): give K for numbers independent "
+                                 "of the launch; a run needs ≥ K ranks", kind="int_or_auto")
+
+
+@dataclass(frozen=True)
 class Config:
     output: str = _f(doc="HDF5 output path (relative to the working directory)", kind="path")
     model: ModelConfig = _f(doc="the glass former and state point")
@@ -297,6 +307,7 @@ class Config:
     inherent: InherentConfig = _f(doc="inherent states (FIRE)", factory=InherentConfig)
     cage: CageConfig = _f(doc="cage states (constrained Monte Carlo)", factory=CageConfig)
     fits: FitsConfig = _f(doc="ridge fits", factory=FitsConfig)
+    parallel: ParallelConfig = _f(doc="how ranks share the work", factory=ParallelConfig)
     imported: "ImportConfig" = _f(None, "read snapshots and replica positions from published files "
                                         "instead of simulating them (glasshpc/io/imported.py)")
 
@@ -421,6 +432,12 @@ def _value(f, value, key):
         if meta.get("hi") is not None and v > meta["hi"]:
             raise ConfigError(key, f"must be 'auto' or ≤ {meta['hi']:g}, got {v}")
         return v
+    if kind == "int_or_auto":
+        if value == AUTO:
+            return AUTO
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(key, f"must be 'auto' or a positive integer, got {value!r}")
+        return value
     if isinstance(kind, tuple) and kind[0] == "list":
         if not isinstance(value, list) or not value:
             raise ConfigError(key, "must be a non-empty list")
@@ -498,6 +515,13 @@ _CLASSES = {c.__name__: c for c in (ModelConfig, MDConfig, SnapshotsConfig, Time
 
 
 def _cross_checks(cfg):
+    k = cfg.parallel.engine_ranks
+    if k != AUTO and k > 1 and (cfg.model.name not in ("kob_andersen", "harmonic_spheres")
+                                or cfg.snapshots.source != "lammps" or cfg.imported is not None):
+        raise ConfigError("parallel.engine_ranks", "engine groups (> 1) run the LAMMPS snapshot "
+                                                   "stage of kob_andersen and harmonic_spheres "
+                                                   f"only; use 1 or 'auto' for {cfg.model.name}"
+                                                   " / snapshots from files or imported data")
     dt = cfg.md.timestep
     t = cfg.iso.times
     first = t.start if isinstance(t, TimesConfig) else t[0]

@@ -126,10 +126,12 @@ class TaskQueue:
                 return
             self.taken += 1
             t_start = time.perf_counter()
-            yield self.tasks[i]
-            self.busy += time.perf_counter() - t_start
-            self._fetch_add(1, 1)
-            self._fetch_add(2, int(round(self.costs[i] * self._scale)))
+            try:
+                yield self.tasks[i]
+            finally:   # also when the caller stops after this task (SIGTERM): it was finished
+                self.busy += time.perf_counter() - t_start
+                self._fetch_add(1, 1)
+                self._fetch_add(2, int(round(self.costs[i] * self._scale)))
 
     # -- progress --------------------------------------------------------------------------------
     def _report_loop(self):

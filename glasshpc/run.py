@@ -25,6 +25,7 @@ from .states.chains import chain_reliability
 from .models import get_model
 from .parallel import MPI, Context
 from .runlock import LockHeld
+from .schedule import EngineRanksError
 from .store import AlreadyFinished, DiskFull, ResumeError, Store, h5py_has_mpi
 
 
@@ -124,6 +125,10 @@ def execute(cfg, yaml_text, ctx, store_mode="auto", resume=False, overwrite=Fals
         return execute_softness(cfg, yaml_text, ctx, store_mode, resume=resume,
                                 overwrite=overwrite)
     t_start = time.perf_counter()
+    from .schedule import resolve_engine_ranks
+    cfg, note = resolve_engine_ranks(cfg, ctx, resume)   # 'auto' → K before the config is hashed
+    if note:
+        ctx.log(note)
     spec0 = stages.descriptor_spec(cfg, 2.0)   # feature count does not depend on r_generation
     store = Store(cfg.output, ctx, stages.layout(cfg, spec0.n_features), mode=store_mode,
                   resume=resume, overwrite=overwrite, config=cluster.normalised_config(cfg))
@@ -348,7 +353,7 @@ def _main(args, ctx, refuse):
             ctx.comm.Abort(1)     # the other ranks may be waiting for this one in a collective
         _HARD_EXIT[0] = True
         return 1
-    except (FileExistsError, PermissionError, ResumeError, LockHeld) as err:
+    except (FileExistsError, PermissionError, ResumeError, LockHeld, EngineRanksError) as err:
         return refuse(err)
     except interrupt.Interrupted as sig:
         if ctx.root:

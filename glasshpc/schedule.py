@@ -293,3 +293,49 @@ def engine_ranks_for(cfg, ranks):
     par = getattr(cfg, "parallel", None)
     k = getattr(par, "engine_ranks", 1) if par is not None else 1
     return auto_engine_ranks(cfg, ranks) if k == "auto" else int(k)
+
+
+class EngineRanksError(ValueError):
+    """The run has fewer ranks than ``parallel.engine_ranks`` (refused before anything is made)."""
+
+
+GROUP_MODELS = ("kob_andersen", "harmonic_spheres")   # LAMMPS pair models (GroupLammpsEngine)
+
+
+def resolve_engine_ranks(cfg, ctx, resume=False):
+    """Collective. ``cfg`` with ``parallel.engine_ranks`` an int, and a line saying the choice.
+
+    'auto' resolves at the first launch (:func:`auto_engine_ranks` on ``ctx.size``; 1 for models
+    or sources without a LAMMPS snapshot stage) and is recorded in the normalised config of
+    ``OUTPUT.partial/run.json``; ``--resume`` takes the recorded K whatever the new launch size,
+    so a resumed run finishes with the snapshots' K it started with. Raises ValueError when the
+    run has fewer ranks than K (:class:`EngineRanksError`)."""
+    import json
+    import os
+    k = cfg.parallel.engine_ranks
+    note = None
+    if k == "auto":
+        recorded = None
+        if resume and ctx.root:
+            try:
+                with open(os.path.abspath(cfg.output) + ".partial/run.json",
+                          encoding="utf-8") as fh:
+                    recorded = json.load(fh)["config"]["parallel"]["engine_ranks"]
+            except (OSError, ValueError, KeyError, TypeError):
+                recorded = None
+        recorded = ctx.comm.bcast(recorded, root=0)
+        if isinstance(recorded, int) and not isinstance(recorded, bool):
+            k = recorded
+            note = f"parallel.engine_ranks: auto → {k} (recorded by the first attempt)"
+        else:
+            group_stage = (cfg.model.name in GROUP_MODELS and cfg.snapshots.source == "lammps"
+                           and cfg.imported is None)
+            k = auto_engine_ranks(cfg, ctx.size) if group_stage else 1
+            note = (f"parallel.engine_ranks: auto → {k} ({cfg.snapshots.count} snapshots on "
+                    f"{ctx.size} ranks: {ctx.size // k} engine groups of {k}"
+                    f"{'' if k > 1 else ', one LAMMPS instance per rank'})")
+        cfg = dataclasses.replace(cfg, parallel=dataclasses.replace(cfg.parallel, engine_ranks=k))
+    if k > ctx.size:
+        raise EngineRanksError(f"parallel.engine_ranks = {k} needs at least {k} ranks; launch with "
+                         f"mpiexec -n {k} or more")
+    return cfg, note

@@ -86,7 +86,7 @@ def descriptor_spec(cfg, r_generation):
                           truncation=d.truncation)
 
 
-def run_tasks(ctx, name, tasks, work, store, cost=None):
+def run_tasks(ctx, name, tasks, work, store, cost=None, groups=None):
     """Run ``work(task)`` for the unfinished ``tasks`` with dynamic scheduling and progress; then
     sync the store. Returns the stage wall time (s).
 
@@ -96,20 +96,37 @@ def run_tasks(ctx, name, tasks, work, store, cost=None):
     (:class:`glasshpc.parallel.TaskQueue`), which cannot change a result (every task seeds itself
     from its identity). Each finished task is committed (data fsync'ed + journal line) before the
     next is taken. After a SIGTERM the rank stops taking tasks (the others finish the stage); the
-    :meth:`Store.sync` at the end raises :class:`glasshpc.interrupt.Interrupted` on every rank."""
+    :meth:`Store.sync` at the end raises :class:`glasshpc.interrupt.Interrupted` on every rank.
+
+    ``groups`` (:class:`glasshpc.md.group.EngineGroups`): tasks go to engine groups instead of
+    ranks; the leader of a group takes a task, broadcasts it to its group, every member runs
+    ``work(task)`` (which writes only on the leader) and the leader commits. Ranks outside every
+    group wait at the stage boundary."""
     done = store.completed(name)
     todo = [t for t in tasks if task_key(t) not in done]
     if len(todo) < len(tasks):
         ctx.log(f"  [{name}] resuming: {len(tasks) - len(todo)} of {len(tasks)} tasks already done")
     todo, costs = lpt_order(todo, None if cost is None else [cost(t) for t in todo])
     queue = TaskQueue(ctx, name, todo, costs)
-    for n, task in enumerate(queue, start=1):
-        interrupt.slow_point(name, task)
-        work(task)
-        store.commit(name, task)
-        interrupt.fault_point(name, n, ctx.rank)
-        if interrupt.requested():
-            break
+    if groups is None or groups.leader:
+        for n, task in enumerate(queue, start=1):
+            if groups is not None:
+                groups.comm.bcast(task, root=0)
+            interrupt.slow_point(name, task)
+            work(task)
+            store.commit(name, task)
+            interrupt.fault_point(name, n, ctx.rank)
+            if interrupt.requested():
+                break
+        if groups is not None:
+            groups.comm.bcast(None, root=0)     # no more tasks for this group
+    elif groups.comm is not None:
+        while True:
+            task = groups.comm.bcast(None, root=0)
+            if task is None:
+                break
+            interrupt.slow_point(name, task)
+            work(task)
     elapsed, stats = queue.close()
     LAST_STATS[name] = stats
     store.sync()
@@ -134,23 +151,44 @@ class EngineCache:
 
 
 def snapshots(ctx, cfg, store, engines):
-    """Stage 1: independent equilibrated snapshots (one task per snapshot)."""
+    """Stage 1: independent equilibrated snapshots (one task per snapshot), on engine groups of
+    ``parallel.engine_ranks`` ranks when that is > 1 (glasshpc.md.group)."""
     m, md = cfg.model, cfg.md
+    K = int(cfg.parallel.engine_ranks)
+    groups = engine = None
+    if K > 1 and cfg.snapshots.source == "lammps":
+        from .md.group import EngineGroups, GroupLammpsEngine
+        groups = EngineGroups(ctx, K)
+        ctx.log(f"  [snapshots] {groups.count} engine groups of {K} ranks"
+                + (f" ({ctx.size - groups.count * K} ranks idle in this stage)"
+                   if ctx.size % K else ""))
+        if groups.comm is not None:
+            engine = GroupLammpsEngine(get_model(m.name), md.timestep, md.skin, groups.comm)
+    writer = groups is None or groups.leader
 
     def work(s):
         if cfg.snapshots.source == "files":   # bring your own snapshots (checked before the run)
             from .cluster import snapshot_from_file
             pos, types, box = snapshot_from_file(cfg, s)
         else:
-            pos, types, box = engines.get().prepare_snapshot(
+            pos, types, box = (engine or engines.get()).prepare_snapshot(
                 m.n_particles, m.density, m.temperature, task_rng(cfg.seed, "snapshot", s),
                 md.melt_temperature, md.melt_time, md.nvt_time, md.nve_time, md.tdamp)
+        if not writer:
+            return
         store.write("snapshots/positions", (s,), pos)
         store.write("snapshots/types", (s,), types)
         store.write("snapshots/box", (s,), box)
         store.write("snapshots/sq_AA", (s,), dynamics.structure_factor(pos[types == 0], box, Q_EDGES))
 
-    return run_tasks(ctx, "snapshots", list(range(cfg.snapshots.count)), work, store)
+    try:
+        return run_tasks(ctx, "snapshots", list(range(cfg.snapshots.count)), work, store,
+                         groups=groups)
+    finally:
+        if engine is not None:
+            engine.close()
+        if groups is not None:
+            groups.free()
 
 
 def replicas(ctx, cfg, store, engines):

