@@ -91,6 +91,7 @@ class TaskQueue:
         self.win.Lock_all()
         self._lock = threading.Lock()
         self._one = np.ones(1, dtype=np.int64)
+        self._acc = np.zeros(2, dtype=np.int64)   # origin of the completion Accumulate
         self.t0 = time.perf_counter()
         self._stop = threading.Event()
         self._thread = None
@@ -130,8 +131,12 @@ class TaskQueue:
                 yield self.tasks[i]
             finally:   # also when the caller stops after this task (SIGTERM): it was finished
                 self.busy += time.perf_counter() - t_start
-                self._fetch_add(1, 1)
-                self._fetch_add(2, int(round(self.costs[i] * self._scale)))
+                # completion counters: no flush of their own, the next fetch's Flush (or
+                # Unlock_all in close) completes them, so a task costs one round trip
+                with self._lock:
+                    self._acc[:] = (1, int(round(self.costs[i] * self._scale)))
+                    self.win.Accumulate([self._acc, MPI.INT64_T], 0,
+                                        target=(1, 2, MPI.INT64_T), op=MPI.SUM)
 
     # -- progress --------------------------------------------------------------------------------
     def _report_loop(self):
@@ -160,6 +165,8 @@ class TaskQueue:
         Returns (stage wall time in s on rank 0's clock, broadcast; [(taken, busy s, fetch s)]
         per rank, on every rank)."""
         comm = self.ctx.comm
+        with self._lock:
+            self.win.Flush(0)      # this rank's last completion counts, before the final line
         stats = comm.allgather((self.taken, self.busy, self.waits))
         if self._thread is not None:
             self._stop.set()
