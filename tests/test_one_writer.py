@@ -45,7 +45,7 @@ def test_second_run_resume_and_overwrite_refused_while_a_run_is_active(tmp_path,
         assert holder["pid"] != proc.pid and holder["host"]      # rank 0 of the run holds it
         for flags in ((), ("--resume",), ("--overwrite",)):
             top = _listing(tmp_path)
-            p = _run(1, cfg, *flags)
+            p = _run(2, cfg, *flags)                              # a second 2-rank run
             assert p.returncode == 2, (flags, p.stderr)
             assert "in use by glasshpc run PID" in p.stderr and str(holder["pid"]) in p.stderr
             assert "Traceback" not in p.stderr
