@@ -16,15 +16,26 @@ from .models import get_model
 
 def normalised_config(cfg):
     """JSON-able dict of every config value (defaults filled in), plus for snapshots read from
-    files the SHA-256 of each file: two runs with equal normalised configs compute the same numbers,
-    which is what ``--resume`` checks (its hash is kept in ``OUTPUT.partial/run.json``)."""
+    files or imported datasets the SHA-256 of each file: two runs with equal normalised configs
+    compute the same numbers, which is what ``--resume`` checks (its hash is kept in
+    ``OUTPUT.partial/run.json``)."""
     out = dataclasses.asdict(cfg)
     if cfg.snapshots.source == "files":
-        digests = []
-        for path in snapshot_files(cfg.snapshots.path):
-            with open(path, "rb") as fh:
-                digests.append(hashlib.sha256(fh.read()).hexdigest())
-        out["snapshots"]["file_sha256"] = digests
+        out["snapshots"]["file_sha256"] = _digests(snapshot_files(cfg.snapshots.path))
+    if getattr(cfg, "imported", None) is not None:
+        from .io.imported import imported_files
+        out["imported"]["file_sha256"] = _digests(imported_files(cfg))
+    return out
+
+
+def _digests(paths):
+    out = []
+    for path in paths:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):   # bounded memory for large files
+                h.update(block)
+        out.append(h.hexdigest())
     return out
 
 

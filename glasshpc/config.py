@@ -779,6 +779,12 @@ def read_text(path):
                                     f"({raw[err.start:err.start + 1]!r}); save the file as UTF-8") from None
 
 
+def read_yaml(path):
+    """The YAML data of a file through the same checks as a config (UTF-8, no aliases, no
+    duplicate keys, bounded nesting; ConfigError naming the file and line), without the schema."""
+    return _safe_yaml(read_text(path), str(path))
+
+
 def load(path):
     """Read and validate a YAML file (:func:`read_text`, :func:`parse`). Returns (Config, yaml_text)."""
     text = read_text(path)

@@ -26,7 +26,8 @@ from .models import get_model
 from .parallel import MPI, Context
 from .runlock import LockHeld
 from .schedule import EngineRanksError
-from .store import AlreadyFinished, DiskFull, ResumeError, Store, h5py_has_mpi
+from .store import (AlreadyFinished, DiskFull, ResumeError, Store, check_output_path,
+                    h5py_has_mpi)
 
 
 def plan_text(cfg, ctx):
@@ -310,6 +311,8 @@ def _main(args, ctx, refuse):
     try:
         cfg, text = config_mod.load(args.config)
         cluster.check_inputs(cfg, ctx)     # snapshot files: read and validated before any output
+        if not args.dry_run:
+            check_output_path(cfg.output)  # before the plan: a read-only folder is not "full"
         mode = "mpio" if h5py_has_mpi() else "shards"
         res = resources.assess(cfg, ctx, mode, resume=args.resume)
         if res["problems"] and not (args.dry_run or args.ignore_resources):

@@ -80,6 +80,20 @@ class DiskFull(OSError):
 _REFUSALS = (FileExistsError, ResumeError, PermissionError, LockHeld, AlreadyFinished)
 
 
+def check_output_path(path):
+    """The output must be a file name in an existing, writable directory (PermissionError or
+    FileExistsError naming it otherwise); called before any plan or work."""
+    path = os.path.abspath(path)
+    parent = os.path.dirname(path)
+    if not os.path.isdir(parent):
+        raise PermissionError(f"output directory {parent} does not exist")
+    if not _writable(parent):
+        raise PermissionError(f"output directory {parent} is not writable")
+    if os.path.isdir(path):
+        raise FileExistsError(f"output {path} is a directory; 'output' must name a file "
+                              "(e.g. run.h5) in an existing directory")
+
+
 def h5py_has_mpi():
     """True when h5py was built against parallel HDF5 (``driver='mpio'`` available)."""
     return bool(h5py.get_config().mpi)
@@ -176,14 +190,8 @@ class Store:
         Returns (attempt, run record); on resume the caller writes the record once the journals
         are verified. Nothing is created or changed when this raises (a lock file created for the
         check is removed again)."""
+        check_output_path(self.path)
         parent = os.path.dirname(self.path)
-        if not os.path.isdir(parent):
-            raise PermissionError(f"output directory {parent} does not exist")
-        if not _writable(parent):
-            raise PermissionError(f"output directory {parent} is not writable")
-        if os.path.isdir(self.path):
-            raise FileExistsError(f"output {self.path} is a directory; 'output' must name a file "
-                                  "(e.g. run.h5) in an existing directory")
         _clean_leftovers(self.partial)
         lock = created = None
         if os.path.isdir(self.partial):
