@@ -5,19 +5,27 @@ structural descriptors (``X`` of shape ``(n, F)``).  Rows are particles; ``group
 id.  Cross-validation folds are made of whole snapshots, so a particle is never validated by a model trained
 on other particles of its own snapshot (SCIENCE.md §5).
 
-Everything is computed from sufficient statistics, so the result does not depend on how the rows are split
-over MPI ranks (only the summation order changes, i.e. rounding):
+Everything is computed from sufficient statistics, and the result is bitwise the same however the snapshots are
+split over MPI ranks (and whatever the rank count):
 
-* one pass over the rows accumulates, for every fold ``k``, the row count, ``Σx``, ``Σy``, ``Σy²``,
-  the Gram ``Σxxᵀ`` and ``Σxyᵀ`` (float64, shifted by the global mean for accuracy), plus per-feature min/max;
-  these are summed over ranks with one ``Allreduce`` each;
-* the training statistics of fold ``k`` are the sums over the other folds; standardisation (mean, population
-  std; zero-variance features get std 1 and coefficient 0) uses the training rows only;
+* a first pass gives the global shift (the mean of the training rows) and per-feature bounds; per-snapshot sums
+  are combined with the reproducible summation of :mod:`glasshpc.learn.exact`, MIN/MAX reductions are exact;
+* one pass over the rows accumulates, per snapshot, the row count, ``Σx``, ``Σy``, ``Σy²``, the Gram ``Σxxᵀ``
+  and ``Σxyᵀ`` (float64, shifted), plus per-feature min/max; the snapshot terms of each fold are summed
+  exactly (order- and grouping-independent), then once over ranks;
+* the training statistics of fold ``k`` are the sums over the other folds (in fold order); standardisation
+  (mean, population std; zero-variance features get std 1 and coefficient 0) uses the training rows only;
 * one ``numpy.linalg.eigh`` of the standardised training Gram ``G = V Λ Vᵀ`` per fold gives the whole α-path
   ``W(α) = V diag(1/(λ+α)) Vᵀ b`` (negative eigenvalues, i.e. rounding, are clipped to 0);
 * the validation squared error of every (α, target) follows from the validation fold's own statistics
-  (``cv_method="gram"``, default, no second pass over the data) or from explicit predictions on the local
-  held-out rows (``cv_method="direct"``); both are summed over ranks.
+  (``cv_method="gram"``, default, no second pass over the data; computed one α at a time, so a value does not
+  depend on which other α are evaluated with it) or from explicit predictions on the held-out rows
+  (``cv_method="direct"``, per-snapshot sums combined exactly).
+
+The pieces (:func:`frame`, :func:`binned_stats`, :func:`fold_sse`, :class:`AlphaPath`, :func:`refit`) are also
+used one task at a time by the fit stage (:mod:`glasshpc.learn.fits`), which deals the per-fold solves over
+ranks; it gets the same numbers as :class:`GroupedRidgeCV` on all rows.  Bitwise equality assumes the same BLAS
+(and BLAS thread count) on every rank.
 
 Penalty convention: as in :class:`sklearn.linear_model.Ridge`, α multiplies ‖w‖² next to the *unnormalised*
 residual sum of squares, with ``w`` the coefficients of the standardised features.  Hence ``coef_`` mapped to
@@ -36,6 +44,8 @@ import warnings
 
 import numpy as np
 
+from .exact import ExactSum, allreduce_exact, exact_sum
+
 __all__ = [
     "GroupedRidgeCV",
     "ridge_path",
@@ -47,7 +57,6 @@ __all__ = [
 
 DEFAULT_ALPHAS = np.logspace(-5, 7, 49)
 
-_BLOCK_ROWS = 16384
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -165,7 +174,7 @@ def ridge_path(gram, xty, alphas):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Distributed metrics
+# Rows grouped by snapshot
 # --------------------------------------------------------------------------------------------------------------
 
 def _as_2d(y):
@@ -173,50 +182,74 @@ def _as_2d(y):
     return (y[:, None], True) if y.ndim == 1 else (y, False)
 
 
-def _centred_sums(y_true, y_pred, comm):
+def _segments(groups, n):
+    """(order, [(group, start, stop)]): rows of each group contiguous in ``order`` (None = identity; stable).
+
+    ``groups=None`` makes all ``n`` rows one term (the split over ranks then matters in the last bits)."""
+    if groups is None:
+        return None, ([(0, 0, n)] if n else [])
+    groups = np.asarray(groups).ravel()
+    if groups.size == 0:
+        return None, []
+    order = None
+    if np.any(groups[1:] < groups[:-1]):
+        order = np.argsort(groups, kind="stable")
+        groups = groups[order]
+    cut = np.flatnonzero(groups[1:] != groups[:-1]) + 1
+    starts, stops = np.r_[0, cut], np.r_[cut, groups.size]
+    return order, [(groups[i], i, j) for i, j in zip(starts, stops)]
+
+
+class _Rows:
+    """One rank's rows (X (n, F), Y (n, T)) with their snapshot ids, visited one snapshot at a time."""
+
+    def __init__(self, X, Y, groups):
+        self.X = np.asarray(X)
+        self.Y = _as_2d(Y)[0]
+        self.order, self.segs = _segments(groups, self.X.shape[0])
+
+    def blocks(self):
+        """(snapshot id, X rows float64, Y rows) per snapshot, rows in their given order."""
+        for g, i, j in self.segs:
+            sel = slice(i, j) if self.order is None else self.order[i:j]
+            yield g, np.asarray(self.X[sel], dtype=np.float64), self.Y[sel]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Distributed metrics
+# --------------------------------------------------------------------------------------------------------------
+
+def _centred_sums(y_true, y_pred, comm, groups):
     yt, squeeze = _as_2d(y_true)
     yp, _ = _as_2d(y_pred)
     if yt.shape != yp.shape:
         raise ValueError(f"shape mismatch: {yt.shape} vs {yp.shape}")
-    n = float(_allreduce(comm, np.array([yt.shape[0]], dtype=np.float64))[0])
+    T = yt.shape[1]
+    order, segs = _segments(groups, yt.shape[0])
+    if order is not None:
+        yt, yp = yt[order], yp[order]
+    n = yt.shape[0] if comm is None else comm.allreduce(yt.shape[0])
     if n == 0:
         raise ValueError("no rows")
-    sums = _allreduce(comm, np.stack([yt.sum(0), yp.sum(0)]))
+    sums = exact_sum(comm, [np.stack([yt[i:j].sum(0), yp[i:j].sum(0)]) for _, i, j in segs], (2, T))
     mt, mp = sums[0] / n, sums[1] / n
-    dt, dp = yt - mt, yp - mp
-    c = _allreduce(comm, np.stack([(dt * dt).sum(0), (dp * dp).sum(0), (dt * dp).sum(0),
-                                   ((yt - yp) ** 2).sum(0)]))
-    return c, squeeze
+    terms = []
+    for _, i, j in segs:
+        dt, dp = yt[i:j] - mt, yp[i:j] - mp
+        terms.append(np.stack([(dt * dt).sum(0), (dp * dp).sum(0), (dt * dp).sum(0),
+                               ((yt[i:j] - yp[i:j]) ** 2).sum(0)]))
+    return exact_sum(comm, terms, (4, T)), squeeze
 
 
-def pearson(y_true, y_pred, comm=None):
-    """Pearson correlation per column, with rows distributed over ``comm`` (two-pass, Allreduced sums).
-
-    Parameters
-    ----------
-    y_true, y_pred : (n,) or (n, T) arrays (this rank's rows).
-    comm : mpi4py communicator or None (serial).
-
-    Returns
-    -------
-    (T,) array (shape (1,) for 1-D input); NaN for a constant column.
-    """
-    (stt, spp, stp, _), _ = _centred_sums(y_true, y_pred, comm)
+def _pearson_from(c):
+    stt, spp, stp, _ = c
     with np.errstate(invalid="ignore", divide="ignore"):
         r = stp / np.sqrt(stt * spp)
     return np.clip(r, -1.0, 1.0)
 
 
-def r2_score(y_true, y_pred, comm=None):
-    """Coefficient of determination per column (``sklearn.metrics.r2_score(..., multioutput="raw_values")``).
-
-    A constant ``y_true`` column gives 1 for a perfect prediction and 0 otherwise (sklearn's convention).
-
-    Returns
-    -------
-    (T,) array (shape (1,) for 1-D input).
-    """
-    (stt, _, _, sse), _ = _centred_sums(y_true, y_pred, comm)
+def _r2_from(c):
+    stt, _, _, sse = c
     out = np.empty_like(stt)
     nz = stt > 0
     out[nz] = 1.0 - sse[nz] / stt[nz]
@@ -224,9 +257,142 @@ def r2_score(y_true, y_pred, comm=None):
     return out
 
 
+def pearson(y_true, y_pred, comm=None, groups=None):
+    """Pearson correlation per column, with rows distributed over ``comm`` (two passes).
+
+    Parameters
+    ----------
+    y_true, y_pred : (n,) or (n, T) arrays (this rank's rows).
+    comm : mpi4py communicator or None (serial).
+    groups : (n,) int snapshot id of each row, or None.  With groups the per-snapshot sums are combined
+        exactly (:mod:`glasshpc.learn.exact`): the result is bitwise independent of how whole snapshots are
+        split over ranks.  Without, each rank's rows form one term.
+
+    Returns
+    -------
+    (T,) array (shape (1,) for 1-D input); NaN for a constant column.
+    """
+    return _pearson_from(_centred_sums(y_true, y_pred, comm, groups)[0])
+
+
+def r2_score(y_true, y_pred, comm=None, groups=None):
+    """Coefficient of determination per column (``sklearn.metrics.r2_score(..., multioutput="raw_values")``).
+
+    A constant ``y_true`` column gives 1 for a perfect prediction and 0 otherwise (sklearn's convention).
+    ``comm``, ``groups`` as in :func:`pearson`.
+
+    Returns
+    -------
+    (T,) array (shape (1,) for 1-D input).
+    """
+    return _r2_from(_centred_sums(y_true, y_pred, comm, groups)[0])
+
+
+def pearson_r2(y_true, y_pred, comm=None, groups=None):
+    """(:func:`pearson`, :func:`r2_score`) from one set of sums (collective over ``comm``)."""
+    c = _centred_sums(y_true, y_pred, comm, groups)[0]
+    return _pearson_from(c), _r2_from(c)
+
+
 # --------------------------------------------------------------------------------------------------------------
-# The estimator
+# Sufficient statistics (exact over snapshots and ranks)
 # --------------------------------------------------------------------------------------------------------------
+
+class Frame:
+    """Coordinates shared by every rank for the partial sums of one problem: shift ``sx`` (F,), ``sy`` (T,)
+    (the exact mean of the training rows), bounds ``ax`` ≥ max|x − sx|, ``ay`` ≥ max|y − sy| over every row
+    set, ``nmax`` the largest snapshot (rows), ``n_terms`` the number of snapshots, ``n`` training rows."""
+
+    def __init__(self, n, sx, sy, ax, ay, nmax, n_terms):
+        self.n, self.sx, self.sy, self.ax, self.ay = n, sx, sy, ax, ay
+        self.nmax, self.n_terms = nmax, n_terms
+
+
+def frame(comm, train, others=()):
+    """Collective. :class:`Frame` of the training rows ``train`` (:class:`_Rows`); ``others`` (e.g. held-out
+    rows) widen the bounds.  Raises ValueError (on every rank) for NaN/inf data or no training rows."""
+    F, T = train.X.shape[1], train.Y.shape[1]
+    lo = np.full(F + T, np.inf)
+    hi = np.full(F + T, -np.inf)
+    nmax, n_loc, bad = 0, 0, False
+    terms = []
+    n_groups = 0
+    for k, rows in enumerate((train,) + tuple(others)):
+        for _, xb, yb in rows.blocks():
+            v = np.concatenate([xb.sum(0), yb.sum(0)])
+            if not np.all(np.isfinite(v)):
+                bad = True
+                continue
+            if k == 0:
+                terms.append(v)
+                n_loc += xb.shape[0]
+            nmax = max(nmax, xb.shape[0])
+            n_groups += 1
+            np.minimum(lo, np.concatenate([xb.min(0), yb.min(0)]), out=lo)
+            np.maximum(hi, np.concatenate([xb.max(0), yb.max(0)]), out=hi)
+    head = np.concatenate([-lo, hi, [nmax, float(bad)]])
+    if comm is not None and comm.Get_size() > 1:
+        from mpi4py import MPI
+
+        out = np.empty_like(head)
+        comm.Allreduce(head, out, op=MPI.MAX)
+        head = out
+        n_loc, n_groups = comm.allreduce(n_loc), comm.allreduce(n_groups)
+    if head[-1] > 0:
+        raise ValueError("X or Y contains NaN or inf")
+    lo, hi, nmax = -head[:F + T], head[F + T:2 * (F + T)], int(head[-2])
+    if n_loc == 0:
+        raise ValueError("no training rows")
+    amax = np.maximum(np.abs(lo), np.abs(hi))
+    acc = ExactSum(2.0 * nmax * amax, max(n_groups, 1))
+    for v in terms:
+        acc.add(v)
+    s = allreduce_exact(comm, [acc])[0] / n_loc
+    a = np.maximum(hi - s, s - lo) * 1.001   # margin for the rounding of x - s
+    return Frame(n_loc, s[:F], s[F:], a[:F], a[F:], nmax, max(n_groups, 1))
+
+
+def binned_stats(comm, rows, bin_of, n_bins, fr, root=None):
+    """Collective. Sufficient statistics (:class:`_Stats`, in the shifted coordinates of ``fr``) of the rows of
+    each bin (e.g. fold); ``bin_of(snapshot id) -> int``.  Per-snapshot sums are combined exactly, so the result
+    is bitwise independent of how snapshots are split over ranks.  ``root=None``: on every rank; else on
+    ``root`` only (others get None).
+
+    Memory: 2 × n_bins × (F(F+1)/2 + F·T + F + 2T) float64 for the accumulators, twice that while reducing."""
+    F, T = rows.X.shape[1], rows.Y.shape[1]
+    iu = np.triu_indices(F)
+    bound = 2.0 * fr.nmax * np.concatenate([fr.ax, fr.ay, fr.ay * fr.ay, np.outer(fr.ax, fr.ax)[iu],
+                                            np.outer(fr.ax, fr.ay).ravel()])
+    accs = [ExactSum(bound, fr.n_terms) for _ in range(n_bins)]
+    cnt = np.zeros(n_bins)
+    xmin = np.full((n_bins, F), np.inf)
+    xmax = np.full((n_bins, F), -np.inf)
+    for g, xb, yb in rows.blocks():
+        k = bin_of(g)
+        xb = xb - fr.sx
+        yb = yb - fr.sy
+        xx = xb.T @ xb  # numpy dispatches A.T @ A to syrk
+        accs[k].add(np.concatenate([xb.sum(0), yb.sum(0), np.einsum("ij,ij->j", yb, yb), xx[iu],
+                                    (xb.T @ yb).ravel()]))
+        cnt[k] += xb.shape[0]
+        np.minimum(xmin[k], xb.min(0), out=xmin[k])
+        np.maximum(xmax[k], xb.max(0), out=xmax[k])
+    cnt = _allreduce(comm, cnt)
+    xmin = _allreduce(comm, xmin, op="min")
+    xmax = _allreduce(comm, xmax, op="max")
+    tot = allreduce_exact(comm, accs, root=root)
+    if tot is None:
+        return None
+    parts = []
+    for k, v in enumerate(tot):
+        a = np.cumsum([0, F, T, T, iu[0].size, F * T])
+        xx = np.empty((F, F))
+        xx[iu] = v[a[3]:a[4]]
+        xx.T[iu] = v[a[3]:a[4]]
+        parts.append(_Stats(cnt[k], v[:a[1]].copy(), v[a[1]:a[2]].copy(), v[a[2]:a[3]].copy(), xx,
+                            v[a[4]:a[5]].reshape(F, T).copy(), xmin[k], xmax[k]))
+    return parts
+
 
 class _Stats:
     """Sufficient statistics of a set of rows, in coordinates shifted by (sx, sy)."""
@@ -293,6 +459,132 @@ class _Standardised:
         w = np.einsum("ij,ajt->ait", self.vec, self.u(alphas), optimize=True)
         w[:, self.const, :] = 0.0  # exact zero (eigenvector mixing leaves ~1e-16 relative otherwise)
         return w
+
+
+def fold_sse(fd, va, alphas):
+    """(A, T) validation sum of squared errors of the fold whose training problem is ``fd``
+    (:class:`_Standardised`) on the validation statistics ``va`` (:class:`_Stats`, same frame), for each α.
+
+    One α at a time: the value for an α is the same whichever other α are computed with it."""
+    m, ym, sc = fd.mean, fd.ymean, fd.scale
+    # validation statistics re-centred at the training means, in standardised units
+    ztz = (va.xx - np.outer(va.x, m) - np.outer(m, va.x) + va.n * np.outer(m, m)) / np.outer(sc, sc)
+    ztr = (va.xy - np.outer(va.x, ym) - np.outer(m, va.y) + va.n * np.outer(m, ym)) / sc[:, None]
+    r0 = va.yy - 2.0 * ym * va.y + va.n * ym * ym  # (T,)
+    p = fd.vec.T @ ztz @ fd.vec
+    q = fd.vec.T @ ztr  # (F, T)
+    alphas = np.atleast_1d(np.asarray(alphas, dtype=np.float64))
+    out = np.empty((alphas.size, fd.c.shape[1]))
+    for a, alpha in enumerate(alphas):
+        u = fd.c / (fd.lam[:, None] + alpha)  # (F, T)
+        out[a] = r0 - 2.0 * np.einsum("ft,ft->t", u, q) + np.einsum("ft,ft->t", u, p @ u)
+    return out
+
+
+def mean_mse(sse, counts):
+    """Unweighted mean over folds of the per-fold MSE: sse list of (A, T), counts the fold row counts."""
+    acc = sse[0] / counts[0]
+    for s, n in zip(sse[1:], counts[1:]):
+        acc = acc + s / n
+    return acc / len(sse)
+
+
+class AlphaPath:
+    """The α grid with its possible edge extensions, and the rule that extends it.
+
+    ``alphas`` sorted unique (A,); when the CV optimum of some target sits on an edge (beating its neighbour by
+    more than ``edge_rtol`` relative) the grid grows by one decade at that side (same density as the grid's
+    last step; 4 per decade for a zero or single step), at most ``max_extensions`` times per side.
+    :attr:`candidates` lists every α the rule can ever ask for (so CV errors can be computed ahead, e.g. by
+    another rank); :meth:`choose` replays the rule on any ``cv_mse(alphas) -> (A, T)``."""
+
+    def __init__(self, alphas, max_extensions=6, edge_rtol=1e-6):
+        self.alphas = alphas
+        self.max_extensions = int(max_extensions)
+        self.edge_rtol = edge_rtol
+        self.lo, self.hi = [], []
+        if alphas.size > 1:
+            step = np.log10(alphas[-1] / alphas[-2]) if alphas[-2] > 0 else 0.25
+            pd_hi = max(1, int(round(1.0 / step))) if step > 0 else 4
+            step_lo = np.log10(alphas[1] / alphas[0]) if alphas[0] > 0 else np.inf
+            pd_lo = max(1, int(round(1.0 / step_lo))) if np.isfinite(step_lo) and step_lo > 0 else 4
+            cur_lo, cur_hi = alphas[0], alphas[-1]
+            for _ in range(self.max_extensions):
+                if alphas[0] > 0:
+                    self.lo.append(cur_lo * 10.0 ** (-np.arange(1, pd_lo + 1) / pd_lo))
+                    cur_lo = self.lo[-1].min()
+                self.hi.append(cur_hi * 10.0 ** (np.arange(1, pd_hi + 1) / pd_hi))
+                cur_hi = self.hi[-1].max()
+        self.candidates = np.unique(np.concatenate([alphas] + self.lo + self.hi))
+
+    def _edge_optimum(self, cv_mse):
+        """(low, high): is the optimum of some target on that edge, beating its neighbour by > edge_rtol?"""
+        if cv_mse.shape[0] < 2:
+            return False, False
+        best = np.argmin(cv_mse, axis=0)
+        tol = self.edge_rtol * np.abs(cv_mse).max(axis=0)
+        lo = np.any((best == 0) & (cv_mse[1] - cv_mse[0] > tol))
+        hi = np.any((best == cv_mse.shape[0] - 1) & (cv_mse[-2] - cv_mse[-1] > tol))
+        return bool(lo), bool(hi)
+
+    def choose(self, cv_mse_of):
+        """Replay the extension rule. Returns (alphas_ (A',), cv_mse_ (A', T), best (T,) indices into alphas_,
+        extended: bool, still_on_edge: None | 'low' | 'high')."""
+        alphas = self.alphas
+        cv_mse = cv_mse_of(alphas)
+        extended = False
+        edge = None
+        if alphas.size > 1:
+            n_lo = n_hi = 0
+            while True:
+                lo, hi = self._edge_optimum(cv_mse)
+                lo = lo and n_lo < len(self.lo)
+                hi = hi and n_hi < len(self.hi)
+                if not (lo or hi):
+                    break
+                new = []
+                if lo:
+                    new.append(self.lo[n_lo])
+                    n_lo += 1
+                if hi:
+                    new.append(self.hi[n_hi])
+                    n_hi += 1
+                new = np.concatenate(new)
+                alphas = np.concatenate([alphas, new])
+                cv_mse = np.concatenate([cv_mse, cv_mse_of(new)])
+                order = np.argsort(alphas)
+                alphas, cv_mse = alphas[order], cv_mse[order]
+                extended = True
+            lo, hi = self._edge_optimum(cv_mse)
+            edge = "low" if lo else ("high" if hi else None)
+        return alphas, cv_mse, np.argmin(cv_mse, axis=0).astype(np.int64), extended, edge
+
+    def lookup(self, table):
+        """``cv_mse_of`` reading a precomputed (len(candidates), T) table."""
+        def cv_mse_of(alphas):
+            idx = np.searchsorted(self.candidates, alphas)
+            assert np.array_equal(self.candidates[idx], alphas)
+            return table[idx]
+        return cv_mse_of
+
+
+def refit(parts, standardize, fr, alphas, best):
+    """Final model on all rows (``parts`` = the per-fold :class:`_Stats`) at ``alphas[best[t]]`` per target.
+    Returns (coef (T, F) original units, intercept (T,), mean (F,), scale (F,))."""
+    full = _Standardised(_Stats.total(parts), standardize)
+    T = best.size
+    uniq, inv = np.unique(best, return_inverse=True)
+    w_all = full.w(alphas[uniq])  # (U, F, T)
+    w = w_all[inv, :, np.arange(T)]  # (T, F)  standardised units
+    coef = w / full.scale[None, :]
+    intercept = (full.ymean + fr.sy) - coef @ (full.mean + fr.sx)
+    return coef, intercept, full.mean + fr.sx, full.scale.copy()
+
+
+def fold_problems(parts, standardize):
+    """Per fold k: the standardised training problem (all folds but k, summed in fold order)."""
+    K = len(parts)
+    return [_Standardised(_Stats.total([parts[j] for j in range(K) if j != k]), standardize) for k in range(K)]
 
 
 class GroupedRidgeCV:
@@ -386,86 +678,46 @@ class GroupedRidgeCV:
             unique_ids = np.unique(np.concatenate([np.asarray(a) for a in comm.allgather(local_ids)]))
         fold_of_id = assign_folds(unique_ids, self.n_splits, self.seed)
         K = self.n_splits
-        row_fold = fold_of_id[np.searchsorted(unique_ids, groups)] if n else np.zeros(0, dtype=np.int64)
         self.folds_ = [unique_ids[fold_of_id == k] for k in range(K)]
 
-        # ---- global shift (mean over all rows) for accurate shifted sums
-        n_tot = int(_allreduce(comm, np.array([n], dtype=np.int64))[0])
-        s = _allreduce(comm, np.concatenate([X.sum(0, dtype=np.float64), Y2.sum(0)]))
-        if not np.all(np.isfinite(s)):  # same verdict on every rank (Allreduced)
-            raise ValueError("X or Y contains NaN or inf")
-        sx, sy = s[:F] / n_tot, s[F:] / n_tot
-        self.n_rows_ = n_tot
+        def bin_of(g):
+            return int(fold_of_id[np.searchsorted(unique_ids, g)])
 
-        # ---- one pass: per-fold sufficient statistics, one Allreduce per kind
-        parts = self._fold_stats(X, Y2, row_fold, K, sx, sy, comm)
+        # ---- global shift, then one pass: per-fold sufficient statistics (exact over snapshots and ranks)
+        rows = _Rows(X, Y2, groups)
+        fr = frame(comm, rows)
+        self.n_rows_ = int(fr.n)
+        parts = binned_stats(comm, rows, bin_of, K, fr)
         for k, p in enumerate(parts):
             if p.n == 0:
                 raise ValueError(f"fold {k} has no rows")
+        folds = fold_problems(parts, self.standardize)
+        counts = [p.n for p in parts]
 
-        # ---- per-fold standardised problems, one eigh each
-        folds = []
-        for k in range(K):
-            tr = _Stats.total([parts[j] for j in range(K) if j != k])
-            folds.append(_Standardised(tr, self.standardize))
+        if self.cv_method == "gram":
+            def cv_mse_of(a):
+                return mean_mse([fold_sse(fd, va, a) for fd, va in zip(folds, parts)], counts)
+        else:
+            def cv_mse_of(a):
+                return self._direct_mse(folds, rows, bin_of, a, fr, counts, comm)
 
-        # ---- CV errors on the grid, extended at the edges when needed
-        cv_mse = self._cv_mse(folds, parts, alphas, X, Y2, row_fold, sx, sy, comm)
-        extended = False
-        if alphas.size > 1:
-            step = np.log10(alphas[-1] / alphas[-2]) if alphas[-2] > 0 else 0.25
-            per_decade_hi = max(1, int(round(1.0 / step))) if step > 0 else 4
-            step_lo = np.log10(alphas[1] / alphas[0]) if alphas[0] > 0 else np.inf
-            per_decade_lo = max(1, int(round(1.0 / step_lo))) if np.isfinite(step_lo) and step_lo > 0 else 4
-            n_lo = n_hi = 0
-            while True:
-                lo, hi = self._edge_optimum(cv_mse)
-                lo = lo and alphas[0] > 0 and n_lo < self.max_extensions
-                hi = hi and n_hi < self.max_extensions
-                if not (lo or hi):
-                    break
-                new = []
-                if lo:
-                    new.append(alphas[0] * 10.0 ** (-np.arange(1, per_decade_lo + 1) / per_decade_lo))
-                    n_lo += 1
-                if hi:
-                    new.append(alphas[-1] * 10.0 ** (np.arange(1, per_decade_hi + 1) / per_decade_hi))
-                    n_hi += 1
-                new = np.concatenate(new)
-                new_mse = self._cv_mse(folds, parts, new, X, Y2, row_fold, sx, sy, comm)
-                alphas = np.concatenate([alphas, new])
-                cv_mse = np.concatenate([cv_mse, new_mse])
-                order = np.argsort(alphas)
-                alphas, cv_mse = alphas[order], cv_mse[order]
-                extended = True
-            # every rank holds the same cv_mse (broadcast), hence the same decision; only rank 0 says it
-            loud = comm is None or comm.Get_rank() == 0
-            if extended and loud:
-                warnings.warn(f"GroupedRidgeCV: CV optimum on a grid edge; alpha grid extended to "
-                              f"[{alphas[0]:.3g}, {alphas[-1]:.3g}]", RuntimeWarning, stacklevel=2)
-            lo, hi = self._edge_optimum(cv_mse)
-            if (lo or hi) and loud:
-                warnings.warn("GroupedRidgeCV: CV optimum still on the grid edge after "
-                              f"{self.max_extensions} extension(s) ({'low' if lo else 'high'} side)",
-                              RuntimeWarning, stacklevel=2)
-        best = np.argmin(cv_mse, axis=0)
-        best = _bcast(comm, best.astype(np.int64))
+        path = AlphaPath(alphas, self.max_extensions, self.edge_rtol)
+        alphas, cv_mse, best, extended, edge = path.choose(cv_mse_of)
+        # every rank holds the same cv_mse (exact sums), hence the same decision; only rank 0 says it
+        if comm is None or comm.Get_rank() == 0:
+            _warn_grid(extended, edge, alphas, self.max_extensions, stacklevel=3)
+        best = _bcast(comm, best)
         alpha_ = alphas[best]
 
         # ---- final refit on all rows at the chosen α per target
-        full = _Standardised(_Stats.total(parts), self.standardize)
-        uniq, inv = np.unique(best, return_inverse=True)
-        w_all = full.w(alphas[uniq])  # (U, F, T)
-        w = w_all[inv, :, np.arange(T)]  # (T, F)  standardised units
-        coef = w / full.scale[None, :]
-        intercept = (full.ymean + sy) - coef @ (full.mean + sx)
+        coef, intercept, mean, scale = refit(parts, self.standardize, fr, alphas, best)
         coef = _bcast(comm, np.ascontiguousarray(coef))
         intercept = _bcast(comm, np.ascontiguousarray(intercept))
 
         self.alphas_ = alphas
         self.grid_extended_ = bool(extended)
-        self.mean_ = full.mean + sx
-        self.scale_ = full.scale.copy()
+        self.mean_ = mean
+        self.scale_ = scale
         self.n_features_in_ = F
         self._squeeze = squeeze
         if squeeze:
@@ -483,102 +735,34 @@ class GroupedRidgeCV:
         return X @ self.coef_.T + self.intercept_[None, :]
 
     # ---------------------------------------------------------------------------------------------- internals
-    def _edge_optimum(self, cv_mse):
-        """(low, high): is the optimum of some target on that edge, beating its neighbour by > edge_rtol?"""
-        if cv_mse.shape[0] < 2:
-            return False, False
-        best = np.argmin(cv_mse, axis=0)
-        tol = self.edge_rtol * np.abs(cv_mse).max(axis=0)
-        lo = np.any((best == 0) & (cv_mse[1] - cv_mse[0] > tol))
-        hi = np.any((best == cv_mse.shape[0] - 1) & (cv_mse[-2] - cv_mse[-1] > tol))
-        return bool(lo), bool(hi)
-
     @staticmethod
-    def _blocks(idx):
-        for a in range(0, idx.size, _BLOCK_ROWS):
-            yield idx[a:a + _BLOCK_ROWS]
-
-    def _fold_stats(self, X, Y, row_fold, K, sx, sy, comm):
-        F, T = X.shape[1], Y.shape[1]
-        cnt = np.zeros(K, dtype=np.float64)
-        sxv = np.zeros((K, F))
-        syv = np.zeros((K, T))
-        syy = np.zeros((K, T))
-        sxx = np.zeros((K, F, F))
-        sxy = np.zeros((K, F, T))
-        xmin = np.full((K, F), np.inf)
-        xmax = np.full((K, F), -np.inf)
-        # contiguous row blocks (no fancy-index copy when a block lies in one fold, the usual case for rows
-        # sorted by snapshot); the shifted block goes into one reused buffer
-        buf = np.empty((min(_BLOCK_ROWS, X.shape[0]), F))
-        for a in range(0, X.shape[0], _BLOCK_ROWS):
-            b = min(a + _BLOCK_ROWS, X.shape[0])
-            fb = row_fold[a:b]
-            ks = np.unique(fb)
-            for k in ks:
-                if ks.size == 1:
-                    m = b - a
-                    xb = np.subtract(X[a:b], sx, out=buf[:m])
-                    yb = Y[a:b] - sy
-                else:
-                    sel = np.flatnonzero(fb == k) + a
-                    m = sel.size
-                    xb = np.take(X, sel, axis=0, out=buf[:m]) if X.dtype == np.float64 \
-                        else np.asarray(X[sel], dtype=np.float64)
-                    xb -= sx
-                    yb = Y[sel] - sy
-                cnt[k] += m
-                sxv[k] += xb.sum(0)
-                syv[k] += yb.sum(0)
-                syy[k] += np.einsum("ij,ij->j", yb, yb)
-                sxx[k] += xb.T @ xb  # numpy dispatches A.T @ A to syrk
-                sxy[k] += xb.T @ yb
-                np.minimum(xmin[k], xb.min(0), out=xmin[k])
-                np.maximum(xmax[k], xb.max(0), out=xmax[k])
-        cnt = _allreduce(comm, cnt)
-        sxv = _allreduce(comm, sxv)
-        syv = _allreduce(comm, syv)
-        syy = _allreduce(comm, syy)
-        sxx = _allreduce(comm, sxx)
-        sxy = _allreduce(comm, sxy)
-        xmin = _allreduce(comm, xmin, op="min")
-        xmax = _allreduce(comm, xmax, op="max")
-        parts = []
-        for k in range(K):
-            xx = 0.5 * (sxx[k] + sxx[k].T)
-            parts.append(_Stats(cnt[k], sxv[k], syv[k], syy[k], xx, sxy[k], xmin[k], xmax[k]))
-        return parts
-
-    def _cv_mse(self, folds, parts, alphas, X, Y, row_fold, sx, sy, comm):
-        """Mean over folds of the validation MSE, (A, T)."""
+    def _direct_mse(folds, rows, bin_of, alphas, fr, counts, comm):
+        """Mean over folds of the validation MSE from explicit predictions, (A, T); per-snapshot SSE terms are
+        summed exactly."""
         alphas = np.asarray(alphas, dtype=np.float64)
-        A, T = alphas.size, Y.shape[1]
-        sse = np.zeros((len(folds), A, T))
-        if self.cv_method == "gram":
-            for k, (fd, va) in enumerate(zip(folds, parts)):
-                m, ym, sc = fd.mean, fd.ymean, fd.scale
-                # validation statistics re-centred at the training means, in standardised units
-                ztz = (va.xx - np.outer(va.x, m) - np.outer(m, va.x) + va.n * np.outer(m, m)) / np.outer(sc, sc)
-                ztr = (va.xy - np.outer(va.x, ym) - np.outer(m, va.y) + va.n * np.outer(m, ym)) / sc[:, None]
-                r0 = va.yy - 2.0 * ym * va.y + va.n * ym * ym  # (T,)
-                p = fd.vec.T @ ztz @ fd.vec
-                q = fd.vec.T @ ztr  # (F, T)
-                u = fd.u(alphas)  # (A, F, T)
-                pu = np.einsum("ij,ajt->ait", p, u, optimize=True)
-                sse[k] = r0[None, :] - 2.0 * np.einsum("aft,ft->at", u, q) + np.einsum("aft,aft->at", u, pu)
-        else:
-            for k, fd in enumerate(folds):
-                w = fd.w(alphas)  # (A, F, T)
-                wz = (w / fd.scale[None, :, None]).transpose(1, 0, 2).reshape(X.shape[1], A * T)
-                off = (fd.mean + sx)  # training mean, original units
-                idx = np.flatnonzero(row_fold == k)
-                loc = np.zeros((A, T))
-                for blk in self._blocks(idx):
-                    xb = X[blk].astype(np.float64, copy=False) - off
-                    r = (Y[blk] - (fd.ymean + sy))[:, None, :] - (xb @ wz).reshape(blk.size, A, T)
-                    loc += np.einsum("iat,iat->at", r, r)
-                sse[k] = loc
-            sse = _allreduce(comm, sse)
-        counts = np.array([p.n for p in parts])
-        mse = (sse / counts[:, None, None]).mean(axis=0)
-        return _bcast(comm, np.ascontiguousarray(mse))
+        A, K = alphas.size, len(folds)
+        F, T = rows.X.shape[1], rows.Y.shape[1]
+        wz, off, yoff = [], [], []
+        for fd in folds:
+            w = fd.w(alphas)  # (A, F, T)
+            wz.append((w / fd.scale[None, :, None]).transpose(1, 0, 2).reshape(F, A * T))
+            off.append(fd.mean + fr.sx)   # training mean, original units
+            yoff.append(fd.ymean + fr.sy)
+        terms = []
+        for g, xb, yb in rows.blocks():
+            k = bin_of(g)
+            r = (yb - yoff[k])[:, None, :] - ((xb - off[k]) @ wz[k]).reshape(xb.shape[0], A, T)
+            t = np.zeros((K, A, T))
+            t[k] = np.einsum("iat,iat->at", r, r)
+            terms.append(t)
+        sse = exact_sum(comm, terms, (K, A, T))
+        return mean_mse(list(sse), counts)
+
+
+def _warn_grid(extended, edge, alphas, max_extensions, stacklevel=2):
+    if extended:
+        warnings.warn(f"GroupedRidgeCV: CV optimum on a grid edge; alpha grid extended to "
+                      f"[{alphas[0]:.3g}, {alphas[-1]:.3g}]", RuntimeWarning, stacklevel=stacklevel)
+    if edge is not None:
+        warnings.warn("GroupedRidgeCV: CV optimum still on the grid edge after "
+                      f"{max_extensions} extension(s) ({edge} side)", RuntimeWarning, stacklevel=stacklevel)
