@@ -7,19 +7,36 @@ generations 0..n each) and per-particle scalars ``drcs`` (Δr^CS), ``dris`` (Δr
 (|F^net| at t = 0), ``energy`` (potential energy at t = 0), ``dw`` (local Debye–Waller factor,
 [DW]).
 
-Rows are distributed over ranks by snapshot; :class:`GroupedRidgeCV` sums Gram matrices with
-Allreduce, so the result is that of a fit on all rows whatever the rank count. All T times of one
-species share one Gram matrix.
+Parallel layout (every number is a function of the config and the data only, never of the ranks):
+
+1. statistics — rows stay where the snapshots were read (round-robin); per (feature set, species)
+   every rank accumulates its snapshots' Gram matrices per CV fold; the per-snapshot terms are
+   combined by reproducible summation (:mod:`glasshpc.learn.exact`), so the sums are bitwise the
+   same on any rank count.  All T times of one species share one Gram matrix.
+2. wave A, dealt over ranks: one task per (set, species, fold) — eigendecomposition of the fold's
+   training Gram and its validation errors on every α the grid rule can reach — and one per (set,
+   species) for the MLP baseline (the task reads its rows from the store).  Results are
+   all-gathered; every rank replays the α choice (:class:`AlphaPath`) on the same tables.
+3. wave B, dealt over ranks: the refit on all training rows per (set, species) and the feature
+   selection per (set, species, time).  Results are all-gathered.
+4. held-out ρ(t), R²(t): every rank predicts its own test rows; per-snapshot sums combined exactly.
+
+Tasks are dealt longest-first to the least-loaded rank by an estimated cost (:func:`deal`). The
+fits run with one BLAS thread per rank: a threaded BLAS sums in a thread-count dependent order.
+Memory per rank: the per-fold statistics of every (set, species) it has a task of, K·(F² + F·T)
+float64 each (≈ 12 MB per fold at F = 1200), plus 4·K·F²/2 while reducing one of them.
 """
+import heapq
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..config import DESCRIPTOR_BLOCKS
 from ..parallel import task_rng
-from .mlp import mlp_for_fit
-from .ridge import GroupedRidgeCV, pearson, r2_score, split_snapshots
-from .selection import selection_for_fit
+from .mlp import mlp_baseline
+from .ridge import (AlphaPath, _Rows, _Standardised, _Stats, _warn_grid, assign_folds, binned_stats,
+                    fold_sse, frame, frame_for, mean_mse, pearson, pearson_r2, refit, split_snapshots)
+from .selection import Problem, SelectionResult, select_one
 
 # the per-particle scalar features and the datasets holding them
 SCALAR_SOURCES = {"drcs": "states/cage/displacement", "dris": "states/inherent/displacement",
@@ -62,12 +79,17 @@ def feature_layout(fset, descriptor_names):
     return parts, names
 
 
-def _rows(parts, data, ids, species, T):
+def _rows(parts, data, ids, species, T, store=None):
+    """(X, Y, groups) of ``species`` in snapshots ``ids`` (in that order): from ``data`` (this rank's
+    snapshots), or, with ``store``, read from the store whatever is missing."""
     xs, ys, gs = [], [], []
     for s in ids:
-        if s not in data:
+        if s in data:
+            d = data[s]
+        elif store is not None:
+            d = _read_snapshot(store, s, {b for b, _ in parts})
+        else:
             continue
-        d = data[s]
         m = d["types"] == species
         blocks = [d[b][m][:, c] if c is not None else d[b][m][:, None] for b, c in parts]
         xs.append(np.concatenate(blocks, axis=1))
@@ -79,54 +101,236 @@ def _rows(parts, data, ids, species, T):
     return np.concatenate(xs), np.concatenate(ys), np.concatenate(gs)
 
 
-def fit_propensity(ctx, cfg, store, descriptor_names, n_species):
-    """Collective. Ridge fit of every feature set in ``cfg.fits.feature_sets``.
+def _read_snapshot(store, s, blocks):
+    d = {"types": store.read("snapshots/types", (s,)), "propensity": store.read("propensity", (s,))}
+    for b in blocks:
+        d[b] = store.read(f"descriptors/{b}" if b in DESCRIPTOR_BLOCKS else SCALAR_SOURCES[b], (s,))
+    return d
 
-    Returns ({feature set name: FitResult}, train snapshot ids, test snapshot ids)."""
+
+def deal(costs, size):
+    """Owner rank of each task: longest first, each to the least-loaded rank (ties: lowest rank).
+
+    A pure function of (costs, size); results never depend on it (every task is computed from its
+    identity and the gathered statistics only)."""
+    owner = [0] * len(costs)
+    heap = [(0.0, r) for r in range(size)]
+    for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        load, r = heapq.heappop(heap)
+        owner[i] = r
+        heapq.heappush(heap, (load + float(costs[i]), r))
+    return owner
+
+
+def _gather(comm, mine):
+    """Union over ranks of the {task: result} dicts (every rank gets all)."""
+    out = {}
+    for part in comm.allgather(mine):
+        out.update(part)
+    return out
+
+
+class _Problem:
+    """One (feature set, species): its columns, frame, per-fold statistics, held-out statistics."""
+
+    def __init__(self, layout, names, fr=None, parts=None, fr_te=None, te=None):
+        self.layout, self.names = layout, names
+        self.fr, self.parts, self.fr_te, self.te = fr, parts, fr_te, te
+
+
+def fit_propensity(ctx, cfg, store, descriptor_names, n_species):
+    """Collective. Ridge fit of every feature set in ``cfg.fits.feature_sets`` (module docstring:
+    the parallel layout); results bitwise identical on any number of ranks.
+
+    Returns ({feature set name: FitResult}, train snapshot ids, test snapshot ids), the same on
+    every rank."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _fit_propensity(ctx, cfg, store, descriptor_names, n_species)
+
+
+def _fit_propensity(ctx, cfg, store, descriptor_names, n_species):
+    comm = ctx.comm
     S = cfg.snapshots.count
     T = cfg.replica_steps().size
+    K = cfg.fits.cv_folds
     train, test = split_snapshots(np.arange(S), cfg.test_snapshots() / S, cfg.seed)
     needed = {b for fs in cfg.fits.feature_sets.values() for b in fs.blocks}
-    data = {}
-    for s in ctx.mine(list(range(S))):
-        d = {"types": store.read("snapshots/types", (s,)), "propensity": store.read("propensity", (s,))}
-        for b in needed:
-            d[b] = store.read(f"descriptors/{b}" if b in DESCRIPTOR_BLOCKS else SCALAR_SOURCES[b], (s,))
-        data[s] = d
+    data = {s: _read_snapshot(store, s, needed) for s in ctx.mine(list(range(S)))}
     g = cfg.fits.alphas
-    alphas = np.logspace(np.log10(g.min), np.log10(g.max), g.count)
+    path = AlphaPath(np.unique(np.logspace(np.log10(g.min), np.log10(g.max), g.count)))
+    n_cand = path.candidates.size
+    method = cfg.fits.selection.method
+    mlp_cfg = cfg.fits.mlp
+    sets = list(cfg.fits.feature_sets.items())
+    taus = [(k, sp) for k in range(len(sets)) for sp in range(n_species)]
+    probs = {}
+    for k, (name, fset) in enumerate(sets):
+        layout, names = feature_layout(fset, descriptor_names)
+        for sp in range(n_species):
+            probs[k, sp] = _Problem(layout, names)
+
+    # snapshots holding rows of each species (the folds are made from these, as GroupedRidgeCV does)
+    counts = np.zeros((S, n_species), np.int64)
+    for s, d in data.items():
+        counts[s] = np.bincount(d["types"], minlength=n_species)[:n_species]
+    counts = comm.allreduce(counts)
+
+    # ---- the task plan (pure function of the config and F)
+    def F_of(tau):
+        return len(probs[tau].names)
+    wave_a = [("cv", tau, f) for tau in taus for f in range(K)]
+    if mlp_cfg.layers:
+        wave_a += [("mlp", tau) for tau in taus]
+    wave_b = [("refit", tau) for tau in taus]
+    if method != "none":
+        wave_b += [("select", tau, t) for tau in taus for t in range(T)]
+    n_rows = {tau: int(counts[train, tau[1]].sum()) for tau in taus}
+
+    def cost(task):
+        F = F_of(task[1])
+        if task[0] == "cv":
+            return 13.0 * F ** 3 + 2.0 * F * F * n_cand * T
+        if task[0] == "refit":
+            return 9.0 * F ** 3
+        if task[0] == "select":
+            k_sel = F if method == "rfe" else min(cfg.fits.selection.max_features, F)
+            return 2.0 * F ** 3 if method == "rfe" else 4.0 * k_sel * F * F
+        w, L = mlp_cfg.width, mlp_cfg.layers
+        return 6.0 * min(n_rows[task[1]], mlp_cfg.max_rows) * (F * w + (L - 1) * w * w + w * T) \
+            * mlp_cfg.max_iter
+    owner_a = dict(zip(wave_a, deal([cost(t) for t in wave_a], ctx.size)))
+    owner_b = dict(zip(wave_b, deal([cost(t) for t in wave_b], ctx.size)))
+    mine_a = [t for t in wave_a if owner_a[t] == ctx.rank]
+    mine_b = [t for t in wave_b if owner_b[t] == ctx.rank]
+    keep = {t[1] for t in mine_a + mine_b if t[0] != "mlp"}
+
+    # ---- 1. statistics, exact over snapshots and ranks
+    folds = {}
+    for tau in taus:
+        k_set, sp = tau
+        pb = probs[tau]
+        present = train[counts[train, sp] > 0]
+        fold_of_id = assign_folds(present, K, cfg.seed)
+        folds[tau] = fold_of_id
+
+        def bin_of(s, present=present, fold_of_id=fold_of_id):
+            return int(fold_of_id[np.searchsorted(present, s)])
+
+        rows = _Rows(*_rows(pb.layout, data, train, sp, T))
+        fr = frame(comm, rows)
+        parts = binned_stats(comm, rows, bin_of, K, fr)
+        for f, p in enumerate(parts):
+            if p.n == 0:
+                raise ValueError(f"fits: feature set {sets[k_set][0]!r}, species {sp}: fold {f} "
+                                 "has no rows")
+        fr_te = te = None
+        if method != "none":
+            rows_te = _Rows(*_rows(pb.layout, data, test, sp, T))
+            fr_te = frame_for(comm, fr, rows_te)
+            te = binned_stats(comm, rows_te, lambda s: 0, 1, fr_te)[0]
+        if tau in keep:
+            pb.fr, pb.parts, pb.fr_te, pb.te = fr, parts, fr_te, te
+
+    # ---- 2. wave A: CV tables per fold, MLP baselines
+    res_a = {}
+    for task in mine_a:
+        tau = task[1]
+        pb = probs[tau]
+        if task[0] == "cv":
+            f = task[2]
+            fd = _fold_problem(pb.parts, f)
+            res_a[task] = fold_sse(fd, pb.parts[f], path.candidates)
+        else:
+            k_set, sp = tau
+            Xtr, Ytr, Gtr = _rows(pb.layout, data, train, sp, T, store)
+            Xte, Yte, _ = _rows(pb.layout, data, test, sp, T, store)
+            seed = int(task_rng(cfg.seed, "mlp", k_set, sp).integers(2 ** 31))
+            res_a[task] = mlp_baseline(Xtr, Ytr, Gtr, Xte, Yte, layers=mlp_cfg.layers,
+                                       width=mlp_cfg.width, l2=mlp_cfg.l2,
+                                       max_iter=mlp_cfg.max_iter, max_rows=mlp_cfg.max_rows,
+                                       seed=seed)
+    res_a = _gather(comm, res_a)
+
+    # every rank replays the α rule on the same tables
+    choice = {}
+    for tau in taus:
+        tables = [path.lookup(res_a["cv", tau, f]) for f in range(K)]
+        n_fold = [float(c) for c in _fold_counts(counts, train, tau[1], folds[tau], K)]
+
+        def cv_mse_of(a, tables=tables, n_fold=n_fold):
+            return mean_mse([tb(a) for tb in tables], n_fold)
+        alphas_, _, best, extended, edge = path.choose(cv_mse_of)
+        if ctx.root:   # the same decision on every rank; only rank 0 says it
+            _warn_grid(extended, edge, alphas_, path.max_extensions)
+        choice[tau] = (alphas_, best, extended)
+
+    # ---- 3. wave B: refits, feature selection
+    res_b = {}
+    sel_problems = {}
+    for task in mine_b:
+        tau = task[1]
+        pb = probs[tau]
+        alphas_, best, _ = choice[tau]
+        if task[0] == "refit":
+            coef, intercept, _, _ = refit(pb.parts, True, pb.fr, alphas_, best)
+            res_b[task] = (coef, intercept)
+        else:
+            t = task[2]
+            if tau not in sel_problems:
+                sel_problems.clear()   # one held-out problem at a time (tasks come in (set, species) order)
+                sel_problems[tau] = Problem(_Stats.total(pb.parts), pb.te, pb.fr)
+            prob = sel_problems[tau]
+            K_sel = prob.n_steps(method, cfg.fits.selection.max_features)
+            res_b[task] = select_one(prob, method, alphas_[best[t]], K_sel, t)
+    sel_problems.clear()
+    res_b = _gather(comm, res_b)
+
+    # ---- 4. held-out ρ(t), R²(t) from this rank's test rows, sums exact over snapshots and ranks
     results = {}
-    for k_set, (name, fset) in enumerate(cfg.fits.feature_sets.items()):
-        parts, names = feature_layout(fset, descriptor_names)
+    for k_set, (name, fset) in enumerate(sets):
+        names = probs[k_set, 0].names
         F = len(names)
         res = FitResult(*(np.full((n_species, T), np.nan) for _ in range(3)),
                         np.zeros((n_species, T, F)), np.zeros((n_species, T)),
                         np.zeros(n_species, bool), names)
         for sp in range(n_species):
-            Xtr, Ytr, Gtr = _rows(parts, data, train, sp, T)
-            model = GroupedRidgeCV(alphas=alphas, n_splits=cfg.fits.cv_folds, seed=cfg.seed,
-                                   comm=ctx.comm).fit(Xtr, Ytr, Gtr)
-            Xte, Yte, _ = _rows(parts, data, test, sp, T)
-            pred = model.predict(Xte) if len(Xte) else np.empty((0, T))
-            res.pearson[sp] = pearson(Yte, pred, comm=ctx.comm)
-            res.r2[sp] = r2_score(Yte, pred, comm=ctx.comm)
-            res.alpha[sp] = model.alpha_
-            res.coef[sp] = model.coef_
-            res.intercept[sp] = model.intercept_
-            res.grid_extended[sp] = model.grid_extended_
-            if cfg.fits.selection.method != "none":   # [AVG] forward / [SOFT] RFE, collective
-                res.selection.append(selection_for_fit(
-                    ctx, Xtr, Ytr, Gtr, Xte, Yte, names, cfg.fits.selection.method,
-                    cfg.fits.selection.max_features, model.alpha_))
-            seed = int(task_rng(cfg.seed, "mlp", k_set, sp).integers(2 ** 31))
-            mlp = mlp_for_fit(ctx, Xtr, Ytr, Gtr, Xte, Yte, cfg.fits.mlp, seed)
-            if mlp is not None:
+            tau = (k_set, sp)
+            alphas_, best, extended = choice[tau]
+            coef, intercept = res_b["refit", tau]
+            Xte, Yte, Gte = _rows(probs[tau].layout, data, test, sp, T)
+            pred = Xte @ coef.T + intercept[None, :] if len(Xte) else np.empty((0, T))
+            res.pearson[sp], res.r2[sp] = pearson_r2(Yte, pred, comm=comm, groups=Gte)
+            res.alpha[sp] = alphas_[best]
+            res.coef[sp] = coef
+            res.intercept[sp] = intercept
+            res.grid_extended[sp] = extended
+            if method != "none":
+                rows = [res_b["select", tau, t] for t in range(T)]
+                order, rho, r2, trr = (np.stack([r[i] for r in rows]) for i in range(4))
+                nm = [[str(names[j]) for j in row if j >= 0] for row in order]
+                res.selection.append(SelectionResult(order, rho, r2, trr, nm, method,
+                                                     alphas_[best].copy()))
+            if mlp_cfg.layers:
+                mlp = res_a["mlp", tau]
                 if res.mlp_pearson is None:
                     res.mlp_pearson = np.full((n_species, T), np.nan)
                     res.mlp_r2 = np.full((n_species, T), np.nan)
                 res.mlp_pearson[sp], res.mlp_r2[sp] = mlp.pearson, mlp.r2
         results[name] = res
     return results, train, test
+
+
+def _fold_problem(parts, f):
+    """Standardised training problem of fold ``f`` (all other folds, summed in fold order, as
+    GroupedRidgeCV does)."""
+    return _Standardised(_Stats.total([p for j, p in enumerate(parts) if j != f]), True)
+
+
+def _fold_counts(counts, train, sp, fold_of_id, K):
+    present = train[counts[train, sp] > 0]
+    return [counts[present[fold_of_id == f], sp].sum() for f in range(K)]
 
 
 def single_variable_pearson(ctx, cfg, store, n_species):
@@ -151,8 +355,10 @@ def single_variable_pearson(ctx, cfg, store, n_species):
         for sp in range(n_species):
             ys = [prop[s][:, types[s] == sp].T for s in mine] or [np.empty((0, T))]
             xs = [value[s][types[s] == sp] for s in mine] or [np.empty(0)]
+            gs = [np.full(np.count_nonzero(types[s] == sp), s) for s in mine] or [np.empty(0, int)]
             y = np.concatenate(ys)
             x = np.repeat(np.concatenate(xs)[:, None], T, axis=1)
-            rho[sp] = pearson(y, x, comm=ctx.comm)
+            # per-snapshot sums combined exactly: bitwise the same on any rank count
+            rho[sp] = pearson(y, x, comm=ctx.comm, groups=np.concatenate(gs))
         out[name] = rho
     return out

@@ -308,29 +308,24 @@ class Frame:
         self.nmax, self.n_terms = nmax, n_terms
 
 
-def frame(comm, train, others=()):
-    """Collective. :class:`Frame` of the training rows ``train`` (:class:`_Rows`); ``others`` (e.g. held-out
-    rows) widen the bounds.  Raises ValueError (on every rank) for NaN/inf data or no training rows."""
-    F, T = train.X.shape[1], train.Y.shape[1]
+def _extent(comm, rows, F, T):
+    """Global per-column min/max of (x, y), largest snapshot, number of snapshots, rows, and this rank's
+    per-snapshot (Σx, Σy) terms. Raises ValueError (on every rank) for NaN/inf."""
     lo = np.full(F + T, np.inf)
     hi = np.full(F + T, -np.inf)
-    nmax, n_loc, bad = 0, 0, False
-    terms = []
-    n_groups = 0
-    for k, rows in enumerate((train,) + tuple(others)):
-        for _, xb, yb in rows.blocks():
-            v = np.concatenate([xb.sum(0), yb.sum(0)])
-            if not np.all(np.isfinite(v)):
-                bad = True
-                continue
-            if k == 0:
-                terms.append(v)
-                n_loc += xb.shape[0]
-            nmax = max(nmax, xb.shape[0])
-            n_groups += 1
-            np.minimum(lo, np.concatenate([xb.min(0), yb.min(0)]), out=lo)
-            np.maximum(hi, np.concatenate([xb.max(0), yb.max(0)]), out=hi)
+    nmax, n_loc, bad, terms = 0, 0, False, []
+    for _, xb, yb in rows.blocks():
+        v = np.concatenate([xb.sum(0), yb.sum(0)])
+        if not np.all(np.isfinite(v)):
+            bad = True
+            continue
+        terms.append(v)
+        n_loc += xb.shape[0]
+        nmax = max(nmax, xb.shape[0])
+        np.minimum(lo, np.concatenate([xb.min(0), yb.min(0)]), out=lo)
+        np.maximum(hi, np.concatenate([xb.max(0), yb.max(0)]), out=hi)
     head = np.concatenate([-lo, hi, [nmax, float(bad)]])
+    n_groups = len(terms)
     if comm is not None and comm.Get_size() > 1:
         from mpi4py import MPI
 
@@ -340,16 +335,31 @@ def frame(comm, train, others=()):
         n_loc, n_groups = comm.allreduce(n_loc), comm.allreduce(n_groups)
     if head[-1] > 0:
         raise ValueError("X or Y contains NaN or inf")
-    lo, hi, nmax = -head[:F + T], head[F + T:2 * (F + T)], int(head[-2])
-    if n_loc == 0:
+    return -head[:F + T], head[F + T:2 * (F + T)], int(head[-2]), max(n_groups, 1), n_loc, terms
+
+
+def frame(comm, train):
+    """Collective. :class:`Frame` of the training rows ``train`` (:class:`_Rows`): the shift is their mean
+    (exact sum of the per-snapshot sums).  Raises ValueError (on every rank) for NaN/inf data or no rows."""
+    F, T = train.X.shape[1], train.Y.shape[1]
+    lo, hi, nmax, n_groups, n, terms = _extent(comm, train, F, T)
+    if n == 0:
         raise ValueError("no training rows")
-    amax = np.maximum(np.abs(lo), np.abs(hi))
-    acc = ExactSum(2.0 * nmax * amax, max(n_groups, 1))
+    acc = ExactSum(2.0 * nmax * np.maximum(np.abs(lo), np.abs(hi)), n_groups)
     for v in terms:
         acc.add(v)
-    s = allreduce_exact(comm, [acc])[0] / n_loc
+    s = allreduce_exact(comm, [acc])[0] / n
     a = np.maximum(hi - s, s - lo) * 1.001   # margin for the rounding of x - s
-    return Frame(n_loc, s[:F], s[F:], a[:F], a[F:], nmax, max(n_groups, 1))
+    return Frame(n, s[:F], s[F:], a[:F], a[F:], nmax, n_groups)
+
+
+def frame_for(comm, fr, rows):
+    """Collective. A :class:`Frame` with the shift of ``fr`` and the bounds of ``rows`` (e.g. held-out rows)."""
+    F, T = rows.X.shape[1], rows.Y.shape[1]
+    s = np.concatenate([fr.sx, fr.sy])
+    lo, hi, nmax, n_groups, n, _ = _extent(comm, rows, F, T)
+    a = np.maximum(hi - s, s - lo) * 1.001 if n else np.zeros(F + T)
+    return Frame(fr.n, fr.sx, fr.sy, a[:F], a[F:], nmax, n_groups)
 
 
 def binned_stats(comm, rows, bin_of, n_bins, fr, root=None):

@@ -3,8 +3,9 @@
 
 Reduced LJ units are irrelevant here (features are standardised); the target is e.g. the propensity (σ_AA).
 
-Everything follows from sufficient statistics summed over ranks with ``Allreduce`` (as in
-:mod:`glasshpc.learn.ridge`), so no model is ever refitted on the rows:
+Everything follows from sufficient statistics (per-snapshot sums combined exactly, as in
+:mod:`glasshpc.learn.ridge`: with snapshot ids the result is bitwise independent of the split over ranks), so no
+model is ever refitted on the rows:
 
 * training rows: mean, population std (standardisation, SCIENCE.md §4), standardised Gram ``G = ZᵀZ`` and
   ``b = Zᵀ(y − ȳ)`` (F × F and F × T);
@@ -32,11 +33,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .ridge import _allreduce
+from .ridge import _allreduce, _Rows, binned_stats, frame, frame_for
 
-__all__ = ["SelectionResult", "select_features", "write_selection", "selection_for_fit"]
-
-_BLOCK_ROWS = 16384
+__all__ = ["SelectionResult", "select_features", "write_selection", "Problem", "select_one"]
 
 
 @dataclass
@@ -63,58 +62,20 @@ class SelectionResult:
 
 # ------------------------------------------------------------------------------------------------ statistics
 
-def _sums(X, Y, sx, sy):
-    """Local sums of (x − sx), (y − sy) and their products, float64, in row blocks."""
-    F, T = X.shape[1], Y.shape[1]
-    n = np.zeros(1)
-    s_x, s_y, s_yy = np.zeros(F), np.zeros(T), np.zeros(T)
-    s_xx, s_xy = np.zeros((F, F)), np.zeros((F, T))
-    for a in range(0, X.shape[0], _BLOCK_ROWS):
-        xb = np.asarray(X[a:a + _BLOCK_ROWS], dtype=np.float64) - sx
-        yb = np.asarray(Y[a:a + _BLOCK_ROWS], dtype=np.float64) - sy
-        n[0] += xb.shape[0]
-        s_x += xb.sum(0)
-        s_y += yb.sum(0)
-        s_yy += np.einsum("ij,ij->j", yb, yb)
-        s_xx += xb.T @ xb
-        s_xy += xb.T @ yb
-    return n, s_x, s_y, s_yy, s_xx, s_xy
+class Problem:
+    """Standardised training statistics and held-out statistics (re-centred at the training means), from the
+    sufficient statistics ``tr`` (training rows) and ``te`` (held-out rows), both :class:`ridge._Stats` in the
+    shifted coordinates of ``fr`` (:class:`ridge.Frame`).  Raises ValueError for fewer than two rows on
+    either side."""
 
-
-def _reduced(comm, parts):
-    return [_allreduce(comm, p) for p in parts]
-
-
-def _as2d(Y):
-    Y = np.asarray(Y, dtype=np.float64)
-    return Y[:, None] if Y.ndim == 1 else Y
-
-
-class _Problem:
-    """Standardised training statistics and held-out statistics (re-centred at the training means)."""
-
-    def __init__(self, Xtr, Ytr, Xte, Yte, comm):
-        Ytr, Yte = _as2d(Ytr), _as2d(Yte)
-        F = Xtr.shape[1]
-        dims = _allreduce(comm, np.array([F, Ytr.shape[1], Xte.shape[1], Yte.shape[1]], np.int64), op="max")
-        mins = _allreduce(comm, np.array([F, Ytr.shape[1], Xte.shape[1], Yte.shape[1]], np.int64), op="min")
-        if not (np.all(dims == mins) and dims[0] == dims[2] and dims[1] == dims[3]):
-            raise ValueError("X_train/X_test (features) or Y_train/Y_test (targets) disagree in width, or ranks "
-                             "disagree")
-        if Xtr.shape[0] != Ytr.shape[0] or Xte.shape[0] != Yte.shape[0]:
-            raise ValueError("X and Y must have the same number of rows")
-        T = Ytr.shape[1]
-        tot = _allreduce(comm, np.concatenate([[Xtr.shape[0]], np.asarray(Xtr, np.float64).sum(0),
-                                               Ytr.sum(0)]))
-        if not np.all(np.isfinite(tot)):
-            raise ValueError("X_train or Y_train contains NaN or inf")
-        n = tot[0]
+    def __init__(self, tr, te, fr):
+        n = tr.n
         if n < 2:
             raise ValueError("need at least two training rows")
-        # two passes: exact means first, then sums about them (accurate Gram)
-        mx, my = tot[1:F + 1] / n, tot[F + 1:] / n
-        _, s_x, s_y, s_yy, s_xx, s_xy = _reduced(comm, _sums(Xtr, Ytr, mx, my))
-        gc = s_xx - np.outer(s_x, s_x) / n
+        F, T = tr.x.size, tr.y.size
+        d, dy = tr.x / n, tr.y / n                       # training mean − shift
+        mx, my = fr.sx + d, fr.sy + dy
+        gc = tr.xx - np.outer(tr.x, tr.x) / n
         gc = 0.5 * (gc + gc.T)
         var = np.clip(np.diag(gc) / n, 0.0, None)
         scale = np.sqrt(var)
@@ -122,21 +83,27 @@ class _Problem:
         scale[~self.usable] = 1.0
         self.mean, self.scale, self.ymean = mx, scale, my
         self.G = gc / np.outer(scale, scale)
-        self.b = (s_xy - np.outer(s_x, s_y) / n) / scale[:, None]
-        self.yy = s_yy - s_y * s_y / n
+        self.b = (tr.xy - np.outer(tr.x, tr.y) / n) / scale[:, None]
+        self.yy = tr.yy - tr.y * tr.y / n
         self.n = n
-        # held-out sums with z = (x − m)/s and u = y − ȳ_train
-        nt, t_x, t_y, t_yy, t_xx, t_xy = _reduced(comm, _sums(Xte, Yte, mx, my))
-        if not np.all(np.isfinite(t_xx)) or not np.all(np.isfinite(t_yy)):
-            raise ValueError("X_test or Y_test contains NaN or inf")
-        self.nt = nt[0]
-        if self.nt < 2:
+        # held-out sums with z = (x − m)/s and u = y − ȳ_train: re-centre from the shift to the training mean
+        nt = te.n
+        if nt < 2:
             raise ValueError("need at least two held-out rows")
-        zs = t_x / scale
+        self.nt = nt
+        t_x, t_y = te.x - nt * d, te.y - nt * dy
+        t_xx = te.xx - np.outer(te.x, d) - np.outer(d, te.x) + nt * np.outer(d, d)
+        t_xy = te.xy - np.outer(te.x, dy) - np.outer(d, te.y) + nt * np.outer(d, dy)
+        t_yy = te.yy - 2.0 * dy * te.y + nt * dy * dy
         A = t_xx / np.outer(scale, scale)
-        a = t_xy / scale[:, None]
-        self.A, self.a, self.zs, self.us, self.uu = 0.5 * (A + A.T), a, zs, t_y, t_yy
+        self.A, self.a, self.zs, self.us, self.uu = 0.5 * (A + A.T), t_xy / scale[:, None], t_x / scale, t_y, t_yy
         self.T = T
+        self.F = F
+
+    def n_steps(self, method, max_features):
+        """K, the number of ranked features: all usable for rfe (or no cap), else min(max_features, usable)."""
+        n_use = int(self.usable.sum())
+        return n_use if (method == "rfe" or max_features is None) else min(int(max_features), n_use)
 
     def scores(self, w, t):
         """Held-out (ρ, R²) and training correlation of the full-length coefficient vector w (zeros outside the
@@ -155,6 +122,34 @@ class _Problem:
         pp = w @ (self.G @ w)
         tr = (w @ self.b[:, t]) / np.sqrt(pp * self.yy[t]) if pp > 0 and self.yy[t] > 0 else np.nan
         return rho, r2, tr
+
+
+def _problem(X_train, Y_train, X_test, Y_test, comm, groups_train=None, groups_test=None):
+    Xtr, Xte = np.asarray(X_train), np.asarray(X_test)
+    Ytr = _as2d(Y_train)
+    Yte = _as2d(Y_test)
+    F = Xtr.shape[1]
+    dims = _allreduce(comm, np.array([F, Ytr.shape[1], Xte.shape[1], Yte.shape[1]], np.int64), op="max")
+    mins = _allreduce(comm, np.array([F, Ytr.shape[1], Xte.shape[1], Yte.shape[1]], np.int64), op="min")
+    if not (np.all(dims == mins) and dims[0] == dims[2] and dims[1] == dims[3]):
+        raise ValueError("X_train/X_test (features) or Y_train/Y_test (targets) disagree in width, or ranks "
+                         "disagree")
+    if Xtr.shape[0] != Ytr.shape[0] or Xte.shape[0] != Yte.shape[0]:
+        raise ValueError("X and Y must have the same number of rows")
+    rows_tr, rows_te = _Rows(Xtr, Ytr, groups_train), _Rows(Xte, Yte, groups_test)
+    try:
+        fr = frame(comm, rows_tr)
+        fr_te = frame_for(comm, fr, rows_te)
+    except ValueError as err:
+        raise ValueError(f"X_train/Y_train or X_test/Y_test: {err}") from None
+    tr = binned_stats(comm, rows_tr, lambda g: 0, 1, fr)[0]
+    te = binned_stats(comm, rows_te, lambda g: 0, 1, fr_te)[0]
+    return Problem(tr, te, fr)
+
+
+def _as2d(Y):
+    Y = np.asarray(Y, dtype=np.float64)
+    return Y[:, None] if Y.ndim == 1 else Y
 
 
 # ------------------------------------------------------------------------------------------------ the two methods
@@ -222,7 +217,7 @@ def _rfe(G, b, alpha, usable, prob, t):
 
 
 def select_features(X_train, Y_train, X_test, Y_test, *, method="forward", alpha=1e-3, max_features=None,
-                    names=None, comm=None):
+                    names=None, comm=None, groups_train=None, groups_test=None):
     """Rank features by greedy forward selection ([AVG]) or recursive feature elimination ([SOFT]) and report the
     held-out ρ vs the number of features, all from Gram sub-matrices (collective over ``comm``).
 
@@ -236,6 +231,8 @@ def select_features(X_train, Y_train, X_test, Y_test, *, method="forward", alpha
     max_features : int or None — forward: stop after this many; rfe: ignored (the full ranking costs O(F³)).
     names : sequence of F str or None.
     comm : mpi4py communicator or None (serial).
+    groups_train, groups_test : (n,) snapshot ids of the rows, or None.  With ids the result is bitwise
+        independent of how whole snapshots are split over ranks.
 
     Returns
     -------
@@ -251,47 +248,49 @@ def select_features(X_train, Y_train, X_test, Y_test, *, method="forward", alpha
     X_train, X_test = np.asarray(X_train), np.asarray(X_test)
     if X_train.ndim != 2 or X_test.ndim != 2:
         raise ValueError("X_train and X_test must be 2-D")
-    prob = _Problem(X_train, Y_train, X_test, Y_test, comm)
-    T, F = prob.T, prob.G.shape[0]
+    prob = _problem(X_train, Y_train, X_test, Y_test, comm, groups_train, groups_test)
+    T, F = prob.T, prob.F
     alphas = np.broadcast_to(np.asarray(alpha, dtype=np.float64), (T,)).copy()
     if np.any(alphas < 0) or not np.all(np.isfinite(alphas)):
         raise ValueError(f"alpha must be finite and >= 0, got {alpha}")
     if names is not None and len(names) != F:
         raise ValueError(f"names has {len(names)} entries for {F} features")
-    n_use = int(prob.usable.sum())
     if max_features is not None and max_features < 1:
         raise ValueError(f"max_features must be >= 1, got {max_features}")
-    K = n_use if (method == "rfe" or max_features is None) else min(int(max_features), n_use)
-    order = np.full((T, K), -1, np.int64)
-    rho, r2, trr = (np.full((T, K), np.nan) for _ in range(3))
+    K = prob.n_steps(method, max_features)
+    rows = [select_one(prob, method, alphas[t], K, t) for t in range(T)]
+    order, rho, r2, trr = (np.stack([r[i] for r in rows]) if rows else np.empty((0, K)) for i in range(4))
+    nm = None if names is None else [[str(names[j]) for j in row if j >= 0] for row in order]
+    return SelectionResult(order.astype(np.int64), rho, r2, trr, nm, method, alphas)
+
+
+def select_one(prob, method, alpha, K, t):
+    """One target ``t`` of :func:`select_features` on a :class:`Problem` (serial; the fit stage deals these
+    over ranks).  Returns (order (K,) int64, rho, r2, train_rho (K,) float64), padded with −1 / NaN."""
+    from scipy.linalg import solve_triangular
     # the loops below are matrix-vector work: BLAS threads only add synchronisation (30x slower measured on
     # a loaded 2-core node), so they run single-threaded
     from threadpoolctl import threadpool_limits
 
+    order = np.full(K, -1, np.int64)
+    rho, r2, trr = (np.full(K, np.nan) for _ in range(3))
+    F = prob.F
     with threadpool_limits(limits=1, user_api="blas"):
-        _select_loop(prob, method, alphas, K, F, T, order, rho, r2, trr)
-    nm = None if names is None else [[str(names[j]) for j in row if j >= 0] for row in order]
-    return SelectionResult(order, rho, r2, trr, nm, method, alphas)
-
-
-def _select_loop(prob, method, alphas, K, F, T, order, rho, r2, trr):
-    for t in range(T):
         if method == "forward":
-            from scipy.linalg import solve_triangular
-
-            o = _forward(prob.G, prob.b[:, t], alphas[t], prob.usable, K)
-            L = np.linalg.cholesky(prob.G[np.ix_(o, o)] + alphas[t] * np.eye(o.size)) if o.size else None
+            o = _forward(prob.G, prob.b[:, t], alpha, prob.usable, K)
+            L = np.linalg.cholesky(prob.G[np.ix_(o, o)] + alpha * np.eye(o.size)) if o.size else None
             c = solve_triangular(L, prob.b[o, t], lower=True) if o.size else None
             for k in range(o.size):
                 # w_S = L_k⁻ᵀ c_k with the leading k×k block of the Cholesky factor (c = L⁻¹ b_S is nested)
                 w = np.zeros(F)
                 w[o[:k + 1]] = solve_triangular(L[:k + 1, :k + 1], c[:k + 1], lower=True, trans="T")
-                rho[t, k], r2[t, k], trr[t, k] = prob.scores(w, t)
-            order[t, :o.size] = o
+                rho[k], r2[k], trr[k] = prob.scores(w, t)
+            order[:o.size] = o
         else:
-            elim, sc = _rfe(prob.G, prob.b[:, t], alphas[t], prob.usable, prob, t)
-            order[t, :elim.size] = elim[::-1]
-            rho[t, :elim.size], r2[t, :elim.size], trr[t, :elim.size] = sc.T
+            elim, sc = _rfe(prob.G, prob.b[:, t], alpha, prob.usable, prob, t)
+            order[:elim.size] = elim[::-1]
+            rho[:elim.size], r2[:elim.size], trr[:elim.size] = sc.T
+    return order, rho, r2, trr
 
 
 def write_selection(group, results, method):
@@ -325,18 +324,3 @@ def write_selection(group, results, method):
             for t, row in enumerate(r.names):
                 names[s, t, :len(row)] = row
     group.create_dataset("names", data=names.astype(str).astype(object), dtype=h5py.string_dtype())
-
-
-def selection_for_fit(ctx, X_train, Y_train, groups_train, X_test, Y_test, names, method, max_features,
-                      alpha):
-    """Pipeline entry point (glasshpc/learn/fits.py), one (feature set, species): collective over ctx.comm.
-
-    X_train/Y_train/groups_train are this rank's training rows (as passed to GroupedRidgeCV.fit), X_test/Y_test
-    its held-out rows; names the set's F feature names; method 'forward' | 'rfe'; alpha (T,) the α chosen per time
-    by GroupedRidgeCV (``model.alpha_``). ``groups_train`` is only checked for length (selection needs no folds).
-    Returns a :class:`SelectionResult`.
-    """
-    if len(groups_train) != len(X_train):
-        raise ValueError("groups_train and X_train disagree on the number of rows")
-    return select_features(X_train, Y_train, X_test, Y_test, method=method, alpha=alpha,
-                           max_features=max_features, names=names, comm=ctx.comm)

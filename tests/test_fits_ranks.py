@@ -1,0 +1,53 @@
+"""The fit stage (ridge, held-out ρ/R², feature selection, MLP, single-variable ρ) is bitwise the same on 1, 2
+and 3 ranks, and equals the serial library estimator (GroupedRidgeCV) on all training rows.
+
+Each run is ``[mpiexec -n P] python bench/bench_fits.py --worker OUT --size tiny`` (a synthetic data set written
+to a real Store, then glasshpc.learn.fits on real MPI); 3 ranks on 2 cores are oversubscribed (MPICH).
+"""
+import os
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+MPIEXEC = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+
+pytestmark = pytest.mark.skipif(not os.path.exists(MPIEXEC), reason="needs the venv's mpiexec")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    import bench_fits
+
+    folder = tmp_path_factory.mktemp("fits_ranks")
+    return {p: bench_fits.launch(p, str(folder / f"r{p}.npz"), "tiny", {}, timeout=600, check=(p == 1))
+            for p in (1, 2, 3)}
+
+
+def test_fits_bitwise_equal_on_1_2_3_ranks(runs):
+    one = runs[1]
+    keys = [k for k in one if k != "wall" and not k.startswith("ref/")]
+    # every kind of stored result is there (ridge, selection, MLP, single-variable ρ)
+    for kind in ("/pearson", "/r2", "/alpha", "/coef", "/intercept", "/selection/0/order", "/selection/1/rho",
+                 "/mlp_pearson", "single/drcs"):
+        assert any(kind in k for k in keys), kind
+    for p in (2, 3):
+        other = runs[p]
+        assert sorted(k for k in other if k != "wall") == sorted(keys)
+        for k in keys:
+            assert np.array_equal(one[k], other[k], equal_nan=one[k].dtype.kind == "f"), (p, k)
+    assert np.all(np.isfinite(one["init+cs+drcs/pearson"]))
+
+
+def test_fit_stage_equals_serial_estimator(runs):
+    """Dealt per-fold solves + exact sums give the bits of GroupedRidgeCV(comm=None) on all rows."""
+    one = runs[1]
+    names = {k.split("/")[1] for k in one if k.startswith("ref/")}
+    assert names == {"init", "cs", "init+cs+drcs", "g0"}
+    for name in names:
+        for sp in (0, 1):
+            ref = {key: one[f"ref/{name}/{sp}/{key}"] for key in ("coef", "intercept", "alpha", "pearson")}
+            for key, value in ref.items():
+                assert np.array_equal(one[f"{name}/{key}"][sp], value), (name, sp, key)
