@@ -187,8 +187,10 @@ def execute(cfg, yaml_text, ctx, store_mode="auto", resume=False, overwrite=Fals
         stages.descriptors_stage(ctx, cfg, store, spec)
         wall["descriptors"] = ctx.comm.bcast(time.perf_counter() - t0, root=0)
         t0 = time.perf_counter()
+        fit_phases = {}
         fits, train, test = fit_propensity(ctx, cfg, store, spec.feature_names(species),
-                                           len(species))
+                                           len(species), fit_phases)
+        ctx.log("fits (rank 0, s): " + ", ".join(f"{k} {v:.1f}" for k, v in fit_phases.items()))
         single = single_variable_pearson(ctx, cfg, store, len(species))
         wall["fits"] = ctx.comm.bcast(time.perf_counter() - t0, root=0)
         ctx.log(pearson_table(times, fits, species))

@@ -9,7 +9,8 @@ generations 0..n each) and per-particle scalars ``drcs`` (Δr^CS), ``dris`` (Δr
 
 Parallel layout (every number is a function of the config and the data only, never of the ranks):
 
-1. statistics — rows stay where the snapshots were read (round-robin); per (feature set, species)
+1. statistics — each rank reads a round-robin share of the training and of the held-out
+   snapshots from the store; per (feature set, species)
    every rank accumulates its snapshots' Gram matrices per CV fold; the per-snapshot terms are
    combined by reproducible summation (:mod:`glasshpc.learn.exact`), so the sums are bitwise the
    same on any rank count.  All T times of one species share one Gram matrix.
@@ -68,7 +69,7 @@ def feature_layout(fset, descriptor_names):
     by generation, as :meth:`DescriptorSpec.feature_names`)."""
     n_base = sum(1 for n in descriptor_names if not n.startswith("gen"))
     cols = np.arange((fset.generations + 1) * n_base)
-    parts, names = [], []
+    parts, names = [], []   # cols is always a prefix of the block's columns (_rows relies on it)
     for block in fset.blocks:
         if block in DESCRIPTOR_BLOCKS:
             parts.append((block, cols))
@@ -82,23 +83,29 @@ def feature_layout(fset, descriptor_names):
 def _rows(parts, data, ids, species, T, store=None):
     """(X, Y, groups) of ``species`` in snapshots ``ids`` (in that order): from ``data`` (this rank's
     snapshots), or, with ``store``, read from the store whatever is missing."""
-    xs, ys, gs = [], [], []
+    snaps = []
     for s in ids:
         if s in data:
-            d = data[s]
+            snaps.append((s, data[s]))
         elif store is not None:
-            d = _read_snapshot(store, s, {b for b, _ in parts})
-        else:
-            continue
-        m = d["types"] == species
-        blocks = [d[b][m][:, c] if c is not None else d[b][m][:, None] for b, c in parts]
-        xs.append(np.concatenate(blocks, axis=1))
-        ys.append(d["propensity"][:, m].T)
-        gs.append(np.full(m.sum(), s))
-    if not xs:
-        n_cols = sum(c.size if c is not None else 1 for _, c in parts)
-        return np.empty((0, n_cols)), np.empty((0, T)), np.empty(0, np.int64)
-    return np.concatenate(xs), np.concatenate(ys), np.concatenate(gs)
+            snaps.append((s, _read_snapshot(store, s, {b for b, _ in parts})))
+    widths = [c.size if c is not None else 1 for _, c in parts]
+    idx = [np.flatnonzero(d["types"] == species) for _, d in snaps]
+    n = sum(i.size for i in idx)
+    X, Y = np.empty((n, sum(widths))), np.empty((n, T))
+    G = np.empty(n, np.int64)
+    a = 0
+    for (s, d), i in zip(snaps, idx):
+        b = a + i.size
+        col = 0
+        for (block, c), w in zip(parts, widths):
+            # the columns of a descriptor block are a prefix (generations 0..g): one gather per block
+            X[a:b, col:col + w] = d[block][i, :w] if c is not None else d[block][i, None]
+            col += w
+        Y[a:b] = d["propensity"][:, i].T
+        G[a:b] = s
+        a = b
+    return X, Y, G
 
 
 def _read_snapshot(store, s, blocks):
@@ -138,26 +145,40 @@ class _Problem:
         self.fr, self.parts, self.fr_te, self.te = fr, parts, fr_te, te
 
 
-def fit_propensity(ctx, cfg, store, descriptor_names, n_species):
+def fit_propensity(ctx, cfg, store, descriptor_names, n_species, timings=None):
     """Collective. Ridge fit of every feature set in ``cfg.fits.feature_sets`` (module docstring:
     the parallel layout); results bitwise identical on any number of ranks.
 
+    ``timings``: optional dict, filled with this rank's wall time (s) of each phase ('read',
+    'statistics', 'wave A', 'wave B', 'held-out').
     Returns ({feature set name: FitResult}, train snapshot ids, test snapshot ids), the same on
     every rank."""
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1, user_api="blas"):
-        return _fit_propensity(ctx, cfg, store, descriptor_names, n_species)
+        return _fit_propensity(ctx, cfg, store, descriptor_names, n_species,
+                               {} if timings is None else timings)
 
 
-def _fit_propensity(ctx, cfg, store, descriptor_names, n_species):
+def _fit_propensity(ctx, cfg, store, descriptor_names, n_species, timings):
+    import time
+
+    clock = [time.perf_counter()]
+
+    def lap(name):
+        clock.append(time.perf_counter())
+        timings[name] = clock[-1] - clock[-2]
+
     comm = ctx.comm
     S = cfg.snapshots.count
     T = cfg.replica_steps().size
     K = cfg.fits.cv_folds
     train, test = split_snapshots(np.arange(S), cfg.test_snapshots() / S, cfg.seed)
     needed = {b for fs in cfg.fits.feature_sets.values() for b in fs.blocks}
-    data = {s: _read_snapshot(store, s, needed) for s in ctx.mine(list(range(S)))}
+    # training and held-out snapshots dealt separately: equal shares of the Gram work
+    mine = ctx.mine([int(s) for s in train]) + ctx.mine([int(s) for s in test])
+    data = {s: _read_snapshot(store, s, needed) for s in mine}
+    lap("read")
     g = cfg.fits.alphas
     path = AlphaPath(np.unique(np.logspace(np.log10(g.min), np.log10(g.max), g.count)))
     n_cand = path.candidates.size
@@ -233,6 +254,8 @@ def _fit_propensity(ctx, cfg, store, descriptor_names, n_species):
         if tau in keep:
             pb.fr, pb.parts, pb.fr_te, pb.te = fr, parts, fr_te, te
 
+    lap("statistics")
+
     # ---- 2. wave A: CV tables per fold, MLP baselines
     res_a = {}
     for task in mine_a:
@@ -252,6 +275,7 @@ def _fit_propensity(ctx, cfg, store, descriptor_names, n_species):
                                        max_iter=mlp_cfg.max_iter, max_rows=mlp_cfg.max_rows,
                                        seed=seed)
     res_a = _gather(comm, res_a)
+    lap("wave A")
 
     # every rank replays the α rule on the same tables
     choice = {}
@@ -286,6 +310,7 @@ def _fit_propensity(ctx, cfg, store, descriptor_names, n_species):
             res_b[task] = select_one(prob, method, alphas_[best[t]], K_sel, t)
     sel_problems.clear()
     res_b = _gather(comm, res_b)
+    lap("wave B")
 
     # ---- 4. held-out ρ(t), R²(t) from this rank's test rows, sums exact over snapshots and ranks
     results = {}
@@ -319,6 +344,7 @@ def _fit_propensity(ctx, cfg, store, descriptor_names, n_species):
                     res.mlp_r2 = np.full((n_species, T), np.nan)
                 res.mlp_pearson[sp], res.mlp_r2[sp] = mlp.pearson, mlp.r2
         results[name] = res
+    lap("held-out")
     return results, train, test
 
 

@@ -8,7 +8,9 @@ with the training rows' mean and population std (SCIENCE.md §4) before training
 Parallel layout: the network is small and training is sequential, so the training rows (at most ``max_rows``, a
 deterministic subsample drawn per snapshot from ``seed`` and the snapshot id) are gathered in snapshot order,
 rank 0 trains, and the fitted network is broadcast; every rank then predicts its own held-out rows and ρ, R² are
-summed over ranks. The result therefore does not depend on the number of ranks.
+summed over ranks.  In the fit stage (:mod:`glasshpc.learn.fits`) one (feature set, species) is one task: its
+rank reads every row from the store and calls :func:`mlp_baseline` with ``comm=None``, so the result is bitwise
+the same on any rank count.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import numpy as np
 
 from .ridge import _allreduce, pearson, r2_score
 
-__all__ = ["MLPResult", "mlp_baseline", "mlp_for_fit"]
+__all__ = ["MLPResult", "mlp_baseline"]
 
 
 @dataclass
@@ -120,15 +122,3 @@ def mlp_baseline(X_train, Y_train, groups_train, X_test, Y_test, *, layers=2, wi
         else np.empty((0, T))
     return MLPResult(pearson(Yte, pred, comm=comm), r2_score(Yte, pred, comm=comm), int(n_used),
                      int(model.n_iter_), tuple(model.hidden_layer_sizes))
-
-
-def mlp_for_fit(ctx, X_train, Y_train, groups_train, X_test, Y_test, mlp_cfg, seed):
-    """Pipeline entry point (glasshpc/learn/fits.py), one (feature set, species): collective over ctx.comm.
-
-    ``mlp_cfg`` is ``cfg.fits.mlp`` (layers, width, l2, max_iter, max_rows); returns None when layers == 0 (off).
-    """
-    if mlp_cfg.layers == 0:
-        return None
-    return mlp_baseline(X_train, Y_train, groups_train, X_test, Y_test, layers=mlp_cfg.layers,
-                        width=mlp_cfg.width, l2=mlp_cfg.l2, max_iter=mlp_cfg.max_iter, max_rows=mlp_cfg.max_rows,
-                        seed=seed, comm=ctx.comm)

@@ -207,6 +207,7 @@ class _Rows:
         self.X = np.asarray(X)
         self.Y = _as_2d(Y)[0]
         self.order, self.segs = _segments(groups, self.X.shape[0])
+        self.extents = None   # per snapshot (min, max) of x, cached by the first pass (_extent)
 
     def blocks(self):
         """(snapshot id, X rows float64, Y rows) per snapshot, rows in their given order."""
@@ -314,7 +315,10 @@ def _extent(comm, rows, F, T):
     lo = np.full(F + T, np.inf)
     hi = np.full(F + T, -np.inf)
     nmax, n_loc, bad, terms = 0, 0, False, []
+    rows.extents = []
     for _, xb, yb in rows.blocks():
+        ext = (xb.min(0), xb.max(0))
+        rows.extents.append(ext)
         v = np.concatenate([xb.sum(0), yb.sum(0)])
         if not np.all(np.isfinite(v)):
             bad = True
@@ -322,8 +326,8 @@ def _extent(comm, rows, F, T):
         terms.append(v)
         n_loc += xb.shape[0]
         nmax = max(nmax, xb.shape[0])
-        np.minimum(lo, np.concatenate([xb.min(0), yb.min(0)]), out=lo)
-        np.maximum(hi, np.concatenate([xb.max(0), yb.max(0)]), out=hi)
+        np.minimum(lo, np.concatenate([ext[0], yb.min(0)]), out=lo)
+        np.maximum(hi, np.concatenate([ext[1], yb.max(0)]), out=hi)
     head = np.concatenate([-lo, hi, [nmax, float(bad)]])
     n_groups = len(terms)
     if comm is not None and comm.Get_size() > 1:
@@ -377,16 +381,18 @@ def binned_stats(comm, rows, bin_of, n_bins, fr, root=None):
     cnt = np.zeros(n_bins)
     xmin = np.full((n_bins, F), np.inf)
     xmax = np.full((n_bins, F), -np.inf)
-    for g, xb, yb in rows.blocks():
+    for j, (g, xb, yb) in enumerate(rows.blocks()):
         k = bin_of(g)
+        # min/max of the shifted x from the first pass: x ↦ fl(x − s) is monotonic, so this is exact
+        lo, hi = rows.extents[j] if rows.extents is not None else (xb.min(0), xb.max(0))
         xb = xb - fr.sx
         yb = yb - fr.sy
         xx = xb.T @ xb  # numpy dispatches A.T @ A to syrk
         accs[k].add(np.concatenate([xb.sum(0), yb.sum(0), np.einsum("ij,ij->j", yb, yb), xx[iu],
                                     (xb.T @ yb).ravel()]))
         cnt[k] += xb.shape[0]
-        np.minimum(xmin[k], xb.min(0), out=xmin[k])
-        np.maximum(xmax[k], xb.max(0), out=xmax[k])
+        np.minimum(xmin[k], lo - fr.sx, out=xmin[k])
+        np.maximum(xmax[k], hi - fr.sx, out=xmax[k])
     cnt = _allreduce(comm, cnt)
     xmin = _allreduce(comm, xmin, op="min")
     xmax = _allreduce(comm, xmax, op="max")
