@@ -112,6 +112,8 @@ def exact_sum(comm, terms, shape):
     amax = np.zeros(shape)
     for t in local:
         np.maximum(amax, np.abs(t), out=amax)   # NaN propagates
+    if not np.all(np.isfinite(amax)):
+        amax[...] = np.inf   # inf survives MPI.MAX (NaN may not): every rank raises below
     n_terms = len(local)
     if comm is not None and comm.Get_size() > 1:
         from mpi4py import MPI
