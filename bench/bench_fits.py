@@ -9,7 +9,9 @@ per-particle scalars and a propensity linear in a few features plus noise, each 
 (seed, snapshot) so the data do not depend on the rank count.  It is written to a real Store (shards) by the
 ranks of each run, then ``fit_propensity`` + ``single_variable_pearson`` are timed between two barriers.
 
-Efficiency = t(1 rank) / (2 · t(2 ranks)), best of ``--repeats`` alternated runs each; also the CPU-time
+Efficiency = t(1 rank) / (2 · t(2 ranks)), best of ``--repeats`` alternated runs each, next to the same ratio
+for a reference measured in the same run: the fits' kind of BLAS work (syrk, eigh) in 1 process vs 2 concurrent
+independent processes — what this machine gives two ranks at best right now; also the CPU-time
 efficiency (1-rank CPU seconds / 2-rank CPU seconds summed over ranks; MPICH busy-waits, so idle ranks and
 duplicated work count, time taken by other processes on a shared machine does not).  The script also checks
 that the results of both rank counts are bitwise equal.  ``--worker OUT.npz`` is one run (used by the
@@ -190,10 +192,31 @@ def _save(out, cfg, store, fits, train, test, single, wall, check, ctx, phases):
           f"{[len(r.feature_names) for r in fits.values()]}", flush=True)
 
 
-def launch(ranks, out, size, over, timeout=1800, check=False):
+def ceiling_worker(out):
+    """The same kind of BLAS work as the fits (Gram syrk of one snapshot, eigh), no communication: what two
+    independent processes get from this machine right now."""
+    from mpi4py import MPI
+    from threadpoolctl import threadpool_limits
+
+    comm = MPI.COMM_WORLD
+    rng = np.random.default_rng(comm.Get_rank())
+    a = rng.standard_normal((1600, 400))
+    comm.Barrier()
+    t0 = time.perf_counter()
+    with threadpool_limits(limits=1, user_api="blas"):
+        for _ in range(24):   # ≈ 3 s: long enough to see the machine's load like a fits run does
+            g = a.T @ a
+            np.linalg.eigh(g)
+    wall = comm.reduce(time.perf_counter() - t0, op=MPI.MAX, root=0)
+    if comm.Get_rank() == 0:
+        np.savez(out, wall=np.array(wall))
+
+
+def launch(ranks, out, size, over, timeout=1800, check=False, ceiling=False):
     """Run one worker on ``ranks`` ranks; returns the loaded results (dict of arrays)."""
     mpiexec = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", out, "--size", size]
+    cmd = [sys.executable, os.path.abspath(__file__), "--ceiling" if ceiling else "--worker", out,
+           "--size", size]
     for k, v in over.items():
         cmd += ["--set", f"{k}={v}"]
     if check:
@@ -210,6 +233,7 @@ def launch(ranks, out, size, over, timeout=1800, check=False):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--worker", metavar="OUT.npz", help="run once under the current MPI launch")
+    ap.add_argument("--ceiling", metavar="OUT.npz", help="run the BLAS reference once (no communication)")
     ap.add_argument("--size", default="realistic", choices=sorted(SIZES))
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help=f"override a size parameter ({', '.join(SIZES['realistic'])})")
@@ -224,13 +248,20 @@ def main(argv=None):
     if args.worker:
         worker(args.worker, args.size, over, args.check_serial)
         return
+    if args.ceiling:
+        ceiling_worker(args.ceiling)
+        return
     params = dict(SIZES[args.size], **over)
     print(f"# bench_fits: {params}, best of {args.repeats} (machine shared: quote the ratio)", flush=True)
     best = {1: np.inf, 2: np.inf}
     best_cpu = {1: np.inf, 2: np.inf}
+    best_ref = {1: np.inf, 2: np.inf}
     res = {}
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(args.repeats):
+            for ranks in (1, 2):
+                r = launch(ranks, os.path.join(tmp, f"c{ranks}.npz"), args.size, {}, ceiling=True)
+                best_ref[ranks] = min(best_ref[ranks], float(r["wall"]))
             for ranks in (1, 2):
                 r = launch(ranks, os.path.join(tmp, f"r{ranks}.npz"), args.size, over)
                 best[ranks] = min(best[ranks], float(r["wall"]))
@@ -241,6 +272,10 @@ def main(argv=None):
     same = all(np.array_equal(res[1][k], res[2][k]) for k in res[1] if k not in ("wall", "phases", "cpu"))
     print(f"fit stage best: 1 rank {best[1]:.2f} s, 2 ranks {best[2]:.2f} s, speed-up {best[1] / best[2]:.2f}, "
           f"efficiency {best[1] / (2 * best[2]):.2f}; results bitwise equal: {same}")
+    ceil = best_ref[1] / best_ref[2]
+    print(f"reference (same BLAS work per process, no communication): 1 process {best_ref[1]:.2f} s, "
+          f"2 concurrent {best_ref[2]:.2f} s -> this machine's ceiling for 2 ranks: efficiency {ceil:.2f}; "
+          f"fit stage relative to it: {best[1] / (2 * best[2]) / ceil:.2f}")
     # CPU seconds summed over ranks (MPICH busy-waits, so waiting counts as work): duplicated work and
     # idle ranks lower this ratio, time lost to other processes on a shared machine does not
     print(f"CPU-time efficiency (1-rank CPU / 2-rank total CPU, best of each): "
