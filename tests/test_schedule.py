@@ -109,15 +109,6 @@ def _datasets(path):
     return out
 
 
-def _fits_bitwise():
-    """True once the fits are bitwise rank-count independent (issue 16 item 6, h-fits)."""
-    try:
-        from glasshpc.learn import ridge
-    except ImportError:  # pragma: no cover
-        return False
-    return bool(getattr(ridge, "BITWISE_RANK_INDEPENDENT", False))
-
-
 def _assert_bitwise(a_path, b_path):
     a, b = _datasets(a_path), _datasets(b_path)
     assert a.keys() == b.keys()
@@ -125,10 +116,7 @@ def _assert_bitwise(a_path, b_path):
     for name in a:
         if a[name].dtype.kind in "OSU":
             assert list(a[name]) == list(b[name]), name
-        elif name.startswith("fits/") and not _fits_bitwise():   # until the fits are bitwise
-            np.testing.assert_allclose(a[name], b[name], rtol=1e-8, atol=1e-11, err_msg=name)
-            continue
-        else:
+        else:                                   # fits included (exact sums, dealt solves)
             assert np.array_equal(a[name], b[name], equal_nan=a[name].dtype.kind == "f"), name
         compared += 1
     assert compared >= 20
