@@ -20,7 +20,8 @@ Parallel layout (every number is a function of the config and the data only, nev
    all-gathered; every rank replays the α choice (:class:`AlphaPath`) on the same tables.
 3. wave B, dealt over ranks: the refit on all training rows per (set, species) and the feature
    selection per (set, species, time).  Results are all-gathered.
-4. held-out ρ(t), R²(t): every rank predicts its own test rows; per-snapshot sums combined exactly.
+4. held-out ρ(t), R²(t): every rank predicts its own test rows, one snapshot at a time;
+   per-snapshot sums combined exactly.
 
 Tasks are dealt longest-first to the least-loaded rank by an estimated cost (:func:`deal`). The
 fits run with one BLAS thread per rank: a threaded BLAS sums in a thread-count dependent order.
@@ -325,7 +326,7 @@ def _fit_propensity(ctx, cfg, store, descriptor_names, n_species, timings):
             alphas_, best, extended = choice[tau]
             coef, intercept = res_b["refit", tau]
             Xte, Yte, Gte = _rows(probs[tau].layout, data, test, sp, T)
-            pred = Xte @ coef.T + intercept[None, :] if len(Xte) else np.empty((0, T))
+            pred = _predict(Xte, Gte, coef, intercept)
             res.pearson[sp], res.r2[sp] = pearson_r2(Yte, pred, comm=comm, groups=Gte)
             res.alpha[sp] = alphas_[best]
             res.coef[sp] = coef
@@ -346,6 +347,16 @@ def _fit_propensity(ctx, cfg, store, descriptor_names, n_species, timings):
         results[name] = res
     lap("held-out")
     return results, train, test
+
+
+def _predict(X, groups, coef, intercept):
+    """X @ coefᵀ + intercept, one snapshot at a time: the rounding of a BLAS product can depend on
+    its number of rows, and a snapshot's rows are the same matrix on any rank count."""
+    pred = np.empty((X.shape[0], coef.shape[0]))
+    cut = np.flatnonzero(np.diff(groups)) + 1
+    for a, b in zip(np.r_[0, cut], np.r_[cut, X.shape[0]]):
+        pred[a:b] = X[a:b] @ coef.T + intercept[None, :]
+    return pred
 
 
 def _fold_problem(parts, f):
