@@ -62,7 +62,10 @@ def plan(cfg, ranks, store_mode):
         "dynamics": (R * T * N * (3 * 4 + 3 * 8) if "iso/displacements" in layout
                      else T * N * 3 * 24),
         "descriptors": N * F * 8 * 3 + N * 200 * 32,
-        "fits": per * N * (F * 8 * 2 + T * 8) + 4 * F * F * 8 * max(1, n_species),
+        # rows of a rank's snapshots for one (set, species), plus the per-fold statistics
+        # K·(F² + F·T) of every (set, species) a rank has a solve for (learn/fits.py)
+        "fits": (per * N * (F * 8 * 2 + T * 8) + len(cfg.fits.feature_sets) * n_species
+                 * (cfg.fits.cv_folds + 1) * (F * F + F * T) * 8),
     }
     if cfg.cage.enabled:
         mem["cage"] = N * 1024 + cfg.cage.chains * N * 3 * 8
