@@ -103,6 +103,16 @@ class MDConfig:
     melt_time: float = _f(10.0, "NVT melt duration (τ)", lo=0.0)
     nvt_time: float = _f(100.0, "NVT (Nosé–Hoover) duration at T (τ)", lo=0.0)
     nve_time: float = _f(200.0, "NVE equilibration after NVT (τ); papers: ≥ 10 τ_α", lo=0.0)
+    suffix: str = _f("auto", "LAMMPS accelerator styles (glasshpc/md/accel.py): 'none' = plain "
+                             "styles; 'opt' (OPT), 'omp' (OPENMP, 1 thread per rank), 'intel' "
+                             "(INTEL, double precision), 'kk' (KOKKOS, 1 thread), 'gpu' (GPU) = "
+                             "that package's variant of every style that has one (refused if "
+                             "the build lacks it); 'auto' = the first of intel, opt, omp that "
+                             "the build has for the model's pair/bond styles and that "
+                             "reproduces the plain energies and forces to 1e-10 relative, "
+                             "else none (decided once per run, recorded in /provenance and "
+                             "reused by --resume). Hard spheres (EDMD) ignore it",
+                     choices=("auto", "none", "opt", "omp", "intel", "kk", "gpu"))
 
 
 @dataclass(frozen=True)

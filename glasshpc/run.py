@@ -22,6 +22,7 @@ from .learn.fits import fit_propensity, single_variable_pearson
 from .learn.selection import write_selection
 from .dynamics import BALLISTIC_END_DEFINITION, ballistic_end, tau_alpha
 from .states.chains import chain_reliability
+from .md.accel import resolve_suffix
 from .models import get_model
 from .parallel import MPI, Context
 from .runlock import LockHeld
@@ -82,9 +83,11 @@ def plan_text(cfg, ctx):
     return "\n".join(lines)
 
 
-def write_provenance(h5, yaml_text, ctx, store, wall, lmp_log, species):
-    """/provenance attrs (input, versions, ranks, host, command, stage times, LAMMPS commands) and
-    the file's species and units attrs: how the file was made."""
+def write_provenance(h5, yaml_text, ctx, store, wall, lmp_log, species, suffix=None):
+    """/provenance attrs (input, versions, ranks, host, command, stage times, LAMMPS commands,
+    ``md_suffix`` = the LAMMPS suffix used and ``md_suffix_check`` = JSON of the choice and its
+    measured deviation from the plain styles, from ``suffix`` = glasshpc.md.accel.resolve_suffix's
+    info) and the file's species and units attrs: how the file was made."""
     p = h5.create_group("provenance")
     p.attrs["config_yaml"] = yaml_text
     p.attrs["versions"] = json.dumps(versions())
@@ -95,6 +98,9 @@ def write_provenance(h5, yaml_text, ctx, store, wall, lmp_log, species):
     p.attrs["command"] = " ".join(sys.argv)
     p.attrs["stage_seconds"] = json.dumps(wall)
     p.attrs["lammps_commands"] = "\n".join(lmp_log)
+    if suffix is not None:
+        p.attrs["md_suffix"] = suffix["suffix"]
+        p.attrs["md_suffix_check"] = json.dumps(suffix)
     h5.attrs["species"] = np.array(species, dtype="S")
     h5.attrs["units"] = "reduced LJ units of species A"
 
@@ -130,6 +136,8 @@ def execute(cfg, yaml_text, ctx, store_mode="auto", resume=False, overwrite=Fals
     cfg, note = resolve_engine_ranks(cfg, ctx, resume)   # 'auto' → K before the config is hashed
     if note:
         ctx.log(note)
+    # before the store: the resolved suffix is part of the config a resume must match
+    cfg, suffix = resolve_suffix(cfg, ctx, resume=resume)
     spec0 = stages.descriptor_spec(cfg, 2.0)   # feature count does not depend on r_generation
     store = Store(cfg.output, ctx, stages.layout(cfg, spec0.n_features), mode=store_mode,
                   resume=resume, overwrite=overwrite, config=cluster.normalised_config(cfg))
@@ -234,7 +242,7 @@ def execute(cfg, yaml_text, ctx, store_mode="auto", resume=False, overwrite=Fals
                     f["mlp_pearson"], f["mlp_r2"] = res.mlp_pearson, res.mlp_r2
             for name, rho in single.items():
                 g[f"single/{name}"] = rho
-            write_provenance(h5, yaml_text, ctx, store, wall, lmp_log, species)
+            write_provenance(h5, yaml_text, ctx, store, wall, lmp_log, species, suffix)
 
         store.finalize(extra)
         ctx.log(f"wrote {os.path.abspath(cfg.output)}")
@@ -330,6 +338,11 @@ def _main(args, ctx, refuse):
                 + (" (ignored: --ignore-resources)" if args.ignore_resources else
                    " — a run of this config would be refused"))
     if args.dry_run:
+        try:
+            if res["memory_fits"]:   # the suffix check melts the configured system briefly
+                cfg, _ = resolve_suffix(cfg, ctx)
+        except config_mod.ConfigError as err:
+            return refuse(err)
         ctx.log(plan_text(cfg, ctx))
         ctx.log(resources.text(res, ctx.size))
         if not res["memory_fits"]:   # the calibration would allocate what the node lacks
@@ -358,7 +371,8 @@ def _main(args, ctx, refuse):
             ctx.comm.Abort(1)     # the other ranks may be waiting for this one in a collective
         _HARD_EXIT[0] = True
         return 1
-    except (FileExistsError, PermissionError, ResumeError, LockHeld, EngineRanksError) as err:
+    except (FileExistsError, PermissionError, ResumeError, LockHeld, EngineRanksError,
+            config_mod.ConfigError) as err:
         return refuse(err)
     except interrupt.Interrupted as sig:
         if ctx.root:

@@ -161,7 +161,7 @@ class _Engines:
         if self.engine is None:
             from .md.lammps import LammpsEngine
             self.engine = LammpsEngine(get_model(self.cfg.model.name), self.cfg.md.timestep,
-                                       self.cfg.md.skin)
+                                       self.cfg.md.skin, suffix=self.cfg.md.suffix)
         return self.engine
 
 
@@ -440,7 +440,9 @@ def execute_softness(cfg, yaml_text, ctx, store_mode="auto", resume=False, overw
     import h5py
 
     from .store import Store
+    from .md.accel import resolve_suffix
     t_start = time.perf_counter()
+    cfg, suffix = resolve_suffix(cfg, ctx, resume=resume)   # before the store: part of the config
     pl = Plan(cfg)
     store = Store(cfg.output, ctx, pl.layout(), mode=store_mode, resume=resume,
                   overwrite=overwrite, config=dataclasses.asdict(cfg))
@@ -528,7 +530,7 @@ def execute_softness(cfg, yaml_text, ctx, store_mode="auto", resume=False, overw
                 mg["jsd_vs_svc"] = res["jsd_vs_svc"]
                 mg.attrs["b_best"], mg.attrs["sigma_tr"] = res["b_best"], res["sigma_tr"]
             from .run import write_provenance
-            write_provenance(h5, yaml_text, ctx, store, wall, lmp_log, species)
+            write_provenance(h5, yaml_text, ctx, store, wall, lmp_log, species, suffix)
 
         store.finalize(extra)
         ctx.log(f"wrote {os.path.abspath(cfg.output)}")

@@ -163,7 +163,8 @@ def snapshots(ctx, cfg, store, engines):
                 + (f" ({ctx.size - groups.count * K} ranks idle in this stage)"
                    if ctx.size % K else ""))
         if groups.comm is not None:
-            engine = GroupLammpsEngine(get_model(m.name), md.timestep, md.skin, groups.comm)
+            engine = GroupLammpsEngine(get_model(m.name), md.timestep, md.skin, groups.comm,
+                                       suffix=md.suffix)
     writer = groups is None or groups.leader
 
     def work(s):

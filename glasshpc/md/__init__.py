@@ -15,7 +15,9 @@ def make_engine(cfg):
 
     kob_andersen, harmonic_spheres → LammpsEngine; bead_spring → BeadSpringEngine (chains of
     ``model.chain_length``); hard_spheres → EdmdEngine (Lubachevsky–Stillinger growth rate
-    ``model.growth_rate``). Raises KeyError for an unknown model name."""
+    ``model.growth_rate``). LAMMPS engines use ``cfg.md.suffix``, which must be resolved
+    (:func:`glasshpc.md.accel.resolve_suffix`; EDMD ignores it). Raises KeyError for an unknown
+    model name, ValueError for ``md.suffix: auto`` not yet resolved."""
     from ..models import get_model
     m = cfg.model
     model = get_model(m.name)
@@ -27,6 +29,7 @@ def make_engine(cfg):
         from .bead_spring import BeadSpringEngine
         if m.chain_length is not None:
             model = dataclasses.replace(model, chain_length=m.chain_length)
-        return BeadSpringEngine(model, cfg.md.timestep, cfg.md.skin)
+        return BeadSpringEngine(model, cfg.md.timestep, cfg.md.skin,
+                               suffix=cfg.md.suffix)
     from .lammps import LammpsEngine
-    return LammpsEngine(model, cfg.md.timestep, cfg.md.skin)
+    return LammpsEngine(model, cfg.md.timestep, cfg.md.skin, suffix=cfg.md.suffix)

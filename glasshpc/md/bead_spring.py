@@ -140,12 +140,13 @@ def bond_lengths(positions, box, bonds):
 class BeadSpringEngine(LammpsEngine):
     """LammpsEngine for glasshpc.models.bead_spring.BeadSpringModel (chains with harmonic bonds).
 
-    Parameters as LammpsEngine; ``soft_prefactor`` A of the push-off ``pair_style soft``
+    Parameters as LammpsEngine (``suffix`` included); ``soft_prefactor`` A of the push-off ``pair_style soft``
     (E = A[1 + cos(π r/r_c)], r_c = 2^(1/6) σ), ``d_min`` the closest approach of non-bonded
     monomers when the chains are grown."""
 
-    def __init__(self, model, timestep, skin=0.3, soft_prefactor=60.0, d_min=0.75):
-        super().__init__(model, timestep, skin)
+    def __init__(self, model, timestep, skin=0.3, soft_prefactor=60.0, d_min=0.75,
+                 suffix="none"):
+        super().__init__(model, timestep, skin, suffix=suffix)
         self.soft_prefactor = float(soft_prefactor)
         self.d_min = float(d_min)
 

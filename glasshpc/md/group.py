@@ -49,8 +49,8 @@ class GroupLammpsEngine(LammpsEngine):
     Same interface; ``positions``, ``velocities`` and ``forces`` gather every atom (ordered by
     particle index) on every rank of the group."""
 
-    def __init__(self, model, timestep, skin, comm):
-        super().__init__(model, timestep, skin, comm=comm)
+    def __init__(self, model, timestep, skin, comm, suffix="none"):
+        super().__init__(model, timestep, skin, comm=comm, suffix=suffix)
 
     def prepare_snapshot(self, *args, **kwargs):
         """As :meth:`LammpsEngine.prepare_snapshot`, on a freshly built system: with domain

@@ -58,16 +58,22 @@ class LammpsEngine:
     skin : float, neighbour-list skin (σ); STACK.md measured 0.3 fastest for KA
     comm : MPI communicator of the instance (default COMM_SELF; an engine group's communicator
         for glasshpc.md.group.GroupLammpsEngine)
+    suffix : str, LAMMPS accelerator suffix (``md.suffix`` resolved, see glasshpc/md/accel.py):
+        'none' (plain styles), 'opt', 'omp' (one thread), 'intel', 'kk', 'gpu'; kept through
+        ``clear``. Raises ValueError for 'auto' or an unknown name.
     """
 
-    def __init__(self, model, timestep, skin=0.3, comm=None):
+    def __init__(self, model, timestep, skin=0.3, comm=None, suffix="none"):
+        from .accel import cmdargs
         lammps = import_lammps()
         self.model = model
         self.timestep = float(timestep)
         self.skin = float(skin)
-        self.lmp = lammps.lammps(cmdargs=["-screen", "none", "-log", "none", "-nocite"],
+        self.suffix = suffix
+        extra = cmdargs(suffix)
+        self.lmp = lammps.lammps(cmdargs=["-screen", "none", "-log", "none", "-nocite", *extra],
                                  comm=MPI.COMM_SELF if comm is None else comm)
-        self.log = []
+        self.log = [f"# command line: {' '.join(extra)}"] if extra else []
         self._signature = None
         self._img = {k: int(self.lmp.extract_setting(k))
                      for k in ("IMGMASK", "IMGMAX", "IMGBITS", "IMG2BITS")}
