@@ -16,6 +16,7 @@ from mpi4py import MPI
 from conftest import mutate_yaml
 from glasshpc import cluster, config, stages
 from glasshpc.io.snapshots import InputError, check_overlaps
+from glasshpc.md.accel import resolve_suffix
 from glasshpc.parallel import Context
 from glasshpc.run import main
 from glasshpc.store import Store
@@ -241,6 +242,7 @@ def test_resume_without_partial(tiny_yaml, tmp_path, capsys):
 def _make_partial(tiny_yaml, tmp_path, write=False):
     """A real unfinished run's folder: run.json and (optionally) one committed task."""
     cfg = config.parse(tiny_yaml(str(tmp_path / "out.h5")))
+    cfg, _ = resolve_suffix(cfg, Context(MPI.COMM_SELF))   # as run.execute: md.suffix resolved
     layout = stages.layout(cfg, stages.descriptor_spec(cfg, 2.0).n_features)
     st = Store(cfg.output, Context(MPI.COMM_SELF), layout, mode="shards",
                config=cluster.normalised_config(cfg))

@@ -148,6 +148,7 @@ def test_engine_factory_chain_length():
     text = """
 output: x.h5
 model: {name: bead_spring, n_particles: 400, density: 1.02, temperature: 0.6, chain_length: 4}
+md: {suffix: omp}
 snapshots: {count: 5}
 iso: {replicas: 2, times: {start: 0.01, stop: 1.0, count: 3}}
 descriptors: {radial: [{r_min: 0.8, r_max: 2.0, count: 4, delta: 0.1}],
@@ -157,7 +158,7 @@ fits: {cv_folds: 3}
     eng = make_engine(config.parse(text))
     try:
         assert isinstance(eng, BeadSpringEngine) and eng.model.chain_length == 4
-        assert eng.timestep == 0.005
+        assert eng.timestep == 0.005 and eng.suffix == "omp"   # md.suffix reaches the engine
     finally:
         eng.close()
     ka = make_engine(config.parse(text.replace(
