@@ -182,6 +182,7 @@ def test_sweep_writes_softness_and_barriers(tmp_path):
         np.testing.assert_allclose(np.diag(D), 1.0)
         assert f["barriers/svc"].attrs["sigma_tr"] > 0
         assert "fix traj all nvt" in f["provenance"].attrs["lammps_commands"]
+        assert f["provenance"].attrs["md_suffix"] in ("none", "opt", "omp", "intel")  # auto resolved
     assert set(summary["barriers"]) >= {"svc", "svc_S", "ridge"}
 
 
