@@ -31,7 +31,7 @@ MISSING = [s for s in ("intel", "kk", "gpu") if s not in AVAILABLE]
 MINI = """
 output: {output}
 seed: 3
-model: {{name: kob_andersen, n_particles: 200, density: 1.2, temperature: 0.8}}
+model: {{name: kob_andersen, n_particles: 250, density: 1.2, temperature: 0.8}}
 md: {{melt_time: 1, nvt_time: 2, nve_time: 2{md}}}
 snapshots: {{count: 4}}
 iso: {{replicas: 2, times: {{start: 0.01, stop: 0.5, count: 4}}}}
@@ -116,8 +116,8 @@ def test_auto_is_the_first_passing_candidate():
                  and accel.accelerated_styles(ka, s)), "none")
     assert cfg.md.suffix == info["suffix"] == want and want in AVAILABLE
     assert info["requested"] == "auto" and info["max_rel_deviation"] <= accel.TOLERANCE
-    text = MINI.format(output="x.h5", md="").replace("kob_andersen, n_particles: 200, density: 1.2",
-                                                     "harmonic_spheres, n_particles: 200, "
+    text = MINI.format(output="x.h5", md="").replace("kob_andersen, n_particles: 250, density: 1.2",
+                                                     "harmonic_spheres, n_particles: 250, "
                                                      "density: 0.7")
     hs_cfg, hs = accel.resolve_suffix(config.parse(text), Context(MPI.COMM_SELF))
     if "omp" in AVAILABLE and "intel" not in AVAILABLE:
@@ -196,15 +196,15 @@ def test_unavailable_suffix_refused(suffix, tmp_path, capsys):
 def test_bad_suffix_refused_by_the_command(tmp_path):
     """`python -m glasshpc.run` exits 2 for a bogus name (the allowed ones listed) and for a suffix
     that accelerates none of the model's styles (opt for harmonic/cut), creating nothing."""
-    cases = [(", suffix: fast", "kob_andersen, n_particles: 200, density: 1.2",
+    cases = [(", suffix: fast", "kob_andersen, n_particles: 250, density: 1.2",
               ["md.suffix", "must be one of", "'omp'"])]
     if "opt" in AVAILABLE:
-        cases.append((", suffix: opt", "harmonic_spheres, n_particles: 200, density: 0.7",
+        cases.append((", suffix: opt", "harmonic_spheres, n_particles: 250, density: 0.7",
                       ["md.suffix", "'opt' accelerates none", "harmonic/cut"]))
     for k, (md, model, words) in enumerate(cases):
         cfg = tmp_path / f"bad{k}.yaml"
         cfg.write_text(MINI.format(output=tmp_path / f"bad{k}.h5", md=md).replace(
-            "kob_andersen, n_particles: 200, density: 1.2", model))
+            "kob_andersen, n_particles: 250, density: 1.2", model))
         p = subprocess.run([sys.executable, "-m", "glasshpc.run", str(cfg)], capture_output=True,
                            text=True, timeout=120, env=dict(os.environ, PYTHONPATH=ROOT),
                            cwd=tmp_path)
