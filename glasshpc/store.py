@@ -99,6 +99,33 @@ def h5py_has_mpi():
     return bool(h5py.get_config().mpi)
 
 
+MODE_ENV = "GLASSHPC_STORE_MODE"
+
+
+class StoreModeError(ValueError):
+    """Unknown store mode, or 'mpio' without a parallel h5py (refused input)."""
+
+
+def resolve_mode(mode="auto"):
+    """The store mode a run uses: ``mode`` unless 'auto'; then the environment variable
+    ``GLASSHPC_STORE_MODE`` (shards | mpio | auto) if set, e.g. to force shards with a parallel
+    h5py; 'auto' = 'mpio' when h5py has MPI, else 'shards'. Raises :class:`StoreModeError` for an
+    unknown mode or for 'mpio' without a parallel h5py."""
+    if mode == "auto":
+        mode = os.environ.get(MODE_ENV, "").strip().lower() or "auto"
+        if mode not in ("auto", "mpio", "shards"):
+            raise StoreModeError(f"{MODE_ENV}={os.environ[MODE_ENV]!r}: allowed values are "
+                                 "shards, mpio, auto")
+    if mode == "auto":
+        mode = "mpio" if h5py_has_mpi() else "shards"
+    if mode not in ("mpio", "shards"):
+        raise StoreModeError(f"store mode must be auto, mpio or shards, got {mode!r}")
+    if mode == "mpio" and not h5py_has_mpi():
+        raise StoreModeError("store mode 'mpio' needs h5py built against parallel HDF5 "
+                             "(h5py.get_config().mpi is False); see README 'Parallel HDF5'")
+    return mode
+
+
 def config_fingerprint(normalised):
     """SHA-256 hex digest of a JSON-able normalised config (key order irrelevant)."""
     text = json.dumps(normalised, sort_keys=True, separators=(",", ":"), default=str)
@@ -119,7 +146,7 @@ class Store:
     path : str, final output file name
     ctx : glasshpc.parallel.Context
     layout : dict name → (shape tuple, numpy dtype); ``shape[:k]`` indexes task slots
-    mode : 'auto' | 'mpio' | 'shards'
+    mode : 'auto' | 'mpio' | 'shards' (:func:`resolve_mode`; 'auto' honours GLASSHPC_STORE_MODE)
     resume : continue the run recorded in ``<path>.partial/`` (finished tasks are kept)
     overwrite : discard an existing ``.partial`` and replace an existing output when finished
     config : JSON-able normalised config; its SHA-256 is stored and checked on resume
@@ -135,9 +162,7 @@ class Store:
         self.path = os.path.abspath(path)
         self.ctx = ctx
         self.layout = {k: (tuple(int(x) for x in s), np.dtype(d)) for k, (s, d) in layout.items()}
-        if mode == "auto":
-            mode = "mpio" if h5py_has_mpi() else "shards"
-        self.mode = mode
+        self.mode = resolve_mode(mode)
         self.partial = self.path + ".partial"
         # JSON round trip: tuples become lists, so a stored config compares equal to a new one
         self.config = json.loads(json.dumps(config, sort_keys=True, default=str))
