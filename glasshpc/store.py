@@ -186,6 +186,7 @@ class Store:
         self._pending = []                                # (name, slot, location) not committed
         self._fds = {}
         self._fh = None
+        self._mpio_fd = None
         self._data = None
         self._journal = None
         tag = f"a{self.attempt:03d}-r{ctx.rank:05d}"
@@ -200,6 +201,12 @@ class Store:
                 for name, (shape, dtype) in self.layout.items():
                     self._fh.create_dataset(name, shape=shape, dtype=dtype,
                                             chunks=_chunks(shape, dtype), fillvalue=_fill(dtype))
+                # metadata on disk now: a rank killed before the first sync leaves a readable file
+                # (space is allocated at creation, so task writes never change metadata)
+                self._fh.flush()
+            # fsync'ed at commit: parallel HDF5 bypasses its chunk cache when writing, so a task's
+            # raw data has gone to the file (MPI-IO) when write() returns
+            self._mpio_fd = os.open(h5, os.O_RDONLY)
         if resume:
             self._load_journals()
             if ctx.root:   # only now, after every check passed, does the folder change
@@ -491,6 +498,8 @@ class Store:
             if self._data is not None:
                 self._data.flush()
                 os.fsync(self._data.fileno())
+            if self._mpio_fd is not None and self._pending:
+                os.fsync(self._mpio_fd)
             self._journal.write(json.dumps(rec) + "\n")
             self._journal.flush()
             os.fsync(self._journal.fileno())
@@ -612,8 +621,7 @@ class Store:
                 else:
                     tmp = os.path.join(self.partial, "data.h5")
                     with h5py.File(tmp, "a") as out:
-                        for key in [k for k in out if k not in _top_groups(self.layout)]:
-                            del out[key]   # left by an interrupted earlier finalisation
+                        _strip_to_layout(out, self.layout)
                         _stamp(out, run)
                         write_extra(out)
                 interrupt.fault_point("finalize", "assembled", 0)
@@ -653,6 +661,9 @@ class Store:
         for fd in self._fds.values():
             os.close(fd)
         self._fds = {}
+        if self._mpio_fd is not None:
+            os.close(self._mpio_fd)
+            self._mpio_fd = None
         for attr in ("_data", "_journal"):
             fh = getattr(self, attr, None)
             if fh is not None:
@@ -791,8 +802,17 @@ def _chunks(shape, dtype, target=1 << 20):
     return tuple(max(1, c) for c in chunk)
 
 
-def _top_groups(layout):
-    return {name.split("/")[0] for name in layout}
+def _strip_to_layout(h5, layout):
+    """Delete from the mpio ``data.h5`` every object that is neither a layout dataset nor a group
+    on the way to one: what an interrupted earlier finalisation's ``write_extra`` added (e.g.
+    ``iso/times`` inside the layout group ``iso``), so that the retry can write it again."""
+    keep = set(layout) | {"/".join(n.split("/")[:i]) for n in layout
+                          for i in range(1, n.count("/") + 1)}
+    extra = []
+    h5.visit(lambda n: extra.append(n) if n not in keep else None)
+    for name in extra:   # parents before children: a deleted group takes its members with it
+        if name in h5:
+            del h5[name]
 
 
 def _layout_json(layout):
