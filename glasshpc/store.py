@@ -18,6 +18,8 @@ While a run is in progress everything lives in ``<output>.partial/``:
 * **mpio mode** (h5py built with MPI): one ``data.h5`` opened by all ranks with ``driver='mpio'``;
   datasets are created collectively from the declared layout (parallel HDF5 allocates their space
   at creation, so later task writes touch raw data only) and each rank writes its own slots.
+* **transient** datasets (``Store(transient=...)``, working data that the output does not keep)
+  always go to the per-rank ``data-*.bin``, in both modes.
 * ``journal-aAAA-rRRRRR.jsonl`` — one line per finished task, appended by :meth:`Store.commit`
   **after** the task's data is flushed and fsync'ed: stage, task identity and for every slot its
   location and CRC-32, and a CRC-32 of all of that. A task is finished iff its line is complete. A
@@ -150,6 +152,9 @@ class Store:
     resume : continue the run recorded in ``<path>.partial/`` (finished tasks are kept)
     overwrite : discard an existing ``.partial`` and replace an existing output when finished
     config : JSON-able normalised config; its SHA-256 is stored and checked on resume
+    transient : layout names that are working data only: journaled and resumable like the rest,
+        always kept in the per-rank ``data-*.bin`` (also in mpio mode), never put into the output
+        (e.g. the per-replica sums of ``iso.store_displacements: false``)
 
     Raises (collectively, before anything is created or changed) FileExistsError when the output or
     ``.partial`` exist and neither ``resume`` nor ``overwrite`` is given; :class:`ResumeError` when
@@ -158,10 +163,14 @@ class Store:
     """
 
     def __init__(self, path, ctx, layout, mode="auto", resume=False, overwrite=False,
-                 config=None):
+                 config=None, transient=()):
         self.path = os.path.abspath(path)
         self.ctx = ctx
         self.layout = {k: (tuple(int(x) for x in s), np.dtype(d)) for k, (s, d) in layout.items()}
+        self.transient = frozenset(transient)
+        if not self.transient <= set(self.layout):
+            raise ValueError(f"transient datasets {sorted(self.transient - set(self.layout))} "
+                             "are not in the layout")
         self.mode = resolve_mode(mode)
         self.partial = self.path + ".partial"
         # JSON round trip: tuples become lists, so a stored config compares equal to a new one
@@ -198,7 +207,7 @@ class Store:
             fresh = ctx.comm.bcast(fresh, root=0)
             self._fh = h5py.File(h5, "w" if fresh else "r+", driver="mpio", comm=ctx.comm)
             if fresh:
-                for name, (shape, dtype) in self.layout.items():
+                for name, (shape, dtype) in self._output_layout().items():
                     self._fh.create_dataset(name, shape=shape, dtype=dtype,
                                             chunks=_chunks(shape, dtype), fillvalue=_fill(dtype))
                 # metadata on disk now: a rank killed before the first sync leaves a readable file
@@ -472,7 +481,7 @@ class Store:
         shape, dtype = self._slot_shape(name, slot), self.layout[name][1]
         arr = np.ascontiguousarray(np.broadcast_to(np.asarray(array, dtype=dtype), shape))
         try:
-            if self.mode == "mpio":
+            if self.mode == "mpio" and name not in self.transient:
                 self._fh[name][slot] = arr
                 loc = "mpio"
             else:
@@ -523,7 +532,7 @@ class Store:
             per_slot = int(np.prod(shape[n_lead:])) * dtype.itemsize
             left += (int(np.prod(shape[:n_lead])) - len(done)) * per_slot
         if self.mode == "shards":
-            left += sum(int(np.prod(s)) * d.itemsize for s, d in self.layout.values())
+            left += sum(int(np.prod(s)) * d.itemsize for s, d in self._output_layout().values())
         return left
 
     def _check_room_for_final(self):
@@ -531,7 +540,7 @@ class Store:
         recovers badly from a failed write (``GLASSHPC_FINAL_SPACE_CHECK=0``: skip, for tests)."""
         if os.environ.get("GLASSHPC_FINAL_SPACE_CHECK", "1") == "0":
             return
-        need = sum(int(np.prod(s)) * d.itemsize for s, d in self.layout.values())
+        need = sum(int(np.prod(s)) * d.itemsize for s, d in self._output_layout().values())
         need = int(need * 1.02) + 4 * 2**20          # HDF5 metadata, results and provenance
         if _free_bytes(self.partial) < need:
             raise DiskFull(self.partial, need)
@@ -621,7 +630,7 @@ class Store:
                 else:
                     tmp = os.path.join(self.partial, "data.h5")
                     with h5py.File(tmp, "a") as out:
-                        _strip_to_layout(out, self.layout)
+                        _strip_to_layout(out, self._output_layout())
                         _stamp(out, run)
                         write_extra(out)
                 interrupt.fault_point("finalize", "assembled", 0)
@@ -650,8 +659,12 @@ class Store:
                 raise DiskFull(*err[1], collective=True)
             raise RuntimeError(err[1])
 
+    def _output_layout(self):
+        """The layout without the transient datasets: what the output file holds."""
+        return {k: v for k, v in self.layout.items() if k not in self.transient}
+
     def _copy_slots(self, out):
-        for name, (shape, dtype) in self.layout.items():
+        for name, (shape, dtype) in self._output_layout().items():
             ds = out.create_dataset(name, shape=shape, dtype=dtype,
                                     chunks=_chunks(shape, dtype), fillvalue=_fill(dtype))
             for slot, loc in sorted(self.owner[name].items()):
