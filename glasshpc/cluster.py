@@ -108,12 +108,16 @@ def calibrate(cfg, steps=300):
     return m.n_particles * steps / elapsed
 
 
-def output_bytes(cfg):
-    """Bytes of the task datasets of the output file (stages.layout; small extras not counted)."""
+def output_bytes(cfg, transient=False):
+    """Bytes of the task datasets of the output file (stages.layout without its transient
+    working data; small extras not counted), or with ``transient=True`` of the working data only
+    (the per-replica sums of ``iso.store_displacements: false``, kept in ``.partial/``)."""
     from . import stages
     n_features = stages.descriptor_spec(cfg, 2.0).n_features
+    scratch = set(stages.transient(cfg))
     return sum(int(np.prod(shape)) * np.dtype(dtype).itemsize
-               for shape, dtype in stages.layout(cfg, n_features).values())
+               for name, (shape, dtype) in stages.layout(cfg, n_features).items()
+               if (name in scratch) == transient)
 
 
 def dry_run_text(cfg, ctx, steps=300):
@@ -124,6 +128,7 @@ def dry_run_text(cfg, ctx, steps=300):
     rate = calibrate(cfg, steps) if ctx.root else None
     rate = ctx.comm.bcast(rate, root=0)
     core_h = (prep + rep) * N / rate / 3600.0
+    scratch = output_bytes(cfg, transient=True)
     lines = [
         f"  MD: {prep + rep:,} steps of N = {N} in total (snapshots {prep:,}, replicas {rep:,})",
         f"  calibration: {steps} NVE steps of {cfg.model.name} on rank 0: "
@@ -131,7 +136,9 @@ def dry_run_text(cfg, ctx, steps=300):
         f"  estimate: MD ≈ {core_h:.3g} core-hours (≈ {core_h / ctx.size:.3g} h wall on "
         f"{ctx.size} ranks if the tasks spread evenly; descriptors and fits not included)",
         f"  output size ≈ {output_bytes(cfg) / 2**30:.3g} GiB (task datasets of stages.layout); "
-        f"the same again in {cfg.output}.partial/ while running",
+        f"the same again in {cfg.output}.partial/ while running"
+        + (f", plus {scratch / 2**30:.3g} GiB of per-replica sums (iso.store_displacements: "
+           "false)" if scratch else ""),
     ]
     state = partial_progress(cfg.output)
     if state:

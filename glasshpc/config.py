@@ -147,6 +147,12 @@ class IsoConfig:
                        hi=MAX_REPLICAS)
     times: object = _f(doc="read-out times: {start, stop, count} log-spaced, or an explicit "
                            "increasing list (τ); rounded to whole timesteps", kind="times")
+    store_displacements: bool = _f(True, "keep /iso/displacements [S, R, T, N, 3] f4 in the output; "
+                                         "false (huge runs): each replica task stores only its "
+                                         "per-replica sums (|Δr|, species sums for F_s and MSD, "
+                                         "|Δr|² for the Debye–Waller factor) as working data, and "
+                                         "the dynamics stage adds them in replica order — same "
+                                         "numbers, no displacement array")
 
 
 @dataclass(frozen=True)
@@ -564,6 +570,9 @@ def _cross_checks(cfg):
     for i, l in enumerate(cfg.descriptors.l):
         if not 0 <= l <= 20:
             raise ConfigError(f"descriptors.l[{i}]", f"must be in 0..20, got {l}")
+    if not cfg.iso.store_displacements and cfg.imported is not None:
+        raise ConfigError("iso.store_displacements", "must be true with imported: (the published "
+                                                     "displacements are read, not simulated)")
     if cfg.cage.enabled and cfg.model.name == "bead_spring":
         raise ConfigError("cage.enabled", "cage states need a pair potential without bonds: "
                                           "kob_andersen, harmonic_spheres or hard_spheres")

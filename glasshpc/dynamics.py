@@ -77,6 +77,69 @@ def mean_squared_displacement(displacements, types, n_species):
     return out
 
 
+def debye_waller_index(times, t=1.0):
+    """Index of the read-out closest to ``t`` (τ): the time of the Debye–Waller factor."""
+    return int(np.argmin(np.abs(np.asarray(times, dtype=np.float64) - t)))
+
+
+def replica_sums(displacement, types, q, n_species, k_dw, kind="abs"):
+    """The per-replica reductions every replica average of the dynamics stage is built from
+    (:func:`combine_replica_sums`), so that replicas can be reduced where they run and the
+    [R, T, N, 3] displacements need not be kept (``iso.store_displacements: false``).
+
+    displacement : (T, N, 3) float, unwrapped r_i(t) − r_i(0) of one replica (σ) — pass the float32
+    array that would be stored, so both paths see the same numbers; types : (N,) int;
+    q : wave number of F_s (σ⁻¹); k_dw : read-out index of the Debye–Waller factor
+    (:func:`debye_waller_index`); kind : propensity kind 'abs' | 'squared'.
+    Returns dict of float64 arrays: ``propensity`` (T, N) |Δr_i(t)| (or |Δr_i(t)|²),
+    ``debye_waller`` (N,) |Δr_i(t_k)|², ``fs`` (n_species, T) Σ_{j∈s} sin(q|Δr_j|)/(q|Δr_j|),
+    ``msd`` (n_species, T) Σ_{j∈s} |Δr_j|². Raises ValueError for a bad shape or kind."""
+    d = np.asarray(displacement)
+    if d.ndim != 3 or d.shape[-1] != 3 or d.shape[1] != len(types):
+        raise ValueError(f"displacement must have shape (T, {len(types)}, 3), got {d.shape}")
+    if kind not in ("abs", "squared"):
+        raise ValueError(f"propensity kind must be 'abs' or 'squared', got {kind!r}")
+    r2 = np.einsum("tnk,tnk->tn", d, d, dtype=np.float64)
+    r = np.sqrt(r2)
+    f = np.sinc(q * r / np.pi)           # np.sinc(x) = sin(πx)/(πx)
+    fs = np.zeros((n_species, d.shape[0]))
+    msd = np.zeros((n_species, d.shape[0]))
+    for s in range(n_species):
+        m = types == s
+        fs[s] = f[:, m].sum(axis=1)
+        msd[s] = r2[:, m].sum(axis=1)
+    return {"propensity": r if kind == "abs" else r2, "debye_waller": r2[k_dw].copy(),
+            "fs": fs, "msd": msd}
+
+
+REPLICA_SUMS = ("propensity", "debye_waller", "fs", "msd")
+
+
+def combine_replica_sums(parts, types, n_species):
+    """Replica averages from :func:`replica_sums` of every replica of one snapshot, **in replica
+    order** (the sums are added left to right: the result does not depend on where each replica
+    ran). ``parts``: iterable of those dicts.
+
+    Returns dict: ``propensity`` (T, N) ⟨|Δr_i(t)|⟩_iso (or ⟨|Δr_i|²⟩), ``debye_waller`` (N,)
+    ⟨|Δr_i(t_k)|²⟩_iso, ``fs`` (n_species, T) F_s(q,t), ``msd`` (n_species, T) (σ²), all float64;
+    NaN rows of ``fs``/``msd`` for species absent from ``types``. Raises ValueError without
+    replicas."""
+    acc, n = None, 0
+    for part in parts:
+        if acc is None:
+            acc = {k: np.array(part[k], dtype=np.float64) for k in REPLICA_SUMS}
+        else:
+            for k in REPLICA_SUMS:
+                acc[k] += part[k]
+        n += 1
+    if n == 0:
+        raise ValueError("no replicas to combine")
+    counts = np.bincount(np.asarray(types), minlength=n_species)[:n_species].astype(np.float64)
+    per_species = np.where(counts > 0, n * counts, np.nan)[:, None]
+    return {"propensity": acc["propensity"] / n, "debye_waller": acc["debye_waller"] / n,
+            "fs": acc["fs"] / per_species, "msd": acc["msd"] / per_species}
+
+
 BALLISTIC_END_DEFINITION = ("t_x = sqrt(MSD_plateau / (3 T)): the time at which the ballistic MSD "
                             "3 k_B T t^2 / m reaches the plateau MSD, MSD_plateau = MSD at the "
                             "minimum of d ln MSD / d ln t; NaN when that minimum is not inside the "

@@ -32,7 +32,8 @@ def _slots(layout):
     n = 0
     for name, (shape, _) in layout.items():
         lead = 2 if name in ("iso/displacements", "states/cage/chains/positions",
-                             "states/cage/chains/acceptance", "states/cage/chains/step") else 1
+                             "states/cage/chains/acceptance", "states/cage/chains/step") \
+            or name.startswith("replica_sums/") else 1
         n += int(np.prod(shape[:lead])) if shape else 1
     return n
 
@@ -41,7 +42,8 @@ def plan(cfg, ranks, store_mode):
     """Resource plan of a propensity run (:class:`glasshpc.config.Config`) on ``ranks`` ranks.
 
     Returns a dict: ``output`` (bytes of the final file's task datasets), ``partial`` (bytes in
-    ``OUTPUT.partial/`` at the end of the work), ``disk`` (peak bytes on the output's file system:
+    ``OUTPUT.partial/`` at the end of the work: the output's datasets plus the transient per-replica
+    sums of ``iso.store_displacements: false``), ``disk`` (peak bytes on the output's file system:
     shard mode holds the shards and the final file at once, mpio mode renames its one file),
     ``memory`` (peak bytes per rank) and ``stages`` {stage: bytes per rank}."""
     from . import stages
@@ -51,7 +53,9 @@ def plan(cfg, ranks, store_mode):
     n_species = len(get_model(cfg.model.name).species)
     F = stages.descriptor_spec(cfg, 2.0).n_features
     layout = stages.layout(cfg, F)
-    out = _layout_bytes(layout)
+    scratch = set(stages.transient(cfg))
+    out = _layout_bytes({k: v for k, v in layout.items() if k not in scratch})
+    partial = _layout_bytes(layout)
     per = -(-S // max(1, ranks))                      # snapshots a rank holds in the fits
     states = len(stages.descriptor_states(cfg))
     L = cfg.box_length
@@ -59,8 +63,8 @@ def plan(cfg, ranks, store_mode):
     mem = {
         "snapshots": N * LAMMPS_BYTES_PER_ATOM + nq * 8 * 8,
         "replicas": N * LAMMPS_BYTES_PER_ATOM + T * N * 3 * 12,
-        "dynamics": (R * T * N * (3 * 4 + 3 * 8) if "iso/displacements" in layout
-                     else T * N * 3 * 24),
+        # one replica at a time (stages.dynamics_stage): f4 Δr, then |Δr|², |Δr|, sinc, the sums
+        "dynamics": T * N * (3 * 4 + 6 * 8),
         "descriptors": N * F * 8 * 3 + N * 200 * 32,
         # rows of a rank's snapshots for one (set, species), plus the per-fold statistics
         # K·(F² + F·T) of every (set, species) a rank has a solve for (learn/fits.py)
@@ -74,7 +78,8 @@ def plan(cfg, ranks, store_mode):
     tasks = S * R + S * max(1, cfg.cage.chains)
     book = _slots(layout) * SLOT_BOOK_BYTES + tasks * TASK_BOOK_BYTES
     peak = BASE_BYTES + book + max(mem.values())
-    return {"output": out, "partial": out, "disk": 2 * out if store_mode == "shards" else out,
+    return {"output": out, "partial": partial,
+            "disk": partial + out if store_mode == "shards" else partial,
             "memory": peak, "stages": mem, "bookkeeping": book}
 
 

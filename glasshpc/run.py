@@ -18,17 +18,17 @@ import h5py
 import numpy as np
 
 from . import __version__, cluster, config as config_mod, interrupt, resources, stages
+from . import store as store_mod
 from .learn.fits import fit_propensity, single_variable_pearson
 from .learn.selection import write_selection
-from .dynamics import BALLISTIC_END_DEFINITION, ballistic_end, tau_alpha
+from .dynamics import BALLISTIC_END_DEFINITION, ballistic_end, debye_waller_index, tau_alpha
 from .states.chains import chain_reliability
 from .md.accel import resolve_suffix
 from .models import get_model
 from .parallel import MPI, Context
 from .runlock import LockHeld
 from .schedule import EngineRanksError
-from .store import (AlreadyFinished, DiskFull, ResumeError, Store, check_output_path,
-                    h5py_has_mpi)
+from .store import AlreadyFinished, DiskFull, ResumeError, Store, check_output_path
 
 
 def plan_text(cfg, ctx):
@@ -44,10 +44,21 @@ def plan_text(cfg, ctx):
     spec = stages.descriptor_spec(cfg, 2.0)
     F = spec.n_features
     disp_bytes = S * R * T * N * 3 * 4
+    if cfg.iso.store_displacements:
+        disp = f"displacements {disp_bytes / 2**30:.3g} GiB"
+    else:
+        sums = cluster.output_bytes(cfg, transient=True)
+        disp = (f"displacements not stored (iso.store_displacements: false; saves "
+                f"{disp_bytes / 2**30:.3g} GiB; per-replica sums {sums / 2**30:.3g} GiB in "
+                f"{cfg.output}.partial/ while running)")
+    try:
+        mode = store_mod.resolve_mode()
+    except ValueError as exc:
+        mode = str(exc)
     lines = [
         f"glasshpc {__version__}: {cfg.model.name}, N = {N}, ρ = {cfg.model.density}, "
         f"T = {cfg.model.temperature}, box L = {cfg.box_length:.4f} σ",
-        f"  ranks: {ctx.size}; HDF5 writes: {'mpio' if h5py_has_mpi() else 'per-rank shards'}",
+        f"  ranks: {ctx.size}; HDF5 writes: {'per-rank shards' if mode == 'shards' else mode}",
         (f"  stage snapshots  : {S} tasks × EDMD growth to η = "
          f"{get_model('hard_spheres').packing_fraction(N, cfg.model.density):.4g} + "
          f"{md.nve_time:g} τ NVE" if cfg.model.name == "hard_spheres" else
@@ -77,7 +88,7 @@ def plan_text(cfg, ctx):
         f"  stage fits       : feature sets {list(cfg.fits.feature_sets)} × "
         f"{len(get_model(cfg.model.name).species)} species × {T} times; "
         f"{cfg.test_snapshots()} test snapshots, {cfg.fits.cv_folds}-fold CV",
-        f"  output {cfg.output}: displacements {disp_bytes / 2**30:.3g} GiB, descriptors "
+        f"  output {cfg.output}: {disp}, descriptors "
         f"{n_states * S * N * F * 8 / 2**30:.3g} GiB",
     ]
     return "\n".join(lines)
@@ -140,7 +151,8 @@ def execute(cfg, yaml_text, ctx, store_mode="auto", resume=False, overwrite=Fals
     cfg, suffix = resolve_suffix(cfg, ctx, resume=resume)
     spec0 = stages.descriptor_spec(cfg, 2.0)   # feature count does not depend on r_generation
     store = Store(cfg.output, ctx, stages.layout(cfg, spec0.n_features), mode=store_mode,
-                  resume=resume, overwrite=overwrite, config=cluster.normalised_config(cfg))
+                  resume=resume, overwrite=overwrite, config=cluster.normalised_config(cfg),
+                  transient=stages.transient(cfg))
     engines = stages.EngineCache(cfg)
     wall = {}
     try:
@@ -220,7 +232,7 @@ def execute(cfg, yaml_text, ctx, store_mode="auto", resume=False, overwrite=Fals
                 h5["states/cage"].attrs[key] = value
             h5["dynamics"].attrs["propensity_kind"] = cfg.dynamics.propensity
             # read-out closest to 1 τ, as in dynamics.debye_waller
-            h5["dynamics"].attrs["debye_waller_time"] = times[np.argmin(np.abs(times - 1.0))]
+            h5["dynamics"].attrs["debye_waller_time"] = times[debye_waller_index(times)]
             h5["snapshots/q_edges"] = stages.Q_EDGES
             h5["descriptors"].attrs["r_generation"] = r_gen
             h5.create_dataset("descriptors/feature_names", data=spec.feature_names(species),
@@ -323,11 +335,12 @@ def _main(args, ctx, refuse):
         cluster.check_inputs(cfg, ctx)     # snapshot files: read and validated before any output
         if not args.dry_run:
             check_output_path(cfg.output)  # before the plan: a read-only folder is not "full"
-        mode = "mpio" if h5py_has_mpi() else "shards"
+        mode = store_mod.resolve_mode()
         res = resources.assess(cfg, ctx, mode, resume=args.resume)
         if res["problems"] and not (args.dry_run or args.ignore_resources):
             raise resources.ResourceError(resources.refusal(res))
-    except (config_mod.ConfigError, cluster.InputError, resources.ResourceError, OSError) as err:
+    except (config_mod.ConfigError, cluster.InputError, resources.ResourceError, OSError,
+            store_mod.StoreModeError) as err:
         return refuse(err)
     if interrupt.requested():
         ctx.log(f"glasshpc: stopped by {interrupt.signal_name()} before any work; nothing "

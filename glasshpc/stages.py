@@ -31,7 +31,6 @@ def layout(cfg, n_features):
         "snapshots/types": ((S, N), np.int32),
         "snapshots/box": ((S, 3), np.float64),
         "snapshots/sq_AA": ((S, len(Q_EDGES) - 1), np.float64),
-        "iso/displacements": ((S, R, T, N, 3), np.float32),
         "propensity": ((S, T, N), np.float64),
         "dynamics/fs": ((S, n_species, T), np.float64),
         "dynamics/msd": ((S, n_species, T), np.float64),
@@ -40,6 +39,15 @@ def layout(cfg, n_features):
         "dynamics/debye_waller": ((S, N), np.float64),
         "descriptors/init": ((S, N, n_features), np.float64),
     }
+    if cfg.iso.store_displacements:
+        out["iso/displacements"] = ((S, R, T, N, 3), np.float32)
+    else:   # per-replica sums instead (dynamics.replica_sums), working data only (transient)
+        out.update({
+            "replica_sums/propensity": ((S, R, T, N), np.float64),
+            "replica_sums/debye_waller": ((S, R, N), np.float64),
+            "replica_sums/fs": ((S, R, n_species, T), np.float64),
+            "replica_sums/msd": ((S, R, n_species, T), np.float64),
+        })
     if cfg.inherent.enabled:
         out.update({
             "states/inherent/positions": ((S, N, 3), np.float64),
@@ -65,6 +73,13 @@ def layout(cfg, n_features):
                 "states/cage/chains/split_half_pearson": ((S, n_species), np.float64),
             })
     return out
+
+
+def transient(cfg):
+    """Layout names that are working data only (Store ``transient``): not in the output file."""
+    if cfg.iso.store_displacements:
+        return ()
+    return tuple(f"replica_sums/{k}" for k in dynamics.REPLICA_SUMS)
 
 
 def descriptor_spec(cfg, r_generation):
@@ -193,9 +208,16 @@ def snapshots(ctx, cfg, store, engines):
 
 
 def replicas(ctx, cfg, store, engines):
-    """Stage 2: the isoconfigurational ensemble, one task per (snapshot, replica)."""
+    """Stage 2: the isoconfigurational ensemble, one task per (snapshot, replica): the float32
+    displacements, or with ``iso.store_displacements: false`` only their per-replica sums
+    (dynamics.replica_sums of the same float32 array, so the dynamics stage gets the same
+    numbers either way)."""
     steps = cfg.replica_steps()
     cache = {}
+    if not cfg.iso.store_displacements:
+        q = wave_number(cfg, store)          # needs only S_AA(q) of the snapshot stage
+        k_dw = dynamics.debye_waller_index(cfg.replica_times())
+        n_species = len(get_model(cfg.model.name).species)
 
     def work(task):
         s, r = task
@@ -206,7 +228,13 @@ def replicas(ctx, cfg, store, engines):
         pos, types, box = cache[s]
         d = engines.get().run_replica(pos, types, box, cfg.model.temperature,
                                       task_rng(cfg.seed, "replica", s, r), steps)
-        store.write("iso/displacements", (s, r), d.astype(np.float32))
+        d = d.astype(np.float32)
+        if cfg.iso.store_displacements:
+            store.write("iso/displacements", (s, r), d)
+            return
+        for key, value in dynamics.replica_sums(d, types, q, n_species, k_dw,
+                                                cfg.dynamics.propensity).items():
+            store.write(f"replica_sums/{key}", (s, r), value)
 
     tasks = [(s, r) for s in range(cfg.snapshots.count) for r in range(cfg.iso.replicas)]
     return run_tasks(ctx, "replicas", tasks, work, store)
@@ -223,20 +251,28 @@ def wave_number(cfg, store):
 
 def dynamics_stage(ctx, cfg, store, q):
     """Stage 3: propensity, F_s(q,t), the MSD per species (for the end of the ballistic regime,
-    dynamics.ballistic_end) and the local Debye–Waller factor ⟨|Δr_i(t≈1)|²⟩ ([DW]) per snapshot
-    from its replicas' displacements."""
+    dynamics.ballistic_end) and the local Debye–Waller factor ⟨|Δr_i(t≈1)|²⟩ ([DW]) per snapshot:
+    per-replica sums (dynamics.replica_sums, of the stored displacements or as stored by the
+    replica stage) added in replica order (dynamics.combine_replica_sums), one replica in memory
+    at a time. Both paths give bitwise the same numbers."""
     n_species = len(get_model(cfg.model.name).species)
+    k_dw = dynamics.debye_waller_index(cfg.replica_times())
+    kind = cfg.dynamics.propensity
 
     def work(s):
-        disp = np.stack([store.read("iso/displacements", (s, r)) for r in range(cfg.iso.replicas)])
         types = store.read("snapshots/types", (s,))
-        store.write("propensity", (s,), dynamics.propensity(disp, cfg.dynamics.propensity))
-        store.write("dynamics/fs", (s,),
-                    dynamics.self_intermediate_scattering(disp, types, q, n_species))
-        store.write("dynamics/msd", (s,),
-                    dynamics.mean_squared_displacement(disp, types, n_species))
-        store.write("dynamics/debye_waller", (s,),
-                    dynamics.debye_waller(disp, cfg.replica_times())[0])
+        if cfg.iso.store_displacements:
+            parts = (dynamics.replica_sums(store.read("iso/displacements", (s, r)), types, q,
+                                           n_species, k_dw, kind)
+                     for r in range(cfg.iso.replicas))
+        else:
+            parts = ({k: store.read(f"replica_sums/{k}", (s, r)) for k in dynamics.REPLICA_SUMS}
+                     for r in range(cfg.iso.replicas))
+        res = dynamics.combine_replica_sums(parts, types, n_species)
+        store.write("propensity", (s,), res["propensity"])
+        store.write("dynamics/fs", (s,), res["fs"])
+        store.write("dynamics/msd", (s,), res["msd"])
+        store.write("dynamics/debye_waller", (s,), res["debye_waller"])
 
     return run_tasks(ctx, "dynamics", list(range(cfg.snapshots.count)), work, store)
 

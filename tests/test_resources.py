@@ -23,7 +23,17 @@ def test_plan_output_is_the_layout_and_shards_need_twice_the_disk(tmp_path, tiny
     assert shards["memory"] >= resources.BASE_BYTES + max(shards["stages"].values())
     more = config.parse(mutate_yaml(tiny_yaml(str(tmp_path / "t.h5")), ("iso", "replicas"), 30))
     grown = resources.plan(more, 2, "shards")
-    assert grown["stages"]["dynamics"] == 10 * shards["stages"]["dynamics"]   # R × T × N
+    # the dynamics stage holds one replica at a time
+    assert grown["stages"]["dynamics"] == shards["stages"]["dynamics"]
+    # iso.store_displacements: false — the output loses [S, R, T, N, 3] f4, .partial/ holds the
+    # per-replica sums until the end
+    bare = config.parse(mutate_yaml(tiny_yaml(str(tmp_path / "t.h5")),
+                                    ("iso", "store_displacements"), False))
+    S, R, T, N = 5, 3, 8, 300
+    lean = resources.plan(bare, 2, "mpio")
+    assert lean["output"] == mpio["output"] - S * R * T * N * 3 * 4 == cluster.output_bytes(bare)
+    assert lean["partial"] == lean["output"] + cluster.output_bytes(bare, transient=True)
+    assert lean["disk"] == lean["partial"] < mpio["disk"]
 
 
 def test_memory_beyond_this_node_refused_before_anything(tmp_path, tiny_yaml, capsys):
