@@ -25,17 +25,18 @@ MPIEXEC = os.path.join(os.path.dirname(sys.executable), "mpiexec")
 
 
 def reduce(data):
-    """The reduced demo: same system and stages, about a fifth of the work."""
+    """The reduced demo: same system, stages and task counts, far shorter MD and MC."""
     data = dict(data)
     md = dict(data.get("md", {}))
-    md.update(nvt_time=min(md.get("nvt_time", 100), 40), nve_time=min(md.get("nve_time", 150), 40))
+    md.update(melt_time=min(md.get("melt_time", 10), 2), nvt_time=min(md.get("nvt_time", 100), 10),
+              nve_time=min(md.get("nve_time", 150), 10))
     data["md"] = md
     iso = dict(data["iso"])
-    iso["times"] = {"start": 0.01, "stop": 15.0, "count": 16}
+    iso["times"] = {"start": 0.01, "stop": 3.0, "count": 12}
     data["iso"] = iso
     if "cage" in data:
         cage = dict(data["cage"])
-        cage.update(equilibration_sweeps=400, measurement_sweeps=1600, chains=2)
+        cage.update(equilibration_sweeps=100, measurement_sweeps=400, chains=2)
         data["cage"] = cage
     return data
 

@@ -101,8 +101,15 @@ def _best_worst(fn, repeats):
     return min(times), max(times)
 
 
-def calibrate(cfg, repeats=3, log=None):
-    """Measured costs on this rank: dict name → (best, worst) seconds or rate (see module doc)."""
+def calibrate(cfg, repeats=3):
+    """Measured costs on this rank: dict name → (best, worst) seconds or rate (see module doc).
+    Single-threaded BLAS, as in a run on several ranks (glasshpc.run limits it there)."""
+    from threadpoolctl import threadpool_limits
+    with threadpool_limits(1):
+        return _calibrate(cfg, repeats)
+
+
+def _calibrate(cfg, repeats):
     from . import dynamics, stages as st
     from .md import make_engine
     from .models import cage_potential, get_model
