@@ -158,3 +158,42 @@ def test_engine_groups_of_two_on_two_and_four_ranks_bitwise(tmp_path):
                        cwd=tmp_path)
     assert p.returncode == 2 and "engine_ranks = 2 needs at least 2 ranks" in p.stderr
     assert not os.path.exists(tmp_path / "k2c.h5.partial")
+
+
+def test_auto_engine_ranks_resolves_at_first_launch_and_resume_keeps_it(tmp_path, tiny_yaml):
+    import json
+    from glasshpc import config as config_mod
+    from glasshpc.schedule import EngineRanksError, auto_engine_ranks, resolve_engine_ranks
+    ctx = Context()
+    if ctx.size != 1:
+        pytest.skip("serial test")
+    out = tmp_path / "a.h5"
+    cfg = config_mod.parse(tiny_yaml(str(out)) + "parallel: {engine_ranks: auto}\n")
+    # 5 snapshots of 300 atoms: no K > 1 keeps 400 atoms per rank; 100 × 2000 on 512 ranks → 5
+    assert auto_engine_ranks(cfg, 512) == 1
+    big = config_mod.parse(tiny_yaml(str(out)).replace("n_particles: 300", "n_particles: 2000")
+                           .replace("count: 5", "count: 100"))
+    assert [auto_engine_ranks(big, p) for p in (1, 100, 250, 512, 4096)] == [1, 1, 2, 5, 5]
+    fresh, note = resolve_engine_ranks(cfg, ctx)
+    assert fresh.parallel.engine_ranks == 1 and "auto → 1" in note
+    # a resumed run takes the K its first attempt recorded, whatever the new launch size
+    partial = tmp_path / "a.h5.partial"
+    partial.mkdir()
+    (partial / "run.json").write_text(json.dumps({"config": {"parallel": {"engine_ranks": 3}}}))
+    with pytest.raises(EngineRanksError, match="engine_ranks = 3 needs at least 3 ranks"):
+        resolve_engine_ranks(cfg, ctx, resume=True)
+
+
+def test_simulated_schedule_and_prediction():
+    from glasshpc.schedule import Stage, predict, simulate
+    # 5, 4, 3, 3, 3 on 2 workers, each to the earliest free: {5, 3}, {4, 3, 3} → makespan 10
+    assert simulate([5, 4, 3, 3, 3], 2) == 10
+    assert simulate([1.0] * 10, 4) == 3 and simulate([], 4) == 0
+    rows = predict([Stage("a", [2.0] * 4), Stage("b", [8.0], serial=1.0),
+                    Stage("c", [6.0] * 2, group=2, efficiency=0.5)], 4)
+    a, b, c, total = rows
+    assert a[1:] == (2.0, 1.0, 1.0)
+    assert b[1] == 9.0 and b[2] == 0.25 and b[3] == pytest.approx(9.0 / 36)
+    # two tasks on two groups of 2 ranks at half efficiency: 6 s each, every rank busy
+    assert c[1] == 6.0 and c[2] == 1.0 and c[3] == pytest.approx(12.0 / 24)
+    assert total[1] == 17.0 and total[3] == pytest.approx((8 + 9 + 12) / (4 * 17))
