@@ -30,8 +30,7 @@ import numpy as np
 
 # Efficiency of one LAMMPS instance on K ranks (domain decomposition) relative to K independent
 # instances, by atoms per rank: an assumption from LAMMPS's LJ strong-scaling benchmarks (≈ 0.8–0.9
-# at a few hundred atoms per core); on this machine K = 2 for N = 2000 KA is measured by
-# bench/bench_scaling.py --engine.
+# at a few hundred atoms per core); not measured here (2 shared cores).
 GROUP_EFFICIENCY = ((1000, 0.9), (400, 0.8), (0, 0.6))
 MIN_ATOMS_PER_RANK = 400    # engine_ranks 'auto' never goes below this
 # FIRE iterations per inherent state: the dry run cannot know them for snapshots it has not made;
