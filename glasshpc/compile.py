@@ -16,17 +16,7 @@ import os
 import sys
 import time
 
-# modules that define @njit(cache=True) kernels (tests/test_compile.py checks the list is complete)
-KERNEL_MODULES = (
-    "glasshpc.structure.neighbors",
-    "glasshpc.structure.sann",
-    "glasshpc.structure.descriptors",
-    "glasshpc.states.cage",
-    "glasshpc.states.inherent",
-    "glasshpc.md.edmd",
-    "glasshpc.md.bead_spring",
-    "glasshpc.rearrangements",
-)
+from .jitcache import KERNEL_MODULES
 
 
 def _lattice(n_side, density, rng, jitter=0.02):

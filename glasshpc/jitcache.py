@@ -20,6 +20,17 @@ import sys
 import tempfile
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+# modules that define @njit(cache=True) kernels (tests/test_compile.py checks the list is complete)
+KERNEL_MODULES = (
+    "glasshpc.structure.neighbors",
+    "glasshpc.structure.sann",
+    "glasshpc.structure.descriptors",
+    "glasshpc.states.cage",
+    "glasshpc.states.inherent",
+    "glasshpc.md.edmd",
+    "glasshpc.md.bead_spring",
+    "glasshpc.rearrangements",
+)
 _NOTICE_ENV = "GLASSHPC_CACHE_NOTICE_SHOWN"     # children of a process that printed stay quiet
 _RANK_ENV = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MV2_COMM_WORLD_RANK",
              "ALPS_APP_PE", "SLURM_PROCID")
@@ -39,12 +50,8 @@ def writable(path):
 
 
 def kernel_dirs():
-    """The package folders holding modules (the package root and its sub-packages)."""
-    out = [PACKAGE_DIR]
-    for entry in sorted(os.scandir(PACKAGE_DIR), key=lambda e: e.name):
-        if entry.is_dir() and os.path.exists(os.path.join(entry.path, "__init__.py")):
-            out.append(entry.path)
-    return out
+    """The package folders holding the modules of :data:`KERNEL_MODULES`."""
+    return sorted({os.path.join(PACKAGE_DIR, *m.split(".")[1:-1]) for m in KERNEL_MODULES})
 
 
 def cache_subdir(source_dir):
