@@ -16,6 +16,7 @@ their ratios against ``warm`` measured in the same session; best of ``--repeats`
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -59,15 +60,15 @@ def child(config):
     rank = MPI.COMM_WORLD.Get_rank()
     inner = stages.run_tasks
 
-    def run_tasks(ctx, name, tasks, work, store):
+    def run_tasks(ctx, name, tasks, work, store, *args, **kw):
         first = []
 
         def timed(task):
             if not first:
                 first.append(1)
-                print("FIRST " + json.dumps([rank, name, time.time() - t_launch]), flush=True)
+                print("\nFIRST " + json.dumps([rank, name, time.time() - t_launch]), flush=True)
             work(task)
-        return inner(ctx, name, tasks, timed, store)
+        return inner(ctx, name, tasks, timed, store, *args, **kw)
 
     stages.run_tasks = run_tasks
     code = run.main([config])
@@ -87,10 +88,9 @@ def launch(ranks, config, cache):
     if r.returncode:
         raise SystemExit(r.stdout[-2000:] + r.stderr[-3000:])
     first = {}
-    for line in r.stdout.splitlines():
-        if line.startswith("FIRST "):
-            rank, stage, t = json.loads(line[6:])
-            first.setdefault(stage, {})[rank] = t
+    for m in re.finditer(r"FIRST (\[[^\]]*\])", r.stdout):   # ranks' lines may interleave
+        rank, stage, t = json.loads(m.group(1))
+        first.setdefault(stage, {})[rank] = t
     return wall, first
 
 
