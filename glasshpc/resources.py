@@ -79,7 +79,7 @@ def plan(cfg, ranks, store_mode):
     book = _slots(layout) * SLOT_BOOK_BYTES + tasks * TASK_BOOK_BYTES
     peak = BASE_BYTES + book + max(mem.values())
     return {"output": out, "partial": partial,
-            "disk": partial + out if store_mode == "shards" else partial,
+            "disk": partial + out,
             "memory": peak, "stages": mem, "bookkeeping": book}
 
 
@@ -93,7 +93,7 @@ def plan_softness(cfg, ranks, store_mode):
     biggest = max(int(np.prod(shape[1:])) * np.dtype(d).itemsize
                   for shape, d in layout.values() if shape)
     peak = BASE_BYTES + _slots(layout) * SLOT_BOOK_BYTES + N * LAMMPS_BYTES_PER_ATOM + 4 * biggest
-    return {"output": out, "partial": out, "disk": 2 * out if store_mode == "shards" else out,
+    return {"output": out, "partial": out, "disk": 2 * out,
             "memory": peak, "stages": {}, "bookkeeping": 0}
 
 
@@ -182,8 +182,8 @@ def assess(cfg, ctx, store_mode, resume=False):
             if need_disk > free:
                 problems.append(f"the run needs ≈ {_gib(need_disk)} of disk at "
                                 f"{os.path.dirname(out)} (output ≈ {_gib(p['output'])}"
-                                + (", built beside its work files" if store_mode == "shards"
-                                   else "") + f") but {_gib(free)} is free")
+                                + ", built beside its work files"
+                                + f") but {_gib(free)} is free")
         except (ValueError, OverflowError, MemoryError) as exc:
             p, memory_fits = {"stages": {}}, False
             problems.append(f"the layout is too large to plan ({str(exc)[:120]})")

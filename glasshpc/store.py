@@ -18,6 +18,7 @@ While a run is in progress everything lives in ``<output>.partial/``:
 * **mpio mode** (h5py built with MPI): one ``data.h5`` opened by all ranks with ``driver='mpio'``;
   datasets are created collectively from the declared layout (parallel HDF5 allocates their space
   at creation, so later task writes touch raw data only) and each rank writes its own slots.
+  Finalisation adds the results to a copy of it, never to ``data.h5`` itself.
 * **transient** datasets (``Store(transient=...)``, working data that the output does not keep)
   always go to the per-rank ``data-*.bin``, in both modes.
 * ``journal-aAAA-rRRRRR.jsonl`` — one line per finished task, appended by :meth:`Store.commit`
@@ -539,8 +540,8 @@ class Store:
         return left
 
     def _check_room_for_final(self):
-        """Shard mode: refuse (DiskFull) before assembling a final file the disk cannot hold; HDF5
-        recovers badly from a failed write (``GLASSHPC_FINAL_SPACE_CHECK=0``: skip, for tests)."""
+        """Refuse (DiskFull) before assembling a final file the disk cannot hold; HDF5 recovers
+        badly from a failed write (``GLASSHPC_FINAL_SPACE_CHECK=0``: skip, for tests)."""
         if os.environ.get("GLASSHPC_FINAL_SPACE_CHECK", "1") == "0":
             return
         need = sum(int(np.prod(s)) * d.itemsize for s, d in self._output_layout().values())
@@ -624,14 +625,16 @@ class Store:
             try:
                 with open(os.path.join(self.partial, "run.json"), encoding="utf-8") as fh:
                     run = json.load(fh)
+                self._check_room_for_final()
                 if self.mode == "shards":
-                    self._check_room_for_final()
                     with h5py.File(tmp, "w") as out:
                         self._copy_slots(out)
                         _stamp(out, run)
                         write_extra(out)
                 else:
-                    tmp = os.path.join(self.partial, "data.h5")
+                    # results go into a copy: a kill while HDF5 adds them could leave the file
+                    # unreadable, and data.h5 holds every finished task of the run
+                    _copy_file(os.path.join(self.partial, "data.h5"), tmp)
                     with h5py.File(tmp, "a") as out:
                         _strip_to_layout(out, self._output_layout())
                         _stamp(out, run)
@@ -648,8 +651,7 @@ class Store:
                 self._lock = None
             except Exception as exc:  # noqa: BLE001  (report on every rank, keep the partial data)
                 if _is_disk_full(exc):
-                    if self.mode == "shards":
-                        _remove_quietly(tmp)
+                    _remove_quietly(tmp)
                     err = ("DiskFull", (self.partial, self.bytes_remaining()))
                 else:
                     err = ("RuntimeError", f"finalisation of {self.path} failed: {exc!r}")
@@ -735,6 +737,26 @@ def _attr_str(value):
     if value is None:
         return None
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _copy_file(src, dst):
+    """Copy ``src`` to ``dst`` in the kernel (copy_file_range: a reflink where the file system
+    can, e.g. XFS, Btrfs, NFS 4.2, Lustre 2.16), falling back to a user-space copy."""
+    with open(src, "rb") as fi, open(dst, "wb") as fo:
+        left = os.fstat(fi.fileno()).st_size
+        try:
+            while left > 0:
+                n = os.copy_file_range(fi.fileno(), fo.fileno(), min(left, 1 << 30))
+                if n == 0:
+                    break
+                left -= n
+        except (AttributeError, OSError) as exc:
+            if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            fi.seek(0)
+            fo.seek(0)
+            fo.truncate()
+            shutil.copyfileobj(fi, fo, 1 << 24)
 
 
 def _fsync_file(path):
