@@ -1,4 +1,5 @@
 """Shared fixtures: a tiny but complete Kob–Andersen configuration (reduced LJ units)."""
+import h5py
 import pytest
 import yaml
 
@@ -47,3 +48,12 @@ def mutate_yaml(text, path, value):
     else:
         d[path[-1]] = value
     return yaml.safe_dump(data, allow_unicode=True)
+
+
+def h5_datasets(path):
+    """{name: array} of every dataset in the HDF5 file ``path`` (for bitwise comparisons)."""
+    out = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda n, o: out.__setitem__(n, o[()]) if isinstance(o, h5py.Dataset)
+                     else None)
+    return out

@@ -18,6 +18,8 @@ import h5py
 import numpy as np
 import pytest
 
+from conftest import h5_datasets as _datasets
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 MPIEXEC = os.path.join(os.path.dirname(sys.executable), "mpiexec")
@@ -55,12 +57,6 @@ def _config(folder, tiny_yaml, name):
     return cfg
 
 
-def _datasets(path):
-    out = {}
-    with h5py.File(path, "r") as f:
-        f.visititems(lambda n, o: out.__setitem__(n, o[()]) if isinstance(o, h5py.Dataset)
-                     else None)
-    return out
 
 
 def _assert_same(a_path, b_path):

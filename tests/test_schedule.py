@@ -6,9 +6,10 @@ import subprocess
 import sys
 import time
 
-import h5py
 import numpy as np
 import pytest
+
+from conftest import h5_datasets as _datasets
 
 from glasshpc.parallel import Context, TaskQueue, lpt_order
 
@@ -101,12 +102,6 @@ def _run(tmp_path, name, ranks, extra="", **env):
     return tmp_path / f"{name}.h5", p.stdout
 
 
-def _datasets(path):
-    out = {}
-    with h5py.File(path, "r") as f:
-        f.visititems(lambda n, o: out.__setitem__(n, o[()]) if isinstance(o, h5py.Dataset)
-                     else None)
-    return out
 
 
 def _assert_bitwise(a_path, b_path):

@@ -10,6 +10,8 @@ import h5py
 import numpy as np
 import pytest
 import yaml
+
+from conftest import h5_datasets as _datasets
 from mpi4py import MPI
 
 from glasshpc import config, dynamics
@@ -31,12 +33,6 @@ def _yaml(tiny_yaml, path, store):
     return yaml.safe_dump(data, allow_unicode=True)
 
 
-def _datasets(path):
-    out = {}
-    with h5py.File(path, "r") as f:
-        f.visititems(lambda n, o: out.__setitem__(n, o[()]) if isinstance(o, h5py.Dataset)
-                     else None)
-    return out
 
 
 @pytest.mark.skipif(not os.path.exists(MPIEXEC), reason="needs the venv's mpiexec")
