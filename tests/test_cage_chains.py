@@ -187,7 +187,8 @@ def test_two_chains_in_the_pipeline(two_chains, tmp_path):
         np.testing.assert_allclose(f["dynamics/msd_mean"][()], msd, rtol=1e-10)
         times = f["iso/times"][()]
         tx = f["dynamics"].attrs["ballistic_end"]
-        np.testing.assert_array_equal(tx, dynamics.ballistic_end(times, msd, 0.8))
+        # the run sums replica by replica (stages.dynamics_stage), this recomputation all at once
+        np.testing.assert_allclose(tx, dynamics.ballistic_end(times, msd, 0.8), rtol=1e-12)
         np.testing.assert_array_equal(tx, summary["ballistic_end"])
         assert "minimum of d ln MSD" in f["dynamics"].attrs["ballistic_end_definition"]
         # --dry-run's output size is exact with the chain datasets too
