@@ -75,7 +75,11 @@ def main():
     sys.path.insert(0, ROOT)
     from glasshpc import config as config_mod
     from glasshpc import schedule
+    from glasshpc.md.accel import resolve_suffix
+    from glasshpc.parallel import Context
+    from mpi4py import MPI
     cfg, _ = config_mod.load(cfg_path)
+    cfg, _ = resolve_suffix(cfg, Context(MPI.COMM_SELF))   # what the runs will use ('auto' → …)
     t0 = time.perf_counter()
     cal = schedule.calibrate(cfg, 3)
     print(f"calibration {time.perf_counter() - t0:.0f} s: MD {cal['md'][1] / 1e6:.3g} … "
