@@ -31,6 +31,22 @@ fits:
 """
 
 
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """Path (str) of a finished output of the tiny configuration, run once per test session on one
+    rank (in this process). Read it; never modify it (copy it first)."""
+    from mpi4py import MPI
+
+    from glasshpc import config
+    from glasshpc.parallel import Context
+    from glasshpc.run import execute
+
+    out = str(tmp_path_factory.mktemp("tiny_run") / "tiny.h5")
+    text = TINY_YAML.format(output=out)
+    execute(config.parse(text), text, Context(MPI.COMM_SELF))
+    return out
+
+
 @pytest.fixture
 def tiny_yaml():
     """Function output_path → YAML text of the tiny configuration."""
