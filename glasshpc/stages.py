@@ -15,8 +15,8 @@ from .parallel import TaskQueue, lpt_order, task_rng
 from .states.cage import cage_state
 from .states.chains import average_chains, split_half_pearson
 from .store import task_key
-from .structure.descriptors import (DescriptorSpec, compute_descriptors, second_minimum_gAA,
-                                    spec_from_config)
+from .structure.descriptors import (DescriptorSpec, compute_descriptors, gr_range, pair_histogram,
+                                    second_minimum, spec_from_config)
 
 Q_EDGES = dynamics.q_grid()
 
@@ -39,6 +39,9 @@ def layout(cfg, n_features):
         "dynamics/debye_waller": ((S, N), np.float64),
         "descriptors/init": ((S, N, n_features), np.float64),
     }
+    if cfg.descriptors.r_generation == "auto":   # g_AA(r) summands of generation_radius
+        out["snapshots/gAA_counts"] = ((S, GAA_BINS), np.float64)
+        out["snapshots/gAA_norm"] = ((S,), np.float64)
     if cfg.iso.store_displacements:
         out["iso/displacements"] = ((S, R, T, N, 3), np.float32)
     else:   # per-replica sums instead (dynamics.replica_sums), working data only (transient)
@@ -77,9 +80,12 @@ def layout(cfg, n_features):
 
 def transient(cfg):
     """Layout names that are working data only (Store ``transient``): not in the output file."""
-    if cfg.iso.store_displacements:
-        return ()
-    return tuple(f"replica_sums/{k}" for k in dynamics.REPLICA_SUMS)
+    out = ()
+    if cfg.descriptors.r_generation == "auto":
+        out += ("snapshots/gAA_counts", "snapshots/gAA_norm")
+    if not cfg.iso.store_displacements:
+        out += tuple(f"replica_sums/{k}" for k in dynamics.REPLICA_SUMS)
+    return out
 
 
 def descriptor_spec(cfg, r_generation):
@@ -277,21 +283,54 @@ def dynamics_stage(ctx, cfg, store, q):
     return run_tasks(ctx, "dynamics", list(range(cfg.snapshots.count)), work, store)
 
 
+GAA_DR = 0.01                        # bin of g_AA(r) for r_generation: auto (σ_AA)
+GAA_BINS = int(round(5.0 / GAA_DR))  # its widest range, 5 σ_AA (descriptors.gr_range)
+
+
+def gaa_range(cfg, store):
+    """(r_max, n_bins) of g_AA for r_generation: the range descriptors.gr_range gives for every
+    snapshot's box (the same on every rank: boxes are written by stage 1)."""
+    return gr_range([store.read("snapshots/box", (s,)) for s in range(cfg.snapshots.count)],
+                    dr=GAA_DR)
+
+
 def generation_radius(cfg, store):
-    """r_c of generation averaging: the config value or the second minimum of g_AA (all snapshots)."""
+    """r_c of generation averaging: the config value or the second minimum of g_AA over all
+    snapshots (descriptors.second_minimum_gAA, Eq. 9 [CAGE]) from the per-snapshot histograms of the
+    static stage, added in snapshot order (integer counts: exact)."""
     if cfg.descriptors.r_generation != "auto":
         return float(cfg.descriptors.r_generation)
     S = cfg.snapshots.count
-    return second_minimum_gAA([store.read("snapshots/positions", (s,)) for s in range(S)],
-                              [store.read("snapshots/types", (s,)) for s in range(S)],
-                              [store.read("snapshots/box", (s,)) for s in range(S)])
+    _, n_bins = gaa_range(cfg, store)
+    counts = np.zeros(n_bins)
+    norm = 0.0
+    for s in range(S):
+        counts += store.read("snapshots/gAA_counts", (s,))[:n_bins]
+        norm += float(store.read("snapshots/gAA_norm", (s,)))
+    edges = np.arange(n_bins + 1) * GAA_DR
+    shell = 4.0 / 3.0 * np.pi * (edges[1:] ** 3 - edges[:-1] ** 3)
+    g = counts / (norm * shell) if norm > 0 else np.zeros(n_bins)
+    return second_minimum(0.5 * (edges[1:] + edges[:-1]), g, GAA_DR)
 
 
 def static_stage(ctx, cfg, store, engines):
-    """Per-particle potential energy and |F^net| at t = 0 ([CAGE] Fig. 5), one task per snapshot,
-    whatever the snapshots' source (MD, files, imported data)."""
+    """Per-particle potential energy and |F^net| at t = 0 ([CAGE] Fig. 5), and with
+    ``r_generation: auto`` the snapshot's g_AA pair histogram (descriptors.pair_histogram), one task
+    per snapshot, whatever the snapshots' source (MD, files, imported data)."""
+    gaa = cfg.descriptors.r_generation == "auto"
+    if gaa:
+        _, n_bins = gaa_range(cfg, store)
 
     def work(s):
+        if gaa:
+            counts, norm = pair_histogram(store.read("snapshots/positions", (s,)),
+                                          store.read("snapshots/types", (s,)),
+                                          store.read("snapshots/box", (s,)), ((0, 0),), n_bins,
+                                          GAA_DR)
+            padded = np.zeros(GAA_BINS)
+            padded[:n_bins] = counts[0, 0]
+            store.write("snapshots/gAA_counts", (s,), padded)
+            store.write("snapshots/gAA_norm", (s,), np.array(norm[0, 0]))
         energy, force = engines.get().static_properties(store.read("snapshots/positions", (s,)),
                                                         store.read("snapshots/types", (s,)),
                                                         store.read("snapshots/box", (s,)))

@@ -251,6 +251,47 @@ def test_second_minimum_on_thermal_fcc():
     assert np.sqrt(2) * d1 + 0.05 < rmin < np.sqrt(3) * d1 - 0.05
 
 
+def test_second_minimum_steps_match_scipy():
+    """The numpy smoothing and peak finding of second_minimum equal scipy's gaussian_filter1d
+    (mode 'nearest') and find_peaks(prominence=…) on noisy g(r)-like curves with plateaus."""
+    from scipy.ndimage import gaussian_filter1d
+    from scipy.signal import find_peaks
+
+    from glasshpc.structure.descriptors import _gaussian_smooth, _prominent_peaks
+    rng = np.random.default_rng(11)
+    r = np.arange(300) * 0.01 + 0.005
+    for trial in range(20):
+        g = 1 + np.exp(-((r - 1.0) / 0.1) ** 2) * 2 - 0.3 * np.exp(-((r - 1.5) / 0.2) ** 2) \
+            + rng.normal(scale=0.05 * (trial % 4), size=r.size)
+        g[100:105] = g[100]                                         # a flat top or bottom
+        for sigma in (0.5, 3.0, 7.3):
+            np.testing.assert_allclose(_gaussian_smooth(g, sigma),
+                                       gaussian_filter1d(g, sigma, mode="nearest"), rtol=1e-13,
+                                       atol=1e-13)
+        for prom in (0.0, 0.05, 0.3):
+            assert np.array_equal(_prominent_peaks(-g, prom), find_peaks(-g, prominence=prom)[0])
+            q = np.round(g, 1)                                      # many plateaus
+            assert np.array_equal(_prominent_peaks(q, prom), find_peaks(q, prominence=prom)[0])
+
+
+def test_pair_histograms_add_up_to_radial_distribution():
+    """Per-snapshot pair_histogram summands (the static stage's tasks) give radial_distribution."""
+    from glasshpc.structure.descriptors import gr_range, pair_histogram
+    rng = np.random.default_rng(5)
+    snaps = [rng.uniform(0, BOX, size=(200, 3)) for _ in range(3)]
+    types = [rng.integers(0, 2, 200) for _ in range(3)]
+    r, g = radial_distribution(snaps, types, BOX, pairs=((0, 0), (0, 1)))
+    r_max, n_bins = gr_range([BOX] * 3)
+    for p in ((0, 0), (0, 1)):
+        parts = [pair_histogram(x, t, BOX, (p,), n_bins, 0.01) for x, t in zip(snaps, types)]
+        counts = sum(c[p] for c, _ in parts)
+        norm = sum(nm[p] for _, nm in parts)
+        edges = np.arange(n_bins + 1) * 0.01
+        shell = 4.0 / 3.0 * np.pi * (edges[1:] ** 3 - edges[:-1] ** 3)
+        assert np.array_equal(counts / (norm * shell), g[p])
+        assert counts.sum() > 0
+
+
 @pytest.mark.parametrize("n, box, cutoff", [
     (260, BOX, 3.6),                        # nc = 1..4 per axis, every cell aliased
     (400, np.array([6.0, 14.0, 9.0]), 2.9),  # mixed: aliased along x, pruned stencil along y

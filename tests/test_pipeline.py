@@ -15,6 +15,7 @@ from mpi4py import MPI
 from glasshpc import config
 from glasshpc.parallel import Context
 from glasshpc.run import execute
+from glasshpc.structure.descriptors import second_minimum_gAA
 
 
 def _run(tiny_yaml, path, comm):
@@ -128,6 +129,7 @@ def test_selection_and_mlp_from_yaml(tiny_yaml, tmp_path):
     data["fits"]["feature_sets"] = {"cs": {"features": "init+cs+drcs", "generations": 0}}
     data["fits"]["selection"] = {"method": "forward", "max_features": 4}
     data["fits"]["mlp"] = {"layers": 2, "max_iter": 30}
+    del data["descriptors"]["r_generation"]     # auto: from the static stage's g_AA histograms
     text = yaml.safe_dump(data)
     execute(config.parse(text), text, Context(MPI.COMM_SELF))
     with h5py.File(tmp_path / "sel.h5", "r") as f:
@@ -138,5 +140,11 @@ def test_selection_and_mlp_from_yaml(tiny_yaml, tmp_path):
         assert order.shape == (2, 8, 4) and g["selection/rho"].shape == (2, 8, 4)
         for sp, k, j in np.ndindex(order.shape):
             assert ranked[sp, k, j].decode() == names[order[sp, k, j]]
+        # the per-snapshot histograms give exactly the all-snapshot g_AA's second minimum
+        S = f["snapshots/box"].shape[0]
+        assert f["descriptors"].attrs["r_generation"] == second_minimum_gAA(
+            list(f["snapshots/positions"][()]), list(f["snapshots/types"][()]),
+            list(f["snapshots/box"][()]))
+        assert "snapshots/gAA_counts" not in f and S == 5
         assert np.isfinite(g["selection/rho"][:, 2:, -1]).all()
         assert g["mlp_pearson"].shape == (2, 8) and np.all(np.abs(g["mlp_pearson"][()]) <= 1)

@@ -983,6 +983,47 @@ def compute_descriptors(positions, types, box, spec, replicate=True):
     return _generations(nl.offsets, nl.neighbors, nl.distances, base, spec.r_generation, spec.generations)
 
 
+def pair_histogram(positions, types, box, pairs, n_bins, dr):
+    """One snapshot's pair-distance histogram and g(r) normalisation, the summands of
+    :func:`radial_distribution` (per-snapshot tasks add them up in snapshot order).
+
+    positions (N, 3), types (N,) int, box (3,) orthorhombic edges (σ_AA); bins [k·dr, (k+1)·dr),
+    k < n_bins, n_bins·dr < min(box)/2. Returns ({(a, b): (n_bins,) float64 number of ordered
+    (i∈A, j∈B, j≠i) pairs per bin}, {(a, b): N_A (N_B − δ_AB) / V}). Raises ValueError for bad
+    shapes, non-finite positions or a range beyond half the box."""
+    pos = _check_positions(positions)
+    box = _check_box(box)
+    typ = np.asarray(types)
+    if typ.shape != (pos.shape[0],):
+        raise ValueError(f"types shape {typ.shape} does not match positions {pos.shape}")
+    typ = typ.astype(np.int64)
+    edges = np.arange(int(n_bins) + 1) * dr
+    nl = NeighborList(pos, box, edges[-1])
+    i_of = np.repeat(np.arange(pos.shape[0]), np.diff(nl.offsets))
+    ti = typ[i_of]
+    tj = typ[nl.neighbors]
+    vol = float(np.prod(box))
+    counts, norm = {}, {}
+    for (a, b) in pairs:
+        sel = (ti == a) & (tj == b)
+        counts[(a, b)] = np.histogram(nl.distances[sel], bins=edges)[0].astype(np.float64)
+        na = np.count_nonzero(typ == a)
+        nb = np.count_nonzero(typ == b) - (1 if a == b else 0)
+        norm[(a, b)] = na * nb / vol
+    return counts, norm
+
+
+def gr_range(box_list, r_max=None, dr=0.01):
+    """(r_max, n_bins) of :func:`radial_distribution` for these boxes: r_max defaults to
+    min(5, 0.999 · min(box)/2). Raises ValueError if fewer than 2 bins fit."""
+    if r_max is None:
+        r_max = min(5.0, 0.999 * 0.5 * min(float(np.min(b)) for b in box_list))
+    n_bins = int(np.floor(r_max / dr))
+    if n_bins < 2:
+        raise ValueError(f"r_max {r_max} too small for dr {dr}")
+    return r_max, n_bins
+
+
 def radial_distribution(positions_list, types_list, box_list, pairs=((0, 0),), r_max=None, dr=0.01):
     """Partial pair correlation functions g_AB(r) averaged over snapshots.
 
@@ -1008,31 +1049,15 @@ def radial_distribution(positions_list, types_list, box_list, pairs=((0, 0),), r
     box_list = [_check_box(b) for b in box_list]
     if not positions_list or len(types_list) != len(positions_list) or len(box_list) != len(positions_list):
         raise ValueError("positions_list, types_list and box_list must be non-empty and of equal length")
-    if r_max is None:
-        r_max = min(5.0, 0.999 * 0.5 * min(b.min() for b in box_list))
-    n_bins = int(np.floor(r_max / dr))
-    if n_bins < 2:
-        raise ValueError(f"r_max {r_max} too small for dr {dr}")
+    r_max, n_bins = gr_range(box_list, r_max, dr)
     edges = np.arange(n_bins + 1) * dr
     counts = {p: np.zeros(n_bins) for p in pairs}
     norm = {p: 0.0 for p in pairs}
     for pos, typ, box in zip(positions_list, types_list, box_list):
-        pos = _check_positions(pos)
-        typ = np.asarray(typ)
-        if typ.shape != (pos.shape[0],):
-            raise ValueError(f"types shape {typ.shape} does not match positions {pos.shape}")
-        typ = typ.astype(np.int64)
-        nl = NeighborList(pos, box, edges[-1])
-        i_of = np.repeat(np.arange(pos.shape[0]), np.diff(nl.offsets))
-        ti = typ[i_of]
-        tj = typ[nl.neighbors]
-        vol = float(np.prod(box))
-        for (a, b) in pairs:
-            sel = (ti == a) & (tj == b)
-            counts[(a, b)] += np.histogram(nl.distances[sel], bins=edges)[0]
-            na = np.count_nonzero(typ == a)
-            nb = np.count_nonzero(typ == b) - (1 if a == b else 0)
-            norm[(a, b)] += na * nb / vol
+        c, nm = pair_histogram(pos, typ, box, pairs, n_bins, dr)
+        for p in pairs:
+            counts[p] += c[p]
+            norm[p] += nm[p]
     shell = 4.0 / 3.0 * np.pi * (edges[1:] ** 3 - edges[:-1] ** 3)
     r = 0.5 * (edges[1:] + edges[:-1])
     g = {p: counts[p] / (norm[p] * shell) if norm[p] > 0 else np.zeros(n_bins) for p in pairs}
@@ -1051,14 +1076,64 @@ def second_minimum_gAA(positions_list, types_list, box_list, species=0, r_max=No
 
     Raises ValueError if fewer than two minima are found within r_max (too little data or r_max too small).
     """
-    from scipy.ndimage import gaussian_filter1d
-    from scipy.signal import find_peaks
+    r, g = radial_distribution(positions_list, types_list, box_list, pairs=((species, species),),
+                               r_max=r_max, dr=dr)
+    return second_minimum(r, g[(species, species)], dr, smooth, prominence)
 
-    r, g = radial_distribution(positions_list, types_list, box_list, pairs=((species, species),), r_max=r_max,
-                               dr=dr)
-    g = gaussian_filter1d(g[(species, species)], smooth / dr, mode="nearest")
+
+def _gaussian_smooth(y, sigma):
+    """y convolved with a normalised Gaussian of ``sigma`` bins truncated at 4 σ, edges extended
+    with the end values (what scipy.ndimage.gaussian_filter1d(y, sigma, mode='nearest') computes,
+    to rounding; numpy only: scipy.ndimage and scipy.signal cost 1.5 s to import per rank)."""
+    radius = int(4.0 * sigma + 0.5)
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    w = np.exp(-0.5 / (sigma * sigma) * x * x)
+    w /= w.sum()
+    padded = np.concatenate([np.full(radius, y[0]), y, np.full(radius, y[-1])])
+    return np.convolve(padded, w, mode="valid")
+
+
+def _prominent_peaks(y, prominence):
+    """Indices of the local maxima of ``y`` (flat tops: the middle sample, ends excluded) whose
+    topographic prominence is ≥ ``prominence``: the peaks scipy.signal.find_peaks(y,
+    prominence=prominence) returns, in increasing order."""
+    n = y.size
+    peaks = []
+    i = 1
+    while i < n - 1:
+        if y[i - 1] < y[i]:
+            j = i + 1
+            while j < n - 1 and y[j] == y[i]:
+                j += 1
+            if y[j] < y[i]:
+                peaks.append((i + j - 1) // 2)
+            i = j
+        else:
+            i += 1
+    out = []
+    for k in peaks:
+        lo = y[k]
+        i = k
+        while i > 0 and y[i - 1] <= y[k]:   # to the left until a higher sample or the end
+            i -= 1
+            lo = min(lo, y[i])
+        ro = y[k]
+        i = k
+        while i < n - 1 and y[i + 1] <= y[k]:
+            i += 1
+            ro = min(ro, y[i])
+        if y[k] - max(lo, ro) >= prominence:
+            out.append(k)
+    return np.array(out, dtype=np.int64)
+
+
+def second_minimum(r, g, dr=0.01, smooth=0.03, prominence=0.05):
+    """The second minimum of g(r) given on bin centres ``r`` (width ``dr``): the algorithm of
+    :func:`second_minimum_gAA`, on a g(r) already summed (e.g. from per-snapshot
+    :func:`pair_histogram` tasks). Raises ValueError if fewer than two minima are found."""
+    g = _gaussian_smooth(np.asarray(g, dtype=np.float64), smooth / dr)
     first = int(np.argmax(g))
-    mins, _ = find_peaks(-g, prominence=prominence)
+    mins = _prominent_peaks(-g, prominence)
     mins = mins[mins > first]
     if mins.size < 2:
         raise ValueError(f"found {mins.size} minima of g_AA beyond its first peak within r_max = {r[-1] + dr / 2:.3g}; "
