@@ -143,6 +143,9 @@ def execute(cfg, yaml_text, ctx, store_mode="auto", resume=False, overwrite=Fals
         return execute_softness(cfg, yaml_text, ctx, store_mode, resume=resume,
                                 overwrite=overwrite)
     t_start = time.perf_counter()
+    # refused at once if another run holds the output: the resolutions below cost seconds to
+    # minutes (the suffix check runs the model)
+    store_mod.preflight(cfg.output, ctx, resume=resume, overwrite=overwrite)
     from .schedule import resolve_engine_ranks
     cfg, note = resolve_engine_ranks(cfg, ctx, resume)   # 'auto' → K before the config is hashed
     if note:

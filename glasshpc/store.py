@@ -258,13 +258,7 @@ class Store:
                 self._lock = lock
                 return attempt, record
             if not overwrite:
-                if os.path.exists(self.path):
-                    raise FileExistsError(f"output {self.path} exists; move it away, choose "
-                                          "another output path, or use --overwrite")
-                if os.path.lexists(self.partial):
-                    raise FileExistsError(f"{self.partial} exists: an earlier run did not "
-                                          "finish; continue it with --resume, or start again "
-                                          "with --overwrite")
+                _refuse_fresh_start(self.path, self.partial)
         except BaseException:
             if lock is not None:
                 if created:
@@ -795,6 +789,39 @@ def _discard(folder, lock, stage_hook=False):
     shutil.rmtree(trash, ignore_errors=True)
     if lock is not None:
         lock.release()
+
+
+def _refuse_fresh_start(path, partial):
+    """FileExistsError if a fresh start (no --resume, no --overwrite) would replace something."""
+    if os.path.exists(path):
+        raise FileExistsError(f"output {path} exists; move it away, choose another output path, "
+                              "or use --overwrite")
+    if os.path.lexists(partial):
+        raise FileExistsError(f"{partial} exists: an earlier run did not finish; continue it with "
+                              "--resume, or start again with --overwrite")
+
+
+def preflight(path, ctx, resume=False, overwrite=False):
+    """Collective. The refusals of :class:`Store` that need no work — the output in use by a live
+    run (:class:`LockHeld`), or a fresh start onto an existing output or ``.partial/``
+    (FileExistsError) — made before a run spends anything (the LAMMPS suffix check, the engine
+    group choice). Creates and changes nothing; the Store repeats every check under its lock."""
+    path = os.path.abspath(path)
+    partial = path + ".partial"
+    res = None
+    if ctx.root:
+        try:
+            if os.path.isdir(partial):
+                lock = RunLock.acquire(partial, create=False)
+                if lock is not None:
+                    lock.release()
+            if not (resume or overwrite):
+                _refuse_fresh_start(path, partial)
+        except (LockHeld, FileExistsError) as exc:
+            res = (type(exc).__name__, str(exc))
+    res = ctx.comm.bcast(res, root=0)
+    if res is not None:
+        raise {"LockHeld": LockHeld, "FileExistsError": FileExistsError}[res[0]](res[1])
 
 
 def _clean_leftovers(partial, min_age=60.0):

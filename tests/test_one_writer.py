@@ -203,3 +203,33 @@ def test_already_finished_output_of_this_config(tmp_path):
         Store(str(tmp_path / "out.h5"), Context(MPI.COMM_SELF), LAYOUT, mode="shards",
               config={"x": 2}, resume=True)
     assert _listing(tmp_path) == ["out.h5"]
+
+
+def test_live_output_refused_before_any_costly_resolution(tmp_path, tiny_yaml, capsys):
+    """execute() on an output another process holds raises LockHeld before it resolves
+    ``md.suffix: auto`` (which runs the model): nothing logged, nothing created or changed."""
+    import yaml
+
+    from glasshpc import config
+    from glasshpc.run import execute
+    from glasshpc.runlock import RunLock
+    from glasshpc.store import preflight
+
+    out = str(tmp_path / "live.h5")
+    partial = out + ".partial"
+    os.makedirs(partial)
+    holder = RunLock.acquire(partial)      # stands for the live run (flock is per open file)
+    holder.write_holder()
+    data = yaml.safe_load(tiny_yaml(out))
+    data["md"]["suffix"] = "auto"
+    text = yaml.safe_dump(data)
+    before = _listing(partial)
+    for kwargs in ({"resume": True}, {"overwrite": True}, {}):
+        with pytest.raises(LockHeld, match=str(os.getpid())):
+            execute(config.parse(text), text, Context(MPI.COMM_SELF), **kwargs)
+    assert "LAMMPS suffix" not in capsys.readouterr().out
+    assert _listing(partial) == before and _listing(tmp_path) == ["live.h5.partial"]
+    holder.release()
+    preflight(out, Context(MPI.COMM_SELF), resume=True)      # free now: no refusal
+    with pytest.raises(FileExistsError, match="--resume"):
+        preflight(out, Context(MPI.COMM_SELF))
