@@ -59,8 +59,8 @@ class TaskQueue:
     Rank 0 runs a progress thread that prints, every ``interval`` seconds (default 15 s, env
     ``GLASSHPC_PROGRESS_SECONDS``), the finished tasks of all ranks, the rate and an ETA =
     remaining cost / observed cost rate — also while rank 0 itself is inside a long task (the
-    thread needs the GIL: LAMMPS calls release it, numba kernels without ``nogil`` do not, so a
-    line can be late by one kernel call). The thread also makes MPI calls, which drives MPICH's
+    thread needs the GIL: LAMMPS calls and the long numba kernels — cage MC chain, EDMD run —
+    release it; the short ones do not, so a line can be late by one short kernel call). The thread also makes MPI calls, which drives MPICH's
     progress engine for RMA that the network cannot do in hardware (see README, Scheduling).
 
     Parameters: ``tasks`` (list, handed out in this order), ``costs`` (relative cost per task, for

@@ -434,3 +434,30 @@ def test_kernel_matches_reference_mc(cage):
     dr_k = np.linalg.norm(r["positions"] - pos, axis=1).mean()
     dr_ref = np.linalg.norm(ref[3] - pos, axis=1).mean()
     assert abs(dr_k - dr_ref) < 0.1 * dr_ref, (dr_k, dr_ref)
+
+
+def test_chain_releases_the_gil_for_the_progress_thread(ka400):
+    """A cage chain is one numba call (minutes on a cluster): it runs without the GIL, so rank 0's
+    progress thread keeps ticking meanwhile (glasshpc.parallel.TaskQueue)."""
+    import threading
+    import time
+
+    pos, t, box = ka400
+    pot = PairPotential.kob_andersen()
+    cage_state(pos, t, box, pot, 0.6, 1, 1, seed=1)            # compiled / loaded before timing
+    ticks, stop = [], threading.Event()
+
+    def tick():
+        while not stop.is_set():
+            ticks.append(time.perf_counter())
+            time.sleep(0.002)
+
+    t0 = time.perf_counter()
+    th = threading.Thread(target=tick)
+    th.start()
+    cage_state(pos, t, box, pot, 0.6, 300, 300, seed=2)
+    t1 = time.perf_counter()
+    stop.set()
+    th.join()
+    inside = [x for x in ticks if t0 + 0.1 * (t1 - t0) < x < t0 + 0.9 * (t1 - t0)]
+    assert t1 - t0 > 0.1 and len(inside) >= 10, (t1 - t0, len(inside))

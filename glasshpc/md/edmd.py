@@ -585,7 +585,7 @@ def _collide(i, j, t, st, ccount, prm, fst):
     ccount[j] += 1
 
 
-@njit(**_JIT)
+@njit(nogil=True, **_JIT)   # long calls: the progress thread needs the GIL meanwhile
 def _run_kernel(t_end, st, ctr, img, nbr, nn, ccnt, cmem, cslot, cell_of, nc, stencil, stencil_n,
                 ev_time, ev_partner, ev_pcount, scratch, ccount, where, cnx, cpv, ring, sh, shpos, cst, prm,
                 ist, fst):

@@ -932,7 +932,8 @@ def _moves(i0, measuring, pos, init, ref, types, box, S, kind, sig, sig2, eps, e
     return n
 
 
-@njit(cache=True, error_model="numpy")
+# nogil: one call is a whole chain (minutes on a cluster); the progress thread needs the GIL
+@njit(cache=True, error_model="numpy", nogil=True)
 def _mc_kernel(pos, init, types, box, S, kind, sig, sig2, eps, eps4, rc2, esh, lcut2, T,
                cage_mode, coff, cvx, cvy, cvz, csc2, cnb, sigc, rad2,
                allpairs, skin, n_equil, n_measure, seed, step, step_max, target,
