@@ -1,5 +1,5 @@
 """Dynamics of isoconfigurational ensembles: propensity, F_s(q,t), τ_α, MSD and the end of the
-ballistic regime, S(q).
+ballistic regime, four-point susceptibilities χ₄ of F_s and of the propensity, S(q).
 
 Reduced LJ units of species A (lengths σ_AA, times τ). Displacements are unwrapped
 r_i(t) − r_i(0) (SCIENCE.md §2).
@@ -121,23 +121,132 @@ def combine_replica_sums(parts, types, n_species):
     ran). ``parts``: iterable of those dicts.
 
     Returns dict: ``propensity`` (T, N) ⟨|Δr_i(t)|⟩_iso (or ⟨|Δr_i|²⟩), ``debye_waller`` (N,)
-    ⟨|Δr_i(t_k)|²⟩_iso, ``fs`` (n_species, T) F_s(q,t), ``msd`` (n_species, T) (σ²), all float64;
-    NaN rows of ``fs``/``msd`` for species absent from ``types``. Raises ValueError without
-    replicas."""
-    acc, n = None, 0
+    ⟨|Δr_i(t_k)|²⟩_iso, ``fs`` (n_species, T) F_s(q,t), ``msd`` (n_species, T) (σ²),
+    ``fs_replicas`` (R, n_species, T) the one-trajectory F̂_s(q,t) of every replica (for
+    :func:`chi4_fs`), all float64; NaN rows of ``fs``/``msd``/``fs_replicas`` for species absent
+    from ``types``. Raises ValueError without replicas."""
+    acc, n, fs_each = None, 0, []
     for part in parts:
         if acc is None:
             acc = {k: np.array(part[k], dtype=np.float64) for k in REPLICA_SUMS}
         else:
             for k in REPLICA_SUMS:
                 acc[k] += part[k]
+        fs_each.append(np.array(part["fs"], dtype=np.float64))
         n += 1
     if n == 0:
         raise ValueError("no replicas to combine")
     counts = np.bincount(np.asarray(types), minlength=n_species)[:n_species].astype(np.float64)
     per_species = np.where(counts > 0, n * counts, np.nan)[:, None]
     return {"propensity": acc["propensity"] / n, "debye_waller": acc["debye_waller"] / n,
-            "fs": acc["fs"] / per_species, "msd": acc["msd"] / per_species}
+            "fs": acc["fs"] / per_species, "msd": acc["msd"] / per_species,
+            "fs_replicas": np.stack(fs_each) / np.where(counts > 0, counts, np.nan)[None, :, None]}
+
+
+CHI4_FS_DEFINITION = (
+    "chi4_fs[s, t] = N_s [<Fhat_s(q,t)^2> - <Fhat_s(q,t)>^2], the variance over all S x R "
+    "trajectories (every replica of every snapshot, population variance 1/(S R)) of the "
+    "one-trajectory self-intermediate scattering function Fhat_s(q,t) = (1/N_s) sum_{j in s} "
+    "sin(q|dr_j(t)|)/(q|dr_j(t)|) (the orientational average of cos(q.dr_j)), q = attr q; "
+    "N_s = particles of species s per snapshot (mean over snapshots). This is Tripodo et al., Int. J. "
+    "Mol. Sci. 23, 9322 (2022) Eq. 8, (1/N)[sum_ij <f_i f_j> - (sum_i <f_i>)^2], with the "
+    "per-particle overlap f_i = sin(q|dr_i|)/(q|dr_i|) of one trajectory in place of q_i^a and <.> "
+    "over trajectories: the usual chi_4 of the self overlap (e.g. Berthier et al., Science 310, "
+    "1797 (2005)); SCIENCE.md section 2")
+CHI4_PROPENSITY_DEFINITION = (
+    "chi4_propensity[s, t] = (1/N_s) [<Q_s(t)^2> - <Q_s(t)>^2] with Q_s(t) = sum_{i in s} q_i, "
+    "q_i = 1 if the propensity Delta r_i(t) > a_s else 0, <.> the mean over the S snapshots "
+    "(isoconfigurational ensembles; population variance 1/S; NaN for S < 2), a_s = attr "
+    "chi4_threshold[s] = mean propensity of species s at tau_alpha of species s (attr "
+    "chi4_threshold_time; the last read-out when F_s does not reach 1/e): Tripodo et al., "
+    "Int. J. Mol. Sci. 23, 9322 (2022) Eq. 8; SCIENCE.md section 2")
+
+
+def chi4_fs(fs_replicas, types, n_species):
+    """Four-point susceptibility of the self overlap F_s per species and time
+    (definition: :data:`CHI4_FS_DEFINITION`): [DW] (Tripodo et al. 2022) Eq. 8,
+    (1/N)[Σ_ij ⟨f_i f_j⟩ − (Σ_i ⟨f_i⟩)²], with the one-trajectory overlap f_i = sin(q|Δr_i|)/(q|Δr_i|)
+    of SCIENCE.md §2 in place of q_i^a and ⟨·⟩ over trajectories — the usual χ₄ of the self overlap
+    (e.g. Berthier et al., Science 310, 1797 (2005)).
+
+    χ₄^s(t) = N_s [⟨F̂_s(q,t)²⟩ − ⟨F̂_s(q,t)⟩²], the population variance over all S × R trajectories
+    (replicas of every snapshot) of the one-trajectory F̂_s = (1/N_s) Σ_{j∈s} sin(q|Δr_j|)/(q|Δr_j|).
+
+    fs_replicas : (S, R, n_species, T) float, F̂_s of every replica (``fs_replicas`` of
+    :func:`combine_replica_sums`; /dynamics/fs_replicas); types : (S, N) or (N,) int species.
+    Returns (n_species, T) float64 (dimensionless; NaN rows for absent species). The sums run over
+    the whole stored array in a fixed order: the same numbers whoever computed the replicas.
+    Raises ValueError for a bad shape."""
+    f = np.asarray(fs_replicas, dtype=np.float64)
+    if f.ndim != 4 or f.shape[2] != n_species:
+        raise ValueError(f"fs_replicas must have shape (S, R, {n_species}, T), got {f.shape}")
+    n_s = _species_counts(types, n_species)
+    flat = f.reshape(-1, n_species, f.shape[3])
+    mean = flat.mean(axis=0)
+    var = ((flat - mean) ** 2).mean(axis=0)     # two-pass: no cancellation of ⟨F²⟩ − ⟨F⟩²
+    return n_s[:, None] * var
+
+
+def _species_counts(types, n_species):
+    """(n_species,) float64 mean number of particles per snapshot of each species (NaN if none)."""
+    t = np.asarray(types)
+    t = t.reshape(1, -1) if t.ndim == 1 else t
+    c = np.array([np.bincount(row, minlength=n_species)[:n_species] for row in t], np.float64)
+    c = c.mean(axis=0)
+    return np.where(c > 0, c, np.nan)
+
+
+def chi4_threshold(times, propensity, types, tau, n_species):
+    """Probe length a_s of :func:`chi4_propensity` ([DW] after Eq. 8): the mean propensity of
+    species s at t = τ_α of species s, linearly interpolated in ln t between read-outs.
+
+    times : (T,) τ; propensity : (S, T, N); types : (S, N); tau : (n_species,) τ_α (NaN, or outside
+    the read-outs: the last read-out is used). Returns ((n_species,) a_s in σ (σ² for the squared
+    propensity), (n_species,) the time used (τ)), float64 each."""
+    times = np.asarray(times, dtype=np.float64)
+    prop = np.asarray(propensity, dtype=np.float64)
+    types = np.asarray(types)
+    a = np.full(n_species, np.nan)
+    used = np.full(n_species, np.nan)
+    for s in range(n_species):
+        m = types == s
+        if not m.any():
+            continue
+        mean = np.array([prop[:, k][m].mean() for k in range(times.size)])
+        t = float(tau[s]) if np.isfinite(tau[s]) and times[0] <= tau[s] <= times[-1] \
+            else float(times[-1])
+        a[s] = np.interp(np.log(t), np.log(times), mean)
+        used[s] = t
+    return a, used
+
+
+def chi4_propensity(propensity, types, threshold, n_species):
+    """Four-point susceptibility of the propensity per species and time ([DW] Eq. 8):
+    χ₄^s(t) = (1/N_s)[Σ_{i,j∈s} ⟨q_i q_j⟩ − (Σ_{i∈s} ⟨q_i⟩)²] = Var(Q_s)/N_s, q_i = Θ(Δr_i(t) − a_s),
+    Q_s = Σ_{i∈s} q_i, ⟨·⟩ the mean over snapshots (each snapshot one isoconfigurational ensemble,
+    Δr_i its propensity; population variance). Definition: :data:`CHI4_PROPENSITY_DEFINITION`.
+
+    propensity : (S, T, N) float (σ, or σ² for the squared kind) — measured or predicted;
+    types : (S, N) int; threshold : (n_species,) a_s (:func:`chi4_threshold`) or a scalar.
+    Returns (n_species, T) float64 (dimensionless); all NaN for S < 2 or an absent species.
+    Raises ValueError for mismatched shapes."""
+    prop = np.asarray(propensity, dtype=np.float64)
+    types = np.asarray(types)
+    if prop.ndim != 3 or types.shape != (prop.shape[0], prop.shape[2]):
+        raise ValueError(f"propensity (S, T, N) {prop.shape} and types (S, N) {types.shape} "
+                         "must match")
+    a = np.broadcast_to(np.asarray(threshold, dtype=np.float64), (n_species,))
+    n_s = _species_counts(types, n_species)
+    out = np.full((n_species, prop.shape[1]), np.nan)
+    if prop.shape[0] < 2:
+        return out
+    for s in range(n_species):
+        m = (types == s)[:, None, :]
+        if not np.isfinite(n_s[s]) or not np.isfinite(a[s]):
+            continue
+        Q = ((prop > a[s]) & m).sum(axis=2).astype(np.float64)     # (S, T)
+        out[s] = ((Q - Q.mean(axis=0)) ** 2).mean(axis=0) / n_s[s]
+    return out
 
 
 BALLISTIC_END_DEFINITION = ("t_x = sqrt(MSD_plateau / (3 T)): the time at which the ballistic MSD "

@@ -21,7 +21,9 @@ from . import __version__, cluster, config as config_mod, interrupt, resources, 
 from . import store as store_mod
 from .learn.fits import fit_propensity, single_variable_pearson
 from .learn.selection import write_selection
-from .dynamics import BALLISTIC_END_DEFINITION, ballistic_end, debye_waller_index, tau_alpha
+from .dynamics import (BALLISTIC_END_DEFINITION, CHI4_FS_DEFINITION, CHI4_PROPENSITY_DEFINITION,
+                       ballistic_end, chi4_fs, chi4_propensity, chi4_threshold,
+                       debye_waller_index, tau_alpha)
 from .states.chains import chain_reliability
 from .md.accel import resolve_suffix
 from .models import get_model
@@ -184,6 +186,11 @@ def execute(cfg, yaml_text, ctx, store_mode="auto", resume=False, overwrite=Fals
             f"{t:.4g} τ ({n})" for n, t in zip(species, taus)))
         msd = np.mean([store.read("dynamics/msd", (s,)) for s in range(cfg.snapshots.count)],
                       axis=0)
+        chi4 = four_point_susceptibilities(cfg, store, times, taus, len(species))
+        ctx.log("four-point susceptibility, largest over t: χ₄ of F_s " + ", ".join(
+            f"{_peak(chi4['chi4_fs'][k]):.3g} ({n})" for k, n in enumerate(species))
+            + "; χ₄ of the propensity ([DW] Eq. 8) " + ", ".join(
+            f"{_peak(chi4['chi4_propensity'][k]):.3g} ({n})" for k, n in enumerate(species)))
         t_x = ballistic_end(times, msd, cfg.model.temperature)
         ctx.log("end of the ballistic regime t_x = √(MSD_plateau / 3T) = " + ", ".join(
             f"{t:.4g} τ ({n})" for n, t in zip(species, t_x))
@@ -229,6 +236,12 @@ def execute(cfg, yaml_text, ctx, store_mode="auto", resume=False, overwrite=Fals
             h5["dynamics"].attrs["q"] = q
             h5["dynamics"].attrs["tau_alpha"] = np.array(taus)
             h5["dynamics/msd_mean"] = msd
+            for key in ("chi4_fs", "chi4_propensity"):
+                h5[f"dynamics/{key}"] = chi4[key]
+            h5["dynamics/chi4_fs"].attrs["definition"] = CHI4_FS_DEFINITION
+            h5["dynamics/chi4_propensity"].attrs["definition"] = CHI4_PROPENSITY_DEFINITION
+            h5["dynamics"].attrs["chi4_threshold"] = chi4["threshold"]
+            h5["dynamics"].attrs["chi4_threshold_time"] = chi4["threshold_time"]
             h5["dynamics"].attrs["ballistic_end"] = t_x
             h5["dynamics"].attrs["ballistic_end_definition"] = BALLISTIC_END_DEFINITION
             for key, value in cage_attrs.items():
@@ -265,6 +278,27 @@ def execute(cfg, yaml_text, ctx, store_mode="auto", resume=False, overwrite=Fals
                 "wall": wall}
     finally:
         store.close()
+
+
+def four_point_susceptibilities(cfg, store, times, taus, n_species):
+    """χ₄(t) of F_s and of the propensity per species from the stored dynamics (dynamics.chi4_fs,
+    dynamics.chi4_propensity; [DW] Eq. 8), read snapshot by snapshot in index order (the same
+    numbers on any rank count). Returns dict ``chi4_fs``, ``chi4_propensity`` (n_species, T),
+    ``threshold`` (n_species,) a_s and ``threshold_time`` (n_species,) (τ), float64."""
+    S = cfg.snapshots.count
+    types = np.stack([store.read("snapshots/types", (s,)) for s in range(S)])
+    prop = np.stack([store.read("propensity", (s,)) for s in range(S)])
+    fs_rep = np.stack([store.read("dynamics/fs_replicas", (s,)) for s in range(S)])
+    a, t_a = chi4_threshold(times, prop, types, np.asarray(taus, dtype=np.float64), n_species)
+    return {"chi4_fs": chi4_fs(fs_rep, types, n_species),
+            "chi4_propensity": chi4_propensity(prop, types, a, n_species),
+            "threshold": a, "threshold_time": t_a}
+
+
+def _peak(values):
+    """Largest finite value (NaN if none)."""
+    v = np.asarray(values, dtype=np.float64)
+    return float(np.nanmax(v)) if np.any(np.isfinite(v)) else float("nan")
 
 
 def _table(title, times, columns, species):

@@ -34,6 +34,7 @@ def layout(cfg, n_features):
         "propensity": ((S, T, N), np.float64),
         "dynamics/fs": ((S, n_species, T), np.float64),
         "dynamics/msd": ((S, n_species, T), np.float64),
+        "dynamics/fs_replicas": ((S, R, n_species, T), np.float64),
         "snapshots/energy": ((S, N), np.float64),
         "snapshots/net_force": ((S, N), np.float64),
         "dynamics/debye_waller": ((S, N), np.float64),
@@ -260,7 +261,8 @@ def dynamics_stage(ctx, cfg, store, q):
     dynamics.ballistic_end) and the local Debye–Waller factor ⟨|Δr_i(t≈1)|²⟩ ([DW]) per snapshot:
     per-replica sums (dynamics.replica_sums, of the stored displacements or as stored by the
     replica stage) added in replica order (dynamics.combine_replica_sums), one replica in memory
-    at a time. Both paths give bitwise the same numbers."""
+    at a time; also every replica's own F̂_s(q,t) (``dynamics/fs_replicas``, for χ₄ of F_s,
+    dynamics.chi4_fs). Both paths give bitwise the same numbers."""
     n_species = len(get_model(cfg.model.name).species)
     k_dw = dynamics.debye_waller_index(cfg.replica_times())
     kind = cfg.dynamics.propensity
@@ -278,6 +280,7 @@ def dynamics_stage(ctx, cfg, store, q):
         store.write("propensity", (s,), res["propensity"])
         store.write("dynamics/fs", (s,), res["fs"])
         store.write("dynamics/msd", (s,), res["msd"])
+        store.write("dynamics/fs_replicas", (s,), res["fs_replicas"])
         store.write("dynamics/debye_waller", (s,), res["debye_waller"])
 
     return run_tasks(ctx, "dynamics", list(range(cfg.snapshots.count)), work, store)
