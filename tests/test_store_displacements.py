@@ -20,7 +20,8 @@ from glasshpc.run import execute
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MPIEXEC = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-DYNAMICS = ("propensity", "dynamics/fs", "dynamics/msd", "dynamics/debye_waller")
+DYNAMICS = ("propensity", "dynamics/fs", "dynamics/msd", "dynamics/debye_waller",
+            "dynamics/fs_replicas", "dynamics/chi4_fs", "dynamics/chi4_propensity")
 
 
 def _yaml(tiny_yaml, path, store):
