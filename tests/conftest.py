@@ -73,3 +73,29 @@ def h5_datasets(path):
         f.visititems(lambda n, o: out.__setitem__(n, o[()]) if isinstance(o, h5py.Dataset)
                      else None)
     return out
+
+
+def with_predictions(src, dst):
+    """Copy the finished output ``src`` to ``dst`` so that it certainly holds per-particle
+    predictions: the run's own /fits/<set>/prediction [S, T, N] when it stores them, else one
+    stand-in set computed from the stored ridge model of ``g0`` on X^init (X·coef + intercept), and
+    /fits/is_test [S] from the fits' split. For tests of the tools that read predictions."""
+    import shutil
+
+    import numpy as np
+    shutil.copy(src, dst)
+    with h5py.File(dst, "r+") as f:
+        fits = f["fits"]
+        if not any(isinstance(fits[n], h5py.Group) and "prediction" in fits[n] for n in fits):
+            X = f["descriptors/init"][()]                  # (S, N, F), generation 0 first
+            coef, b = fits["g0/coef"][()], fits["g0/intercept"][()]   # (ns, T, F0), (ns, T)
+            types = f["snapshots/types"][()]
+            pred = np.empty((X.shape[0], coef.shape[1], X.shape[1]))
+            for sp in range(coef.shape[0]):
+                m = types == sp
+                pred.transpose(0, 2, 1)[m] = X[m][:, :coef.shape[2]] @ coef[sp].T + b[sp]
+            fits["g0/prediction"] = pred
+        if "is_test" not in fits:
+            fits["is_test"] = np.isin(np.arange(f["snapshots/types"].shape[0]),
+                                      fits.attrs["test_snapshots"])
+    return dst

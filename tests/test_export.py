@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import yaml
 
+from conftest import with_predictions
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 TOOL = os.path.join(ROOT, "tools", "export.py")
@@ -25,28 +27,8 @@ def _tool(*args):
 
 @pytest.fixture(scope="module")
 def source(tiny_run, tmp_path_factory):
-    """A copy of the tiny run that certainly holds predictions: the run's own
-    /fits/<set>/prediction when it stores them, else one deterministic stand-in set
-    (/fits/g0/prediction = X·coef + intercept of the stored g0 ridge fit on X^init) and
-    /fits/is_test from the fits' split — so the prediction columns are exercised either way."""
-    path = str(tmp_path_factory.mktemp("export") / "run.h5")
-    shutil.copy(tiny_run, path)
-    with h5py.File(path, "r+") as f:
-        if not any("prediction" in f["fits"][n] for n in f["fits"]
-                   if isinstance(f["fits"][n], h5py.Group)):
-            X = f["descriptors/init"][()]                       # (S, N, F) generation 0 first
-            coef, b = f["fits/g0/coef"][()], f["fits/g0/intercept"][()]   # (ns, T, F0), (ns, T)
-            types = f["snapshots/types"][()]
-            S, N, _ = X.shape
-            pred = np.empty((S, coef.shape[1], N))
-            for sp in range(coef.shape[0]):
-                m = types == sp
-                pred.transpose(0, 2, 1)[m] = X[m][:, :coef.shape[2]] @ coef[sp].T + b[sp]
-            f["fits/g0/prediction"] = pred
-        if "is_test" not in f["fits"]:
-            f["fits/is_test"] = np.isin(np.arange(f["snapshots/types"].shape[0]),
-                                        f["fits"].attrs["test_snapshots"])
-    return path
+    """A copy of the tiny run with predictions (conftest.with_predictions)."""
+    return with_predictions(tiny_run, str(tmp_path_factory.mktemp("export") / "run.h5"))
 
 
 def _expected(path):

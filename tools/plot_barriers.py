@@ -34,6 +34,13 @@ def main(argv=None):
     args = ap.parse_args(argv)
     out = args.output or os.path.splitext(args.h5)[0] + "_barriers.png"
     with h5py.File(args.h5, "r") as f:
+        if "barriers" not in f:
+            raise SystemExit(f"{args.h5}: no /barriers group: energy barriers come from a softness "
+                             "sweep (a YAML with a top-level 'softness:' key; fits set by "
+                             "'softness.barriers')" + ("; this is a propensity run: try "
+                                                        "tools/plot_pearson.py or "
+                                                        "tools/plot_dynamics.py"
+                                                        if "propensity" in f else ""))
         b = f["barriers"]
         x = b["centers"][()]
         T = b["temperatures"][()]

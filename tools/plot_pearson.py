@@ -44,10 +44,11 @@ def main(argv=None):
     fig, axes = plt.subplots(1, len(species) + 1, figsize=(4.2 * (len(species) + 1), 4.6))
     for s, ax in enumerate(axes[:-1]):
         for name, rho in fits.items():
-            ax.plot(times, rho[s], marker="o", ms=3, label=name)
+            ax.plot(times, rho[s], marker="o", ms=3, label=f"{name} (held-out)")
         for name, rho in single.items():
             if name in SINGLE_LABELS:
-                ax.plot(times, rho[s], ls="--", lw=1.2, label=SINGLE_LABELS[name])
+                ax.plot(times, rho[s], ls="--", lw=1.2, label=SINGLE_LABELS[name]
+                        + " (all snapshots)")
         if np.isfinite(tau[s]):
             ax.axvline(tau[s], color="0.6", ls=":", label=r"$\tau_\alpha$")
         if np.isfinite(t_x[s]) and t_x[s] > times[0]:
@@ -56,7 +57,8 @@ def main(argv=None):
         ax.set_xscale("log")
         ax.set_ylim(min(0.0, np.nanmin([r[s] for r in (*fits.values(), *single.values())])), 1.0)
         ax.set_xlabel(r"$t\ (\tau)$")
-        ax.set_ylabel(r"Pearson $\rho(t)$, held-out snapshots")
+        # solid curves: ridge fits on held-out snapshots; dashed: no fit, every snapshot
+        ax.set_ylabel(r"Pearson $\rho(t)$ with propensity")
         ax.set_title(f"species {species[s]}")
         # below the axes: the curves fill the upper half of the frame
         ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.2))

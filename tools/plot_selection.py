@@ -34,7 +34,9 @@ def read(h5, only=None):
             sets[name] = dict(rho=sel["rho"][()], names=sel["names"].asstr()[()], method=sel.attrs["method"],
                               full=g["pearson"][()] if "pearson" in g else None)
     if not sets:
-        raise SystemExit(f"{h5}: no /fits/<set>/selection group" + (f" for set {only!r}" if only else ""))
+        raise SystemExit(f"{h5}: no /fits/<set>/selection group" + (f" for set {only!r}" if only else "")
+                         + ": feature selection runs when the YAML sets fits.selection.method: forward "
+                           "(or rfe), e.g. fits: {selection: {method: forward, max_features: 100}}")
     return sets, times, species
 
 
