@@ -93,9 +93,10 @@ def main(argv=None):
         if np.isfinite(d["tau"][s]):
             for ax in axes:
                 ax.axvline(d["tau"][s], color=c, ls=":", lw=0.9, zorder=0)
-            axes[0].annotate(rf"$\tau_\alpha^{{{name}}}$ = {d['tau'][s]:.3g}",
-                             (d["tau"][s], 0.95 - 0.09 * s), xycoords=("data", "axes fraction"),
-                             xytext=(3, 0), textcoords="offset points", color=c, fontsize=8)
+        label = (rf"$\tau_\alpha^{{{name}}}$ = {d['tau'][s]:.3g} $\tau$" if np.isfinite(d["tau"][s])
+                 else rf"$\tau_\alpha^{{{name}}} > {t[-1]:.3g}\ \tau$")   # F_s stays above 1/e
+        axes[0].text(0.97, 0.95 - 0.08 * s, label, transform=axes[0].transAxes, ha="right",
+                     va="top", color=c, fontsize=8)
         if np.isfinite(d["t_x"][s]):
             y = np.exp(np.interp(np.log(d["t_x"][s]), np.log(t), np.log(d["msd"][s])))
             axes[1].plot(d["t_x"][s], y, "v", color=c, ms=7, mfc="white",
