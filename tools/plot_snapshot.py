@@ -162,7 +162,7 @@ def main(argv=None):
     ap.add_argument("--snapshot", type=int, default=None)
     ap.add_argument("--time", type=float, default=None, help="τ; nearest read-out is used")
     ap.add_argument("--set", dest="fit_set", default=None, help="feature set of the prediction")
-    ap.add_argument("--slab", type=float, default=2.0, help="slab thickness W (σ)")
+    ap.add_argument("--slab", type=float, default=1.0, help="slab thickness W (σ)")
     ap.add_argument("-o", "--output", help="PNG path (default: <h5 stem>_snapshot.png)")
     ap.add_argument("--ovito", metavar="PNG", help="also a 3-D OVITO rendering to this path")
     args = ap.parse_args(argv)
@@ -189,7 +189,7 @@ def main(argv=None):
     ax = axes[2]
     for s, name in enumerate(d["species"]):
         m = d["types"] == s
-        ax.scatter(d["measured"][m], d["predicted"][m], s=6, marker=MARKERS[s % 4],
+        ax.scatter(d["measured"][m], d["predicted"][m], s=9, marker=MARKERS[s % 4],
                    color=COLORS[s % 4], alpha=0.6, lw=0,
                    label=rf"{name}: $\rho$ = {rho.get(name, np.nan):.3f} ({m.sum()})")
     lim = [min(d["measured"].min(), d["predicted"].min()),
