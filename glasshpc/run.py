@@ -337,6 +337,9 @@ def main(argv=None):
     ap.add_argument("--ranks", type=int, default=None, metavar="P",
                     help="with --dry-run: predict each stage's wall time, busy fraction and "
                          "parallel efficiency on P ranks (default: the launch size)")
+    ap.add_argument("--no-calibration", action="store_true",
+                    help="with --dry-run: validate and print the plan and the resource plan only "
+                         "(seconds, e.g. on a login node): no suffix check, no calibration runs")
     ap.add_argument("--describe", action="store_true", help="print every config key and default")
     again = ap.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true",
@@ -388,14 +391,17 @@ def _main(args, ctx, refuse):
                 + (" (ignored: --ignore-resources)" if args.ignore_resources else
                    " — a run of this config would be refused"))
     if args.dry_run:
+        calibrate = res["memory_fits"] and not args.no_calibration
         try:
-            if res["memory_fits"]:   # the suffix check melts the configured system briefly
+            if calibrate:   # the suffix check melts the configured system briefly
                 cfg, _ = resolve_suffix(cfg, ctx)
         except config_mod.ConfigError as err:
             return refuse(err)
         ctx.log(plan_text(cfg, ctx))
         ctx.log(resources.text(res, ctx.size))
-        if not res["memory_fits"]:   # the calibration would allocate what the node lacks
+        if args.no_calibration:
+            ctx.log("  (no calibration: --no-calibration; cost and schedule not predicted)")
+        elif not res["memory_fits"]:   # the calibration would allocate what the node lacks
             ctx.log("  (no calibration: the configured system does not fit this node's memory)")
         elif not isinstance(cfg, config_mod.SoftnessRunConfig):   # the sweep has its costs
             ctx.log(cluster.dry_run_text(cfg, ctx))

@@ -145,9 +145,16 @@ def test_model_keys_validated():
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(INPUTS, "*.yaml"))))
 def test_inputs_dry_run(path, capsys):
-    assert main(["--dry-run", path]) == 0
+    """Every shipped input validates and plans; the README's demo also calibrates (the others'
+    calibrations run paper-size systems: minutes, and the same code)."""
+    demo = os.path.basename(path) == "ka_demo.yaml"
+    assert main(["--dry-run", path] + ([] if demo else ["--no-calibration"])) == 0
     out = capsys.readouterr().out
     assert "stage replicas" in out or "softness sweep" in out
+    if demo:
+        assert "predicted schedule on" in out and "calibration:" in out
+    else:
+        assert "predicted schedule" not in out and "no calibration: --no-calibration" in out
 
 
 # ------------------------------------------------------------------ the whole job
