@@ -47,6 +47,19 @@ def tiny_run(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory):
+    """Path of an uninterrupted 1-rank run (``python -m glasshpc.run`` in a subprocess, no mpiexec)
+    of the tiny configuration with 6 replicas (test_resume._config): what every crash, resume,
+    finalisation and one-writer test must reproduce bitwise. Run once per session."""
+    from test_resume import _config, _run
+    folder = tmp_path_factory.mktemp("reference")
+    cfg = _config(folder, lambda output: TINY_YAML.format(output=output), "ref")
+    p = _run(1, cfg)
+    assert p.returncode == 0, p.stderr
+    return folder / "ref.h5"
+
+
 @pytest.fixture
 def tiny_yaml():
     """Function output_path → YAML text of the tiny configuration."""

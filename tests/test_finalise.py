@@ -14,7 +14,7 @@ import time
 import pytest
 
 from test_resume import (MPIEXEC, _assert_same, _cmd, _env, _journal, _run,  # noqa: F401
-                         _wait_for, reference, tiny_yaml_module)
+                         _wait_for, tiny_yaml_module)
 
 pytestmark = pytest.mark.skipif(not os.path.exists(MPIEXEC), reason="needs the venv's mpiexec")
 

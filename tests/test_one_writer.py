@@ -19,7 +19,7 @@ from glasshpc.parallel import Context
 from glasshpc.runlock import HELD_NAME, LockHeld
 from glasshpc.store import AlreadyFinished, ResumeError, Store
 from test_resume import (MPIEXEC, _assert_same, _cmd, _config, _env, _run, _wait_for,  # noqa: F401
-                         reference, tiny_yaml_module)
+                         tiny_yaml_module)
 
 LAYOUT = {"a": ((4, 3), np.float64), "b": ((4, 2, 5), np.float32)}
 pytestmark = pytest.mark.skipif(not os.path.exists(MPIEXEC), reason="needs the venv's mpiexec")

@@ -124,17 +124,6 @@ def _wait_for(partial, stage, count, proc, timeout=240):
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, tiny_yaml_module):
-    """An uninterrupted 1-rank run (no mpiexec)."""
-    folder = tmp_path_factory.mktemp("reference")
-    cfg = _config(folder, tiny_yaml_module, "ref")
-    p = _run(1, cfg)
-    assert p.returncode == 0, p.stderr
-    print(f"uninterrupted run, 1 rank: {p.seconds:.1f} s")
-    return folder / "ref.h5"
-
-
-@pytest.fixture(scope="module")
 def tiny_yaml_module():
     from conftest import TINY_YAML
     return lambda output: TINY_YAML.format(output=output)
