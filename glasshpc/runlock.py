@@ -86,6 +86,33 @@ def _alive(pid):
     return True
 
 
+def _in_use(folder):
+    """The :class:`LockHeld` of a folder whose flock another process holds."""
+    return LockHeld(f"{folder} is in use by "
+                    f"{describe_holder(_read_record(os.path.join(folder, LOCK_NAME)))}; wait for "
+                    "it to finish (or stop it) before starting, resuming or overwriting this "
+                    "output")
+
+
+def _refuse_live_file_lock(folder, held):
+    """'file' mechanism: raise :class:`LockHeld` if the lock file ``held`` belongs to a live holder
+    (alive on this host, or another host's with a heartbeat younger than GLASSHPC_LOCK_STALE).
+    Returns False if the file is gone, True if it is stale."""
+    rec = _read_record(held)
+    try:
+        age = time.time() - os.stat(held).st_mtime
+    except FileNotFoundError:
+        return False
+    here = isinstance(rec, dict) and rec.get("host") == socket.gethostname()
+    dead = here and not _alive(rec.get("pid", -1))
+    if not (dead or age > _stale_seconds()):
+        raise LockHeld(
+            f"{folder} is in use by {describe_holder(rec)} (lock file {held}, last heartbeat "
+            f"{age:.0f} s ago; taken as stale after GLASSHPC_LOCK_STALE = "
+            f"{_stale_seconds():.0f} s)")
+    return True
+
+
 class RunLock:
     """The held lock of one folder (``OUTPUT.partial`` or a folder about to become it).
 
@@ -114,15 +141,34 @@ class RunLock:
                 return cls(folder, fd, "flock")
             except BlockingIOError:
                 os.close(fd)
-                raise LockHeld(f"{folder} is in use by {describe_holder(_read_record(path))}; "
-                               "wait for it to finish (or stop it) before starting, resuming or "
-                               "overwriting this output") from None
+                raise _in_use(folder) from None
             except OSError as exc:
                 os.close(fd)
                 if exc.errno not in _FLOCK_UNSUPPORTED:
                     raise
                 # this file system refuses flock: fall back to the O_EXCL lock file below
         return cls._acquire_file(folder, create)
+
+    @classmethod
+    def check(cls, folder):
+        """Raise :class:`LockHeld` if a live run holds ``folder``; create, take and change nothing
+        (a stale 'file' lock is left for the next :meth:`acquire` to remove)."""
+        if _mechanism() == "flock":
+            try:
+                fd = os.open(os.path.join(folder, LOCK_NAME), os.O_RDWR)
+            except FileNotFoundError:
+                return
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return                 # free (closing the descriptor below releases it)
+            except BlockingIOError:
+                raise _in_use(folder) from None
+            except OSError as exc:
+                if exc.errno not in _FLOCK_UNSUPPORTED:
+                    raise
+            finally:
+                os.close(fd)
+        _refuse_live_file_lock(folder, os.path.join(folder, HELD_NAME))
 
     @classmethod
     def _acquire_file(cls, folder, create):
@@ -132,18 +178,8 @@ class RunLock:
                 fd = os.open(held, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
                 return cls(folder, fd, "file")
             except FileExistsError:
-                rec = _read_record(held)
-                try:
-                    age = time.time() - os.stat(held).st_mtime
-                except FileNotFoundError:
+                if not _refuse_live_file_lock(folder, held):
                     continue
-                here = isinstance(rec, dict) and rec.get("host") == socket.gethostname()
-                dead = here and not _alive(rec.get("pid", -1))
-                if not (dead or age > _stale_seconds()):
-                    raise LockHeld(
-                        f"{folder} is in use by {describe_holder(rec)} (lock file {held}, last "
-                        f"heartbeat {age:.0f} s ago; taken as stale after GLASSHPC_LOCK_STALE = "
-                        f"{_stale_seconds():.0f} s)") from None
                 try:
                     os.remove(held)     # stale: its holder is dead or silent for too long
                 except FileNotFoundError:

@@ -812,9 +812,7 @@ def preflight(path, ctx, resume=False, overwrite=False):
     if ctx.root:
         try:
             if os.path.isdir(partial):
-                lock = RunLock.acquire(partial, create=False)
-                if lock is not None:
-                    lock.release()
+                RunLock.check(partial)
             if not (resume or overwrite):
                 _refuse_fresh_start(path, partial)
         except (LockHeld, FileExistsError) as exc:

@@ -205,9 +205,13 @@ def test_already_finished_output_of_this_config(tmp_path):
     assert _listing(tmp_path) == ["out.h5"]
 
 
-def test_live_output_refused_before_any_costly_resolution(tmp_path, tiny_yaml, capsys):
+@pytest.mark.parametrize("mechanism", ["flock", "file"])
+def test_live_output_refused_before_any_costly_resolution(tmp_path, tiny_yaml, capsys, mechanism,
+                                                          monkeypatch):
     """execute() on an output another process holds raises LockHeld before it resolves
-    ``md.suffix: auto`` (which runs the model): nothing logged, nothing created or changed."""
+    ``md.suffix: auto`` (which runs the model): nothing logged, nothing created or changed; the
+    check of a free folder creates nothing either (no lock file in 'file' mode)."""
+    monkeypatch.setenv("GLASSHPC_LOCK", mechanism)
     import yaml
 
     from glasshpc import config
@@ -230,6 +234,8 @@ def test_live_output_refused_before_any_costly_resolution(tmp_path, tiny_yaml, c
     assert "LAMMPS suffix" not in capsys.readouterr().out
     assert _listing(partial) == before and _listing(tmp_path) == ["live.h5.partial"]
     holder.release()
+    before = _listing(partial)
     preflight(out, Context(MPI.COMM_SELF), resume=True)      # free now: no refusal
+    assert _listing(partial) == before
     with pytest.raises(FileExistsError, match="--resume"):
         preflight(out, Context(MPI.COMM_SELF))
