@@ -51,9 +51,8 @@ class TaskQueue:
     shared counter as soon as it is free, so a slow task never holds the others back.
 
     The counter lives in an MPI-3 RMA window on rank 0 (``MPI_Win_allocate``, passive target,
-    ``Fetch_and_op``): no rank is lost to dispatching. Window words: [next task, tasks finished,
-    cost finished in µ-units]. Tasks are handed out in the order given, so the caller sorts them
-    longest first (:func:`lpt_order`). Who runs which task is not recorded and cannot change a
+    ``Fetch_and_op``): no rank is lost to dispatching. Window words: :data:`_WORDS`. Tasks are
+    handed out in the order given, so the caller sorts them longest first (:func:`lpt_order`). Who runs which task is not recorded and cannot change a
     result: every task seeds itself from its identity.
 
     Rank 0 runs a progress thread that prints, every ``interval`` seconds (default 15 s, env
@@ -62,6 +61,8 @@ class TaskQueue:
     thread needs the GIL: LAMMPS calls and the long numba kernels — cage MC chain, EDMD run —
     release it; the short ones do not, so a line can be late by one short kernel call). The thread also makes MPI calls, which drives MPICH's
     progress engine for RMA that the network cannot do in hardware (see README, Scheduling).
+
+    :meth:`close` is the stage boundary, watched for a hung rank (:meth:`_wait_for_every_rank`).
 
     Parameters: ``tasks`` (list, handed out in this order), ``costs`` (relative cost per task, for
     the progress fraction and the ETA; default equal). Collective: the constructor and
@@ -84,7 +85,7 @@ class TaskQueue:
         self.busy = 0.0         # seconds this rank spent inside tasks
         self.waits = 0.0        # seconds spent fetching from the counter
         comm = ctx.comm
-        self.win = MPI.Win.Allocate(3 * 8 if ctx.root else 0, 8, comm=comm)
+        self.win = MPI.Win.Allocate(_WORDS * 8 if ctx.root else 0, 8, comm=comm)
         if ctx.root:
             np.frombuffer(self.win.tomemory(), dtype=np.int64)[:] = 0
         comm.Barrier()
@@ -92,6 +93,7 @@ class TaskQueue:
         self._lock = threading.Lock()
         self._one = np.ones(1, dtype=np.int64)
         self._acc = np.zeros(2, dtype=np.int64)   # origin of the completion Accumulate
+        self._ms = np.zeros(1, dtype=np.int64)    # origin of the longest-task Accumulate (MAX)
         self.t0 = time.perf_counter()
         self._stop = threading.Event()
         self._thread = None
@@ -109,9 +111,9 @@ class TaskQueue:
         return int(out[0])
 
     def _read(self):
-        out = np.zeros(3, dtype=np.int64)
+        out = np.zeros(_WORDS, dtype=np.int64)
         with self._lock:
-            for w in range(3):
+            for w in range(_WORDS):
                 self.win.Fetch_and_op(self._one, out[w:w + 1], 0, w, MPI.NO_OP)
             self.win.Flush(0)
         return out
@@ -130,13 +132,17 @@ class TaskQueue:
             try:
                 yield self.tasks[i]
             finally:   # also when the caller stops after this task (SIGTERM): it was finished
-                self.busy += time.perf_counter() - t_start
+                seconds = time.perf_counter() - t_start
+                self.busy += seconds
                 # completion counters: no flush of their own, the next fetch's Flush (or
                 # Unlock_all in close) completes them, so a task costs one round trip
                 with self._lock:
                     self._acc[:] = (1, int(round(self.costs[i] * self._scale)))
                     self.win.Accumulate([self._acc, MPI.INT64_T], 0,
                                         target=(1, 2, MPI.INT64_T), op=MPI.SUM)
+                    self._ms[0] = int(seconds * 1000) + 1
+                    self.win.Accumulate([self._ms, MPI.INT64_T], 0,
+                                        target=(3, 1, MPI.INT64_T), op=MPI.MAX)
 
     # -- progress --------------------------------------------------------------------------------
     def _report_loop(self):
@@ -150,7 +156,7 @@ class TaskQueue:
                 last = now
 
     def _print(self, now):
-        _, done, cost = self._read()
+        _, done, cost = self._read()[:3]
         el = now - self.t0
         frac = cost / 1e6 if self.total_cost > 0 else 1.0
         rate = done / el if el > 0 else 0.0
@@ -158,6 +164,45 @@ class TaskQueue:
         print(f"  [{self.stage}] {done}/{len(self.tasks)} tasks ({100 * frac:.0f} % of the "
               f"cost), {rate:.3g} tasks/s, elapsed {_hms(el)}, ETA {_hms(eta)}",
               file=self.stream, flush=True)
+
+    def _wait_for_every_rank(self):
+        """The stage boundary with a stall watchdog: a non-blocking barrier polled while watching
+        the shared completion counter. Once a task of the stage has finished, if no task finishes
+        anywhere for longer than max(``GLASSHPC_STALL_SECONDS`` (default 1800 s), 5 × the longest
+        task so far) while some rank has not reached the boundary, that rank is taken as hung (a
+        file system, network or engine that never returns) and the job is aborted (exit 1; every
+        finished task is saved, ``--resume`` continues) instead of holding every other rank of
+        the allocation until the wall-time limit. ``GLASSHPC_STALL_SECONDS=0`` waits forever.
+        Before the first completion nothing is known of the stage's task length: no limit."""
+        comm = self.ctx.comm
+        floor = float(os.environ.get("GLASSHPC_STALL_SECONDS", "1800"))
+        if comm.Get_size() == 1:
+            return
+        first = self._fetch_add(4, 1) == 0      # the first rank to arrive reports a stall
+        if floor <= 0:
+            comm.Barrier()
+            return
+        req = comm.Ibarrier()
+        seen, since, nap = -1, time.perf_counter(), 0.001
+        while not req.Test():
+            time.sleep(nap)
+            nap = min(2 * nap, 0.2)
+            _, done, _, longest_ms, arrived = self._read()
+            now = time.perf_counter()
+            if done != seen:
+                seen, since = done, now
+            limit = max(floor, 5e-3 * longest_ms)
+            if done > 0 and now - since > limit:
+                if first:
+                    print(f"glasshpc: stage '{self.stage}': no task finished for "
+                          f"{_hms(now - since)} while {comm.Get_size() - arrived} of "
+                          f"{comm.Get_size()} ranks have not reached its end (longest task so "
+                          f"far {_hms(longest_ms / 1000)}; limit max(GLASSHPC_STALL_SECONDS = "
+                          f"{floor:g} s, 5 × the longest task)): a rank hangs; aborting so the "
+                          "allocation is not spent waiting. Every finished task is saved: "
+                          "continue with --resume", file=sys.stderr, flush=True)
+                    comm.Abort(1)
+                nap = 0.2           # the first rank aborts the job; the others wait for it
 
     def close(self):
         """Collective: stop the progress thread, print the final line, free the window.
@@ -167,6 +212,7 @@ class TaskQueue:
         comm = self.ctx.comm
         with self._lock:
             self.win.Flush(0)      # this rank's last completion counts, before the final line
+        self._wait_for_every_rank()
         stats = comm.allgather((self.taken, self.busy, self.waits))
         if self._thread is not None:
             self._stop.set()
@@ -176,6 +222,11 @@ class TaskQueue:
         self.win.Unlock_all()
         self.win.Free()
         return comm.bcast(time.perf_counter() - self.t0, root=0), stats
+
+
+# words of the counter window on rank 0: next task, tasks finished, cost finished (µ-units),
+# longest task (ms, MAX), ranks arrived at the stage end
+_WORDS = 5
 
 
 def lpt_order(tasks, costs=None):

@@ -336,3 +336,19 @@ def test_dry_run_plan_matches_the_real_output(tmp_path, tiny_yaml, reference, ca
     with h5py.File(reference, "r") as f:
         actual = sum(f[name].size * f[name].dtype.itemsize for name in names)
     assert gib == pytest.approx(actual / 2**30, rel=6e-3)       # printed to 3 digits
+
+
+def test_a_hung_rank_aborts_the_job_which_then_resumes(tmp_path, tiny_yaml, reference):
+    """One rank stuck inside a task (here: sleeping 300 s in an inherent-state task) while the
+    other has finished the stage: the stall watchdog at the stage boundary aborts the job within
+    seconds (GLASSHPC_STALL_SECONDS = 2, tasks ≈ 0.2 s) with one message instead of holding the
+    allocation; --resume then finishes bitwise equal to an uninterrupted run."""
+    cfg = _config(tmp_path, tiny_yaml, "run")
+    p = _run(2, cfg, GLASSHPC_SLOW_TASK="inherent states:2:300", GLASSHPC_STALL_SECONDS="2")
+    assert p.returncode != 0 and p.seconds < 150, (p.seconds, p.stderr[-2000:])
+    assert p.stderr.count("a rank hangs") == 1, p.stderr[-2000:]
+    assert "stage 'inherent states'" in p.stderr and "1 of 2 ranks" in p.stderr
+    assert not (tmp_path / "run.h5").exists()
+    p = _run(2, cfg, "--resume")
+    assert p.returncode == 0, p.stderr
+    _assert_same(reference, tmp_path / "run.h5")
