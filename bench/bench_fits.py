@@ -48,6 +48,7 @@ inherent: {{enabled: true}}
 cage: {{enabled: true}}
 fits:
   cv_folds: {K}
+  cv_score: {cv_score}
   test_fraction: 0.25
   feature_sets:
     init: {{features: init, generations: {gen}}}
@@ -60,9 +61,11 @@ fits:
 
 SIZES = {
     # tests: seconds on 3 oversubscribed ranks; selection and MLP on
-    "tiny": dict(N=250, rmax=1.5, amax=1.4, S=8, T=4, radial=5, angular=2, gen=1, K=3, selection="forward", mlp=1),
+    "tiny": dict(N=250, rmax=1.5, amax=1.4, S=8, T=4, radial=5, angular=2, gen=1, K=3, selection="forward", mlp=1,
+                 cv_score="mse"),
     # bench default: F = 168 .. 337 per set, 2 species, 4 folds: 32 CV + 8 refit tasks
-    "realistic": dict(N=2000, rmax=3.0, amax=2.0, S=40, T=20, radial=40, angular=8, gen=2, K=4, selection="none", mlp=0),
+    "realistic": dict(N=2000, rmax=3.0, amax=2.0, S=40, T=20, radial=40, angular=8, gen=2, K=4, selection="none", mlp=0,
+                      cv_score="mse"),
 }
 
 
@@ -135,8 +138,12 @@ def worker(out, size, over, check=False):
         ctx.comm.Barrier()
         wall = time.perf_counter() - t0
         cpu = ctx.comm.gather(cpu, root=0)
+        store.sync()   # the predictions every rank wrote become readable
         if ctx.root:
             phases["cpu"] = np.array(cpu)
+            phases["predictions"] = {name: np.stack([store.read(f"fits/{name}/prediction", (s,))
+                                                     for s in range(cfg.snapshots.count)])
+                                     for name in fits}
             _save(out, cfg, store, fits, train, test, single, wall, check, ctx, phases)
     finally:
         store.close()
@@ -174,13 +181,15 @@ def _names(cfg):
 
 def _save(out, cfg, store, fits, train, test, single, wall, check, ctx, phases):
     cpu = phases.pop("cpu")
+    predictions = phases.pop("predictions")
     arrays = {"wall": np.array(wall), "train": train, "test": test, "cpu": cpu,
               "phases": np.array([[v for v in phases.values()]]), "phase_names": np.array(list(phases))}
     for name, res in fits.items():
         for key in ("pearson", "r2", "alpha", "coef", "intercept", "grid_extended", "mlp_pearson",
-                    "mlp_r2"):
+                    "mlp_r2", "pearson_per_snapshot", "pearson_snapshot_mean", "pearson_snapshot_std"):
             if getattr(res, key) is not None:
                 arrays[f"{name}/{key}"] = getattr(res, key)
+        arrays[f"{name}/prediction"] = predictions[name]
         for sp, sel in enumerate(res.selection):
             for key in ("order", "rho", "r2", "train_rho", "alpha"):
                 arrays[f"{name}/selection/{sp}/{key}"] = getattr(sel, key)
@@ -245,7 +254,7 @@ def main(argv=None):
     over = {}
     for kv in args.set:
         k, v = kv.split("=", 1)
-        over[k] = v if k == "selection" else int(v)
+        over[k] = v if k in ("selection", "cv_score") else int(v)
     if args.worker:
         worker(args.worker, args.size, over, args.check_serial)
         return

@@ -242,6 +242,10 @@ class InherentConfig:
 DESCRIPTOR_BLOCKS = ("init", "is", "cs")
 SCALAR_FEATURES = ("drcs", "dris", "fnet", "energy", "dw")
 FEATURE_BLOCKS = DESCRIPTOR_BLOCKS + SCALAR_FEATURES
+# blocks computed from the replicas' trajectories (like the propensity itself), not from the
+# structure at t = 0: a feature set using one is no "prediction from structure" and needs
+# fits.feature_sets.<name>.allow_dynamical: true; tables label them (SCIENCE.md §5)
+DYNAMICAL_BLOCKS = ("dw",)
 
 
 @dataclass(frozen=True)
@@ -250,8 +254,12 @@ class FeatureSet:
                                "inherent / cage-state coordinates; drcs, dris = |r^CS − r^init|, "
                                "|r^IS − r^init|; fnet = |F^net| at t = 0; energy = potential "
                                "energy at t = 0; dw = local Debye–Waller factor ⟨|Δr(1 τ)|²⟩ "
-                               "([DW]) (e.g. 'init+cs+drcs')")
+                               "([DW]; dynamical: needs allow_dynamical and a read-out within a "
+                               "factor 2 of 1 τ) (e.g. 'init+cs+drcs')")
     generations: int = _f(2, "descriptor generations 0..n of every descriptor block", lo=0, hi=5)
+    allow_dynamical: bool = _f(False, "admit dynamical blocks (dw: computed from the replicas, "
+                                      "like the propensity it predicts) in this set; the tables "
+                                      "then mark the set '[dyn]'")
 
     @property
     def blocks(self):
@@ -283,8 +291,21 @@ class MLPConfig:
 
 @dataclass(frozen=True)
 class FitsConfig:
-    test_fraction: float = _f(0.25, "fraction of snapshots held out for ρ(t)", lo=0.0, hi=1.0,
-                              lo_open=True, hi_open=True)
+    test_fraction: float = _f(0.25, "fraction of snapshots held out for ρ(t) (seeded random "
+                                    "choice); not with test_snapshots / train_snapshots",
+                              lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+    test_snapshots: tuple = _f(doc="explicit held-out snapshots: indices 0..S−1 or, with "
+                                   "snapshots.source: files / imported:, file names (basename "
+                                   "or path as listed); the rest train. Empty = test_fraction",
+                               kind="snapshot_ids", factory=tuple)
+    train_snapshots: tuple = _f(doc="explicit training snapshots (as test_snapshots); the rest "
+                                    "are held out. At most one of test_fraction, test_snapshots, "
+                                    "train_snapshots", kind="snapshot_ids", factory=tuple)
+    cv_score: str = _f("mse", "α chosen by CV per species and time: 'mse' = least mean over "
+                              "folds of the validation MSE (sklearn RidgeCV/GridSearchCV); "
+                              "'pearson' = largest mean over folds of the mean per-snapshot "
+                              "Pearson ρ of the fold's validation snapshots (as [GNN], "
+                              "GlassBench)", choices=("mse", "pearson"))
     cv_folds: int = _f(4, "cross-validation folds, grouped by snapshot", lo=2, hi=MAX_ITEMS)
     alphas: AlphaGrid = _f(doc="ridge α grid (extended automatically at an edge optimum)",
                            factory=AlphaGrid)
@@ -342,7 +363,28 @@ class Config:
 
     def test_snapshots(self):
         """Number of held-out snapshots for the fits."""
-        return max(1, int(round(self.fits.test_fraction * self.snapshots.count)))
+        f = self.fits
+        if f.test_snapshots:
+            return len(f.test_snapshots)
+        if f.train_snapshots:
+            return self.snapshots.count - len(f.train_snapshots)
+        return max(1, int(round(f.test_fraction * self.snapshots.count)))
+
+    def fit_split(self):
+        """(train, test): sorted int64 arrays of snapshot indices, disjoint, union 0..S−1, from
+        fits.test_snapshots / train_snapshots (file names resolved, :func:`resolve_snapshot_ids`)
+        or the seeded random fits.test_fraction (:func:`glasshpc.learn.ridge.split_snapshots`).
+        The same on every rank. Raises ConfigError as :func:`resolve_snapshot_ids`."""
+        S = self.snapshots.count
+        f = self.fits
+        for key in ("test_snapshots", "train_snapshots"):
+            given = getattr(f, key)
+            if given:
+                ids = resolve_snapshot_ids(self, given, f"fits.{key}")
+                rest = np.setdiff1d(np.arange(S), ids)
+                return (rest, ids) if key == "test_snapshots" else (ids, rest)
+        from .learn.ridge import split_snapshots
+        return split_snapshots(np.arange(S), self.test_snapshots() / S, self.seed)
 
 
 def _steps(times, dt):
@@ -448,6 +490,17 @@ def _value(f, value, key):
         if meta.get("hi") is not None and v > meta["hi"]:
             raise ConfigError(key, f"must be 'auto' or ≤ {meta['hi']:g}, got {v}")
         return v
+    if kind == "snapshot_ids":
+        if not isinstance(value, list):
+            raise ConfigError(key, f"must be a list of snapshot indices or file names, got "
+                                   f"{brief(value)}")
+        if len(value) > MAX_SNAPSHOTS:
+            raise ConfigError(key, f"at most {MAX_SNAPSHOTS} entries, got {len(value)}")
+        for i, v in enumerate(value):
+            if isinstance(v, bool) or not isinstance(v, (int, str)) or v == "":
+                raise ConfigError(f"{key}[{i}]", f"must be a snapshot index (integer) or a file "
+                                                 f"name (string), got {brief(v)}")
+        return tuple(value)
     if kind == "int_or_auto":
         if value == AUTO:
             return AUTO
@@ -530,7 +583,103 @@ _CLASSES = {c.__name__: c for c in (ModelConfig, MDConfig, SnapshotsConfig, Time
                                     SelectionConfig, MLPConfig, ImportConfig)}
 
 
-def _cross_checks(cfg):
+def _check_dynamical(cfg, name, fs):
+    """A dynamical block (DYNAMICAL_BLOCKS) needs the set's allow_dynamical opt-in, and dw a
+    read-out near its time (:func:`glasshpc.dynamics.debye_waller_near`)."""
+    from . import dynamics
+    key = f"fits.feature_sets.{name}.features"
+    for b in fs.blocks:
+        if b not in DYNAMICAL_BLOCKS:
+            continue
+        if not fs.allow_dynamical:
+            raise ConfigError(key, f"block {b!r} of feature set {name!r} is dynamical (the local "
+                                   "Debye–Waller factor is computed from the replicas' "
+                                   "displacements, like the propensity it would predict), so the "
+                                   "set is no prediction from structure; set "
+                                   f"fits.feature_sets.{name}.allow_dynamical: true to fit it "
+                                   "anyway, or drop the block")
+        times = cfg.replica_times()
+        if b == "dw" and not dynamics.debye_waller_near(times):
+            t_dw = times[dynamics.debye_waller_index(times)]
+            lo, hi = dynamics.DW_TIME / dynamics.DW_NEAR_FACTOR, \
+                dynamics.DW_TIME * dynamics.DW_NEAR_FACTOR
+            raise ConfigError(key, f"block 'dw' of feature set {name!r} needs a read-out time "
+                                   f"near {dynamics.DW_TIME:g} τ (within a factor "
+                                   f"{dynamics.DW_NEAR_FACTOR:g}: {lo:g}…{hi:g} τ); the closest "
+                                   f"of iso.times is {t_dw:.4g} τ. Add such a time to iso.times "
+                                   "or drop the block")
+
+
+def _snapshot_names(cfg):
+    """The snapshot files of a run in snapshot order (snapshots.source: files or imported:), or
+    None when the snapshots are simulated."""
+    if cfg.imported is not None:
+        from .io.imported import imported_files
+        return imported_files(cfg)
+    if cfg.snapshots.source == "files":
+        return snapshot_files(cfg.snapshots.path)
+    return None
+
+
+def resolve_snapshot_ids(cfg, entries, key):
+    """Sorted int64 snapshot indices of ``entries`` (indices 0..S−1, or file names: the basename or
+    the path as listed of a snapshot file, :func:`_snapshot_names`). Raises ConfigError naming
+    ``key[i]`` for an index out of range, an unknown name, names without files, or a repeat."""
+    import os
+    S = cfg.snapshots.count
+    names = None
+    out = []
+    seen = {}
+    for i, v in enumerate(entries):
+        if isinstance(v, str):
+            if names is None:
+                files = _snapshot_names(cfg)
+                if files is None:
+                    raise ConfigError(f"{key}[{i}]", f"file name {brief(v)} given, but the "
+                                                     "snapshots are simulated (no files): give "
+                                                     f"indices 0..{S - 1}")
+                names = {}
+                for j, path in enumerate(files[:S]):
+                    names.setdefault(path, j)
+                    names.setdefault(os.path.basename(path), j)
+            if v not in names:
+                raise ConfigError(f"{key}[{i}]", f"no snapshot file named {brief(v)}; the files "
+                                                 f"are {brief([os.path.basename(p) for p in files[:S]])}")
+            j = names[v]
+        else:
+            if not 0 <= v < S:
+                raise ConfigError(f"{key}[{i}]", f"snapshot index must be in 0..{S - 1} "
+                                                 f"(snapshots.count = {S}), got {v}")
+            j = v
+        if j in seen:
+            raise ConfigError(f"{key}[{i}]", f"snapshot {j} appears twice (also {key}[{seen[j]}])")
+        seen[j] = i
+        out.append(j)
+    return np.array(sorted(out), dtype=np.int64)
+
+
+def _check_split(cfg, data):
+    """At most one of fits.test_fraction (when given), test_snapshots, train_snapshots; explicit
+    lists resolvable and leaving both a training and a held-out snapshot."""
+    f = cfg.fits
+    given = ((data or {}).get("fits") or {}) if isinstance(data, dict) else {}
+    lists = [k for k in ("test_snapshots", "train_snapshots") if getattr(f, k)]
+    if len(lists) == 2:
+        raise ConfigError("fits.train_snapshots", "give either fits.test_snapshots or "
+                                                  "fits.train_snapshots (the other snapshots are "
+                                                  "the complement), not both")
+    if lists and "test_fraction" in given:
+        raise ConfigError("fits.test_fraction", f"give either fits.test_fraction or "
+                                                f"fits.{lists[0]}, not both")
+    if lists:
+        key = f"fits.{lists[0]}"
+        ids = resolve_snapshot_ids(cfg, getattr(f, lists[0]), key)
+        if ids.size == cfg.snapshots.count:
+            other = "training" if lists[0] == "test_snapshots" else "held-out"
+            raise ConfigError(key, f"lists all {ids.size} snapshots: no {other} snapshot is left")
+
+
+def _cross_checks(cfg, data=None):
     k = cfg.parallel.engine_ranks
     if k != AUTO and k > 1 and (cfg.model.name not in ("kob_andersen", "harmonic_spheres")
                                 or cfg.snapshots.source != "lammps" or cfg.imported is not None):
@@ -589,16 +738,21 @@ def _cross_checks(cfg):
                                        f"{needs[b]}.enabled: true")
         if len(set(blocks)) != len(blocks):
             raise ConfigError(key, f"a block appears twice in {brief(fs.features)}")
+        _check_dynamical(cfg, name, fs)
         if fs.generations > cfg.descriptors.generations:
             raise ConfigError(f"fits.feature_sets.{name}.generations",
                               f"must be ≤ descriptors.generations ({cfg.descriptors.generations})")
     if cfg.fits.alphas.max < cfg.fits.alphas.min:
         raise ConfigError("fits.alphas.max", f"must be ≥ fits.alphas.min ({cfg.fits.alphas.min})")
+    _check_split(cfg, data)
     n_train = cfg.snapshots.count - cfg.test_snapshots()
     if n_train < cfg.fits.cv_folds:
+        given = next((f"fits.{k} ({len(getattr(cfg.fits, k))} snapshots)"
+                      for k in ("test_snapshots", "train_snapshots") if getattr(cfg.fits, k)),
+                     f"fits.test_fraction = {cfg.fits.test_fraction}")
         raise ConfigError("fits.cv_folds",
                           f"needs at least cv_folds training snapshots, but snapshots.count = "
-                          f"{cfg.snapshots.count} with fits.test_fraction = {cfg.fits.test_fraction} "
+                          f"{cfg.snapshots.count} with {given} "
                           f"leaves {n_train}; add snapshots or lower cv_folds")
     from .models import get_model
     counts = get_model(cfg.model.name).counts(cfg.model.n_particles)
@@ -772,7 +926,7 @@ def parse(text, name="<config>"):
     cfg = _build(Config, data, "")
     cfg = _model_checks(cfg)
     cfg = _resolve_snapshot_source(cfg)
-    _cross_checks(cfg)
+    _cross_checks(cfg, data)
     _check_descriptor_preset(cfg, data)
     return cfg
 

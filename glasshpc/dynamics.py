@@ -82,6 +82,24 @@ def debye_waller_index(times, t=1.0):
     return int(np.argmin(np.abs(np.asarray(times, dtype=np.float64) - t)))
 
 
+# the Debye–Waller factor is ⟨|Δr|²⟩ on the cage plateau, ≈ 1 τ ([DW] §2). "Near" = the read-out
+# used (debye_waller_index) lies within a factor DW_NEAR_FACTOR of DW_TIME: on the KA plateau the
+# MSD changes by tens of % over such a factor, while a read-out far off measures the ballistic
+# regime or the α-relaxation (e.g. the one time of an imported file: the target itself)
+DW_TIME = 1.0
+DW_NEAR_FACTOR = 2.0
+
+
+def debye_waller_near(times, t=DW_TIME, factor=DW_NEAR_FACTOR):
+    """True if the read-out closest to ``t`` (τ) lies in [t / factor, t · factor]: the
+    Debye–Waller block ``dw`` of the fits (and its single-variable ρ) is only defined then."""
+    times = np.asarray(times, dtype=np.float64)
+    if times.size == 0:
+        return False
+    tk = times[debye_waller_index(times, t)]
+    return bool(t / factor <= tk <= t * factor)
+
+
 def replica_sums(displacement, types, q, n_species, k_dw, kind="abs"):
     """The per-replica reductions every replica average of the dynamics stage is built from
     (:func:`combine_replica_sums`), so that replicas can be reduced where they run and the

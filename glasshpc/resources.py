@@ -66,10 +66,14 @@ def plan(cfg, ranks, store_mode):
         # one replica at a time (stages.dynamics_stage): f4 Δr, then |Δr|², |Δr|, sinc, the sums
         "dynamics": T * N * (3 * 4 + 6 * 8),
         "descriptors": N * F * 8 * 3 + N * 200 * 32,
-        # rows of a rank's snapshots for one (set, species), plus the per-fold statistics
+        # rows of a rank's snapshots for one (set, species), the predictions of its snapshots
+        # for one set (T·N each, written to the store set by set), plus the per-fold statistics
         # K·(F² + F·T) of every (set, species) a rank has a solve for (learn/fits.py)
-        "fits": (per * N * (F * 8 * 2 + T * 8) + len(cfg.fits.feature_sets) * n_species
-                 * (cfg.fits.cv_folds + 1) * (F * F + F * T) * 8),
+        "fits": (per * N * (F * 8 * 2 + T * 8 * 2) + len(cfg.fits.feature_sets) * n_species
+                 * (cfg.fits.cv_folds + 1) * (F * F + F * T) * 8
+                 # cv_score pearson: a CV task holds its fold's validation rows, twice (centred)
+                 + (2 * -(-S // cfg.fits.cv_folds) * N * (F + T) * 8
+                    if cfg.fits.cv_score == "pearson" else 0)),
     }
     if cfg.cage.enabled:
         mem["cage"] = N * 1024 + cfg.cage.chains * N * 3 * 8

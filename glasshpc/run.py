@@ -19,7 +19,7 @@ import numpy as np
 
 from . import __version__, cluster, config as config_mod, interrupt, resources, stages
 from . import store as store_mod
-from .learn.fits import fit_propensity, single_variable_pearson
+from .learn.fits import SCALAR_SOURCES, fit_propensity, single_variable_pearson
 from .learn.selection import write_selection
 from .dynamics import (BALLISTIC_END_DEFINITION, CHI4_FS_DEFINITION, CHI4_PROPENSITY_DEFINITION,
                        ballistic_end, chi4_fs, chi4_propensity, chi4_threshold,
@@ -223,7 +223,7 @@ def execute(cfg, yaml_text, ctx, store_mode="auto", resume=False, overwrite=Fals
         ctx.log("fits (rank 0, s): " + ", ".join(f"{k} {v:.1f}" for k, v in fit_phases.items()))
         single = single_variable_pearson(ctx, cfg, store, len(species))
         wall["fits"] = ctx.comm.bcast(time.perf_counter() - t0, root=0)
-        ctx.log(pearson_table(times, fits, species))
+        ctx.log(pearson_table(times, fits, species, cfg.fits.feature_sets))
         ctx.log(single_table(times, single, species))
         lmp_log = next((log for log in ctx.comm.allgather(lmp_log) if log), [])
         wall["total"] = time.perf_counter() - t_start
@@ -256,10 +256,17 @@ def execute(cfg, yaml_text, ctx, store_mode="auto", resume=False, overwrite=Fals
             g = h5.require_group("fits")
             g.attrs["train_snapshots"] = train
             g.attrs["test_snapshots"] = test
+            g["is_test"] = np.isin(np.arange(cfg.snapshots.count), test)
+            g.attrs["cv_score"] = cfg.fits.cv_score
+            g.attrs["scalar_sources"] = json.dumps(SCALAR_SOURCES)
             for name, res in fits.items():
-                f = g.create_group(name)
-                for key in ("pearson", "r2", "alpha", "coef", "intercept", "grid_extended"):
+                f = g.require_group(name)   # holds the store's prediction already
+                for key in ("pearson", "r2", "alpha", "coef", "intercept", "grid_extended",
+                            "pearson_per_snapshot", "pearson_snapshot_mean",
+                            "pearson_snapshot_std"):
                     f[key] = getattr(res, key)
+                f.attrs["dynamical"] = bool(set(cfg.fits.feature_sets[name].blocks)
+                                            & set(config_mod.DYNAMICAL_BLOCKS))
                 f.create_dataset("feature_names", data=res.feature_names,
                                  dtype=h5py.string_dtype())
                 f.attrs["feature_set"] = json.dumps(vars(cfg.fits.feature_sets[name]))
@@ -270,6 +277,7 @@ def execute(cfg, yaml_text, ctx, store_mode="auto", resume=False, overwrite=Fals
                     f["mlp_pearson"], f["mlp_r2"] = res.mlp_pearson, res.mlp_r2
             for name, rho in single.items():
                 g[f"single/{name}"] = rho
+                g[f"single/{name}"].attrs["dynamical"] = name in config_mod.DYNAMICAL_BLOCKS
             write_provenance(h5, yaml_text, ctx, store, wall, lmp_log, species, suffix)
 
         store.finalize(extra)
@@ -301,29 +309,63 @@ def _peak(values):
     return float(np.nanmax(v)) if np.any(np.isfinite(v)) else float("nan")
 
 
-def _table(title, times, columns, species):
-    """Text table, one block per species: rows = times, columns = {name: (n_species, T)}."""
+DYN = " [dyn]"   # column label suffix of dynamical entries (config.DYNAMICAL_BLOCKS)
+DYN_NOTE = ("[dyn] = dynamical: uses a quantity computed from the replicas (dw, the local "
+            "Debye–Waller factor), not the structure at t = 0")
+
+
+def _table(title, times, columns, species, note=None):
+    """Text table, one block per species: rows = times, columns = {name: (n_species, T)} or
+    {name: ((n_species, T) mean, (n_species, T) std)} (printed as mean ± std)."""
     rows = []
+    cells = {n: (v if isinstance(v, tuple) else (v, None)) for n, v in columns.items()}
+    width = max([12] + [len(n) + 1 for n in columns]
+                + [14 for v, sd in cells.values() if sd is not None])
+
+    def cell(v, sd, sp, k):
+        if sd is None:
+            return f"{v[sp, k]:{width}.3f}"
+        return f"{f'{v[sp, k]:.3f} ± {sd[sp, k]:.3f}':>{width}s}"
     for sp, sname in enumerate(species):
-        width = max([12] + [len(n) + 1 for n in columns])
         rows += [f"{title}, species {sname}",
                  f"{'t (τ)':>10s} " + " ".join(f"{n:>{width}s}" for n in columns)]
         for k, t in enumerate(times):
-            rows.append(f"{t:10.4g} " + " ".join(f"{v[sp, k]:{width}.3f}"
-                                                 for v in columns.values()))
+            rows.append(f"{t:10.4g} " + " ".join(cell(v, sd, sp, k)
+                                                 for v, sd in cells.values()))
+    if note:
+        rows.append(note)
     return "\n".join(rows)
 
 
-def pearson_table(times, fits, species):
-    """Held-out Pearson ρ(t) of predicted vs measured propensity, one column per feature set."""
-    return _table("held-out Pearson ρ(t) of ridge-predicted vs measured propensity", times,
-                  {n: r.pearson for n, r in fits.items()}, species)
+def _dynamical(feature_sets, name):
+    return feature_sets is not None and name in feature_sets and \
+        bool(set(feature_sets[name].blocks) & set(config_mod.DYNAMICAL_BLOCKS))
+
+
+def pearson_table(times, fits, species, feature_sets=None):
+    """Held-out Pearson ρ(t) of predicted vs measured propensity, per feature set in both
+    conventions: pooled over all held-out particles, and mean ± std over the held-out snapshots
+    of the per-snapshot ρ (Bapst et al. 2020, GlassBench). Sets with a dynamical block
+    (``feature_sets``: the config's) are labelled ' [dyn]'."""
+    cols = {}
+    for n, r in fits.items():
+        label = n + (DYN if _dynamical(feature_sets, n) else "")
+        cols[f"{label} pooled"] = r.pearson
+        if r.pearson_snapshot_mean is not None:
+            cols[f"{label} per-snap"] = (r.pearson_snapshot_mean, r.pearson_snapshot_std)
+    dyn = any(_dynamical(feature_sets, n) for n in fits)
+    return _table("held-out Pearson ρ(t) of ridge-predicted vs measured propensity (pooled "
+                  "over particles; per-snap = mean ± std over held-out snapshots)", times, cols,
+                  species, DYN_NOTE if dyn else None)
 
 
 def single_table(times, single, species):
-    """Single-variable Pearson ρ(t) of Δr^CS, Δr^IS, |F^net|, energy with propensity."""
+    """Single-variable Pearson ρ(t) of Δr^CS, Δr^IS, |F^net|, energy (structural) and the
+    Debye–Waller factor (dynamical, labelled ' [dyn]') with propensity."""
+    cols = {n + (DYN if n in config_mod.DYNAMICAL_BLOCKS else ""): v for n, v in single.items()}
+    dyn = any(n in config_mod.DYNAMICAL_BLOCKS for n in single)
     return _table("Pearson ρ(t) of one per-particle quantity with propensity (all snapshots, "
-                  "no fit)", times, single, species)
+                  "no fit)", times, cols, species, DYN_NOTE if dyn else None)
 
 
 def main(argv=None):

@@ -43,6 +43,9 @@ def layout(cfg, n_features):
     if cfg.descriptors.r_generation == "auto":   # g_AA(r) summands of generation_radius
         out["snapshots/gAA_counts"] = ((S, GAA_BINS), np.float64)
         out["snapshots/gAA_norm"] = ((S,), np.float64)
+    # written by the fit stage (learn/fits.py step 4): every particle by its species' model
+    for name in cfg.fits.feature_sets:
+        out[f"fits/{name}/prediction"] = ((S, T, N), np.float64)
     if cfg.iso.store_displacements:
         out["iso/displacements"] = ((S, R, T, N, 3), np.float32)
     else:   # per-replica sums instead (dynamics.replica_sums), working data only (transient)

@@ -30,7 +30,8 @@ def _yaml(tiny_yaml, path, store):
     data["inherent"]["enabled"] = False   # not needed here: keep the test short
     data["cage"]["enabled"] = False
     data["fits"]["feature_sets"] = {"g0": {"generations": 0}, "dw": {"features": "init+dw",
-                                                                     "generations": 0}}
+                                                                     "generations": 0,
+                                                                     "allow_dynamical": True}}
     return yaml.safe_dump(data, allow_unicode=True)
 
 

@@ -20,24 +20,33 @@ Parallel layout (every number is a function of the config and the data only, nev
    all-gathered; every rank replays the α choice (:class:`AlphaPath`) on the same tables.
 3. wave B, dealt over ranks: the refit on all training rows per (set, species) and the feature
    selection per (set, species, time).  Results are all-gathered.
-4. held-out ρ(t), R²(t): every rank predicts its own test rows, one snapshot at a time;
-   per-snapshot sums combined exactly.
+4. predictions, held-out ρ(t), R²(t): every rank predicts all its snapshots (training and held
+   out), one snapshot at a time, and writes them to the store (``fits/<set>/prediction``
+   [S, T, N], each particle by its species' model); pooled ρ(t), R²(t) over the held-out rows from
+   per-snapshot sums combined exactly, and the per-snapshot ρ(t) of each held-out snapshot
+   (benchmark convention: mean ± std over snapshots), all-gathered.
+
+CV score (``fits.cv_score``): 'mse' = the unweighted mean over folds of the validation MSE
+(:func:`mean_mse`, sklearn's RidgeCV convention); 'pearson' = the unweighted mean over folds of the
+mean per-snapshot Pearson ρ of the fold's validation snapshots (:func:`fold_pearson`; a wave-A task
+then reads its fold's validation rows from the store), maximised — the criterion of the papers.
 
 Tasks are dealt longest-first to the least-loaded rank by an estimated cost (:func:`deal`). The
 fits run with one BLAS thread per rank: a threaded BLAS sums in a thread-count dependent order.
 Memory per rank: the per-fold statistics of every (set, species) it has a task of, K·(F² + F·T)
-float64 each (≈ 12 MB per fold at F = 1200), plus 4·K·F²/2 while reducing one of them.
+float64 each (≈ 12 MB per fold at F = 1200), plus 4·K·F²/2 while reducing one of them; in step 4
+the predictions of its snapshots for one feature set, (S/P)·T·N float64.
 """
 import heapq
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..config import DESCRIPTOR_BLOCKS
+from ..config import DESCRIPTOR_BLOCKS, DYNAMICAL_BLOCKS
 from ..parallel import task_rng
 from .mlp import mlp_baseline
 from .ridge import (AlphaPath, _Rows, _Standardised, _Stats, _warn_grid, assign_folds, binned_stats,
-                    fold_sse, frame, frame_for, mean_mse, pearson, pearson_r2, refit, split_snapshots)
+                    fold_pearson, fold_sse, frame, frame_for, mean_mse, pearson, pearson_r2, refit)
 from .selection import Problem, SelectionResult, select_one
 
 # the per-particle scalar features and the datasets holding them
@@ -48,10 +57,15 @@ SCALAR_SOURCES = {"drcs": "states/cage/displacement", "dris": "states/inherent/d
 
 @dataclass
 class FitResult:
-    """Per feature set. Arrays: pearson, r2, alpha (n_species, T); coef (n_species, T, F) in the
-    order of ``feature_names`` (F,); intercept (n_species, T); grid_extended (n_species,) bool.
-    With ``fits.selection``: ``selection`` [SelectionResult per species]; with ``fits.mlp``:
-    ``mlp_pearson``, ``mlp_r2`` (n_species, T) of the MLP baseline on the same split."""
+    """Per feature set. Arrays: pearson, r2, alpha (n_species, T) (pearson, r2 pooled over the
+    held-out rows); coef (n_species, T, F) in the order of ``feature_names`` (F,); intercept
+    (n_species, T); grid_extended (n_species,) bool; pearson_per_snapshot (n_species, T, S_test)
+    the ρ(t) of each held-out snapshot (in the order of the test ids; NaN if the species is
+    absent), pearson_snapshot_mean / pearson_snapshot_std (n_species, T) their mean and population
+    std (ddof 0) over the snapshots where it is defined. With ``fits.selection``: ``selection``
+    [SelectionResult per species]; with ``fits.mlp``: ``mlp_pearson``, ``mlp_r2`` (n_species, T)
+    of the MLP baseline on the same split. The predictions are in the store
+    (``fits/<set>/prediction``), not here."""
     pearson: np.ndarray
     r2: np.ndarray
     alpha: np.ndarray
@@ -62,6 +76,9 @@ class FitResult:
     selection: list = field(default_factory=list)
     mlp_pearson: np.ndarray = None
     mlp_r2: np.ndarray = None
+    pearson_per_snapshot: np.ndarray = None
+    pearson_snapshot_mean: np.ndarray = None
+    pearson_snapshot_std: np.ndarray = None
 
 
 def feature_layout(fset, descriptor_names):
@@ -174,7 +191,11 @@ def _fit_propensity(ctx, cfg, store, descriptor_names, n_species, timings):
     S = cfg.snapshots.count
     T = cfg.replica_steps().size
     K = cfg.fits.cv_folds
-    train, test = split_snapshots(np.arange(S), cfg.test_snapshots() / S, cfg.seed)
+    train, test = cfg.fit_split()
+    by_pearson = cfg.fits.cv_score == "pearson"
+    from ..models import get_model
+    species_names = get_model(cfg.model.name).species
+    times = cfg.replica_times()
     needed = {b for fs in cfg.fits.feature_sets.values() for b in fs.blocks}
     # training and held-out snapshots dealt separately: equal shares of the Gram work
     mine = ctx.mine([int(s) for s in train]) + ctx.mine([int(s) for s in test])
@@ -213,7 +234,9 @@ def _fit_propensity(ctx, cfg, store, descriptor_names, n_species, timings):
     def cost(task):
         F = F_of(task[1])
         if task[0] == "cv":
-            return 13.0 * F ** 3 + 2.0 * F * F * n_cand * T
+            extra = (n_cand * (2.0 * F * F * T + 2.0 * n_rows[task[1]] / K * F * T)
+                     if by_pearson else 0.0)   # explicit predictions of the fold's rows per α
+            return 13.0 * F ** 3 + 2.0 * F * F * n_cand * T + extra
         if task[0] == "refit":
             return 9.0 * F ** 3
         if task[0] == "select":
@@ -265,7 +288,13 @@ def _fit_propensity(ctx, cfg, store, descriptor_names, n_species, timings):
         if task[0] == "cv":
             f = task[2]
             fd = _fold_problem(pb.parts, f)
-            res_a[task] = fold_sse(fd, pb.parts[f], path.candidates)
+            if by_pearson:   # per-snapshot ρ needs the fold's rows, not only its statistics
+                present = train[counts[train, tau[1]] > 0]
+                ids = present[folds[tau] == f]
+                rows = _Rows(*_rows(pb.layout, data, ids, tau[1], T, store))
+                res_a[task] = fold_pearson(fd, rows, path.candidates)
+            else:
+                res_a[task] = fold_sse(fd, pb.parts[f], path.candidates)
         else:
             k_set, sp = tau
             Xtr, Ytr, Gtr = _rows(pb.layout, data, train, sp, T, store)
@@ -285,10 +314,17 @@ def _fit_propensity(ctx, cfg, store, descriptor_names, n_species, timings):
         n_fold = [float(c) for c in _fold_counts(counts, train, tau[1], folds[tau], K)]
 
         def cv_mse_of(a, tables=tables, n_fold=n_fold):
+            if by_pearson:   # loss = −(mean over folds of the mean per-snapshot ρ), folds in order
+                acc = tables[0](a)
+                for tb in tables[1:]:
+                    acc = acc + tb(a)
+                return -acc / len(tables)
             return mean_mse([tb(a) for tb in tables], n_fold)
         alphas_, _, best, extended, edge = path.choose(cv_mse_of)
         if ctx.root:   # the same decision on every rank; only rank 0 says it
-            _warn_grid(extended, edge, alphas_, path.max_extensions)
+            _warn_grid(extended, edge, alphas_, path.max_extensions,
+                       where=f"feature set {sets[tau[0]][0]!r}, species {species_names[tau[1]]}",
+                       best=best, times=times, grid=path.alphas, score=cfg.fits.cv_score)
         choice[tau] = (alphas_, best, extended)
 
     # ---- 3. wave B: refits, feature selection
@@ -313,21 +349,34 @@ def _fit_propensity(ctx, cfg, store, descriptor_names, n_species, timings):
     res_b = _gather(comm, res_b)
     lap("wave B")
 
-    # ---- 4. held-out ρ(t), R²(t) from this rank's test rows, sums exact over snapshots and ranks
+    # ---- 4. predictions of this rank's snapshots (to the store); held-out ρ(t), R²(t) pooled
+    # (sums exact over snapshots and ranks) and per held-out snapshot
     results = {}
+    local = sorted(data)
+    is_test = np.zeros(S, bool)
+    is_test[test] = True
     for k_set, (name, fset) in enumerate(sets):
         names = probs[k_set, 0].names
         F = len(names)
         res = FitResult(*(np.full((n_species, T), np.nan) for _ in range(3)),
                         np.zeros((n_species, T, F)), np.zeros((n_species, T)),
                         np.zeros(n_species, bool), names)
+        predictions = {s: np.full((T, data[s]["types"].size), np.nan) for s in local}
+        per_snap = {}
         for sp in range(n_species):
             tau = (k_set, sp)
             alphas_, best, extended = choice[tau]
             coef, intercept = res_b["refit", tau]
-            Xte, Yte, Gte = _rows(probs[tau].layout, data, test, sp, T)
-            pred = _predict(Xte, Gte, coef, intercept)
-            res.pearson[sp], res.r2[sp] = pearson_r2(Yte, pred, comm=comm, groups=Gte)
+            X, Y, G = _rows(probs[tau].layout, data, local, sp, T)
+            pred = _predict(X, G, coef, intercept)
+            for s in local:
+                sel = G == s
+                predictions[s][:, data[s]["types"] == sp] = pred[sel].T
+                if is_test[s]:
+                    per_snap[s, sp] = (pearson(Y[sel], pred[sel]) if np.count_nonzero(sel) > 1
+                                       else np.full(T, np.nan))
+            te = is_test[G]
+            res.pearson[sp], res.r2[sp] = pearson_r2(Y[te], pred[te], comm=comm, groups=G[te])
             res.alpha[sp] = alphas_[best]
             res.coef[sp] = coef
             res.intercept[sp] = intercept
@@ -344,9 +393,53 @@ def _fit_propensity(ctx, cfg, store, descriptor_names, n_species, timings):
                     res.mlp_pearson = np.full((n_species, T), np.nan)
                     res.mlp_r2 = np.full((n_species, T), np.nan)
                 res.mlp_pearson[sp], res.mlp_r2[sp] = mlp.pearson, mlp.r2
+        for s in local:
+            store.write(f"fits/{name}/prediction", (s,), predictions[s])
+        predictions.clear()
+        per_snap = _gather(comm, per_snap)
+        rho = np.full((n_species, T, test.size), np.nan)
+        for (s, sp), r in per_snap.items():
+            rho[sp, :, np.searchsorted(test, s)] = r
+        res.pearson_per_snapshot = rho
+        res.pearson_snapshot_mean, res.pearson_snapshot_std = snapshot_mean_std(rho)
         results[name] = res
     lap("held-out")
     return results, train, test
+
+
+def snapshot_mean_std(rho):
+    """(mean, std) over the last axis of ``rho`` (…, S_test), ignoring NaN (snapshots without the
+    species); std is the population std (ddof 0); NaN where no snapshot is defined."""
+    ok = np.isfinite(rho)
+    n = ok.sum(-1)
+    v = np.where(ok, rho, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = v.sum(-1) / n
+        std = np.sqrt(np.where(ok, (rho - mean[..., None]) ** 2, 0.0).sum(-1) / n)
+    return mean, std
+
+
+def prediction_inputs(h5, feature_names, s):
+    """(N, F) float64 inputs of snapshot ``s`` of a finished output ``h5`` (h5py.File) for a
+    feature set's ``feature_names`` (``/fits/<set>/feature_names``): ``block:name`` is column
+    ``name`` of ``/descriptors/feature_names`` in ``/descriptors/<block>``; a scalar name is the
+    per-particle dataset of :data:`SCALAR_SOURCES` (also ``/fits`` attrs ``scalar_sources``).
+    ``X @ coef[sp, t] + intercept[sp, t]`` over the particles of species ``sp`` is then
+    ``/fits/<set>/prediction[s, t]`` there."""
+    import json
+    sources = json.loads(h5["fits"].attrs["scalar_sources"]) if "scalar_sources" in \
+        h5["fits"].attrs else SCALAR_SOURCES
+    columns = {str(n.decode() if isinstance(n, bytes) else n): j
+               for j, n in enumerate(h5["descriptors/feature_names"][()])}
+    cols = []
+    for raw in feature_names:
+        fname = raw.decode() if isinstance(raw, bytes) else str(raw)
+        block, _, col = fname.partition(":")
+        if col:
+            cols.append(h5[f"descriptors/{block}"][s, :, columns[col]])
+        else:
+            cols.append(h5[sources[block]][s])
+    return np.stack(cols, axis=1).astype(np.float64)
 
 
 def _predict(X, groups, coef, intercept):
@@ -375,8 +468,14 @@ def single_variable_pearson(ctx, cfg, store, n_species):
     energy, Debye–Waller factor) with the propensity, per species, over all snapshots — no fit
     ([CAGE] Figs. 2, 5; [DW]).
 
+    The Debye–Waller factor is dynamical (:data:`DYNAMICAL_BLOCKS`, labelled by the tables) and left
+    out when no read-out lies near its time (:func:`glasshpc.dynamics.debye_waller_near`).
+
     Returns {scalar name: (n_species, T) float64}."""
-    available = ["fnet", "energy", "dw"]
+    from ..dynamics import debye_waller_near
+    available = ["fnet", "energy"]
+    if debye_waller_near(cfg.replica_times()):
+        available.append("dw")
     if cfg.inherent.enabled:
         available.insert(0, "dris")
     if cfg.cage.enabled:

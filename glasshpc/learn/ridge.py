@@ -497,6 +497,31 @@ def fold_sse(fd, va, alphas):
     return out
 
 
+def fold_pearson(fd, rows, alphas):
+    """(A, T) mean over the validation snapshots in ``rows`` (:class:`_Rows`) of the per-snapshot Pearson ρ
+    between the prediction of the fold model ``fd`` (:class:`_Standardised`) at each α and the target.
+
+    ρ needs no intercept: each snapshot's rows are centred on their own mean. One α at a time, snapshots in
+    id order (a value does not depend on the other α or on the rank that computes it). A snapshot whose
+    prediction or target is constant counts as ρ = 0 (no usable correlation)."""
+    blocks = []
+    for _, xb, yb in rows.blocks():
+        yc = yb - yb.mean(0)
+        blocks.append((xb - xb.mean(0), yc, np.einsum("it,it->t", yc, yc)))
+    alphas = np.atleast_1d(np.asarray(alphas, dtype=np.float64))
+    out = np.empty((alphas.size, fd.c.shape[1]))
+    for a, alpha in enumerate(alphas):
+        coef = fd.w(alpha[None])[0] / fd.scale[:, None]   # (F, T) original units
+        acc = np.zeros(fd.c.shape[1])
+        for xc, yc, syy in blocks:
+            p = xc @ coef
+            with np.errstate(invalid="ignore", divide="ignore"):
+                r = np.einsum("it,it->t", p, yc) / np.sqrt(np.einsum("it,it->t", p, p) * syy)
+            acc += np.where(np.isfinite(r), np.clip(r, -1.0, 1.0), 0.0)
+        out[a] = acc / max(len(blocks), 1)
+    return out
+
+
 def mean_mse(sse, counts):
     """Unweighted mean over folds of the per-fold MSE: sse list of (A, T), counts the fold row counts."""
     acc = sse[0] / counts[0]
@@ -775,10 +800,47 @@ class GroupedRidgeCV:
         return mean_mse(list(sse), counts)
 
 
-def _warn_grid(extended, edge, alphas, max_extensions, stacklevel=2):
+def _warn_grid(extended, edge, alphas, max_extensions, stacklevel=2, where=None, best=None, times=None,
+               grid=None, score="mse"):
+    """RuntimeWarnings about the α grid after :meth:`AlphaPath.choose` (``alphas`` the grid used).
+
+    ``where`` names the problem (e.g. "feature set 'init', species A"), ``best`` (T,) the chosen indices,
+    ``times`` (T,) the targets' read-out times (τ), ``grid`` the configured α grid, ``score`` 'mse' | 'pearson'.
+    Says: that the grid was extended (and at which targets the choice left the configured grid), that an optimum
+    is still on the low edge after ``max_extensions`` extensions, and where α is the far (largest) end of the
+    grid used: every coefficient is then shrunk to ≈ 0, an intercept-only model."""
+    who = "GroupedRidgeCV" + (f" ({where})" if where else "")
+
+    def at(mask):
+        idx = np.flatnonzero(mask)
+        if times is not None:
+            return "t = " + ", ".join(f"{times[i]:.4g}" for i in idx) + " τ"
+        return "target(s) " + ", ".join(str(i) for i in idx)
+
+    alphas = np.asarray(alphas)
     if extended:
-        warnings.warn(f"GroupedRidgeCV: CV optimum on a grid edge; alpha grid extended to "
-                      f"[{alphas[0]:.3g}, {alphas[-1]:.3g}]", RuntimeWarning, stacklevel=stacklevel)
-    if edge is not None:
-        warnings.warn("GroupedRidgeCV: CV optimum still on the grid edge after "
-                      f"{max_extensions} extension(s) ({edge} side)", RuntimeWarning, stacklevel=stacklevel)
+        msg = f"{who}: CV optimum on a grid edge; alpha grid extended to [{alphas[0]:.3g}, {alphas[-1]:.3g}]"
+        if best is not None and grid is not None:
+            out = (alphas[best] < np.min(grid)) | (alphas[best] > np.max(grid))
+            if out.any():
+                msg += f"; chosen outside the configured [{np.min(grid):.3g}, {np.max(grid):.3g}] at {at(out)}"
+        warnings.warn(msg, RuntimeWarning, stacklevel=stacklevel)
+    if best is None:
+        if edge is not None:
+            warnings.warn(f"{who}: CV optimum still on the grid edge after {max_extensions} extension(s) "
+                          f"({edge} side)", RuntimeWarning, stacklevel=stacklevel)
+        return
+    best = np.asarray(best)
+    if edge == "low":
+        low = best == 0
+        warnings.warn(f"{who}: CV optimum still on the low edge (α = {alphas[0]:.3g}) after {max_extensions} "
+                      f"extension(s) at {at(low)}: nearly unregularised", RuntimeWarning, stacklevel=stacklevel)
+    far = best == alphas.size - 1
+    if alphas.size > 1 and far.any():
+        again = (f" (still improving there after {max_extensions} extension(s))" if edge == "high" else "")
+        what = ("the prediction is the training mean plus a tiny correlated part: ρ is defined, R² is that of "
+                "an intercept-only model" if score == "pearson" else
+                "an intercept-only model (predicts the training mean); the features carry no signal the CV sees")
+        warnings.warn(f"{who}: α = {alphas[-1]:.3g}, the far end of the {'extended ' if extended else ''}grid, "
+                      f"chosen at {at(far)}{again}: every coefficient is shrunk to ≈ 0, {what}",
+                      RuntimeWarning, stacklevel=stacklevel)
