@@ -304,12 +304,12 @@ class FitsConfig:
     cv_score: str = _f("mse", "α chosen by CV per species and time: 'mse' = least mean over "
                               "folds of the validation MSE (sklearn RidgeCV/GridSearchCV); "
                               "'pearson' = largest mean over folds of the mean per-snapshot "
-                              "Pearson ρ of the fold's validation snapshots (as [GNN], "
+                              "Pearson ρ of the fold's validation snapshots (as Bapst et al. 2020, "
                               "GlassBench)", choices=("mse", "pearson"))
     cv_folds: int = _f(4, "cross-validation folds, grouped by snapshot", lo=2, hi=MAX_ITEMS)
     alphas: AlphaGrid = _f(doc="ridge α grid (extended automatically at an edge optimum)",
                            factory=AlphaGrid)
-    feature_sets: dict = _f(doc="named feature sets, each {features, generations}, fitted per "
+    feature_sets: dict = _f(doc="named feature sets, each {features, generations, allow_dynamical}, fitted per "
                                 "species and time", kind=("dict", FeatureSet),
                             factory=_default_sets,
                             reserved={"single": "the single-variable correlations"})

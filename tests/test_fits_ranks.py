@@ -26,12 +26,22 @@ def runs(tmp_path_factory):
             for p in (1, 2, 3)}
 
 
+@pytest.fixture(scope="module")
+def runs_pearson(tmp_path_factory):
+    """fits.cv_score: pearson (each CV task reads its fold's rows from the store) on 1 and 3 ranks."""
+    import bench_fits
+
+    folder = tmp_path_factory.mktemp("fits_ranks_pearson")
+    return {p: bench_fits.launch(p, str(folder / f"p{p}.npz"), "tiny", {"cv_score": "pearson"}, timeout=600)
+            for p in (1, 3)}
+
+
 def test_fits_bitwise_equal_on_1_2_3_ranks(runs):
     one = runs[1]
     keys = [k for k in one if k not in ("wall", "phases", "cpu") and not k.startswith("ref/")]
     # every kind of stored result is there (ridge, selection, MLP, single-variable ρ)
     for kind in ("/pearson", "/r2", "/alpha", "/coef", "/intercept", "/selection/0/order", "/selection/1/rho",
-                 "/mlp_pearson", "single/drcs"):
+                 "/mlp_pearson", "single/drcs", "/prediction", "/pearson_per_snapshot", "/pearson_snapshot_std"):
         assert any(kind in k for k in keys), kind
     for p in (2, 3):
         other = runs[p]
@@ -51,3 +61,13 @@ def test_fit_stage_equals_serial_estimator(runs):
             ref = {key: one[f"ref/{name}/{sp}/{key}"] for key in ("coef", "intercept", "alpha", "pearson")}
             for key, value in ref.items():
                 assert np.array_equal(one[f"{name}/{key}"][sp], value), (name, sp, key)
+
+
+def test_cv_score_pearson_bitwise_equal_on_1_and_3_ranks(runs, runs_pearson):
+    one, three = runs_pearson[1], runs_pearson[3]
+    keys = [k for k in one if k not in ("wall", "phases", "cpu")]
+    assert sorted(keys) == sorted(k for k in three if k not in ("wall", "phases", "cpu"))
+    for k in keys:
+        assert np.array_equal(one[k], three[k], equal_nan=one[k].dtype.kind == "f"), k
+    # the criterion is in effect: some α differs from the MSE choice on the same data
+    assert any(not np.array_equal(one[k], runs[1][k]) for k in keys if k.endswith("/alpha"))
