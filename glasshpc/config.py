@@ -312,7 +312,8 @@ class FitsConfig:
     feature_sets: dict = _f(doc="named feature sets, each {features, generations, allow_dynamical}, fitted per "
                                 "species and time", kind=("dict", FeatureSet),
                             factory=_default_sets,
-                            reserved={"single": "the single-variable correlations"})
+                            reserved={"single": "the single-variable correlations",
+                                      "is_test": "the held-out flags of the snapshots"})
     selection: SelectionConfig = _f(doc="feature selection per feature set, species and time",
                                     factory=SelectionConfig)
     mlp: MLPConfig = _f(doc="non-linear baseline on the same splits (off by default)",

@@ -29,6 +29,9 @@ HDF5 layout written (besides the per-task slots under ``/softness/data``):
                                       ``train_accuracy`` (svc)
 ``/softness/fluidity/T=<T>/``         same for the fluidity SVC trained at T
 ``/softness/dot_products``            (K, K) ŵ_a·ŵ_b, attr ``names``
+``/softness/predictions/<m>``         (J, N) f8 per particle of every snapshot (t = 0 structure):
+                                      softness S = ŵ·F̃ − b for svc, predicted logit p_r for a
+                                      regressor; NaN for particles of the other species
 ``/softness/rfe/counts, pearson, ranking``  RFE curve of ridge on logit p_r (if configured)
 ``/softness/training``                attrs: examples per class, ``p_hop`` tails of fluidity sets
 ``/barriers/edges``, ``centers``      (B+1,), (B,) bins of x (Z-score) or S (``svc_S``)
@@ -355,6 +358,29 @@ def _outputs(model, X):
     return model.raw_output(X)
 
 
+def snapshot_predictions(ctx, pl, store, models):
+    """Collective. Per model, the per-particle output of every snapshot's t = 0 structure
+    (``softness/data/snapshot_features``): softness S for 'svc', predicted logit p_r for a
+    regressor; NaN for particles not of the trained species. Each rank does its own snapshots
+    (a snapshot's numbers do not depend on the rank). Returns on rank 0 {model: (J, N) float64},
+    None elsewhere. Memory on rank 0: (number of models)·J·N float64."""
+    mine = {}
+    for j in ctx.mine(list(range(pl.J))):
+        sel = store.read("softness/data/types", (j,)) == pl.species
+        X = store.read("softness/data/snapshot_features", (j,))[sel].astype(np.float64)
+        out = {}
+        for m, model in models.items():
+            v = np.full(sel.size, np.nan)
+            v[sel] = model.softness(X) if isinstance(model, sm.SoftnessSVC) else model.predict(X)
+            out[m] = v
+        mine[j] = out
+    parts = ctx.comm.gather(mine, root=0)
+    if not ctx.root:
+        return None
+    every = {j: v for part in parts for j, v in part.items()}
+    return {m: np.stack([every[j][m] for j in range(pl.J)]) for m in models}
+
+
 def barrier_stage(ctx, cfg, pl, store, fits):
     """Stage 5 (collective): P_R per bin and temperature, barrier fits, onset, explained variance,
     JSD ([SOFT] §2.3, §3.3; SCIENCE.md §6). Returns {binning name: result dict}."""
@@ -463,6 +489,7 @@ def execute_softness(cfg, yaml_text, ctx, store_mode="auto", resume=False, overw
         t0 = time.perf_counter()
         edges, bars = barrier_stage(ctx, cfg, pl, store, fits)
         wall["barriers"] = ctx.comm.bcast(time.perf_counter() - t0, root=0)
+        predictions = snapshot_predictions(ctx, pl, store, fits["models"])
         normals = {m: mod.coef_ for m, mod in fits["models"].items() if mod.coef_ is not None}
         normals.update({f"fluidity:T={T:g}": f.coef_ for T, f in fits["fluidity"].items()})
         dot_names, dots = sm.normal_dot_products(normals)
@@ -500,6 +527,9 @@ def execute_softness(cfg, yaml_text, ctx, store_mode="auto", resume=False, overw
                 mg.attrs["b_best"] = bars[m]["b_best"]
                 mg.attrs["sigma_tr"] = bars[m]["sigma_tr"]
                 mg.attrs["pearson_heldout"] = fits["heldout"].get(m, np.nan)
+                g[f"predictions/{m}"] = predictions[m]
+                g[f"predictions/{m}"].attrs["quantity"] = (
+                    "softness S" if m == "svc" else "predicted logit p_r")
             for T, f in fits["fluidity"].items():
                 write_model(g.create_group(f"fluidity/T={T:g}"), f)
             g["dot_products"] = dots

@@ -165,6 +165,20 @@ def test_sweep_writes_softness_and_barriers(tmp_path):
         refit = sm.SoftnessSVC(1e-2).fit(X, lab[sel] == 1)
         np.testing.assert_allclose(refit.coef_, normal, atol=1e-10)
         assert (lab[sel] == 1).sum() == (lab[sel] == 0).sum() > 10       # balanced
+        # stored per-particle softness of every snapshot = the stored hyperplane applied to the
+        # stored snapshot features (species A only); the ridge output lies along its own normal
+        F0 = d["snapshot_features"][()].astype(np.float64)
+        svc = f["softness/models/svc"]
+        S = f["softness/predictions/svc"][()]
+        assert S.shape == types.shape and np.array_equal(np.isnan(S), types != 0)
+        z = (F0[types == 0] - svc["mean"][()]) / svc["scale"][()]
+        np.testing.assert_allclose(S[types == 0], z @ normal - svc.attrs["intercept"], atol=1e-9)
+        rg = f["softness/models/ridge"]
+        out = f["softness/predictions/ridge"][()][types == 0] - rg.attrs["intercept"]
+        along = ((F0[types == 0] - rg["mean"][()]) / rg["scale"][()]) @ rg["normal"][()]
+        assert abs(np.corrcoef(out, along)[0, 1]) > 1 - 1e-9
+        for m in ("linear_svr", "mlp"):
+            assert np.all(np.isfinite(f[f"softness/predictions/{m}"][()][types == 0]))
         # every A particle of every measured frame lands in a bin (edges ±20), and the
         # rearranging counts are those of the stored indicator
         A = types == 0
@@ -205,6 +219,9 @@ def test_sweep_one_and_two_ranks_agree(tmp_path):
         for m in ("svc", "ridge", "linear_svr"):
             np.testing.assert_allclose(a[f"softness/models/{m}/normal"][()],
                                        b[f"softness/models/{m}/normal"][()], rtol=1e-10, atol=1e-12)
+        for m in ("svc", "ridge", "linear_svr"):
+            np.testing.assert_allclose(a[f"softness/predictions/{m}"][()],
+                                       b[f"softness/predictions/{m}"][()], rtol=1e-9, atol=1e-9)
         for m in ("svc", "svc_S", "ridge", "mlp"):
             assert np.array_equal(a[f"barriers/{m}/n"][()], b[f"barriers/{m}/n"][()]), m
             assert np.array_equal(a[f"barriers/{m}/k"][()], b[f"barriers/{m}/k"][()]), m

@@ -34,7 +34,8 @@ def main(argv=None):
     with h5py.File(args.h5, "r") as f:
         times = f["iso/times"][()]
         species = [s.decode() for s in f.attrs["species"]]
-        fits = {name: f[f"fits/{name}/pearson"][()] for name in f["fits"] if name != "single"}
+        fits = {name: f[f"fits/{name}/pearson"][()] for name, g in f["fits"].items()
+                if name != "single" and isinstance(g, h5py.Group)}   # /fits/is_test: dataset
         single = {name: f[f"fits/single/{name}"][()] for name in f.get("fits/single", {})}
         prop = f["propensity"][()]
         types = f["snapshots/types"][()]

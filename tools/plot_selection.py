@@ -28,7 +28,7 @@ def read(h5, only=None):
         sets = {}
         for name in f.get("fits", {}):
             g = f[f"fits/{name}"]
-            if "selection" not in g or (only and name != only):
+            if not isinstance(g, h5py.Group) or "selection" not in g or (only and name != only):
                 continue
             sel = g["selection"]
             sets[name] = dict(rho=sel["rho"][()], names=sel["names"].asstr()[()], method=sel.attrs["method"],
