@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..config import DESCRIPTOR_BLOCKS, DYNAMICAL_BLOCKS
+from ..config import DESCRIPTOR_BLOCKS
 from ..parallel import task_rng
 from .mlp import mlp_baseline
 from .ridge import (AlphaPath, _Rows, _Standardised, _Stats, _warn_grid, assign_folds, binned_stats,
@@ -431,12 +431,14 @@ def prediction_inputs(h5, feature_names, s):
         h5["fits"].attrs else SCALAR_SOURCES
     columns = {str(n.decode() if isinstance(n, bytes) else n): j
                for j, n in enumerate(h5["descriptors/feature_names"][()])}
-    cols = []
+    cols, blocks = [], {}
     for raw in feature_names:
         fname = raw.decode() if isinstance(raw, bytes) else str(raw)
         block, _, col = fname.partition(":")
         if col:
-            cols.append(h5[f"descriptors/{block}"][s, :, columns[col]])
+            if block not in blocks:   # one read per block, not per column
+                blocks[block] = h5[f"descriptors/{block}"][s]
+            cols.append(blocks[block][:, columns[col]])
         else:
             cols.append(h5[sources[block]][s])
     return np.stack(cols, axis=1).astype(np.float64)
@@ -468,7 +470,7 @@ def single_variable_pearson(ctx, cfg, store, n_species):
     energy, Debye–Waller factor) with the propensity, per species, over all snapshots — no fit
     ([CAGE] Figs. 2, 5; [DW]).
 
-    The Debye–Waller factor is dynamical (:data:`DYNAMICAL_BLOCKS`, labelled by the tables) and left
+    The Debye–Waller factor is dynamical (``config.DYNAMICAL_BLOCKS``, labelled by the tables) and left
     out when no read-out lies near its time (:func:`glasshpc.dynamics.debye_waller_near`).
 
     Returns {scalar name: (n_species, T) float64}."""
