@@ -334,45 +334,12 @@ def q_grid(q_max=12.0, n_bins=120):
     return np.linspace(0.0, q_max, n_bins + 1)
 
 
-def structure_factor(positions, box, edges, max_vectors=20000):
-    """Static structure factor S(q) = ⟨|Σ_j exp(i q·r_j)|²⟩/N, averaged over the reciprocal-lattice
-    vectors q = 2π n/L falling into each |q| bin.
-
-    positions (N, 3) float64 (any image), box (3,), edges (B+1,) bin edges in σ⁻¹.
-    Returns (B,) float64 with NaN in bins holding no lattice vector. Bins with more than
-    ``max_vectors`` vectors use an evenly strided subset of them (deterministic).
-    """
-    pos = np.asarray(positions, dtype=np.float64)
-    box = np.asarray(box, dtype=np.float64)
-    qmax = edges[-1]
-    nmax = np.ceil(qmax * box / (2 * np.pi)).astype(int)
-    grids = [np.arange(-m, m + 1) for m in nmax]
-    n = np.stack(np.meshgrid(*grids, indexing="ij"), -1).reshape(-1, 3)
-    # keep one of each ±q pair: S(q) = S(−q)
-    keep = (n[:, 0] > 0) | ((n[:, 0] == 0) & ((n[:, 1] > 0) | ((n[:, 1] == 0) & (n[:, 2] > 0))))
-    qv = 2 * np.pi * n[keep] / box
-    qn = np.linalg.norm(qv, axis=1)
-    inside = (qn >= edges[0]) & (qn < qmax)
-    qv, qn = qv[inside], qn[inside]
-    idx = np.digitize(qn, edges) - 1
-    sel = []
-    for b in range(len(edges) - 1):
-        members = np.flatnonzero(idx == b)
-        if members.size > max_vectors:
-            members = members[:: int(np.ceil(members.size / max_vectors))]
-        sel.append(members)
-    sel = np.concatenate(sel)
-    qv, idx = qv[sel], idx[sel]
-    sq = np.empty(len(qv))
-    for start in range(0, len(qv), 2048):
-        phase = pos @ qv[start:start + 2048].T
-        sq[start:start + 2048] = (np.cos(phase).sum(0) ** 2 + np.sin(phase).sum(0) ** 2) / len(pos)
-    out = np.full(len(edges) - 1, np.nan)
-    for b in range(len(edges) - 1):
-        m = idx == b
-        if m.any():
-            out[b] = sq[m].mean()
-    return out
+def structure_factor(positions, box, edges):
+    """Static structure factor S(q) binned in |q| (σ⁻¹): (B,) float64, NaN in bins holding no
+    reciprocal-lattice vector. The non-uniform-FFT evaluation of
+    :func:`glasshpc.structure.structure_factor.structure_factor` (arguments and errors there)."""
+    from .structure.structure_factor import structure_factor as fast
+    return fast(positions, box, edges)
 
 
 def first_peak(edges, sq, q_min=3.0):

@@ -59,9 +59,9 @@ def plan(cfg, ranks, store_mode):
     per = -(-S // max(1, ranks))                      # snapshots a rank holds in the fits
     states = len(stages.descriptor_states(cfg))
     L = cfg.box_length
-    nq = int(np.prod(2 * np.ceil(stages.Q_EDGES[-1] * L / (2 * np.pi)) + 1))
+    from .structure.structure_factor import memory_bytes as sq_bytes
     mem = {
-        "snapshots": N * LAMMPS_BYTES_PER_ATOM + nq * 8 * 8,
+        "snapshots": N * LAMMPS_BYTES_PER_ATOM + sq_bytes(np.full(3, L), stages.Q_EDGES[-1]),
         "replicas": N * LAMMPS_BYTES_PER_ATOM + T * N * 3 * 12,
         # one replica at a time (stages.dynamics_stage): f4 Δr, then |Δr|², |Δr|, sinc, the sums
         "dynamics": T * N * (3 * 4 + 6 * 8),

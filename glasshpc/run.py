@@ -25,6 +25,7 @@ from .dynamics import (BALLISTIC_END_DEFINITION, CHI4_FS_DEFINITION, CHI4_PROPEN
                        ballistic_end, chi4_fs, chi4_propensity, chi4_threshold,
                        debye_waller_index, tau_alpha)
 from .states.chains import chain_reliability
+from .structure.structure_factor import lattice_vector_counts
 from .md.accel import resolve_suffix
 from .models import get_model
 from .parallel import MPI, Context
@@ -229,6 +230,8 @@ def execute(cfg, yaml_text, ctx, store_mode="auto", resume=False, overwrite=Fals
         wall["total"] = time.perf_counter() - t_start
         ctx.log("wall time per stage (s): " + ", ".join(f"{k} {v:.1f}" for k, v in wall.items()))
 
+        sq_vectors = lattice_vector_counts(store.read("snapshots/box", (0,)), stages.Q_EDGES)
+
         def extra(h5):
             h5["iso/times"] = times
             h5["iso/steps"] = cfg.replica_steps()
@@ -250,6 +253,7 @@ def execute(cfg, yaml_text, ctx, store_mode="auto", resume=False, overwrite=Fals
             # read-out closest to 1 τ, as in dynamics.debye_waller
             h5["dynamics"].attrs["debye_waller_time"] = times[debye_waller_index(times)]
             h5["snapshots/q_edges"] = stages.Q_EDGES
+            h5["snapshots/sq_vectors"] = sq_vectors   # 0: no lattice vector, S_AA(q) NaN there
             h5["descriptors"].attrs["r_generation"] = r_gen
             h5.create_dataset("descriptors/feature_names", data=spec.feature_names(species),
                               dtype=h5py.string_dtype())
