@@ -77,7 +77,10 @@ def check_inputs(cfg, ctx):
 
 
 def md_steps(cfg):
-    """(snapshot preparation steps, replica steps) of the whole run, summed over tasks."""
+    """(snapshot preparation steps, replica steps) of the whole run, summed over tasks; (0, 0) for
+    imported data (no MD)."""
+    if getattr(cfg, "imported", None) is not None:
+        return 0, 0
     md = cfg.md
     S, R = cfg.snapshots.count, cfg.iso.replicas
     prep = 0
@@ -125,16 +128,22 @@ def dry_run_text(cfg, ctx, steps=300):
     ``steps``-step calibration on rank 0, the output size, and progress of an unfinished run."""
     prep, rep = md_steps(cfg)
     N = cfg.model.n_particles
-    rate = calibrate(cfg, steps) if ctx.root else None
-    rate = ctx.comm.bcast(rate, root=0)
-    core_h = (prep + rep) * N / rate / 3600.0
     scratch = output_bytes(cfg, transient=True)
-    lines = [
-        f"  MD: {prep + rep:,} steps of N = {N} in total (snapshots {prep:,}, replicas {rep:,})",
-        f"  calibration: {steps} NVE steps of {cfg.model.name} on rank 0: "
-        f"{rate / 1e6:.3g} M atom-steps/s per core",
-        f"  estimate: MD ≈ {core_h:.3g} core-hours (≈ {core_h / ctx.size:.3g} h wall on "
-        f"{ctx.size} ranks if the tasks spread evenly; descriptors and fits not included)",
+    if getattr(cfg, "imported", None) is not None:     # no MD: nothing to calibrate or estimate here
+        lines = ["  MD: none (snapshots and replica positions are read from the imported files; LAMMPS only "
+                 "evaluates energies and forces at t = 0)"]
+    else:
+        rate = calibrate(cfg, steps) if ctx.root else None
+        rate = ctx.comm.bcast(rate, root=0)
+        core_h = (prep + rep) * N / rate / 3600.0
+        lines = [
+            f"  MD: {prep + rep:,} steps of N = {N} in total (snapshots {prep:,}, replicas {rep:,})",
+            f"  calibration: {steps} NVE steps of {cfg.model.name} on rank 0: "
+            f"{rate / 1e6:.3g} M atom-steps/s per core",
+            f"  estimate: MD ≈ {core_h:.3g} core-hours (≈ {core_h / ctx.size:.3g} h wall on "
+            f"{ctx.size} ranks if the tasks spread evenly; descriptors and fits not included)",
+        ]
+    lines += [
         f"  output size ≈ {output_bytes(cfg) / 2**30:.3g} GiB (task datasets of stages.layout); "
         f"the same again in {cfg.output}.partial/ while running"
         + (f", plus {scratch / 2**30:.3g} GiB of per-replica sums (iso.store_displacements: "

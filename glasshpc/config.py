@@ -142,11 +142,25 @@ class TimesConfig:
 
 
 @dataclass(frozen=True)
+class UnknownTimes:
+    """``iso.times: unknown`` (one read-out) or ``{unknown: T}``: imported files that hold T read-outs but no
+    times (GlassBench). The read-outs keep their order; τ_α, the end of the ballistic regime and the Debye–Waller
+    time are then not numbers, and /iso/times holds NaN."""
+    count: int = _f(1, "read-outs per file", lo=1, hi=MAX_TIMES)
+
+
+UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
 class IsoConfig:
     replicas: int = _f(doc="replicas per snapshot (isoconfigurational ensemble size)", lo=1,
                        hi=MAX_REPLICAS)
     times: object = _f(doc="read-out times: {start, stop, count} log-spaced, or an explicit "
-                           "increasing list (τ); rounded to whole timesteps", kind="times")
+                           "increasing list (τ); rounded to whole timesteps. With imported: files "
+                           "that carry no times, 'unknown' (one read-out) or {unknown: T} (T "
+                           "read-outs): nothing is then computed or printed as a time",
+                       kind="times")
     store_displacements: bool = _f(True, "keep /iso/displacements [S, R, T, N, 3] f4 in the output; "
                                          "false (huge runs): each replica task stores only its "
                                          "per-replica sums (|Δr|, species sums for F_s and MSD, "
@@ -354,12 +368,22 @@ class Config:
     def box_length(self):
         return (self.model.n_particles / self.model.density) ** (1.0 / 3.0)
 
+    @property
+    def times_known(self):
+        """False for ``iso.times: unknown`` (imported files without times)."""
+        return not isinstance(self.iso.times, UnknownTimes)
+
     def replica_steps(self):
-        """(T,) int64 strictly increasing read-out step counts (duplicates after rounding dropped)."""
+        """(T,) int64 strictly increasing read-out step counts (duplicates after rounding dropped);
+        for ``iso.times: unknown`` the read-out numbers 1..T (no MD runs then: imported data)."""
+        if not self.times_known:
+            return np.arange(1, self.iso.times.count + 1, dtype=np.int64)
         return _steps(self.iso.times, self.md.timestep)
 
     def replica_times(self):
-        """(T,) float64 read-out times in τ (= steps · timestep)."""
+        """(T,) float64 read-out times in τ (= steps · timestep); NaN for ``iso.times: unknown``."""
+        if not self.times_known:
+            return np.full(self.iso.times.count, np.nan)
         return self.replica_steps() * self.md.timestep
 
     def test_snapshots(self):
@@ -465,6 +489,16 @@ def _value(f, value, key):
     if kind == "type_map":
         return _type_map(value, key)
     if kind == "times":
+        if value == UNKNOWN:
+            return UnknownTimes()
+        if isinstance(value, dict) and UNKNOWN in value:
+            if len(value) > 1:
+                other = next(k for k in value if k != UNKNOWN)
+                raise ConfigError(_join(key, str(other)), "give either {unknown: T} or {start, stop, "
+                                                          "count}, not both")
+            count = _scalar(value[UNKNOWN], int, _join(key, UNKNOWN))
+            _check_range(count, fields(UnknownTimes)[0].metadata, _join(key, UNKNOWN))
+            return UnknownTimes(count)
         if isinstance(value, dict):
             t = _build(TimesConfig, value, key)
             if t.count > 1 and t.stop <= t.start:
@@ -481,7 +515,8 @@ def _value(f, value, key):
             if vals[0] <= 0:
                 raise ConfigError(f"{key}[0]", f"times must be > 0, got {vals[0]}")
             return tuple(vals)
-        raise ConfigError(key, "must be {start, stop, count} or a non-empty list of times")
+        raise ConfigError(key, "must be {start, stop, count}, a non-empty list of times, or (imported "
+                               "files without times) 'unknown' / {unknown: T}")
     if kind == "float_or_auto":
         if value == AUTO:
             return AUTO
@@ -569,7 +604,8 @@ class ImportConfig:
     format: str = _f(doc="'glassbench' (one .npz per configuration: types, initial_positions, positions "
                          "(R, N, 3)) or 'bapst' (Bapst et al. 2020 pickles)",
                      choices=("glassbench", "bapst"))
-    files: str = _f(doc="glob pattern of the files (sorted; the first snapshots.count are used)",
+    files: str = _f(doc="glob pattern of the files (natural order: …_2_ before …_10_; the first "
+                        "snapshots.count are used)",
                     kind="path")
     first_type: int = _f(0, "type label of species A in the files (1 for LAMMPS-style labels)", lo=0,
                          hi=10**6)
@@ -578,7 +614,8 @@ class ImportConfig:
                               "lists and scalars are admitted")
 
 
-_CLASSES = {c.__name__: c for c in (ModelConfig, MDConfig, SnapshotsConfig, TimesConfig, IsoConfig,
+_CLASSES = {c.__name__: c for c in (ModelConfig, MDConfig, SnapshotsConfig, TimesConfig, UnknownTimes,
+                                    IsoConfig,
                                     DynamicsConfig, ShellBlock, DescriptorsConfig, AlphaGrid,
                                     CageConfig, InherentConfig, FeatureSet, FitsConfig,
                                     SelectionConfig, MLPConfig, ImportConfig)}
@@ -690,7 +727,10 @@ def _cross_checks(cfg, data=None):
                                                    " / snapshots from files or imported data")
     dt = cfg.md.timestep
     t = cfg.iso.times
-    first = t.start if isinstance(t, TimesConfig) else t[0]
+    if not cfg.times_known and cfg.imported is None:
+        raise ConfigError("iso.times", "'unknown' only with imported: (files that carry no times); a "
+                                       "simulation needs its read-out times")
+    first = t.start if isinstance(t, TimesConfig) else t[0] if cfg.times_known else dt
     if first < dt * (1 - 1e-9):
         raise ConfigError("iso.times", f"the first read-out time {first} is shorter than one "
                                        f"timestep (md.timestep = {dt})")
@@ -734,6 +774,9 @@ def _cross_checks(cfg, data=None):
             if b not in FEATURE_BLOCKS:
                 raise ConfigError(key, f"unknown feature block {brief(b)}; allowed blocks, joined by "
                                        f"'+': {list(FEATURE_BLOCKS)}")
+            if b == "dw" and not cfg.times_known:
+                raise ConfigError(key, "block 'dw' is the Debye–Waller factor at the read-out closest "
+                                       "to 1 τ, undefined with iso.times: unknown")
             if b in needs and not getattr(cfg, needs[b]).enabled:
                 raise ConfigError(key, f"block {brief(b)} needs the {needs[b]} states: set "
                                        f"{needs[b]}.enabled: true")
@@ -965,34 +1008,89 @@ def load(path):
     return parse(text, str(path)), text
 
 
+# Example values of the keys without a default: --describe prints them so that its output is a config
+# that parse() accepts (a KA run of 1000 particles).
+DESCRIBE_EXAMPLES = {"output": "out.h5", "model.name": "kob_andersen", "model.n_particles": 1000,
+                     "model.density": 1.2, "model.temperature": 0.8, "snapshots.count": 20,
+                     "iso.replicas": 30, "iso.times": {"start": 0.01, "stop": 100.0, "count": 20}}
+
+
+def _plain(value):
+    """YAML-ready value: dataclasses → dicts, tuples → lists (recursively)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _yaml_inline(value):
+    text = yaml.safe_dump(_plain(value), default_flow_style=True, allow_unicode=True, width=10**6,
+                          sort_keys=False).strip()
+    return text[:-3].strip() if text.endswith("\n...") or text.endswith("...") else text
+
+
+def _doc_of(f):
+    m = f.metadata
+    doc = m.get("doc", "")
+    if m.get("lo") is not None or m.get("hi") is not None:
+        lo = "" if m.get("lo") is None else f"{'(' if m['lo_open'] else '['}{m['lo']:g}"
+        hi = "" if m.get("hi") is None else f"{m['hi']:g}{')' if m['hi_open'] else ']'}"
+        doc += f"; range {lo or '(−∞'}, {hi or '∞)'}"
+    if m.get("choices"):
+        doc += f"; one of {', '.join(map(str, m['choices']))}"
+    return doc
+
+
+def _describe_walk(cls, prefix, depth, commented, lines, examples):
+    import textwrap
+    for f in fields(cls):
+        key = _join(prefix, f.name)
+        t = _CLASSES.get(f.type) if isinstance(f.type, str) else f.type
+        missing = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        lead = ("# " if commented else "") + "  " * depth
+        doc = _doc_of(f)
+        section = dataclasses.is_dataclass(t)
+        if section and f.default is None:
+            doc += " (optional section, not set by default: remove the '# ' to use it)"
+        elif key in examples:
+            doc += " (required: example value)" if missing else " (no default: example value)"
+        elif missing:
+            doc += " (required)"
+        elif f.default is None:
+            doc += " (not set by default)"
+        for chunk in textwrap.wrap(doc, 100 - len(lead)) or [""]:
+            lines.append(f"{lead}# {chunk}")
+        if section:
+            lines.append(f"{'# ' if f.default is None and not commented else ''}{lead}{f.name}:")
+            _describe_walk(t, key, depth + 1, commented or f.default is None, lines, examples)
+            continue
+        if key in examples:
+            value = examples[key]
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+        elif missing or f.default is None:
+            lines.append(f"{lead}# {f.name}:")
+            continue
+        else:
+            value = f.default
+        lines.append(f"{lead}{f.name}: {_yaml_inline(value)}")
+
+
 def describe():
-    """Text table of every key, its default and meaning (the documentation of the defaults)."""
-    lines = []
-
-    def walk(cls, prefix):
-        for f in fields(cls):
-            key = _join(prefix, f.name)
-            t = _CLASSES.get(f.type) if isinstance(f.type, str) else f.type
-            if f.default is not dataclasses.MISSING:
-                default = repr(f.default)
-            elif f.default_factory is not dataclasses.MISSING:
-                default = "(see below)" if dataclasses.is_dataclass(t) else repr(f.default_factory())
-            else:
-                default = "required"
-            m = f.metadata
-            bounds = ""
-            if m.get("lo") is not None or m.get("hi") is not None:
-                lo = "" if m.get("lo") is None else f"{'(' if m['lo_open'] else '['}{m['lo']:g}"
-                hi = "" if m.get("hi") is None else f"{m['hi']:g}{')' if m['hi_open'] else ']'}"
-                bounds = f" {lo or '(−∞'}, {hi or '∞)'}"
-            lines.append(f"{key:34s} {default:28s} {m.get('doc', '')}{bounds}")
-            if dataclasses.is_dataclass(t):
-                walk(t, key)
-
-    walk(Config, "")
-    lines.append("# softness sweep: a file with a top-level 'softness:' key (instead of the keys above)")
-    walk(SoftnessRunConfig, "")
-    return "\n".join(lines)
+    """Every key with its default and meaning, as a YAML document (the documentation of the defaults):
+    ``yaml.safe_load`` reads it and :func:`parse` accepts it — keys without a default carry the example values
+    of ``DESCRIBE_EXAMPLES``; optional sections and keys not set by default are commented out; the softness
+    sweep's schema follows as comments (it is a different kind of file)."""
+    lines = ["# glasshpc configuration: every key, its default and meaning (python -m glasshpc.run --describe).",
+             "# Reduced LJ units of species A (σ_AA, ε_AA, τ). Valid YAML: save it, edit, run.", ""]
+    _describe_walk(Config, "", 0, False, lines, DESCRIBE_EXAMPLES)
+    lines += ["", "# ---- softness sweep: a file with a top-level 'softness:' key instead of the keys above "
+                  "(glasshpc/softness_stages.py) ----"]
+    _describe_walk(SoftnessRunConfig, "", 0, True, lines, {})
+    return "\n".join(lines) + "\n"
 
 
 # -- snapshots from files (issue 7) -------------------------------------------------------------
@@ -1022,17 +1120,21 @@ def snapshot_files(path):
     non-hidden regular file of a folder, or the matches of a glob pattern."""
     import glob
     import os
-    import re
     if os.path.isdir(path):
         files = [os.path.join(path, n) for n in os.listdir(path) if not n.startswith(".")]
     else:
         files = glob.glob(path)
     files = [f for f in files if os.path.isfile(f)]
+    return sorted(files, key=natural_key)
 
-    def natural(name):
-        return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
-    return sorted(files, key=natural)
+def natural_key(name):
+    """Sort key of natural order: digit runs compare as numbers (snap2 before snap10, …_2_ before …_10_);
+    ties between equal numbers written differently (02, 2) fall back to the text."""
+    import re
+    parts = re.split(r"(\d+)", name)
+    # digit runs sit at the odd positions of the split: numbers only ever meet numbers
+    return [int(t) if i % 2 else t for i, t in enumerate(parts)], name
 
 
 def _resolve_snapshot_source(cfg):

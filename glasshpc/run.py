@@ -62,17 +62,27 @@ def plan_text(cfg, ctx):
         f"glasshpc {__version__}: {cfg.model.name}, N = {N}, ρ = {cfg.model.density}, "
         f"T = {cfg.model.temperature}, box L = {cfg.box_length:.4f} σ",
         f"  ranks: {ctx.size}; HDF5 writes: {'per-rank shards' if mode == 'shards' else mode}",
-        (f"  stage snapshots  : {S} tasks × EDMD growth to η = "
-         f"{get_model('hard_spheres').packing_fraction(N, cfg.model.density):.4g} + "
-         f"{md.nve_time:g} τ NVE" if cfg.model.name == "hard_spheres" else
-         f"  stage snapshots  : {S} tasks × {prep_steps} steps "
-         f"({S * prep_steps * N / 1e9:.3g} G atom-steps)"),
-        f"  stage replicas   : {S} × {R} = {S * R} tasks × {steps[-1]} steps, {T} read-outs "
-        f"t = {steps[0] * md.timestep:g} … {steps[-1] * md.timestep:g} τ "
-        f"({S * R * steps[-1] * N / 1e9:.3g} G atom-steps)",
-        f"  stage dynamics   : {S} tasks (propensity '{cfg.dynamics.propensity}', F_s at q = "
-        f"{cfg.dynamics.q})",
     ]
+    if cfg.imported is not None:   # files replace the snapshot and replica MD (io/imported.py)
+        from .io.imported import imported_files
+        files = imported_files(cfg)
+        lines.append(f"  stage import     : {S} tasks, {cfg.imported.format} files {files[0]}"
+                     + (f" … {os.path.basename(files[-1])}" if S > 1 else "")
+                     + f" ({R} replicas × {T} read-out{'s' if T > 1 else ''}, " + _times_text(cfg)
+                     + "; no MD)")
+    else:
+        lines += [
+            (f"  stage snapshots  : {S} tasks × EDMD growth to η = "
+             f"{get_model('hard_spheres').packing_fraction(N, cfg.model.density):.4g} + "
+             f"{md.nve_time:g} τ NVE" if cfg.model.name == "hard_spheres" else
+             f"  stage snapshots  : {S} tasks × {prep_steps} steps "
+             f"({S * prep_steps * N / 1e9:.3g} G atom-steps)"),
+            f"  stage replicas   : {S} × {R} = {S * R} tasks × {steps[-1]} steps, {T} read-outs "
+            f"t = {steps[0] * md.timestep:g} … {steps[-1] * md.timestep:g} τ "
+            f"({S * R * steps[-1] * N / 1e9:.3g} G atom-steps)",
+        ]
+    lines.append(f"  stage dynamics   : {S} tasks (propensity '{cfg.dynamics.propensity}', F_s at "
+                 f"q = {cfg.dynamics.q})")
     if cfg.inherent.enabled:
         lines.append(f"  stage inherent   : {S} tasks, FIRE to max |F| < "
                      f"{cfg.inherent.force_tolerance:g}")
@@ -97,8 +107,43 @@ def plan_text(cfg, ctx):
     return "\n".join(lines)
 
 
+def _times_text(cfg):
+    """The read-out times of a config in words: 't = a … b τ', 't = a τ' or 'times unknown'."""
+    if not cfg.times_known:
+        return "times unknown (iso.times: unknown)"
+    t = cfg.replica_times()
+    return f"t = {t[0]:g} τ" if t.size == 1 else f"t = {t[0]:g} … {t[-1]:g} τ"
+
+
+def tau_alpha_text(times, fs, tau, level=np.exp(-1.0)):
+    """τ_α of one species in words (what the run prints): 'x τ' when F_s crosses ``level`` between two
+    read-outs; '< t_first τ' when F_s is already below it at the first read-out; '> t_last τ' when it
+    never gets there; 'unknown' when the times are (iso.times: unknown), with F_s at the read-outs."""
+    fs = np.asarray(fs, dtype=np.float64)
+    if not np.all(np.isfinite(times)):
+        return "unknown (times unknown; F_s = " + ", ".join(f"{v:.3g}" for v in fs[:4]) + \
+            (" …" if fs.size > 4 else "") + ")"
+    if fs.size and fs[0] < level:
+        return f"< {times[0]:.4g} τ (F_s = {fs[0]:.3g} < 1/e already at the first read-out)"
+    if not np.isfinite(tau):
+        return f"> {times[-1]:.4g} τ (F_s = {fs[-1]:.3g} > 1/e at the last read-out)"
+    return f"{tau:.4g} τ"
+
+
+def tau_alpha_value(times, fs, tau, level=np.exp(-1.0)):
+    """The stored τ_α: ``tau`` when F_s crosses ``level`` inside the read-outs, NaN otherwise (a bound is
+    not a value: /dynamics attrs ``tau_alpha_text`` says which)."""
+    fs = np.asarray(fs, dtype=np.float64)
+    if not np.all(np.isfinite(times)) or (fs.size and fs[0] < level):
+        return float("nan")
+    return float(tau)
+
+
 def write_provenance(h5, yaml_text, ctx, store, wall, lmp_log, species, suffix=None):
-    """/provenance attrs (input, versions, ranks, host, command, stage times, LAMMPS commands,
+    """/provenance attrs (input, versions, ranks, host, command, stage times, LAMMPS commands, the
+    source (``source_commit`` = git commit or '', ``source_sha256`` = hash of the package's .py files,
+    ``source`` JSON), the launch (``launch`` JSON of argv, MPI launcher command line, ranks, batch-job
+    environment; ``launch_command`` the launcher's command line if any: glasshpc.provenance),
     ``md_suffix`` = the LAMMPS suffix used and ``md_suffix_check`` = JSON of the choice and its
     measured deviation from the plain styles, from ``suffix`` = glasshpc.md.accel.resolve_suffix's
     info) and the file's species and units attrs: how the file was made."""
@@ -110,6 +155,15 @@ def write_provenance(h5, yaml_text, ctx, store, wall, lmp_log, species, suffix=N
     p.attrs["host"] = platform.node()
     p.attrs["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
     p.attrs["command"] = " ".join(sys.argv)
+    from .provenance import launch_record, source_record
+    launch = launch_record(ctx.size)
+    p.attrs["launch"] = json.dumps(launch, ensure_ascii=False)      # argv, launcher, ranks, job env
+    if launch["launcher"]:
+        p.attrs["launch_command"] = " ".join(launch["launcher"])
+    source = source_record()
+    p.attrs["source"] = json.dumps(source)
+    p.attrs["source_commit"] = source.get("git_commit", "")
+    p.attrs["source_sha256"] = source["package_sha256"]
     p.attrs["stage_seconds"] = json.dumps(wall)
     p.attrs["lammps_commands"] = "\n".join(lmp_log)
     if suffix is not None:
@@ -181,10 +235,12 @@ def execute(cfg, yaml_text, ctx, store_mode="auto", resume=False, overwrite=Fals
         wall["dynamics"] = ctx.comm.bcast(time.perf_counter() - t0, root=0)
         times = cfg.replica_times()
         fs = np.mean([store.read("dynamics/fs", (s,)) for s in range(cfg.snapshots.count)], axis=0)
-        taus = [tau_alpha(times, f) for f in fs]
+        taus_raw = [tau_alpha(times, f) for f in fs]
+        tau_texts = [tau_alpha_text(times, f, t) for f, t in zip(fs, taus_raw)]
+        taus = [tau_alpha_value(times, f, t) for f, t in zip(fs, taus_raw)]
         species = get_model(cfg.model.name).species
         ctx.log(f"F_s(q = {q:.3f}, t) reaches 1/e at τ_α = " + ", ".join(
-            f"{t:.4g} τ ({n})" for n, t in zip(species, taus)))
+            f"{t} ({n})" for n, t in zip(species, tau_texts)))
         msd = np.mean([store.read("dynamics/msd", (s,)) for s in range(cfg.snapshots.count)],
                       axis=0)
         chi4 = four_point_susceptibilities(cfg, store, times, taus, len(species))
@@ -193,10 +249,11 @@ def execute(cfg, yaml_text, ctx, store_mode="auto", resume=False, overwrite=Fals
             + "; χ₄ of the propensity ([DW] Eq. 8) " + ", ".join(
             f"{_peak(chi4['chi4_propensity'][k]):.3g} ({n})" for k, n in enumerate(species)))
         t_x = ballistic_end(times, msd, cfg.model.temperature)
-        ctx.log("end of the ballistic regime t_x = √(MSD_plateau / 3T) = " + ", ".join(
-            f"{t:.4g} τ ({n})" for n, t in zip(species, t_x))
-            + ("" if np.all(np.isfinite(t_x)) else
-               " (NaN: no minimum of d ln MSD / d ln t inside the read-out times)"))
+        if cfg.times_known:
+            ctx.log("end of the ballistic regime t_x = √(MSD_plateau / 3T) = " + ", ".join(
+                f"{t:.4g} τ ({n})" for n, t in zip(species, t_x))
+                + ("" if np.all(np.isfinite(t_x)) else
+                   " (NaN: no minimum of d ln MSD / d ln t inside the read-out times)"))
         cage_attrs = {}
         if cfg.cage.enabled:
             wall["cage"] = stages.cage_stage(ctx, cfg, store)
@@ -238,6 +295,8 @@ def execute(cfg, yaml_text, ctx, store_mode="auto", resume=False, overwrite=Fals
             h5["dynamics/fs_mean"] = fs
             h5["dynamics"].attrs["q"] = q
             h5["dynamics"].attrs["tau_alpha"] = np.array(taus)
+            h5["dynamics"].attrs["tau_alpha_text"] = json.dumps(tau_texts, ensure_ascii=False)
+            h5["iso"].attrs["times_known"] = cfg.times_known
             h5["dynamics/msd_mean"] = msd
             for key in ("chi4_fs", "chi4_propensity"):
                 h5[f"dynamics/{key}"] = chi4[key]
@@ -334,8 +393,8 @@ def _table(title, times, columns, species, note=None):
         rows += [f"{title}, species {sname}",
                  f"{'t (τ)':>10s} " + " ".join(f"{n:>{width}s}" for n in columns)]
         for k, t in enumerate(times):
-            rows.append(f"{t:10.4g} " + " ".join(cell(v, sd, sp, k)
-                                                 for v, sd in cells.values()))
+            rows.append((f"{t:10.4g} " if np.isfinite(t) else f"{f'#{k + 1}':>10s} ")
+                        + " ".join(cell(v, sd, sp, k) for v, sd in cells.values()))
     if note:
         rows.append(note)
     return "\n".join(rows)
@@ -444,6 +503,10 @@ def _main(args, ctx, refuse):
         except config_mod.ConfigError as err:
             return refuse(err)
         ctx.log(plan_text(cfg, ctx))
+        if getattr(cfg, "imported", None) is not None:   # cluster.check_inputs read them above
+            ctx.log(f"  input: all {cfg.snapshots.count} {cfg.imported.format} files read and checked "
+                    "as the run checks them (keys, shapes, N, replicas, read-outs, species, box, "
+                    "overlaps, wrapping): ok")
         ctx.log(resources.text(res, ctx.size))
         if args.no_calibration:
             ctx.log("  (no calibration: --no-calibration; cost and schedule not predicted)")

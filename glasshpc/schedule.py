@@ -168,10 +168,18 @@ def _calibrate(cfg, repeats):
                               else cfg.descriptors.r_generation)
     compute_descriptors(pos, types, box, spec)   # compiles once
     out["descriptors"] = _best_worst(lambda: compute_descriptors(pos, types, box, spec), repeats)
+    if cfg.imported is not None:   # one file read and checked, and its S_AA(q): the import task
+        from .io.imported import _conform, _read, imported_files
+        first = imported_files(cfg)[0]
+
+        def import_one():
+            p, t, b, _ = _conform(cfg, _read(cfg, first), first)
+            dynamics.structure_factor(p[t == 0], b, st.Q_EDGES)
+        out["import"] = _best_worst(import_one, repeats)
     R, T = cfg.iso.replicas, len(cfg.replica_steps())
     n_species = len(get_model(m.name).species)
     disp = np.random.default_rng(0).normal(0, 0.3, (R, T, N, 3)).astype(np.float32)
-    times = cfg.replica_times()
+    times = cfg.replica_times() if cfg.times_known else np.arange(1.0, T + 1)
 
     def dyn():
         dynamics.propensity(disp, cfg.dynamics.propensity)
@@ -217,10 +225,13 @@ def stage_models(cfg, cal, which=0, engine_ranks=1):
     rate = cal["md"][which]
     prep, rep = md_steps(cfg)
     out = []
-    if prep:
-        out.append(Stage("snapshots", np.full(S, prep / S * N / rate), group=engine_ranks,
-                         efficiency=group_efficiency(N, engine_ranks)))
-    out.append(Stage("replicas", np.full(S * R, rep / (S * R) * N / rate)))
+    if cfg.imported is not None:   # files instead of the snapshot and replica MD
+        out.append(Stage("import", np.full(S, cal["import"][which])))
+    else:
+        if prep:
+            out.append(Stage("snapshots", np.full(S, prep / S * N / rate), group=engine_ranks,
+                             efficiency=group_efficiency(N, engine_ranks)))
+        out.append(Stage("replicas", np.full(S * R, rep / (S * R) * N / rate)))
     out.append(Stage("static", np.full(S, 2 * N / rate)))
     if "inherent" in cal:
         out.append(Stage("inherent", np.full(S, cal["inherent"][which])))
@@ -263,9 +274,11 @@ def prediction_text(cfg, ranks, repeats=3, engine_ranks=None):
     lo, hi = cal["md"][1] / 1e6, cal["md"][0] / 1e6
     lines = [f"  predicted schedule on {ranks} ranks (dynamic, longest task first; calibrated "
              f"here, best of {repeats}; range = best … worst repeat):",
-             f"    MD {lo:.3g} … {hi:.3g} M atom-steps/s per core"
-             + (f"; snapshot stage on engine groups of {K} ranks (assumed group efficiency "
-                f"{group_efficiency(cfg.model.n_particles, K):.2f})" if K > 1 else ""),
+             (f"    import: {cal['import'][0]:.3g} … {cal['import'][1]:.3g} s per file (read, checked, "
+              f"S_AA(q)); no MD" if cfg.imported is not None else
+              f"    MD {lo:.3g} … {hi:.3g} M atom-steps/s per core"
+              + (f"; snapshot stage on engine groups of {K} ranks (assumed group efficiency "
+                 f"{group_efficiency(cfg.model.n_particles, K):.2f})" if K > 1 else "")),
              f"    {'stage':12s} {'wall':>21s} {'busy':>6s} {'efficiency':>11s}"]
     for (name, wb, busy, eb), (_, ww, _, ew) in zip(best, worst):
         wb, ww = sorted((wb, ww))

@@ -1,5 +1,6 @@
 """Published-data import (glasshpc.io.imported): GlassBench .npz and Bapst et al. pickles written by the tests,
 read back exactly, checked against the config, and run through dynamics → descriptors → fits (1 and 2 ranks)."""
+import json
 import os
 import pickle
 
@@ -9,9 +10,9 @@ import pytest
 from mpi4py import MPI
 
 from glasshpc import config
-from glasshpc.io.imported import import_snapshots, read_bapst, read_glassbench
+from glasshpc.io.imported import import_snapshots, imported_files, read_bapst, read_glassbench
 from glasshpc.parallel import Context
-from glasshpc.run import execute
+from glasshpc.run import execute, main, tau_alpha_text, tau_alpha_value
 
 N, RHO, S, R = 400, 1.2, 5, 4
 L = (N / RHO) ** (1 / 3)
@@ -182,11 +183,12 @@ def test_imported_one_and_two_ranks_identical(tmp_path):
         np.testing.assert_allclose(a["fits/g1/pearson"][()], b["fits/g1/pearson"][()], rtol=1e-8, atol=1e-10)
 
 
-def test_pipeline_with_descriptor_preset(tmp_path):
+def test_pipeline_with_descriptor_preset(tmp_path, capsys):
     """descriptors: {preset: softness_135} from YAML through the pipeline: 135 named features ([SOFT]) on a box
-    smaller than the preset's reach (sums over periodic images)."""
+    smaller than the preset's reach (sums over periodic images). The GlassBench files carry no time:
+    iso.times: unknown stores NaN times and no τ_α value, and prints none."""
     write_glassbench(str(tmp_path))
-    text = _yaml(str(tmp_path), "glassbench")
+    text = _yaml(str(tmp_path), "glassbench", times="unknown")
     head, tail = text.split("descriptors:\n")
     text = head + "descriptors: {preset: softness_135, generations: 0, r_generation: 1.5}\n" + \
         tail[tail.index("fits:"):].replace("g1: {generations: 1}", "g0: {generations: 0}")
@@ -196,6 +198,92 @@ def test_pipeline_with_descriptor_preset(tmp_path):
         names = f["descriptors/feature_names"].asstr()[()]
         X = f["descriptors/init"][()]
         rho = f["fits/g0/pearson"][()]
+        assert np.isnan(f["iso/times"][()]).all() and f["iso/times"].shape == (1,)
+        assert not f["iso"].attrs["times_known"]
+        assert np.isnan(f["dynamics"].attrs["tau_alpha"]).all()
+        assert all(t.startswith("unknown") for t in json.loads(f["dynamics"].attrs["tau_alpha_text"]))
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if "τ_α" in x)
+    assert "unknown" in line and "τ (A)" not in line, line
     assert X.shape == (S, N, 135) and len(names) == 135
     assert names[0] == "G_A(r=0.00,δ=0.20)" and names[100] == "Q_2(1.00<r<1.50)"
     assert np.isfinite(X).all() and np.all(X[..., 100:] <= 1.0 + 1e-12) and np.isfinite(rho).all()
+
+
+def test_natural_file_order(tmp_path):
+    """imported.files lists …_2_ before …_10_ (as snapshots.path), not lexicographically."""
+    for i in (10, 2, 1, 11, 3):
+        (tmp_path / f"ka_{i}_.npz").write_bytes(b"")
+    cfg = config.parse(_yaml(str(tmp_path), "glassbench").replace("ka_*.npz", "ka_*_.npz"))
+    assert [os.path.basename(f) for f in imported_files(cfg)] == ["ka_1_.npz", "ka_2_.npz", "ka_3_.npz",
+                                                                  "ka_10_.npz", "ka_11_.npz"]
+
+
+def test_unknown_times_keys(tmp_path):
+    """iso.times: unknown / {unknown: T}: T read-outs, NaN times; refused without imported:, with the dw block,
+    with files that carry times, and with a read-out count other than the files'."""
+    gb = config.parse(_yaml(str(tmp_path), "glassbench", times="unknown"))
+    assert not gb.times_known and np.isnan(gb.replica_times()).all() and gb.replica_steps().tolist() == [1]
+    three = config.parse(_yaml(str(tmp_path), "bapst", times="{unknown: 3}"))
+    assert three.replica_times().shape == (3,) and not three.times_known
+    for bad, key in (("{unknown: 0}", "iso.times.unknown"), ("{unknown: 2, count: 3}", "iso.times.count"),
+                     ("unknwn", "iso.times")):
+        with pytest.raises(config.ConfigError) as err:
+            config.parse(_yaml(str(tmp_path), "glassbench", times=bad))
+        assert err.value.key == key
+    sim = _yaml(str(tmp_path), "glassbench", times="unknown").replace("imported:", "unused:")
+    sim = "\n".join(x for x in sim.splitlines() if not x.startswith("unused:"))
+    with pytest.raises(config.ConfigError, match="only with imported") as err:
+        config.parse(sim)
+    assert err.value.key == "iso.times"
+    dw = _yaml(str(tmp_path), "glassbench", times="unknown").replace("g1: {generations: 1}",
+                                                                       "g1: {features: init+dw}")
+    with pytest.raises(config.ConfigError, match="undefined with iso.times: unknown") as err:
+        config.parse(dw)
+    assert err.value.key == "fits.feature_sets.g1.features"
+    write_bapst(str(tmp_path))             # carries times: 'unknown' is refused, naming them
+    with pytest.raises(config.ConfigError, match="carries the times") as err:
+        import_snapshots(config.parse(_yaml(str(tmp_path), "bapst", times="{unknown: 3}")))
+    assert err.value.key == "iso.times"
+    write_glassbench(str(tmp_path))        # one read-out per file, no times
+    with pytest.raises(config.ConfigError, match="holds 1 read-out") as err:
+        import_snapshots(config.parse(_yaml(str(tmp_path), "glassbench", times="{unknown: 2}")))
+    assert err.value.key == "iso.times"
+    data = import_snapshots(config.parse(_yaml(str(tmp_path), "glassbench", times="unknown")))
+    assert data["displacements"].shape == (S, R, 1, N, 3)
+
+
+def test_tau_alpha_words():
+    """τ_α is a number only when F_s crosses 1/e between read-outs; a bound or an unknown time is said so."""
+    t = np.array([1.0, 10.0, 100.0])
+    cases = [(np.array([0.9, 0.5, 0.1]), "τ", True), (np.array([0.2, 0.1, 0.05]), "< 1 τ", False),
+             (np.array([0.9, 0.8, 0.7]), "> 100 τ", False)]
+    from glasshpc.dynamics import tau_alpha
+    for fs, start, finite in cases:
+        tau = tau_alpha(t, fs)
+        text = tau_alpha_text(t, fs, tau)
+        assert text.startswith(start) if start != "τ" else text == f"{tau:.4g} τ", text
+        assert np.isfinite(tau_alpha_value(t, fs, tau)) == finite
+    assert tau_alpha_text(np.full(1, np.nan), np.array([0.2]), np.nan).startswith("unknown")
+    assert "3000" not in tau_alpha_text(np.array([3000.0]), np.array([0.2]), 3000.0).split("<")[0]
+
+
+def test_dry_run_checks_files_and_plans_only_what_runs(tmp_path, capsys):
+    """--dry-run of an imported config: a damaged file is refused naming it; with good files the plan has the
+    import stage and no MD stage, MD line or core-hour estimate, and the schedule prices the import."""
+    write_glassbench(str(tmp_path))
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(_yaml(str(tmp_path), "glassbench", times="unknown"))
+    good = (tmp_path / "ka_003.npz").read_bytes()
+    (tmp_path / "ka_003.npz").write_bytes(good[:len(good) // 2])
+    assert main([str(cfg), "--dry-run"]) == 2
+    assert "ka_003.npz" in capsys.readouterr().err
+    (tmp_path / "ka_003.npz").write_bytes(good)
+    assert main([str(cfg), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "stage import" in out and "all 5 glassbench files read and checked" in out
+    for phantom in ("stage snapshots", "stage replicas", "core-hours", "atom-steps", "    snapshots ",
+                    "    replicas "):
+        assert phantom not in out, (phantom, out)
+    assert "    import " in out and "times unknown" in out
+    assert not os.path.exists(tmp_path / "out.h5") and not os.path.exists(tmp_path / "out.h5.partial")

@@ -5,7 +5,8 @@ Reduced LJ units of species A (σ_AA, τ). Two layouts are read:
 * **GlassBench / BOTAN Kob–Andersen** (``format: glassbench``): one ``.npz`` per configuration with
   ``types`` (N,) int, ``initial_positions`` (N, 3) wrapped in the box and ``positions`` (R, N, 3) the unwrapped
   positions of R replicas at ONE time. The files carry no box: the box is cubic with L = (N/ρ)^(1/3) from
-  ``model.n_particles`` and ``model.density``; the time is the single entry of ``iso.times``.
+  ``model.n_particles`` and ``model.density``; the time is the single entry of ``iso.times``, or
+  ``iso.times: unknown`` when it is not known (τ_α and the other times are then not computed).
   Displacements: positions[r] − initial_positions (the replicas start from the stored, wrapped, coordinates).
 * **Bapst et al., Nat. Phys. 16, 448 (2020)** (``format: bapst``): one pickle per configuration holding a dict with
   ``positions`` (N, 3) absolute (unwrapped) coordinates, ``types`` (N,) (0 = A, 1 = B), ``box`` (3,), ``time`` (all
@@ -41,7 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..config import ConfigError, brief
+from ..config import ConfigError, brief, natural_key
 from .snapshots import InputError, check_overlaps
 
 __all__ = ["read_glassbench", "read_bapst", "import_snapshots", "import_stage", "imported_files",
@@ -245,9 +246,10 @@ def read_bapst(path, trusted=False):
 
 
 def imported_files(cfg):
-    """The first ``snapshots.count`` files matching ``imported.files`` (sorted). Raises ConfigError if too few."""
+    """The first ``snapshots.count`` files matching ``imported.files`` in natural order (…_2_ before …_10_,
+    :func:`glasshpc.config.natural_key`, as ``snapshots.path``). Raises ConfigError if too few."""
     imp = cfg.imported
-    files = sorted(f for f in glob.glob(os.path.expanduser(imp.files)) if os.path.isfile(f))
+    files = sorted((f for f in glob.glob(os.path.expanduser(imp.files)) if os.path.isfile(f)), key=natural_key)
     if len(files) < cfg.snapshots.count:
         raise ConfigError("imported.files", f"pattern {imp.files!r} matches {len(files)} file(s), but "
                                             f"snapshots.count = {cfg.snapshots.count}")
@@ -281,10 +283,18 @@ def _conform(cfg, snap, path):
                                            f"ρ = {cfg.model.density} (L = {cfg.box_length:.6g})")
     times = cfg.replica_times()
     nt = snap.displacements.shape[1]
-    if snap.times is None:
+    if not cfg.times_known:
+        if snap.times is not None:
+            raise ConfigError("iso.times", f"is unknown, but {path} carries the times {brief(snap.times.tolist())}: "
+                                           "give them")
         if nt != T:
-            raise ConfigError("iso.times", f"{path} holds {nt} time(s) (not stored in the file); give exactly "
-                                           f"{nt} read-out time(s)")
+            raise ConfigError("iso.times", f"{path} holds {nt} read-out(s) without times; give "
+                                           + ("'unknown'" if nt == 1 else f"{{unknown: {nt}}}"))
+    elif snap.times is None:
+        if nt != T:
+            raise ConfigError("iso.times", f"{path} holds {nt} read-out(s) (times not stored in the file); "
+                                           f"give exactly {nt} read-out time(s), or "
+                                           + ("'unknown'" if nt == 1 else f"{{unknown: {nt}}}"))
     elif snap.times.size != T or np.any(np.abs(snap.times - times) > 0.5 * cfg.md.timestep):
         raise ConfigError("iso.times", f"must be the file's times {snap.times.tolist()} (within md.timestep/2 = "
                                        f"{0.5 * cfg.md.timestep}); the config gives {times.tolist()}")
