@@ -43,6 +43,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+from sklearn.base import BaseEstimator, RegressorMixin
 
 from .exact import ExactSum, allreduce_exact, exact_sum
 
@@ -628,8 +629,14 @@ def fold_problems(parts, standardize):
     return [_Standardised(_Stats.total([parts[j] for j in range(K) if j != k]), standardize) for k in range(K)]
 
 
-class GroupedRidgeCV:
+class GroupedRidgeCV(RegressorMixin, BaseEstimator):
     """Multi-target ridge regression with grouped (by snapshot) K-fold CV, rows distributed over MPI ranks.
+
+    A scikit-learn estimator (``get_params``/``set_params``, ``fit`` → self, ``predict``, ``score`` = R² of
+    :class:`sklearn.base.RegressorMixin`; passes ``sklearn.utils.estimator_checks``), so it works in a
+    ``Pipeline``: pass the snapshot ids as ``pipe.fit(X, y, <step>__groups=ids)``; without ``groups`` every row is
+    its own group (plain K-fold over rows). Serial input (``comm=None``) is validated like any sklearn estimator
+    (finite float64 2-D X); with a communicator each rank's rows are taken as given (a rank may hold none).
 
     Parameters
     ----------
@@ -680,22 +687,37 @@ class GroupedRidgeCV:
         self.edge_rtol = edge_rtol
 
     # ---------------------------------------------------------------------------------------------- fitting
-    def fit(self, X, Y, groups):
-        """Fit on this rank's rows (collective over ``comm``).
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
+
+    def fit(self, X, Y, groups=None):
+        """Fit on this rank's rows (collective over ``comm``); returns self.
 
         Parameters
         ----------
         X : (n, F) array (cast to float64).
         Y : (n,) or (n, T) array.
-        groups : (n,) int array, snapshot id of each row.
+        groups : (n,) int array, snapshot id of each row; None (serial only) = each row its own group.
+
+        Raises ValueError for bad shapes, non-finite values, fewer groups than ``n_splits``, or ``groups=None``
+        with a communicator.
         """
         comm = self.comm
         if self.cv_method not in ("gram", "direct"):
             raise ValueError(f"cv_method must be 'gram' or 'direct', got {self.cv_method!r}")
+        if comm is None:
+            from sklearn.utils.validation import validate_data
+            X, Y = validate_data(self, X, Y, multi_output=True, y_numeric=True, dtype=np.float64)
         X = np.asarray(X)
         if X.ndim != 2:
             raise ValueError(f"X must be 2-D, got shape {X.shape}")
         Y2, squeeze = _as_2d(Y)
+        if groups is None:
+            if comm is not None:
+                raise ValueError("groups (snapshot ids) are required with a communicator")
+            groups = np.arange(X.shape[0])
         groups = np.asarray(groups).ravel()
         n, F = X.shape
         if Y2.shape[0] != n or groups.shape[0] != n:
@@ -717,6 +739,9 @@ class GroupedRidgeCV:
             unique_ids = local_ids
         else:
             unique_ids = np.unique(np.concatenate([np.asarray(a) for a in comm.allgather(local_ids)]))
+        if unique_ids.size < self.n_splits:
+            raise ValueError(f"{unique_ids.size} groups for n_splits = {self.n_splits} folds (n_samples = {n}): "
+                             "need at least one group per fold")
         fold_of_id = assign_folds(unique_ids, self.n_splits, self.seed)
         K = self.n_splits
         self.folds_ = [unique_ids[fold_of_id == k] for k in range(K)]
@@ -769,7 +794,12 @@ class GroupedRidgeCV:
         return self
 
     def predict(self, X):
-        """Predictions for this rank's rows: (n, T), or (n,) if fitted with 1-D ``Y``. Local, no communication."""
+        """Predictions for this rank's rows: (n, T), or (n,) if fitted with 1-D ``Y``. Local, no communication.
+        Raises sklearn's NotFittedError before ``fit``, ValueError for a wrong feature count."""
+        from sklearn.utils.validation import check_is_fitted, validate_data
+        check_is_fitted(self, "coef_")
+        if self.comm is None:
+            X = validate_data(self, X, reset=False, dtype=np.float64)
         X = np.asarray(X, dtype=np.float64)
         if self._squeeze:
             return X @ self.coef_ + self.intercept_

@@ -19,6 +19,7 @@ task key so the result is independent of the rank count); independent fits are s
 from dataclasses import dataclass, field
 
 import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
 
 REGRESSORS = ("linear_svr", "ridge", "rbf_svr", "mlp")
 MODELS = ("svc",) + REGRESSORS
@@ -60,10 +61,14 @@ def _unit(v):
     return v / n
 
 
-class SoftnessSVC:
+class SoftnessSVC(ClassifierMixin, BaseEstimator):
     """Linear soft-margin support-vector classifier giving softness ([SOFT] §2.2.3).
 
-    Parameters: C (float, soft-margin penalty; [SOFT] 10⁻²).
+    A scikit-learn classifier (``get_params``/``set_params``, ``fit`` → self, ``predict`` = S > 0,
+    ``decision_function`` = S, ``score`` = accuracy; usable in a ``Pipeline``). Labels are booleans
+    (True = rearranging); ``classes_`` = [False, True].
+
+    Parameters: C (float, soft-margin penalty; [SOFT] 10⁻²; > 0, checked by ``fit``).
     Attributes after :meth:`fit` (X (n, M) float, y (n,) bool, True = rearranging):
     mean_, scale_ (M,) standardisation; coef_ (M,) unit normal ŵ in standardised units;
     intercept_ b (S = ŵ·F̃ − b); margin_width_ 2/|w| (standardised units); n_support_ int;
@@ -71,12 +76,13 @@ class SoftnessSVC:
     """
 
     def __init__(self, C=1e-2):
-        if not C > 0:
-            raise ValueError(f"C must be positive, got {C}")
-        self.C = float(C)
+        self.C = C
 
     def fit(self, X, y):
+        """Fit on X (n, M) float, y (n,) bool; returns self. ValueError for C ≤ 0, non-finite X, one class."""
         from sklearn.svm import SVC
+        if not self.C > 0:
+            raise ValueError(f"C must be positive, got {self.C}")
         y = np.asarray(y, dtype=bool).ravel()
         X = _check_X(X)
         if y.size != X.shape[0]:
@@ -87,7 +93,7 @@ class SoftnessSVC:
         Xs = self.scaler_.transform(X)
         # libsvm's exact hinge-loss soft margin (LinearSVC would use the squared hinge by default
         # and penalise the intercept)
-        svc = SVC(kernel="linear", C=self.C).fit(Xs, y)
+        svc = SVC(kernel="linear", C=float(self.C)).fit(Xs, y)
         w = svc.coef_.ravel()
         norm = np.linalg.norm(w)
         self.coef_ = w / norm
@@ -95,8 +101,18 @@ class SoftnessSVC:
         self.margin_width_ = 2.0 / norm
         self.n_support_ = int(svc.n_support_.sum())
         self.mean_, self.scale_ = self.scaler_.mean_, self.scaler_.scale_
+        self.classes_ = np.array([False, True])
+        self.n_features_in_ = X.shape[1]
         self.train_accuracy_ = float(np.mean((self.softness(X) > 0) == y))
         return self
+
+    def decision_function(self, X):
+        """Softness S (n,) float64 (:meth:`softness`)."""
+        return self.softness(X)
+
+    def predict(self, X):
+        """(n,) bool: rearranging (S > 0)."""
+        return self.softness(X) > 0
 
     def raw_output(self, X):
         """ŵ·F̃ (no bias), (n,) float64 — the quantity Z-scores are built from."""

@@ -267,3 +267,42 @@ def fire_minimize(positions, diameters, box, T=1.0, ftol=1e-8, max_steps=100000,
     return dict(positions=pos, energy=float(e), per_particle_energy=eper, max_force=float(fmax),
                 steps=int(steps), converged=bool(fmax < ftol), initial_energy=float(e0),
                 displacement=np.linalg.norm(pos - positions, axis=1))
+
+
+def inherent_state(positions, types, box, model="kob_andersen", force_tolerance=1e-8, max_iterations=100000):
+    """Inherent state of one configuration of a registered model (library entry; the pipeline's inherent
+    stage does the same through its engine).
+
+    positions (N, 3) float64 (σ, any image); types (N,) int species indices (0 = A); box (3,) orthorhombic edges
+    (σ); model : ``glasshpc.models`` name — kob_andersen, harmonic_spheres, bead_spring (LAMMPS ``min_style
+    fire``, no bonds for bead_spring here) or hard_spheres (FIRE on the effective potential, :func:`fire_minimize`);
+    force_tolerance : max |F_i| (ε/σ; hard spheres k_B T/σ) at convergence.
+
+    Returns dict: ``positions`` (N, 3) r^IS in the images of ``positions``, ``displacement`` (N,) |r^IS − r|,
+    ``energy`` (N,) per-particle potential energy, ``max_force`` float. Raises RuntimeError when FIRE does not
+    converge within ``max_iterations``, KeyError for an unknown model, ValueError for bad shapes, overlaps or
+    bead_spring (bonds: use the pipeline).
+    """
+    from ..models import get_model
+    m = get_model(model)
+    if model not in ("kob_andersen", "harmonic_spheres", "hard_spheres"):
+        raise ValueError(f"inherent_state supports kob_andersen, harmonic_spheres, hard_spheres, not {model!r}")
+    positions = np.asarray(positions, dtype=np.float64)
+    types = np.asarray(types)
+    box = np.asarray(box, dtype=np.float64)
+    if model == "hard_spheres":
+        res = fire_minimize(positions, np.asarray(m.diameters)[types], box, 1.0, force_tolerance, max_iterations)
+        if not res["converged"]:
+            raise RuntimeError(f"FIRE stopped at max |F| = {res['max_force']:.3g} > {force_tolerance:.3g} after "
+                               f"{res['steps']} steps")
+        return {"positions": res["positions"], "displacement": res["displacement"],
+                "energy": res["per_particle_energy"], "max_force": res["max_force"]}
+    from ..md.lammps import LammpsEngine
+    eng = LammpsEngine(m, 0.005)
+    try:
+        r_is, energy, fmax = eng.inherent_state(positions, types.astype(np.int32), box, force_tolerance,
+                                                max_iterations)
+    finally:
+        eng.close()
+    return {"positions": r_is, "displacement": np.linalg.norm(r_is - positions, axis=1), "energy": energy,
+            "max_force": fmax}
