@@ -75,6 +75,9 @@ def plan(cfg, ranks, store_mode):
                  + (2 * -(-S // cfg.fits.cv_folds) * N * (F + T) * 8
                     if cfg.fits.cv_score == "pearson" else 0)),
     }
+    if getattr(cfg, "imported", None) is not None:   # one file read instead of the MD stages
+        mem.pop("replicas")
+        mem["import"] = mem.pop("snapshots") + R * T * N * 3 * (8 + 8 + 4)
     if cfg.cage.enabled:
         mem["cage"] = N * 1024 + cfg.cage.chains * N * 3 * 8
     if cfg.inherent.enabled:

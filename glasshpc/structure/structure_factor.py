@@ -18,6 +18,8 @@ Empty bins: a bin holding no lattice vector (for |q| below 2π/L and between the
 bin width is below 2π/L) has no S(q): its value is NaN. :func:`lattice_vector_counts` gives the number of vectors
 per bin (0 = NaN bin); the pipeline stores it as ``/snapshots/sq_vectors``.
 """
+import functools
+
 import numpy as np
 from numba import njit
 
@@ -43,13 +45,22 @@ def _check(positions, box, edges):
 
 
 def _half_space_vectors(box, q_max):
-    """Integer vectors n (one of each ±n pair, n ≠ 0) with |n_d| ≤ ceil(q_max L_d / 2π), and |q| (σ⁻¹)."""
+    """Integer vectors n (one of each ±n pair, n ≠ 0) with |n_d| ≤ ceil(q_max L_d / 2π), and |q| (σ⁻¹);
+    cached per box (every snapshot of a run has the same box). Read-only arrays."""
+    return _vectors_cached(tuple(float(b) for b in box), float(q_max))
+
+
+@functools.lru_cache(maxsize=4)
+def _vectors_cached(box, q_max):
+    box = np.array(box)
     nmax = np.ceil(q_max * box / (2 * np.pi)).astype(np.int64)
     grids = [np.arange(-m, m + 1) for m in nmax]
     n = np.stack(np.meshgrid(*grids, indexing="ij"), -1).reshape(-1, 3)
     keep = (n[:, 0] > 0) | ((n[:, 0] == 0) & ((n[:, 1] > 0) | ((n[:, 1] == 0) & (n[:, 2] > 0))))
     n = n[keep]
     qn = np.linalg.norm(2 * np.pi * n / box, axis=1)
+    for a in (n, qn, nmax):
+        a.flags.writeable = False
     return n, qn, nmax
 
 
