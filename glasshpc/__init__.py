@@ -30,21 +30,19 @@ _EXPORTS = {
     # dynamics of isoconfigurational ensembles
     "propensity": "dynamics", "self_intermediate_scattering": "dynamics", "tau_alpha": "dynamics",
     "mean_squared_displacement": "dynamics", "debye_waller": "dynamics",
+    "chi4_fs": "dynamics", "chi4_propensity": "dynamics", "chi4_threshold": "dynamics",
     # learning (scikit-learn estimators)
     "GroupedRidgeCV": "learn.ridge", "pearson": "learn.ridge", "SoftnessSVC": "learn.softness",
     # models and published data
     "get_model": "models", "read_glassbench": "io.imported", "read_bapst": "io.imported",
 }
-# χ₄ (four-point susceptibility) when glasshpc.dynamics has it
-_OPTIONAL = {"chi4": "dynamics", "chi4_propensity": "dynamics", "chi4_fs": "dynamics",
-             "four_point_susceptibility": "dynamics"}
 
 __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name):
     import importlib
-    where = _EXPORTS.get(name) or _OPTIONAL.get(name)
+    where = _EXPORTS.get(name)
     if where is None:
         raise AttributeError(f"module 'glasshpc' has no attribute {name!r}")
     module, attr = where if isinstance(where, tuple) else (where, name)

@@ -243,7 +243,13 @@ def execute(cfg, yaml_text, ctx, store_mode="auto", resume=False, overwrite=Fals
             f"{t} ({n})" for n, t in zip(species, tau_texts)))
         msd = np.mean([store.read("dynamics/msd", (s,)) for s in range(cfg.snapshots.count)],
                       axis=0)
-        chi4 = four_point_susceptibilities(cfg, store, times, taus, len(species))
+        # χ₄'s probe length at τ_α: the first read-out when τ_α < t_first (taus_raw), the last one
+        # when F_s stays above 1/e or the times are unknown (read-out numbers stand in for them)
+        chi4 = four_point_susceptibilities(
+            cfg, store, times if cfg.times_known else np.arange(1.0, times.size + 1),
+            taus_raw if cfg.times_known else [np.nan] * len(species), len(species))
+        if not cfg.times_known:
+            chi4["threshold_time"] = np.full(len(species), np.nan)
         ctx.log("four-point susceptibility, largest over t: χ₄ of F_s " + ", ".join(
             f"{_peak(chi4['chi4_fs'][k]):.3g} ({n})" for k, n in enumerate(species))
             + "; χ₄ of the propensity ([DW] Eq. 8) " + ", ".join(
