@@ -144,6 +144,8 @@ def write_provenance(h5, yaml_text, ctx, store, wall, lmp_log, species, suffix=N
     source (``source_commit`` = git commit or '', ``source_sha256`` = hash of the package's .py files,
     ``source`` JSON), the launch (``launch`` JSON of argv, MPI launcher command line, ranks, batch-job
     environment; ``launch_command`` the launcher's command line if any: glasshpc.provenance),
+    ``numba_cache`` = JSON of the kernel cache used (glasshpc.jitcache.status: path, None = numba's
+    default next to the sources or in memory; origin; warm files seeded into a private copy),
     ``md_suffix`` = the LAMMPS suffix used and ``md_suffix_check`` = JSON of the choice and its
     measured deviation from the plain styles, from ``suffix`` = glasshpc.md.accel.resolve_suffix's
     info) and the file's species and units attrs: how the file was made."""
@@ -165,6 +167,9 @@ def write_provenance(h5, yaml_text, ctx, store, wall, lmp_log, species, suffix=N
     p.attrs["source_commit"] = source.get("git_commit", "")
     p.attrs["source_sha256"] = source["package_sha256"]
     p.attrs["stage_seconds"] = json.dumps(wall)
+    from . import jitcache       # where this run's kernels came from (rank 0's view)
+    p.attrs["numba_cache"] = json.dumps({k: jitcache.status[k] for k in ("path", "origin",
+                                                                       "seeded")})
     p.attrs["lammps_commands"] = "\n".join(lmp_log)
     if suffix is not None:
         p.attrs["md_suffix"] = suffix["suffix"]

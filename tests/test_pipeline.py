@@ -3,6 +3,7 @@
 Run the MPI part with ``mpiexec -n 2 python -m pytest --with-mpi``; plain pytest runs the serial
 checks and skips the 2-rank comparison.
 """
+import json
 import os
 import subprocess
 import sys
@@ -77,6 +78,8 @@ def test_serial_pipeline_file(tiny_run, tmp_path):
             rho = f[f"fits/single/{name}"][()]
             assert rho.shape == (2, T) and np.isfinite(rho).all()
         assert "kob_andersen" in f["provenance"].attrs["config_yaml"]
+        assert json.loads(f["provenance"].attrs["numba_cache"])["origin"] in (
+            "default", "GLASSHPC_CACHE_DIR", "NUMBA_CACHE_DIR", "private", "none")
         assert "pair_style lj/cut" in f["provenance"].attrs["lammps_commands"]
     # the plotting tool reads the file and draws every feature set
     png = str(tmp_path / "rho.png")
