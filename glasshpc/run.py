@@ -24,7 +24,7 @@ from .learn.selection import write_selection
 from .dynamics import (BALLISTIC_END_DEFINITION, CHI4_FS_DEFINITION, CHI4_PROPENSITY_DEFINITION,
                        ballistic_end, chi4_fs, chi4_propensity, chi4_threshold,
                        debye_waller_index, tau_alpha)
-from .states.chains import chain_reliability
+from .states.chains import chain_reliability, convergence_summary
 from .structure.structure_factor import lattice_vector_counts
 from .md.accel import resolve_suffix
 from .models import get_model
@@ -279,6 +279,21 @@ def execute(cfg, yaml_text, ctx, store_mode="auto", resume=False, overwrite=Fals
                         + ", ".join(f"{r:.3f} ({n})" for n, r in zip(species, r_half))
                         + f", reliability of the {K}-chain mean "
                         + ", ".join(f"{r:.3f} ({n})" for n, r in zip(species, rel)))
+            n_snap = cfg.snapshots.count
+            conv = {name: np.array([[store.read(f"states/cage/convergence/{name}", (s, k))
+                                     for k in range(K)] for s in range(n_snap)])
+                    for name in ("half_displacement", "half_pearson", "shift", "shift_se")}
+            conv["rhat"] = np.stack([store.read("states/cage/convergence/rhat", (s,))
+                                     for s in range(n_snap)])
+            attrs, lines, warning = convergence_summary(
+                conv["half_displacement"], conv["half_pearson"], conv["shift"], conv["shift_se"],
+                conv["rhat"], np.stack([store.read("snapshots/types", (s,))
+                                        for s in range(n_snap)]), species,
+                dict(equilibration_sweeps=cfg.cage.equilibration_sweeps,
+                     measurement_sweeps=cfg.cage.measurement_sweeps, chains=K))
+            cage_attrs.update(attrs)
+            for line in lines + ([warning] if warning else []):
+                ctx.log(line)
         t0 = time.perf_counter()
         r_gen = stages.generation_radius(cfg, store)
         spec = stages.descriptor_spec(cfg, r_gen)

@@ -13,7 +13,8 @@ from . import dynamics, interrupt
 from .models import cage_potential, get_model
 from .parallel import TaskQueue, lpt_order, task_rng
 from .states.cage import cage_state
-from .states.chains import average_chains, split_half_pearson
+from .states.chains import (average_chains, half_diagnostics, split_half_pearson,
+                             split_rhat)
 from .store import task_key
 from .structure.descriptors import (DescriptorSpec, compute_descriptors, gr_range, pair_histogram,
                                     second_minimum, spec_from_config)
@@ -72,6 +73,17 @@ def layout(cfg, n_features):
             "descriptors/cs": ((S, N, n_features), np.float64),
         })
         K = cfg.cage.chains
+        # convergence diagnostics of every chain (states.chains.half_diagnostics, split_rhat)
+        conv = "states/cage/convergence/"
+        out.update({
+            conv + "half_positions": ((S, K, 2, N, 3), np.float64),
+            conv + "half_variance": ((S, K, 2, N), np.float64),
+            conv + "half_displacement": ((S, K, 2, n_species), np.float64),
+            conv + "half_pearson": ((S, K, n_species), np.float64),
+            conv + "shift": ((S, K, n_species), np.float64),
+            conv + "shift_se": ((S, K, n_species), np.float64),
+            conv + "rhat": ((S, N), np.float64),
+        })
         if K > 1:   # the independent chains behind the averaged r^CS (cage_stage)
             out.update({
                 "states/cage/chains/positions": ((S, K, N, 3), np.float64),
@@ -380,7 +392,12 @@ def cage_stage(ctx, cfg, store):
     (one task per snapshot) writes r^CS = the mean of the K chain averages (summed in chain order:
     rank-count independent), Δr^CS = |r^CS − r^init|, acceptance and step = their means over the
     chains, and the per-species split-half Pearson of Δr^CS (states.chains.split_half_pearson).
-    Returns the stage wall time (s)."""
+
+    Convergence diagnostics (any K, ``states/cage/convergence/*``): every chain task writes its
+    half-measurement means and variances (cage_state's half_positions / half_variance) and
+    states.chains.half_diagnostics (⟨Δr^CS⟩ per half, Pearson of the halves, mean shift and its
+    standard error); the per-snapshot task writes the per-particle split-R̂ across the 2K
+    half-chains (states.chains.split_rhat). Returns the stage wall time (s)."""
     c = cfg.cage
     K = c.chains
     S = cfg.snapshots.count
@@ -396,6 +413,20 @@ def cage_stage(ctx, cfg, store):
                           cage=c.cage, cage_radius=c.radius * sigma, cage_sigma=sigma,
                           target_acceptance=c.target_acceptance)
 
+    n_species = len(model.species)
+    conv = "states/cage/convergence/"
+
+    def write_halves(s, k, res, init, types):
+        store.write(conv + "half_positions", (s, k), res["half_positions"])
+        store.write(conv + "half_variance", (s, k), res["half_variance"])
+        d = half_diagnostics(res["half_positions"], init, types, n_species)
+        store.write(conv + "half_displacement", (s, k), d["displacement"])
+        for name in ("half_pearson", "shift", "shift_se"):
+            store.write(conv + name, (s, k), d[name.replace("half_", "")])
+
+    def write_rhat(s, halves, variances):   # half lengths h, n − h: mean n / 2 sweeps
+        store.write(conv + "rhat", (s,), split_rhat(halves, variances, c.measurement_sweeps / 2))
+
     def write_state(s, positions, displacement, acceptance, step):
         store.write("states/cage/positions", (s,), positions)
         store.write("states/cage/displacement", (s,), displacement)
@@ -406,6 +437,9 @@ def cage_stage(ctx, cfg, store):
         def work(s):
             res = chain(s, 0)
             write_state(s, res["positions"], res["displacement"], res["acceptance"], res["step"])
+            write_halves(s, 0, res, store.read("snapshots/positions", (s,)),
+                         store.read("snapshots/types", (s,)))
+            write_rhat(s, res["half_positions"][None], res["half_variance"][None])
 
         return run_tasks(ctx, "cage states", list(range(S)), work, store)
 
@@ -415,6 +449,8 @@ def cage_stage(ctx, cfg, store):
         store.write("states/cage/chains/positions", (s, k), res["positions"])
         store.write("states/cage/chains/acceptance", (s, k), np.array(res["acceptance"]))
         store.write("states/cage/chains/step", (s, k), np.array(res["step"]))
+        write_halves(s, k, res, store.read("snapshots/positions", (s,)),
+                     store.read("snapshots/types", (s,)))
 
     def work_mean(s):
         init = store.read("snapshots/positions", (s,))
@@ -427,6 +463,8 @@ def cage_stage(ctx, cfg, store):
         store.write("states/cage/chains/split_half_pearson", (s,),
                     split_half_pearson(per_chain, init, store.read("snapshots/types", (s,)),
                                        len(model.species)))
+        write_rhat(s, np.stack([store.read(conv + "half_positions", (s, k)) for k in range(K)]),
+                   np.stack([store.read(conv + "half_variance", (s, k)) for k in range(K)]))
 
     wall = run_tasks(ctx, "cage states", [(s, k) for s in range(S) for k in range(K)],
                      work_chain, store)

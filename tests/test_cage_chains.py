@@ -20,13 +20,20 @@ from glasshpc.models import cage_potential, get_model
 from glasshpc.parallel import Context, task_rng
 from glasshpc.run import execute, main
 from glasshpc.states.cage import cage_state
-from glasshpc.states.chains import chain_reliability, split_half_pearson, spearman_brown
+from glasshpc.states.chains import (chain_reliability, half_diagnostics, split_half_pearson,
+                                    split_rhat, spearman_brown)
 from glasshpc.store import Store
 
 CAGE_DATASETS = ("states/cage/positions", "states/cage/displacement", "states/cage/acceptance",
                  "states/cage/step", "states/cage/chains/positions",
                  "states/cage/chains/acceptance", "states/cage/chains/step",
-                 "states/cage/chains/split_half_pearson", "descriptors/cs")
+                 "states/cage/chains/split_half_pearson", "descriptors/cs") + tuple(
+    f"states/cage/convergence/{n}" for n in ("half_positions", "half_variance", "half_displacement",
+                                              "half_pearson", "shift", "shift_se", "rhat"))
+CONVERGENCE_ATTRS = ("convergence_displacement_first_half", "convergence_displacement_second_half",
+                     "convergence_half_pearson", "convergence_shift", "convergence_shift_z",
+                     "convergence_drifting_chains", "convergence_rhat_median",
+                     "convergence_rhat_max", "convergence_rhat_above_limit")
 
 
 def chains_yaml(tiny_yaml, output, chains=2):
@@ -179,6 +186,27 @@ def test_two_chains_in_the_pipeline(two_chains, tmp_path):
         np.testing.assert_allclose(g.attrs["chain_split_half_pearson"], split.mean(axis=0))
         rel = g.attrs["chain_reliability"]
         assert rel.shape == (2,) and np.all((0 < rel) & (rel < 1))
+        # convergence diagnostics: the halves of each chain average to the chain's r^CS; the
+        # per-chain statistics and R̂ recomputed from the stored halves
+        conv = f["states/cage/convergence"]
+        halves = conv["half_positions"][()]
+        assert halves.shape == (S, 2, 2, N, 3) and conv["half_variance"].shape == (S, 2, 2, N)
+        np.testing.assert_allclose(halves.mean(axis=2), chains, rtol=0, atol=1e-12)
+        for s in range(S):
+            for k in range(2):
+                d = half_diagnostics(halves[s, k], x0[s], types[s], 2)
+                np.testing.assert_array_equal(conv["half_displacement"][s, k], d["displacement"])
+                np.testing.assert_array_equal(conv["shift"][s, k], d["shift"])
+                np.testing.assert_array_equal(conv["shift_se"][s, k], d["shift_se"])
+                np.testing.assert_array_equal(conv["half_pearson"][s, k], d["pearson"])
+            np.testing.assert_array_equal(conv["rhat"][s], split_rhat(
+                halves[s], conv["half_variance"][s], cfg.cage.measurement_sweeps / 2))
+        assert np.all(conv["rhat"][()] > 1)
+        for key in CONVERGENCE_ATTRS:
+            assert g.attrs[key].shape == (2,), key
+        np.testing.assert_allclose(g.attrs["convergence_shift"], conv["shift"][()].mean((0, 1)))
+        # 20 equilibration sweeps of the tiny run are far too few: the halves still drift
+        assert np.all(g.attrs["convergence_shift_z"] > 4)
         # end of the ballistic regime from an MSD recomputed from the stored displacements
         d = f["iso/displacements"][()].astype(np.float64)
         r2 = (d ** 2).sum(-1)                                            # (S, R, T, N)
@@ -272,7 +300,7 @@ def test_chains_one_and_two_ranks_identical(tiny_yaml, tmp_path):
     with h5py.File(one, "r") as a, h5py.File(two, "r") as b:
         for name in CAGE_DATASETS:
             assert np.array_equal(a[name][()], b[name][()]), name
-        for key in ("chains", "chain_split_half_pearson", "chain_reliability"):
+        for key in ("chains", "chain_split_half_pearson", "chain_reliability") + CONVERGENCE_ATTRS:
             assert np.array_equal(a["states/cage"].attrs[key], b["states/cage"].attrs[key]), key
         assert np.array_equal(a["dynamics"].attrs["ballistic_end"],
                               b["dynamics"].attrs["ballistic_end"], equal_nan=True)

@@ -959,6 +959,12 @@ def _mc_kernel(pos, init, types, box, S, kind, sig, sig2, eps, eps4, rc2, esh, l
     ist = np.zeros(6, np.int64)
     n_rebuilds = 0
     acc_sum = np.zeros((n, 3))
+    # convergence diagnostics: sum of squared displacements from r^init (centred: no
+    # cancellation), and both sums frozen at the half-way sweep (first half = sweeps 1..h)
+    sq_sum = np.zeros((n, 3))
+    half_sum = np.zeros((n, 3))
+    half_sq = np.zeros((n, 3))
+    n_half = n_measure // 2
     n_rec = n_measure // record_every if record_every > 0 else 0
     samples = np.empty((n_rec, n, 3))
     block_len = max(500, n)
@@ -993,7 +999,14 @@ def _mc_kernel(pos, init, types, box, S, kind, sig, sig2, eps, eps4, rc2, esh, l
         if measuring:
             meas_acc += ist[_SWEEP_ACC]
             acc_sum += pos
+            for p in range(n):
+                for d in range(3):
+                    u = pos[p, d] - init[p, d]
+                    sq_sum[p, d] += u * u
             m = sweep - n_equil + 1
+            if m == n_half:
+                half_sum[:, :] = acc_sum
+                half_sq[:, :] = sq_sum
             if record_every > 0 and m % record_every == 0 and rec < n_rec:
                 samples[rec] = pos
                 rec += 1
@@ -1002,7 +1015,8 @@ def _mc_kernel(pos, init, types, box, S, kind, sig, sig2, eps, eps4, rc2, esh, l
     acc_meas = meas_acc / (n_measure * n) if n_measure > 0 else np.nan
     acc_eq = eq_acc / (n_equil * n) if n_equil > 0 else np.nan
     return (acc_sum / max(n_measure, 1), pos, acc_meas, acc_eq, fs[_STEP], fs[_ENERGY],
-            n_rebuilds, ist[_RECENTRED], ist[_VIOLATIONS], samples)
+            n_rebuilds, ist[_RECENTRED], ist[_VIOLATIONS], samples, acc_sum, sq_sum, half_sum,
+            half_sq)
 
 
 @njit(cache=True)
@@ -1120,6 +1134,26 @@ def cage_neighbors(positions, box):
     return off, nb, np.ascontiguousarray(vec)
 
 
+def _halves(init, tot_sum, sq_sum, half_sum, half_sq, n_measure):
+    """Means (2, N, 3) and coordinate-averaged sample variances (2, N) of the positions over the
+    first h = n_measure // 2 and the last n_measure - h measurement sweeps, from the kernel's
+    sums (positions, and squared displacements from ``init``); NaN where a half is too short."""
+    h = n_measure // 2
+    counts = (h, n_measure - h)
+    sums = (half_sum, tot_sum - half_sum)
+    sqs = (half_sq, sq_sum - half_sq)
+    means = np.full((2,) + init.shape, np.nan)
+    var = np.full((2, init.shape[0]), np.nan)
+    for k in range(2):
+        if counts[k] >= 1:
+            means[k] = sums[k] / counts[k]
+        if counts[k] >= 2:
+            u = means[k] - init
+            v = (sqs[k] - counts[k] * u * u) / (counts[k] - 1)
+            var[k] = np.maximum(v, 0.0).mean(axis=1)
+    return means, var, h
+
+
 def cage_state(positions, types, box, potential, T, n_equil, n_measure, seed,
                cage="voronoi", cage_radius=None, cage_sigma=None, target_acceptance=0.3,
                step=None, skin=None, record_every=0, debug=False):
@@ -1157,7 +1191,11 @@ def cage_state(positions, types, box, potential, T, n_equil, n_measure, seed,
     energy (running total energy of ``final``, accurate to ~1e-8 relative; 0 for hard spheres),
     n_recentred (list re-centrings), n_rebuilds (global list rebuilds), step_capped,
     violations (debug: cage violations + list-audit errors, must be 0), samples (if
-    record_every).
+    record_every); for the convergence diagnostics (states.chains): half_positions (2, N, 3)
+    the averages of r_i over the first h = n_measure // 2 and over the last n_measure - h
+    measurement sweeps (NaN for an empty half), half_variance (2, N) the sample variances
+    (ddof 1, σ²) of r_i within each half averaged over the three coordinates (NaN for a half
+    of < 2 sweeps), half_sweeps (h, n_measure - h).
     """
     positions, types, box = _prepare(positions, types, box, potential)
     n = positions.shape[0]
@@ -1227,12 +1265,14 @@ def cage_state(positions, types, box, potential, T, n_equil, n_measure, seed,
     cvx, cvy, cvz = (np.ascontiguousarray(cvec[:, d]) for d in range(3))
     if kind == 2:  # single-precision list entries: keep a margin so no true overlap slips in
         rc2 = rc2 * (1.0 + _HS_MARGIN) ** 2
-    cs, final, acc, acc_eq, step_f, energy, n_reb, n_rec, viol, samples = _mc_kernel(
+    (cs, final, acc, acc_eq, step_f, energy, n_reb, n_rec, viol, samples, tot_sum, sq_sum,
+     half_sum, half_sq) = _mc_kernel(
         positions.copy(), positions, types, box, potential.n_species, kind, sig, sig2, eps,
         eps4, rc2, esh, lcut2, float(T) if kind != 2 else 1.0,
         cage_mode, coff, cvx, cvy, cvz, csc2, cnb, sigc, rad2,
         allpairs, skin, int(n_equil), int(n_measure), np.uint64(int(seed) % 2 ** 64), step0,
         step_max, float(target_acceptance), int(record_every), bool(debug))
+    halves, half_var, h1 = _halves(positions, tot_sum, sq_sum, half_sum, half_sq, int(n_measure))
     back = np.empty_like(order)
     back[order] = np.arange(n)
     cs = (cs + image)[back]
@@ -1241,7 +1281,9 @@ def cage_state(positions, types, box, potential, T, n_equil, n_measure, seed,
                acceptance=float(acc), step=float(step_f), acceptance_equil=float(acc_eq),
                final=final, energy=float(energy), n_rebuilds=int(n_reb),
                n_recentred=int(n_rec), violations=int(viol),
-               step_capped=bool(step_f >= step_max * (1 - 1e-12)))
+               step_capped=bool(step_f >= step_max * (1 - 1e-12)),
+               half_positions=(halves + image)[:, back], half_variance=half_var[:, back],
+               half_sweeps=(h1, int(n_measure) - h1))
     if record_every > 0:
         out["samples"] = (samples + image)[:, back]
     return out
