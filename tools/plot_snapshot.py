@@ -117,18 +117,19 @@ def _slab(ax, d, values, norm, cmap, width):
 
 
 def render_ovito(d, path, size=(900, 800)):
-    """3-D picture of the whole snapshot coloured by measured propensity (viridis, 2–98 %) with
-    OVITO's Tachyon software renderer. Raises SystemExit when ovito is not installed."""
+    """3-D picture of the whole snapshot coloured by measured propensity (viridis over its 2–98 %
+    range, OVITO ColorCodingModifier with a colour legend) with OVITO's Tachyon software renderer.
+    Raises SystemExit when ovito is not installed or cannot render."""
     try:
         from ovito.data import DataCollection, Particles, SimulationCell
+        from ovito.modifiers import ColorCodingModifier
         from ovito.pipeline import Pipeline, StaticSource
-        from ovito.vis import TachyonRenderer, Viewport
+        from ovito.vis import ColorLegendOverlay, TachyonRenderer, Viewport
     except ImportError:
         raise SystemExit("--ovito needs the ovito package: pip install \".[render]\"") from None
     L = d["box"]
     pos = d["pos"] - L * np.floor(d["pos"] / L)
     lo, hi = np.percentile(d["measured"], [2, 98])
-    rgb = plt.get_cmap("viridis")(np.clip((d["measured"] - lo) / (hi - lo), 0, 1))[:, :3]
     data = DataCollection()
     cell = SimulationCell(pbc=(True, True, True))
     cell[...] = [[L[0], 0, 0, 0], [0, L[1], 0, 0], [0, 0, L[2], 0]]
@@ -136,14 +137,20 @@ def render_ovito(d, path, size=(900, 800)):
     data.objects.append(cell)
     particles = Particles()
     particles.create_property("Position", data=pos)
-    particles.create_property("Color", data=rgb)
+    particles.create_property("Propensity", data=d["measured"])
     particles.create_property("Radius", data=0.5 * np.asarray(d["sigma"])[d["types"]])
     data.objects.append(particles)
     pipeline = Pipeline(source=StaticSource(data=data))
+    coding = ColorCodingModifier(property="Propensity", start_value=lo, end_value=hi,
+                                 gradient=ColorCodingModifier.Viridis())
+    pipeline.modifiers.append(coding)
     pipeline.add_to_scene()
     try:
         vp = Viewport(type=Viewport.Type.Perspective, camera_dir=(-1.0, -0.6, -0.5))
         vp.zoom_all(size=size)
+        vp.overlays.append(ColorLegendOverlay(
+            modifier=coding, title=f"propensity at t = {d['time']:.3g} τ (σ)", font_size=0.06,
+            legend_size=0.4, format_string="%.2f"))
         vp.render_image(size=size, filename=path, background=(1, 1, 1),
                         renderer=TachyonRenderer(ambient_occlusion=True))
     except RuntimeError as err:     # OVITO's scene setup needs a Vulkan loader even for Tachyon
