@@ -44,6 +44,9 @@ def _expected(path):
                 cols["prediction_" + n.replace("+", "_")] = f[f"fits/{n}/prediction"][:, k]
         cols["drcs"] = f["states/cage/displacement"][()]
         cols["dris"] = f["states/inherent/displacement"][()]
+        cols["dw"] = f["dynamics/debye_waller"][()]
+        cols["fnet"] = f["snapshots/net_force"][()]
+        cols["epot"] = f["snapshots/energy"][()]
         return dict(k=k, time=times[k], box=box, pos=pos, types=f["snapshots/types"][()],
                     cols=cols, is_test=f["fits/is_test"][()], disp=f["iso/displacements"][:, :, k],
                     q=f["dynamics"].attrs["q"])

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Export per-particle results of a run: species, positions, propensity, predictions, Δr^CS, Δr^IS.
+"""Export per-particle results of a run: species, positions, propensity, predictions, Δr^CS, Δr^IS, ….
 
     python tools/export.py OUTPUT.h5 --to extxyz|lammps-dump|glassbench [--time t] [--snapshots SPEC]
                            [--symbols Ar,Kr] [-o PATH]
@@ -7,7 +7,8 @@
 Reads /snapshots/{positions, types, box}, /propensity [S, T, N] at the read-out nearest ``--time``
 (τ; default τ_α of species A, /dynamics attr ``tau_alpha``), /fits/<set>/prediction [S, T, N] of
 every feature set that has one, /fits/is_test [S], /states/cage/displacement and
-/states/inherent/displacement [S, N] when present (layout and column names:
+/states/inherent/displacement, /dynamics/debye_waller, /snapshots/net_force and energy [S, N]
+when present (layout and column names:
 glasshpc/io/export.py). Formats:
 
 - ``extxyz``: one frame per snapshot (multi-frame file; ``-o 'snap_{s}.xyz'`` writes one file per

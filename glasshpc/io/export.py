@@ -17,6 +17,8 @@ Reduced LJ units of species A (lengths σ_AA, times τ). Per particle and snapsh
 ``prediction_<set>``       /fits/<set>/prediction at that read-out, per feature set (absent sets
                            skipped: files written before predictions were stored)
 ``drcs``, ``dris``         Δr^CS, Δr^IS (σ) when the run computed cage / inherent states
+``dw``, ``fnet``,          local Debye–Waller factor (σ², [DW]), |F^net| (ε/σ) and potential
+``epot``                   energy (ε) at t = 0, when present
 =========================  =====================================================================
 
 Column names are the dataset names with every character outside [A-Za-z0-9_] replaced by ``_``
@@ -105,16 +107,23 @@ def parse_snapshots(spec, S, is_test=None):
     return sorted(out)
 
 
+# per-particle quantities exported when the file has them (names as the fits' blocks but epot)
+EXTRA_COLUMNS = (("drcs", "states/cage/displacement"), ("dris", "states/inherent/displacement"),
+                 ("dw", "dynamics/debye_waller"), ("fnet", "snapshots/net_force"),
+                 ("epot", "snapshots/energy"))   # not "energy": ASE takes that name
+
+
 def particle_table(h5, s, k):
     """Per-particle columns of snapshot ``s`` at read-out ``k`` (module docstring).
 
     Returns dict: ``positions`` (N, 3) f8 wrapped into [0, L), ``box`` (3,) f8, ``types`` (N,) i4 species index,
-    ``columns`` {name: (N,) f8} in export order (propensity, prediction_<set>…, drcs, dris),
+    ``columns`` {name: (N,) f8} in export order (propensity, prediction_<set>…, then those of
+    :data:`EXTRA_COLUMNS` the file has),
     ``time`` (τ), ``is_test`` bool or None."""
     cols = {"propensity": h5["propensity"][s, k]}
     for name in read_info(h5)["sets"]:
         cols[column_name(f"prediction_{name}")] = h5[f"fits/{name}/prediction"][s, k]
-    for key, path in (("drcs", "states/cage/displacement"), ("dris", "states/inherent/displacement")):
+    for key, path in EXTRA_COLUMNS:
         if path in h5:
             cols[key] = h5[path][s]
     is_test = h5["fits/is_test"][s] if "fits/is_test" in h5 else None
@@ -178,7 +187,7 @@ def glassbench_arrays(h5, s, k, replicas=None):
     species index (import with ``imported.first_type: 0``), ``initial_positions`` (N, 3) wrapped,
     ``positions`` (R, N, 3) unwrapped replica positions = initial + /iso/displacements[s, :, k],
     and our extras (ignored by readers that do not know them): ``propensity``, ``prediction_<set>``,
-    ``drcs``, ``dris`` (N,), ``time``, ``box`` (3,), ``is_test``.
+    ``drcs``, ``dris``, ``dw``, ``fnet``, ``epot`` (N,), ``time``, ``box`` (3,), ``is_test``.
     Raises ExportError when the file has no /iso/displacements (``iso.store_displacements: false``)."""
     if "iso/displacements" not in h5:
         raise ExportError("the GlassBench layout holds every replica's positions, and this file has "
