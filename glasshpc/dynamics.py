@@ -176,8 +176,9 @@ CHI4_PROPENSITY_DEFINITION = (
     "q_i = 1 if the propensity Delta r_i(t) > a_s else 0, <.> the mean over the S snapshots "
     "(isoconfigurational ensembles; population variance 1/S; NaN for S < 2), a_s = attr "
     "chi4_threshold[s] = mean propensity of species s at tau_alpha of species s (attr "
-    "chi4_threshold_time; the last read-out when F_s does not reach 1/e): Tripodo et al., "
-    "Int. J. Mol. Sci. 23, 9322 (2022) Eq. 8; SCIENCE.md section 2")
+    "chi4_threshold_time; the first / last read-out when tau_alpha lies before / after them or "
+    "F_s does not reach 1/e): Tripodo et al., Int. J. Mol. Sci. 23, 9322 (2022) Eq. 8; "
+    "SCIENCE.md section 2")
 
 
 def chi4_fs(fs_replicas, types, n_species):
@@ -218,8 +219,8 @@ def chi4_threshold(times, propensity, types, tau, n_species):
     """Probe length a_s of :func:`chi4_propensity` ([DW] after Eq. 8): the mean propensity of
     species s at t = τ_α of species s, linearly interpolated in ln t between read-outs.
 
-    times : (T,) τ; propensity : (S, T, N); types : (S, N); tau : (n_species,) τ_α (NaN, or outside
-    the read-outs: the last read-out is used). Returns ((n_species,) a_s in σ (σ² for the squared
+    times : (T,) τ; propensity : (S, T, N); types : (S, N); tau : (n_species,) τ_α (before the first
+    read-out: the first is used; NaN or after the last: the last). Returns ((n_species,) a_s in σ (σ² for the squared
     propensity), (n_species,) the time used (τ)), float64 each."""
     times = np.asarray(times, dtype=np.float64)
     prop = np.asarray(propensity, dtype=np.float64)
@@ -231,7 +232,8 @@ def chi4_threshold(times, propensity, types, tau, n_species):
         if not m.any():
             continue
         mean = np.array([prop[:, k][m].mean() for k in range(times.size)])
-        t = float(tau[s]) if np.isfinite(tau[s]) and times[0] <= tau[s] <= times[-1] \
+        # τ_α before the first read-out: the first; NaN (F_s above 1/e) or after the last: the last
+        t = float(np.clip(tau[s], times[0], times[-1])) if np.isfinite(tau[s]) \
             else float(times[-1])
         a[s] = np.interp(np.log(t), np.log(times), mean)
         used[s] = t
