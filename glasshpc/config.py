@@ -239,8 +239,10 @@ class CageConfig:
     chains: int = _f(1, "independent MC chains per snapshot, each with its own seed from "
                         "task_rng(seed, 'cage', snapshot, chain) (chain 0: task_rng(seed, 'cage', "
                         "snapshot), the single-chain seed); r^CS is their average: the constrained "
-                        "system mixes slowly, so K short chains estimate ⟨r⟩ better than one "
-                        "K-times longer chain", lo=1, hi=MAX_CHAINS)
+                        "system mixes slowly (chains drift apart over 10⁴ sweeps; split-R̂ in "
+                        "/states/cage/convergence), so K short chains are not the estimator one "
+                        "K-times longer chain is; on the KA demo they correlate better with the "
+                        "propensity (bench/study_cage_convergence.py)", lo=1, hi=MAX_CHAINS)
 
 
 @dataclass(frozen=True)
