@@ -210,7 +210,8 @@ def convergence_summary(displacement, pearson, shift, shift_se, rhat, types, spe
             f"split-R̂ median " + per("convergence_rhat_median", "{:.3f}")
             + f" > {RHAT_LIMIT:g}: the half-chains do not sample one distribution — raise "
             f"cage.measurement_sweeps (now {keys['measurement_sweeps']}) and "
-            f"cage.equilibration_sweeps, or cage.chains (now {keys['chains']})")
+            f"cage.equilibration_sweeps (now {keys['equilibration_sweeps']}); more cage.chains "
+            f"(now {keys['chains']}) average the noise of r^CS but do not lower R̂")
     warning = ("glasshpc: warning: cage states not converged: " + "; ".join(problems)
                if problems else None)
     return attrs, lines, warning
