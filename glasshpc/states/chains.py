@@ -4,7 +4,10 @@ Reduced LJ units of species A (lengths σ_AA). The cage state r^CS = ⟨r_i⟩ o
 ([CAGE] Eq. 10, SCIENCE.md §3) is estimated by K independent chains started from the same r^init
 with different seeds (glasshpc.stages.cage_seed); r^CS is their mean. The constrained system mixes
 slowly (measured on the KA demo: the chain-to-chain noise of Δr^CS falls only ~ n^-0.34 with the
-chain length n), so K short chains estimate ⟨r⟩ better than one K-times longer chain.
+chain length n). K short chains are not the same estimator as one K-times longer chain: the chains
+drift apart over ≥ 10⁴ sweeps (split-R̂ ≈ 1.2 across chains, ⟨Δr^CS⟩ growing with the
+equilibration), and on the KA demo the mean of K short chains from r^init correlates better with
+the propensity (bench/study_cage_convergence.py). The convergence diagnostics below measure this.
 
 The MC noise is measured by the split-half correlation of Δr^CS = |r^CS − r^init| between the
 means of two disjoint halves of the chains; the Spearman–Brown formula R_m = m r / (1 + (m − 1) r)
