@@ -31,7 +31,7 @@ def _lattice(n_side, density, rng, jitter=0.02):
 
 
 def _structure(rng):
-    """Cell lists, SANN, descriptors (radial, angular Gaussian and sharp, generations), g(r)."""
+    """Cell lists, SANN, descriptors (radial, angular Gaussian and sharp, generations), g(r), S(q)."""
     import numpy as np
     from .structure.descriptors import (DescriptorSpec, compute_descriptors, generation_average,
                                         radial_descriptors, radial_distribution)
@@ -49,6 +49,8 @@ def _structure(rng):
     radial_descriptors(NeighborList(pos, box, spec.radial_cutoff()), types, spec)  # public API
     generation_average(np.ones((len(pos), 2)), pos, box, 1.4, 1)
     radial_distribution([pos], [types], [box])     # the kernels of second_minimum_gAA
+    from .dynamics import q_grid, structure_factor
+    structure_factor(pos[types == 0], box, q_grid())   # S(q) of the snapshot stage (NUFFT)
 
 
 def _cage(rng):

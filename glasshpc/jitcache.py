@@ -25,6 +25,7 @@ KERNEL_MODULES = (
     "glasshpc.structure.neighbors",
     "glasshpc.structure.sann",
     "glasshpc.structure.descriptors",
+    "glasshpc.structure.structure_factor",
     "glasshpc.states.cage",
     "glasshpc.states.inherent",
     "glasshpc.md.edmd",
