@@ -36,8 +36,11 @@ def test_second_run_resume_and_overwrite_refused_while_a_run_is_active(tmp_path,
     run."""
     cfg = _config(tmp_path, tiny_yaml, "run")
     partial = str(tmp_path / "run.h5.partial")
+    # one inherent-state task sleeps 30 s: the run is surely alive while the three second runs
+    # start and are refused (a tiny run can otherwise finish before the third; results unchanged)
     proc = subprocess.Popen(_cmd(2, cfg), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=_env(), cwd=tmp_path)
+                            text=True, env=_env(GLASSHPC_SLOW_TASK="inherent states:1:30"),
+                            cwd=tmp_path)
     try:
         _wait_for(partial, "replicas", 2, proc)
         with open(os.path.join(partial, "lock")) as fh:
