@@ -117,8 +117,10 @@ def test_one_and_two_ranks_identical(tiny_yaml, tmp_path):
                      "descriptors/cs", "snapshots/net_force"):
             assert np.array_equal(a[name][()], b[name][()]), name
         # fits: per-snapshot sums combined exactly, solves dealt over ranks: bitwise too
-        for name in [n for n in a["fits"] if n != "single"]:
-            for key in ("pearson", "r2", "alpha", "coef", "intercept", "grid_extended"):
+        assert np.array_equal(a["fits/is_test"][()], b["fits/is_test"][()])
+        for name in [n for n in a["fits"] if n != "single" and isinstance(a["fits"][n], h5py.Group)]:
+            for key in ("pearson", "r2", "alpha", "coef", "intercept", "grid_extended",
+                        "prediction", "pearson_per_snapshot"):
                 assert np.array_equal(a[f"fits/{name}/{key}"][()], b[f"fits/{name}/{key}"][()]), (name, key)
         for name in a["fits/single"]:
             assert np.array_equal(a[f"fits/single/{name}"][()], b[f"fits/single/{name}"][()]), name
