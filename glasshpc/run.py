@@ -222,6 +222,10 @@ def execute(cfg, yaml_text, ctx, store_mode="auto", resume=False, overwrite=Fals
     wall = {}
     try:
         ctx.log(plan_text(cfg, ctx))
+        # the kernels of the closing stages, loaded once per process before any task starts
+        from .compile import load as load_kernels
+        wall["kernels"] = ctx.comm.allreduce(
+            load_kernels(["structure"] + (["cage"] if cfg.cage.enabled else [])), op=MPI.MAX)
         if cfg.imported is not None:  # published snapshots + replicas instead of LAMMPS (io/imported.py)
             from .io.imported import import_stage
             wall["import"] = import_stage(ctx, cfg, store)

@@ -1,5 +1,5 @@
-"""The fit stage (ridge, held-out ρ/R², feature selection, MLP, single-variable ρ) is bitwise the same on 1, 2
-and 3 ranks, and equals the serial library estimator (GroupedRidgeCV) on all training rows.
+"""The fit stage (ridge, held-out ρ/R², feature selection, MLP, single-variable ρ) is bitwise the same on 1, 2,
+3 and 5 ranks (whole problems per rank, and per-fold tasks on 5: glasshpc.learn.fits), and equals the serial library estimator (GroupedRidgeCV) on all training rows.
 
 Each run is ``[mpiexec -n P] python bench/bench_fits.py --worker OUT --size tiny`` (a synthetic data set written
 to a real Store, then glasshpc.learn.fits on real MPI); 3 ranks on 2 cores are oversubscribed (MPICH).
@@ -23,27 +23,27 @@ def runs(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("fits_ranks")
     return {p: bench_fits.launch(p, str(folder / f"r{p}.npz"), "tiny", {}, timeout=600, check=(p == 1))
-            for p in (1, 2, 3)}
+            for p in (1, 2, 3, 5)}
 
 
 @pytest.fixture(scope="module")
 def runs_pearson(tmp_path_factory):
-    """fits.cv_score: pearson (each CV task reads its fold's rows from the store) on 1 and 3 ranks."""
+    """fits.cv_score: pearson (each CV task reads its fold's rows from the store) on 1, 3 and 5 ranks."""
     import bench_fits
 
     folder = tmp_path_factory.mktemp("fits_ranks_pearson")
     return {p: bench_fits.launch(p, str(folder / f"p{p}.npz"), "tiny", {"cv_score": "pearson"}, timeout=600)
-            for p in (1, 3)}
+            for p in (1, 3, 5)}
 
 
-def test_fits_bitwise_equal_on_1_2_3_ranks(runs):
+def test_fits_bitwise_equal_on_1_2_3_5_ranks(runs):
     one = runs[1]
     keys = [k for k in one if k not in ("wall", "phases", "cpu") and not k.startswith("ref/")]
     # every kind of stored result is there (ridge, selection, MLP, single-variable ρ)
     for kind in ("/pearson", "/r2", "/alpha", "/coef", "/intercept", "/selection/0/order", "/selection/1/rho",
                  "/mlp_pearson", "single/drcs", "/prediction", "/pearson_per_snapshot", "/pearson_snapshot_std"):
         assert any(kind in k for k in keys), kind
-    for p in (2, 3):
+    for p in (2, 3, 5):   # 8 (set, species) problems: whole problems on ≤ 4 ranks, per fold on 5
         other = runs[p]
         assert sorted(k for k in other if k not in ("wall", "phases", "cpu")) == sorted(keys)
         for k in keys:
@@ -63,11 +63,13 @@ def test_fit_stage_equals_serial_estimator(runs):
                 assert np.array_equal(one[f"{name}/{key}"][sp], value), (name, sp, key)
 
 
-def test_cv_score_pearson_bitwise_equal_on_1_and_3_ranks(runs, runs_pearson):
-    one, three = runs_pearson[1], runs_pearson[3]
+def test_cv_score_pearson_bitwise_equal_on_1_3_5_ranks(runs, runs_pearson):
+    one = runs_pearson[1]
     keys = [k for k in one if k not in ("wall", "phases", "cpu")]
-    assert sorted(keys) == sorted(k for k in three if k not in ("wall", "phases", "cpu"))
-    for k in keys:
-        assert np.array_equal(one[k], three[k], equal_nan=one[k].dtype.kind == "f"), k
+    for p in (3, 5):
+        other = runs_pearson[p]
+        assert sorted(keys) == sorted(k for k in other if k not in ("wall", "phases", "cpu"))
+        for k in keys:
+            assert np.array_equal(one[k], other[k], equal_nan=one[k].dtype.kind == "f"), (p, k)
     # the criterion is in effect: some α differs from the MSE choice on the same data
     assert any(not np.array_equal(one[k], runs[1][k]) for k in keys if k.endswith("/alpha"))

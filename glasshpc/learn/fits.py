@@ -46,7 +46,7 @@ from ..config import DESCRIPTOR_BLOCKS
 from ..parallel import task_rng
 from .mlp import mlp_baseline
 from .ridge import (AlphaPath, _Rows, _Standardised, _Stats, _warn_grid, assign_folds, binned_stats,
-                    fold_pearson, fold_sse, frame, frame_for, mean_mse, pearson, pearson_r2, refit)
+                    fold_pearson_scorer, fold_sse_scorer, frame, frame_for, mean_mse, pearson, pearson_r2, refit)
 from .selection import Problem, SelectionResult, select_one
 
 # the per-particle scalar features and the datasets holding them
@@ -220,19 +220,29 @@ def _fit_propensity(ctx, cfg, store, descriptor_names, n_species, timings):
         counts[s] = np.bincount(d["types"], minlength=n_species)[:n_species]
     counts = comm.allreduce(counts)
 
-    # ---- the task plan (pure function of the config and F)
+    # ---- the task plan (pure function of the config, F and the number of ranks; results are not)
     def F_of(tau):
         return len(probs[tau].names)
-    wave_a = [("cv", tau, f) for tau in taus for f in range(K)]
+    # whole problems when there are enough of them to keep every rank busy: one owner per
+    # (set, species) gets its statistics by Reduce (no other rank unpacks them), does every fold
+    # and the refit, and computes the α candidates lazily (the 49 grid values, the extensions only
+    # at an edge: about half the α loop); otherwise one task per fold and a refit wave
+    whole = len(taus) >= 2 * ctx.size
+    if whole:
+        wave_a = [("fit", tau) for tau in taus]
+    else:
+        wave_a = [("cv", tau, f) for tau in taus for f in range(K)]
     if mlp_cfg.layers:
         wave_a += [("mlp", tau) for tau in taus]
-    wave_b = [("refit", tau) for tau in taus]
+    wave_b = [] if whole else [("refit", tau) for tau in taus]
     if method != "none":
         wave_b += [("select", tau, t) for tau in taus for t in range(T)]
     n_rows = {tau: int(counts[train, tau[1]].sum()) for tau in taus}
 
     def cost(task):
         F = F_of(task[1])
+        if task[0] == "fit":
+            return K * cost(("cv", task[1], 0)) + cost(("refit", task[1]))
         if task[0] == "cv":
             extra = (n_cand * (2.0 * F * F * T + 2.0 * n_rows[task[1]] / K * F * T)
                      if by_pearson else 0.0)   # explicit predictions of the fold's rows per α
@@ -250,6 +260,12 @@ def _fit_propensity(ctx, cfg, store, descriptor_names, n_species, timings):
     mine_a = [t for t in wave_a if owner_a[t] == ctx.rank]
     mine_b = [t for t in wave_b if owner_b[t] == ctx.rank]
     keep = {t[1] for t in mine_a + mine_b if t[0] != "mlp"}
+    # the ranks that need the statistics of each problem: one → Reduce to it, several → Allreduce
+    users = {tau: set() for tau in taus}
+    for task, r in list(owner_a.items()) + list(owner_b.items()):
+        if task[0] != "mlp":
+            users[task[1]].add(r)
+    stats_root = {tau: (next(iter(u)) if len(u) == 1 else None) for tau, u in users.items()}
 
     # ---- 1. statistics, exact over snapshots and ranks
     folds = {}
@@ -265,11 +281,11 @@ def _fit_propensity(ctx, cfg, store, descriptor_names, n_species, timings):
 
         rows = _Rows(*_rows(pb.layout, data, train, sp, T))
         fr = frame(comm, rows)
-        parts = binned_stats(comm, rows, bin_of, K, fr)
-        for f, p in enumerate(parts):
-            if p.n == 0:
+        for f in range(K):   # fold sizes are known everywhere: every rank raises alike
+            if not np.any((fold_of_id == f) & (counts[present, sp] > 0)):
                 raise ValueError(f"fits: feature set {sets[k_set][0]!r}, species {sp}: fold {f} "
                                  "has no rows")
+        parts = binned_stats(comm, rows, bin_of, K, fr, root=stats_root[tau])
         fr_te = te = None
         if method != "none":
             rows_te = _Rows(*_rows(pb.layout, data, test, sp, T))
@@ -280,21 +296,44 @@ def _fit_propensity(ctx, cfg, store, descriptor_names, n_species, timings):
 
     lap("statistics")
 
-    # ---- 2. wave A: CV tables per fold, MLP baselines
+    # ---- 2. wave A: whole problems (CV, α choice, refit) or CV tables per fold; MLP baselines
+    def fold_scorer(tau, f, fd):
+        """``alphas -> (A, T)`` validation score table of fold f (one α at a time: a value never
+        depends on the other α, so lazy and precomputed tables agree bitwise)."""
+        pb = probs[tau]
+        if by_pearson:   # per-snapshot ρ needs the fold's rows, not only its statistics
+            present = train[counts[train, tau[1]] > 0]
+            ids = present[folds[tau] == f]
+            return fold_pearson_scorer(fd, _Rows(*_rows(pb.layout, data, ids, tau[1], T, store)))
+        return fold_sse_scorer(fd, pb.parts[f], path.blocks)
+
+    def choose(tau, tables):
+        """The α rule on ``tables`` (per fold: alphas -> (A, T)), as GroupedRidgeCV replays it."""
+        n_fold = [float(c) for c in _fold_counts(counts, train, tau[1], folds[tau], K)]
+
+        def cv_mse_of(a):
+            if by_pearson:   # loss = −(mean over folds of the mean per-snapshot ρ), folds in order
+                acc = tables[0](a)
+                for tb in tables[1:]:
+                    acc = acc + tb(a)
+                return -acc / len(tables)
+            return mean_mse([tb(a) for tb in tables], n_fold)
+        alphas_, _, best, extended, edge = path.choose(cv_mse_of)
+        return alphas_, best, extended, edge
+
     res_a = {}
     for task in mine_a:
         tau = task[1]
         pb = probs[tau]
-        if task[0] == "cv":
+        if task[0] == "fit":
+            tables = [fold_scorer(tau, f, _fold_problem(pb.parts, f)) for f in range(K)]
+            alphas_, best, extended, edge = choose(tau, tables)
+            tables.clear()
+            coef, intercept, _, _ = refit(pb.parts, True, pb.fr, alphas_, best)
+            res_a[task] = (alphas_, best, extended, edge, coef, intercept)
+        elif task[0] == "cv":
             f = task[2]
-            fd = _fold_problem(pb.parts, f)
-            if by_pearson:   # per-snapshot ρ needs the fold's rows, not only its statistics
-                present = train[counts[train, tau[1]] > 0]
-                ids = present[folds[tau] == f]
-                rows = _Rows(*_rows(pb.layout, data, ids, tau[1], T, store))
-                res_a[task] = fold_pearson(fd, rows, path.candidates)
-            else:
-                res_a[task] = fold_sse(fd, pb.parts[f], path.candidates)
+            res_a[task] = fold_scorer(tau, f, _fold_problem(pb.parts, f))(path.candidates)
         else:
             k_set, sp = tau
             Xtr, Ytr, Gtr = _rows(pb.layout, data, train, sp, T, store)
@@ -307,21 +346,16 @@ def _fit_propensity(ctx, cfg, store, descriptor_names, n_species, timings):
     res_a = _gather(comm, res_a)
     lap("wave A")
 
-    # every rank replays the α rule on the same tables
+    # the α choice: made by the owner of a whole problem, else replayed on every rank from the
+    # gathered fold tables (the same decision either way)
     choice = {}
     for tau in taus:
-        tables = [path.lookup(res_a["cv", tau, f]) for f in range(K)]
-        n_fold = [float(c) for c in _fold_counts(counts, train, tau[1], folds[tau], K)]
-
-        def cv_mse_of(a, tables=tables, n_fold=n_fold):
-            if by_pearson:   # loss = −(mean over folds of the mean per-snapshot ρ), folds in order
-                acc = tables[0](a)
-                for tb in tables[1:]:
-                    acc = acc + tb(a)
-                return -acc / len(tables)
-            return mean_mse([tb(a) for tb in tables], n_fold)
-        alphas_, _, best, extended, edge = path.choose(cv_mse_of)
-        if ctx.root:   # the same decision on every rank; only rank 0 says it
+        if whole:
+            alphas_, best, extended, edge = res_a["fit", tau][:4]
+        else:
+            alphas_, best, extended, edge = choose(
+                tau, [path.lookup(res_a["cv", tau, f]) for f in range(K)])
+        if ctx.root:   # only rank 0 says it
             _warn_grid(extended, edge, alphas_, path.max_extensions,
                        where=f"feature set {sets[tau[0]][0]!r}, species {species_names[tau[1]]}",
                        best=best, times=times, grid=path.alphas, score=cfg.fits.cv_score)
@@ -347,6 +381,8 @@ def _fit_propensity(ctx, cfg, store, descriptor_names, n_species, timings):
             res_b[task] = select_one(prob, method, alphas_[best[t]], K_sel, t)
     sel_problems.clear()
     res_b = _gather(comm, res_b)
+    if whole:
+        res_b.update({("refit", tau): res_a["fit", tau][4:] for tau in taus})
     lap("wave B")
 
     # ---- 4. predictions of this rank's snapshots (to the store); held-out ρ(t), R²(t) pooled

@@ -483,6 +483,18 @@ def fold_sse(fd, va, alphas):
     (:class:`_Standardised`) on the validation statistics ``va`` (:class:`_Stats`, same frame), for each α.
 
     One α at a time: the value for an α is the same whichever other α are computed with it."""
+    return fold_sse_scorer(fd, va)(alphas)
+
+
+def fold_sse_scorer(fd, va, blocks=None):
+    """``alphas -> (A, T)`` as :func:`fold_sse`, with the α-independent part (the validation Gram in the fold's
+    eigenbasis, 2F³ flops) computed once: for lazy use by :meth:`AlphaPath.choose`, which asks for the grid
+    first and for its extensions only when an optimum sits on an edge.
+
+    ``blocks``: optional list of disjoint α arrays (:attr:`AlphaPath.blocks`). Each block is then scored in one
+    matrix product (F × F times F × (A_block·T): compute-bound, where one α at a time re-reads the F × F matrix
+    per α) and cached, and every requested α must belong to a block: its value then depends only on its block,
+    so a table computed ahead for all candidates and a lazy replay of the extension rule agree bitwise."""
     m, ym, sc = fd.mean, fd.ymean, fd.scale
     # validation statistics re-centred at the training means, in standardised units
     ztz = (va.xx - np.outer(va.x, m) - np.outer(m, va.x) + va.n * np.outer(m, m)) / np.outer(sc, sc)
@@ -490,12 +502,37 @@ def fold_sse(fd, va, alphas):
     r0 = va.yy - 2.0 * ym * va.y + va.n * ym * ym  # (T,)
     p = fd.vec.T @ ztz @ fd.vec
     q = fd.vec.T @ ztr  # (F, T)
-    alphas = np.atleast_1d(np.asarray(alphas, dtype=np.float64))
-    out = np.empty((alphas.size, fd.c.shape[1]))
-    for a, alpha in enumerate(alphas):
-        u = fd.c / (fd.lam[:, None] + alpha)  # (F, T)
-        out[a] = r0 - 2.0 * np.einsum("ft,ft->t", u, q) + np.einsum("ft,ft->t", u, p @ u)
-    return out
+    del ztz, ztr
+    F, T = fd.c.shape
+
+    def one_at_a_time(alphas):
+        out = np.empty((alphas.size, T))
+        for a, alpha in enumerate(alphas):
+            u = fd.c / (fd.lam[:, None] + alpha)  # (F, T)
+            out[a] = r0 - 2.0 * np.einsum("ft,ft->t", u, q) + np.einsum("ft,ft->t", u, p @ u)
+        return out
+
+    def batched(alphas):
+        u = fd.c[:, None, :] / (fd.lam[:, None, None] + alphas[None, :, None])   # (F, A, T)
+        pu = (p @ u.reshape(F, -1)).reshape(F, alphas.size, T)
+        return r0[None, :] - 2.0 * np.einsum("fat,ft->at", u, q) + np.einsum("fat,fat->at", u, pu)
+
+    if blocks is None:
+        return lambda alphas: one_at_a_time(np.atleast_1d(np.asarray(alphas, dtype=np.float64)))
+    blocks = [np.asarray(b, dtype=np.float64) for b in blocks]
+    where = {float(a): (k, i) for k, b in enumerate(blocks) for i, a in enumerate(b)}
+    done = {}
+
+    def score(alphas):
+        alphas = np.atleast_1d(np.asarray(alphas, dtype=np.float64))
+        out = np.empty((alphas.size, T))
+        for j, a in enumerate(alphas):
+            k, i = where[float(a)]   # KeyError: α outside the blocks
+            if k not in done:
+                done[k] = batched(blocks[k])
+            out[j] = done[k][i]
+        return out
+    return score
 
 
 def fold_pearson(fd, rows, alphas):
@@ -505,22 +542,30 @@ def fold_pearson(fd, rows, alphas):
     ρ needs no intercept: each snapshot's rows are centred on their own mean. One α at a time, snapshots in
     id order (a value does not depend on the other α or on the rank that computes it). A snapshot whose
     prediction or target is constant counts as ρ = 0 (no usable correlation)."""
+    return fold_pearson_scorer(fd, rows)(alphas)
+
+
+def fold_pearson_scorer(fd, rows):
+    """``alphas -> (A, T)`` as :func:`fold_pearson`, with the centred validation rows prepared once."""
     blocks = []
     for _, xb, yb in rows.blocks():
         yc = yb - yb.mean(0)
         blocks.append((xb - xb.mean(0), yc, np.einsum("it,it->t", yc, yc)))
-    alphas = np.atleast_1d(np.asarray(alphas, dtype=np.float64))
-    out = np.empty((alphas.size, fd.c.shape[1]))
-    for a, alpha in enumerate(alphas):
-        coef = fd.w(alpha[None])[0] / fd.scale[:, None]   # (F, T) original units
-        acc = np.zeros(fd.c.shape[1])
-        for xc, yc, syy in blocks:
-            p = xc @ coef
-            with np.errstate(invalid="ignore", divide="ignore"):
-                r = np.einsum("it,it->t", p, yc) / np.sqrt(np.einsum("it,it->t", p, p) * syy)
-            acc += np.where(np.isfinite(r), np.clip(r, -1.0, 1.0), 0.0)
-        out[a] = acc / max(len(blocks), 1)
-    return out
+
+    def score(alphas):
+        alphas = np.atleast_1d(np.asarray(alphas, dtype=np.float64))
+        out = np.empty((alphas.size, fd.c.shape[1]))
+        for a, alpha in enumerate(alphas):
+            coef = fd.w(alpha[None])[0] / fd.scale[:, None]   # (F, T) original units
+            acc = np.zeros(fd.c.shape[1])
+            for xc, yc, syy in blocks:
+                p = xc @ coef
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    r = np.einsum("it,it->t", p, yc) / np.sqrt(np.einsum("it,it->t", p, p) * syy)
+                acc += np.where(np.isfinite(r), np.clip(r, -1.0, 1.0), 0.0)
+            out[a] = acc / max(len(blocks), 1)
+        return out
+    return score
 
 
 def mean_mse(sse, counts):
@@ -558,6 +603,8 @@ class AlphaPath:
                 self.hi.append(cur_hi * 10.0 ** (np.arange(1, pd_hi + 1) / pd_hi))
                 cur_hi = self.hi[-1].max()
         self.candidates = np.unique(np.concatenate([alphas] + self.lo + self.hi))
+        # the units in which :meth:`choose` asks for α (grid, then one decade per side and step)
+        self.blocks = [alphas] + self.lo + self.hi
 
     def _edge_optimum(self, cv_mse):
         """(low, high): is the optimum of some target on that edge, beating its neighbour by > edge_rtol?"""
@@ -760,14 +807,16 @@ class GroupedRidgeCV(RegressorMixin, BaseEstimator):
         folds = fold_problems(parts, self.standardize)
         counts = [p.n for p in parts]
 
+        path = AlphaPath(alphas, self.max_extensions, self.edge_rtol)
         if self.cv_method == "gram":
+            scorers = [fold_sse_scorer(fd, va, path.blocks) for fd, va in zip(folds, parts)]
+
             def cv_mse_of(a):
-                return mean_mse([fold_sse(fd, va, a) for fd, va in zip(folds, parts)], counts)
+                return mean_mse([sc(a) for sc in scorers], counts)
         else:
             def cv_mse_of(a):
                 return self._direct_mse(folds, rows, bin_of, a, fr, counts, comm)
 
-        path = AlphaPath(alphas, self.max_extensions, self.edge_rtol)
         alphas, cv_mse, best, extended, edge = path.choose(cv_mse_of)
         # every rank holds the same cv_mse (exact sums), hence the same decision; only rank 0 says it
         if comm is None or comm.Get_rank() == 0:
