@@ -56,7 +56,11 @@ def plan(cfg, ranks, store_mode):
     scratch = set(stages.transient(cfg))
     out = _layout_bytes({k: v for k, v in layout.items() if k not in scratch})
     partial = _layout_bytes(layout)
-    per = -(-S // max(1, ranks))                      # snapshots a rank holds in the fits
+    # snapshots a rank holds in the fits: its share, or every training snapshot when it owns whole
+    # (set, species) problems (learn/fits.py: at least two problems per rank, no feature selection)
+    whole = (len(cfg.fits.feature_sets) * n_species >= 2 * max(1, ranks)
+             and cfg.fits.selection.method == "none")
+    per = S if whole else -(-S // max(1, ranks))
     states = len(stages.descriptor_states(cfg))
     L = cfg.box_length
     from .structure.structure_factor import memory_bytes as sq_bytes

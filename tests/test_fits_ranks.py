@@ -28,12 +28,32 @@ def runs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def runs_pearson(tmp_path_factory):
-    """fits.cv_score: pearson (each CV task reads its fold's rows from the store) on 1, 3 and 5 ranks."""
+    """fits.cv_score: pearson (each CV task reads its fold's rows from the store) on 1, 3 and 5 ranks, without
+    feature selection: a whole problem's owner then computes its statistics alone from every training snapshot
+    (on 3 ranks; per-fold tasks with Allreduced statistics on 5)."""
     import bench_fits
 
     folder = tmp_path_factory.mktemp("fits_ranks_pearson")
-    return {p: bench_fits.launch(p, str(folder / f"p{p}.npz"), "tiny", {"cv_score": "pearson"}, timeout=600)
+    return {p: bench_fits.launch(p, str(folder / f"p{p}.npz"), "tiny", {"cv_score": "pearson", "selection": "none"},
+                                 timeout=600)
             for p in (1, 3, 5)}
+
+
+def test_statistics_alone_bitwise_equal_on_1_and_2_ranks(tmp_path, runs):
+    """No feature selection, 2 ranks: each owner computes its problems' statistics from all training snapshots,
+    with no collective; the results are the bits of the 1-rank run (and of the distributed path of ``runs``)."""
+    import bench_fits
+
+    alone = {p: bench_fits.launch(p, str(tmp_path / f"a{p}.npz"), "tiny", {"selection": "none"}, timeout=600)
+             for p in (1, 2)}
+    keys = [k for k in alone[1] if k not in ("wall", "phases", "cpu")]
+    assert sorted(keys) == sorted(k for k in alone[2] if k not in ("wall", "phases", "cpu"))
+    shared = [k for k in keys if k in runs[1] and "/selection/" not in k]
+    assert any(k.endswith("/coef") for k in shared) and any(k.endswith("/prediction") for k in shared)
+    for k in keys:
+        assert np.array_equal(alone[1][k], alone[2][k], equal_nan=alone[1][k].dtype.kind == "f"), k
+    for k in shared:
+        assert np.array_equal(alone[2][k], runs[1][k], equal_nan=alone[2][k].dtype.kind == "f"), k
 
 
 def test_fits_bitwise_equal_on_1_2_3_5_ranks(runs):
@@ -71,5 +91,6 @@ def test_cv_score_pearson_bitwise_equal_on_1_3_5_ranks(runs, runs_pearson):
         assert sorted(keys) == sorted(k for k in other if k not in ("wall", "phases", "cpu"))
         for k in keys:
             assert np.array_equal(one[k], other[k], equal_nan=one[k].dtype.kind == "f"), (p, k)
-    # the criterion is in effect: some α differs from the MSE choice on the same data
+    # the criterion is in effect: some α differs from the MSE choice on the same data (selection does not
+    # change the ridge)
     assert any(not np.array_equal(one[k], runs[1][k]) for k in keys if k.endswith("/alpha"))

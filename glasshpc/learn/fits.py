@@ -9,17 +9,25 @@ generations 0..n each) and per-particle scalars ``drcs`` (Δr^CS), ``dris`` (Δr
 
 Parallel layout (every number is a function of the config and the data only, never of the ranks):
 
+0. the plan — with at least two (feature set, species) problems per rank, each problem is one task
+   ("whole"): its owner computes its statistics alone from every training snapshot (read from the
+   store once; no collective), all its CV folds, the α choice and the refit. With fewer problems
+   (many ranks) there is one task per (set, species, fold) in wave A and a refit wave B, and the
+   statistics are distributed as in 1.  Feature selection always uses the distributed statistics.
 1. statistics — each rank reads a round-robin share of the training and of the held-out
-   snapshots from the store; per (feature set, species)
-   every rank accumulates its snapshots' Gram matrices per CV fold; the per-snapshot terms are
-   combined by reproducible summation (:mod:`glasshpc.learn.exact`), so the sums are bitwise the
-   same on any rank count.  All T times of one species share one Gram matrix.
-2. wave A, dealt over ranks: one task per (set, species, fold) — eigendecomposition of the fold's
-   training Gram and its validation errors on every α the grid rule can reach — and one per (set,
-   species) for the MLP baseline (the task reads its rows from the store).  Results are
-   all-gathered; every rank replays the α choice (:class:`AlphaPath`) on the same tables.
-3. wave B, dealt over ranks: the refit on all training rows per (set, species) and the feature
-   selection per (set, species, time).  Results are all-gathered.
+   snapshots from the store; per (feature set, species) every rank accumulates its snapshots'
+   Gram matrices per CV fold; the per-snapshot terms are combined by reproducible summation
+   (:mod:`glasshpc.learn.exact`), so the sums are bitwise the same on any rank count and equal to
+   the ones a whole problem's owner computes alone.  All T times of one species share one Gram.
+2. wave A, dealt over ranks: the whole problems, or one task per (set, species, fold) —
+   eigendecomposition of the fold's training Gram and its validation errors on every α the grid
+   rule can reach — and one per (set, species) for the MLP baseline (the task reads its rows from
+   the store).  The α are scored in the blocks of :attr:`AlphaPath.blocks` (the grid, then one
+   decade per extension), so a whole problem asks only for the blocks its α rule reaches and
+   gets the same bits as the full tables of the per-fold tasks.  Results are all-gathered; with
+   per-fold tasks every rank replays the α choice (:class:`AlphaPath`) on the same tables.
+3. wave B, dealt over ranks: the refit on all training rows per (set, species) (per-fold plan
+   only) and the feature selection per (set, species, time).  Results are all-gathered.
 4. predictions, held-out ρ(t), R²(t): every rank predicts all its snapshots (training and held
    out), one snapshot at a time, and writes them to the store (``fits/<set>/prediction``
    [S, T, N], each particle by its species' model); pooled ρ(t), R²(t) over the held-out rows from
@@ -34,7 +42,10 @@ then reads its fold's validation rows from the store), maximised — the criteri
 Tasks are dealt longest-first to the least-loaded rank by an estimated cost (:func:`deal`). The
 fits run with one BLAS thread per rank: a threaded BLAS sums in a thread-count dependent order.
 Memory per rank: the per-fold statistics of every (set, species) it has a task of, K·(F² + F·T)
-float64 each (≈ 12 MB per fold at F = 1200), plus 4·K·F²/2 while reducing one of them; in step 4
+float64 each (≈ 12 MB per fold at F = 1200), plus 4·K·F²/2 while reducing one of them, plus K
+eigenbases F² while a whole problem is solved; a whole problem's owner also holds the feature
+blocks of every training snapshot it needs (S_train·N·F float64, e.g. 8 × 1000 × 1100 ≈ 70 MB for
+the KA demo; the whole plan only runs on few ranks, P ≤ problems / 2); in step 4
 the predictions of its snapshots for one feature set, (S/P)·T·N float64.
 """
 import heapq
@@ -242,7 +253,15 @@ def _fit_propensity(ctx, cfg, store, descriptor_names, n_species, timings):
     def cost(task):
         F = F_of(task[1])
         if task[0] == "fit":
-            return K * cost(("cv", task[1], 0)) + cost(("refit", task[1]))
+            # fitted to the wall times of one rank (KA demo, F = 366 and 734): K + 1 eigh and K
+            # GEMM ≈ 48 F³; the α grid (lazy: the extensions seldom) ≈ 7 units per 2F²T flop;
+            # statistics: the Gram matrices of every training row, and the exact sums of F² terms
+            # per snapshot and per fold
+            n_snap = int(np.count_nonzero(counts[train, task[1][1]]))
+            extra = (path.alphas.size * (2.0 * F * F * T + 2.0 * n_rows[task[1]] / K * F * T)
+                     if by_pearson else 0.0)
+            return (48.0 * F ** 3 + K * (14.4 * path.alphas.size * T * F * F + extra)
+                    + 2.5 * n_rows[task[1]] * F * F + 800.0 * (n_snap + K) * F * F)
         if task[0] == "cv":
             extra = (n_cand * (2.0 * F * F * T + 2.0 * n_rows[task[1]] / K * F * T)
                      if by_pearson else 0.0)   # explicit predictions of the fold's rows per α
@@ -260,12 +279,21 @@ def _fit_propensity(ctx, cfg, store, descriptor_names, n_species, timings):
     mine_a = [t for t in wave_a if owner_a[t] == ctx.rank]
     mine_b = [t for t in wave_b if owner_b[t] == ctx.rank]
     keep = {t[1] for t in mine_a + mine_b if t[0] != "mlp"}
-    # the ranks that need the statistics of each problem: one → Reduce to it, several → Allreduce
+    # the ranks that need the statistics of each problem. One: it computes them alone from every
+    # training snapshot (no collective; the exact sums make them bitwise the distributed ones).
+    # Several (per-fold tasks, feature selection): every rank adds its snapshots, Allreduce.
     users = {tau: set() for tau in taus}
     for task, r in list(owner_a.items()) + list(owner_b.items()):
         if task[0] != "mlp":
             users[task[1]].add(r)
-    stats_root = {tau: (next(iter(u)) if len(u) == 1 else None) for tau, u in users.items()}
+    # (with feature selection the held-out statistics are distributed: every problem is)
+    alone = {tau for tau, u in users.items() if len(u) == 1} if method == "none" else set()
+    mine_alone = {tau for tau in alone if ctx.rank in users[tau]}
+    everything = data
+    if mine_alone:   # the training snapshots this rank does not hold, read once
+        blocks = {b for k, _ in mine_alone for b in sets[k][1].blocks}
+        everything = dict(data)
+        everything.update({s: _read_snapshot(store, s, blocks) for s in train if s not in data})
 
     # ---- 1. statistics, exact over snapshots and ranks
     folds = {}
@@ -275,17 +303,16 @@ def _fit_propensity(ctx, cfg, store, descriptor_names, n_species, timings):
         present = train[counts[train, sp] > 0]
         fold_of_id = assign_folds(present, K, cfg.seed)
         folds[tau] = fold_of_id
+        if tau in alone and tau not in mine_alone:
+            continue
 
         def bin_of(s, present=present, fold_of_id=fold_of_id):
             return int(fold_of_id[np.searchsorted(present, s)])
 
-        rows = _Rows(*_rows(pb.layout, data, train, sp, T))
-        fr = frame(comm, rows)
-        for f in range(K):   # fold sizes are known everywhere: every rank raises alike
-            if not np.any((fold_of_id == f) & (counts[present, sp] > 0)):
-                raise ValueError(f"fits: feature set {sets[k_set][0]!r}, species {sp}: fold {f} "
-                                 "has no rows")
-        parts = binned_stats(comm, rows, bin_of, K, fr, root=stats_root[tau])
+        on = None if tau in alone else comm
+        rows = _Rows(*_rows(pb.layout, everything if tau in alone else data, train, sp, T))
+        fr = frame(on, rows)
+        parts = binned_stats(on, rows, bin_of, K, fr)
         fr_te = te = None
         if method != "none":
             rows_te = _Rows(*_rows(pb.layout, data, test, sp, T))
@@ -293,7 +320,7 @@ def _fit_propensity(ctx, cfg, store, descriptor_names, n_species, timings):
             te = binned_stats(comm, rows_te, lambda s: 0, 1, fr_te)[0]
         if tau in keep:
             pb.fr, pb.parts, pb.fr_te, pb.te = fr, parts, fr_te, te
-
+    everything = None
     lap("statistics")
 
     # ---- 2. wave A: whole problems (CV, α choice, refit) or CV tables per fold; MLP baselines
