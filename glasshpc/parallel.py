@@ -39,6 +39,40 @@ class Context:
         if self.root:
             print(*msg, flush=True)
 
+    def sync(self, what, since=None, limit=None):
+        """Collective: a barrier with a timeout, called before the blocking collectives that follow
+        a long uneven piece of work (the fits' waves, the final assembly), so that one hung rank
+        (a file system or library call that never returns) aborts the job instead of holding the
+        others until the wall-time limit.
+
+        A rank that has waited longer than max(``GLASSHPC_STALL_SECONDS`` (default 1800 s),
+        5 × its own work since ``since`` (a ``time.perf_counter()`` value)) prints one line naming
+        ``what`` and calls ``Abort`` (exit 1; finished stages are saved, ``--resume`` continues).
+        ``limit`` (s): a larger floor for this call (e.g. scaled by the bytes rank 0 copies).
+        ``GLASSHPC_STALL_SECONDS=0`` waits forever. Returns the seconds waited."""
+        if self.size == 1:
+            return 0.0
+        floor = float(os.environ.get("GLASSHPC_STALL_SECONDS", "1800"))
+        t0 = time.perf_counter()
+        if floor <= 0:
+            self.comm.Barrier()
+            return time.perf_counter() - t0
+        limit = max(floor, limit or 0.0, 5.0 * (t0 - since) if since is not None else 0.0)
+        req = self.comm.Ibarrier()
+        nap = 0.001
+        while not req.Test():
+            time.sleep(nap)
+            nap = min(2 * nap, 0.2)
+            waited = time.perf_counter() - t0
+            if waited > limit:
+                print(f"glasshpc: rank {self.rank} waited {_hms(waited)} for the other ranks at "
+                      f"'{what}' (limit max(GLASSHPC_STALL_SECONDS = {floor:g} s, 5 × this "
+                      "rank's own work before it)): a rank hangs; aborting so the allocation is "
+                      "not spent waiting. Finished stages are saved: continue with --resume",
+                      file=sys.stderr, flush=True)
+                self.comm.Abort(1)
+        return time.perf_counter() - t0
+
     def mine(self, tasks):
         """A static round-robin share of ``tasks`` for work that is not a task stage (checks,
         reductions). Stages use :class:`TaskQueue` (dynamic). Results never depend on either map

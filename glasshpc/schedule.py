@@ -17,8 +17,8 @@ Calibrated pieces (reduced LJ units; N particles of the configured model):
   descriptors  one ``compute_descriptors`` per state;
   dynamics     propensity, F_s, MSD, Debye–Waller of a (R, T, N, 3) array;
   fits         one Gram product and one eigendecomposition (at ≤ 1000 features), scaled as
-               rows·F² (spread over ranks) and F³ per (set, species, fold + 1) (repeated on every
-               rank today: serial).
+               rows·F² and F³ per (set, species, fold + 1) task, dealt over the ranks
+               (glasshpc/learn/fits.py).
 Not included: numba compilation (``python -m glasshpc.compile`` where available) and the final
 assembly of the output file.
 """
@@ -245,14 +245,22 @@ def stage_models(cfg, cal, which=0, engine_ranks=1):
     out.append(Stage("descriptors", np.full(S, n_states * cal["descriptors"][which])))
     spec = st.descriptor_spec(cfg, 1.5)
     n_species = len(get_model(cfg.model.name).species)
-    rows = S * N * (1.0 - cfg.test_snapshots() / S)
-    gram, solves = [], 0.0
+    S_train = S - cfg.test_snapshots()
+    K, T = cfg.fits.cv_folds, len(cfg.replica_steps())
+    n_alpha = cfg.fits.alphas.count
+    g, e = cal["gram_per_row_f2"][which], cal["eigh_per_f3"][which]
+    tasks = []
     for F in _feature_counts(cfg, spec).values():
-        gram.append(rows * F * F * cal["gram_per_row_f2"][which])
-        solves += n_species * (cfg.fits.cv_folds + 1) * F ** 3 * cal["eigh_per_f3"][which]
-    # Gram rows are spread over ranks by snapshot (S tasks); the eigendecompositions are repeated
-    # on every rank today (serial)
-    out.append(Stage("fits", np.full(S, sum(gram) / S), serial=solves))
+        # per (set, species): the Gram matrices of its rows (N / n_species rows per snapshot on
+        # average) and the exact sums of F² terms per snapshot and fold (≈ 320 Gram rows each,
+        # measured), then K fold solves (eigh + the α grid, ≈ 2.9 Gram-row flops per α flop,
+        # measured) and the refit; one task per fold and a refit (the many-rank plan of
+        # learn/fits.py, where whole problems would be coarser)
+        stats = (S_train * N / n_species + 320.0 * (S_train + K)) * F * F * g
+        fold = F ** 3 * e + 2.9 * 2.0 * n_alpha * T * F * F * g
+        tasks += [[stats / (K + 1) + fold] * K + [stats / (K + 1) + F ** 3 * e]
+                  for _ in range(n_species)]
+    out.append(Stage("fits", np.concatenate(tasks) if tasks else np.zeros(0)))
     return out
 
 

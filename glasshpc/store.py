@@ -652,6 +652,10 @@ class Store:
             finally:
                 gc.collect()     # the echoes come from deallocation: let them happen muted
                 sys.unraisablehook, sys.excepthook = hooks
+        # the others wait while rank 0 copies: generous (1 MB/s of output), but not forever
+        self.ctx.sync("final assembly of the output",
+                      limit=sum(int(np.prod(shape)) * np.dtype(dtype).itemsize
+                                for shape, dtype in self._output_layout().values()) / 1e6)
         err = self.ctx.comm.bcast(err, root=0)
         if err:
             if err[0] == "DiskFull":

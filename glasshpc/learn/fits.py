@@ -370,6 +370,7 @@ def _fit_propensity(ctx, cfg, store, descriptor_names, n_species, timings):
                                        width=mlp_cfg.width, l2=mlp_cfg.l2,
                                        max_iter=mlp_cfg.max_iter, max_rows=mlp_cfg.max_rows,
                                        seed=seed)
+    ctx.sync("fits, wave A", since=clock[-1])   # uneven work: a hung rank aborts, no hang
     res_a = _gather(comm, res_a)
     lap("wave A")
 
@@ -407,6 +408,7 @@ def _fit_propensity(ctx, cfg, store, descriptor_names, n_species, timings):
             K_sel = prob.n_steps(method, cfg.fits.selection.max_features)
             res_b[task] = select_one(prob, method, alphas_[best[t]], K_sel, t)
     sel_problems.clear()
+    ctx.sync("fits, wave B", since=clock[-1])
     res_b = _gather(comm, res_b)
     if whole:
         res_b.update({("refit", tau): res_a["fit", tau][4:] for tau in taus})
