@@ -77,10 +77,14 @@ def check_inputs(cfg, ctx):
 
 
 def md_steps(cfg):
-    """(snapshot preparation steps, replica steps) of the whole run, summed over tasks; (0, 0) for
-    imported data (no MD)."""
+    """(snapshot preparation steps, replica steps) of the whole run, summed over tasks (and over
+    the state points of a sweep); (0, 0) for imported data (no MD)."""
     if getattr(cfg, "imported", None) is not None:
         return 0, 0
+    if getattr(cfg, "state_points", ()):
+        from .stages import state_points
+        steps = [md_steps(p.cfg) for p in state_points(cfg)]
+        return sum(a for a, _ in steps), sum(b for _, b in steps)
     md = cfg.md
     S, R = cfg.snapshots.count, cfg.iso.replicas
     prep = 0
@@ -116,10 +120,11 @@ def output_bytes(cfg, transient=False):
     working data; small extras not counted), or with ``transient=True`` of the working data only
     (the per-replica sums of ``iso.store_displacements: false``, kept in ``.partial/``)."""
     from . import stages
+    points = stages.state_points(cfg)
     n_features = stages.descriptor_spec(cfg, 2.0).n_features
-    scratch = set(stages.transient(cfg))
+    scratch = set(stages.run_transient(points))
     return sum(int(np.prod(shape)) * np.dtype(dtype).itemsize
-               for name, (shape, dtype) in stages.layout(cfg, n_features).items()
+               for name, (shape, dtype) in stages.run_layout(points, n_features).items()
                if (name in scratch) == transient)
 
 

@@ -346,6 +346,147 @@ class ParallelConfig:
                                  "of the launch; a run needs ≥ K ranks", kind="int_or_auto")
 
 
+# -- state-point sweeps (``state_points:``) ---------------------------------------------------
+# Each entry overrides a few keys of the run; everything else is the run's. State point k is the
+# single-state run of :func:`state_point_configs` ``[k]``: the overrides applied and the seed
+# :func:`state_point_seed` (seed, k), so its streams are independent of the other state points'.
+
+
+@dataclass(frozen=True)
+class SweepModel:
+    temperature: float = _f(None, "temperature T of this state point (ε/k_B)", lo=0.0,
+                            lo_open=True)
+    density: float = _f(None, "number density ρ of this state point (σ⁻³)", lo=0.0, lo_open=True)
+    packing_fraction: float = _f(None, "hard_spheres only: packing fraction η of this state point "
+                                       "(instead of density)", lo=0.0, hi=0.74, lo_open=True,
+                                 hi_open=True)
+
+
+@dataclass(frozen=True)
+class SweepMD:
+    melt_temperature: float = _f(None, "temperature of the initial NVT melt", lo=0.0,
+                                 lo_open=True)
+    melt_time: float = _f(None, "NVT melt duration (τ)", lo=0.0)
+    nvt_time: float = _f(None, "NVT duration at T (τ)", lo=0.0)
+    nve_time: float = _f(None, "NVE equilibration after NVT (τ); colder state points need "
+                               "longer (≥ 10 τ_α)", lo=0.0)
+
+
+@dataclass(frozen=True)
+class SweepIso:
+    times: object = _f(None, "read-out times of this state point: {start, stop, count} or an "
+                             "increasing list (τ)", kind="times")
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    model: SweepModel = _f(None, "model.temperature / density / packing_fraction of this state "
+                                 "point")
+    md: SweepMD = _f(None, "md preparation times of this state point")
+    iso: SweepIso = _f(None, "iso.times of this state point")
+
+
+SWEEP_KEYS = {"model": ("temperature", "density", "packing_fraction"),
+              "md": ("melt_temperature", "melt_time", "nvt_time", "nve_time"),
+              "iso": ("times",)}
+
+
+def state_point_seed(seed, k):
+    """Master seed (int in [0, 2⁶³)) of state point ``k`` of a sweep with master seed ``seed``:
+    SeedSequence([seed, crc32('state_point'), k]). Every stream of state point k derives from it
+    exactly as a single-state run's derive from its seed."""
+    import zlib
+    word = np.random.SeedSequence([int(seed), zlib.crc32(b"state_point"), int(k)]).generate_state(
+        1, np.uint64)[0]
+    return int(word >> np.uint64(1))
+
+
+def state_point_overrides(point):
+    """{section: {key: value}} of the keys a :class:`SweepPoint` sets (YAML-ready values)."""
+    out = {}
+    for section, keys in SWEEP_KEYS.items():
+        sub = getattr(point, section)
+        if sub is None:
+            continue
+        given = {k: _plain(getattr(sub, k)) for k in keys if getattr(sub, k) is not None}
+        if given:
+            out[section] = given
+    return out
+
+
+def state_point_label(point):
+    """Short text of a state point's overrides, e.g. 'T = 0.5, md.nve_time = 400'."""
+    o = state_point_overrides(point)
+    short = {"temperature": "T", "density": "ρ", "packing_fraction": "η"}
+    parts = [f"{short[k]} = {v:g}" for k, v in o.get("model", {}).items()]
+    parts += [f"md.{k} = {v:g}" for k, v in o.get("md", {}).items()]
+    if "iso" in o:
+        parts.append("own iso.times")
+    return ", ".join(parts) or "no overrides"
+
+
+def state_point_configs(cfg):
+    """[Config] of every state point of ``cfg.state_points`` (empty list when there is none): the
+    run's config with the point's overrides, ``seed`` = :func:`state_point_seed` (seed, k) and no
+    ``state_points``; each checked as a single-state config. Raises ConfigError naming
+    ``state_points[k]…`` (hard spheres: an overridden packing fraction replaces the density and
+    vice versa)."""
+    out = []
+    for k, point in enumerate(cfg.state_points):
+        where = f"state_points[{k}]"
+        m = cfg.model
+        o = state_point_overrides(point)
+        mo = o.get("model", {})
+        if m.name == "hard_spheres" and m.packing_fraction is not None:
+            m = dataclasses.replace(m, density=None)   # re-derived from η by _model_checks
+        if "packing_fraction" in mo and m.name != "hard_spheres":
+            raise ConfigError(f"{where}.model.packing_fraction",
+                              f"only for model hard_spheres, not {m.name}; override "
+                              "model.temperature or model.density")
+        if "packing_fraction" in mo and "density" in mo:
+            raise ConfigError(f"{where}.model.density", "give either density or packing_fraction")
+        if "packing_fraction" in mo:
+            m = dataclasses.replace(m, density=None)
+        if "density" in mo:
+            m = dataclasses.replace(m, packing_fraction=None)
+        m = dataclasses.replace(m, **mo)
+        c = dataclasses.replace(cfg, model=m, md=dataclasses.replace(cfg.md, **o.get("md", {})),
+                                seed=state_point_seed(cfg.seed, k), state_points=())
+        if point.iso is not None and point.iso.times is not None:
+            c = dataclasses.replace(c, iso=dataclasses.replace(c.iso, times=point.iso.times))
+        try:
+            c = _model_checks(c)
+            _cross_checks(c, None)
+        except ConfigError as err:
+            section = err.key.split(".")[0]
+            if section in SWEEP_KEYS and err.key.split(".")[-1] in SWEEP_KEYS[section]:
+                raise ConfigError(f"{where}.{err.key}", err.message) from None
+            raise ConfigError(err.key, f"at {where} ({state_point_label(point)}): "
+                                       f"{err.message}") from None
+        out.append(c)
+    return out
+
+
+def state_point_yaml(text, k):
+    """YAML text of the single-state run equal to state point ``k`` of the sweep config ``text``
+    (datasets bitwise equal to ``/state_points/<k>/``): ``state_points`` removed, the point's
+    overrides applied, ``seed`` = :func:`state_point_seed`. Raises ConfigError as :func:`parse`."""
+    cfg = parse(text)
+    if not 0 <= k < len(cfg.state_points):
+        raise ConfigError("state_points", f"no state point {k}: the config has "
+                                          f"{len(cfg.state_points)}")
+    data = _safe_yaml(text)
+    data.pop("state_points")
+    data["seed"] = state_point_seed(cfg.seed, k)
+    for section, values in state_point_overrides(cfg.state_points[k]).items():
+        sub = data.setdefault(section, {})
+        if section == "model" and ("density" in values or "packing_fraction" in values):
+            sub.pop("density", None)
+            sub.pop("packing_fraction", None)
+        sub.update(values)
+    return yaml.safe_dump(data, allow_unicode=True, sort_keys=False)
+
+
 @dataclass(frozen=True)
 class Config:
     output: str = _f(doc="HDF5 output path (relative to the working directory)", kind="path")
@@ -364,6 +505,24 @@ class Config:
     parallel: ParallelConfig = _f(doc="how ranks share the work", factory=ParallelConfig)
     imported: "ImportConfig" = _f(None, "read snapshots and replica positions from published files "
                                         "instead of simulating them (glasshpc/io/imported.py)")
+    state_points: tuple = _f(doc="a sweep: list of state points, each overriding "
+                                 "model.temperature / density / packing_fraction and optionally "
+                                 "md.melt_temperature / melt_time / nvt_time / nve_time and "
+                                 "iso.times, e.g. [{model: {temperature: 0.5}, md: {nve_time: "
+                                 "400}}, {model: {temperature: 0.6}}]; every stage runs for every "
+                                 "state point in one task queue; output /state_points/<k>/ (the "
+                                 "single-state layout) and /sweep/ (τ_α, ρ(t), ⟨Δr^CS⟩ per "
+                                 "state point); state point k = the single-state run of its "
+                                 "overrides with seed state_point_seed(seed, k). Empty = one "
+                                 "state point, root layout", kind=("list", "SweepPoint"),
+                             factory=tuple, max_items=MAX_ITEMS,
+                             example="[{model: {temperature: 0.8}}, {model: {temperature: 0.6}, "
+                                     "md: {nve_time: 400}}]")
+
+    @property
+    def sweep(self):
+        """True when the run has ``state_points:`` (output under /state_points/<k>/)."""
+        return bool(self.state_points)
 
     # -- derived quantities (pure functions of the config) -------------------------------------
     @property
@@ -551,7 +710,7 @@ def _value(f, value, key):
         cap = meta.get("max_items", MAX_ITEMS)
         if len(value) > cap:
             raise ConfigError(key, f"at most {cap} entries, got {len(value)}")
-        item = kind[1]
+        item = _CLASSES.get(kind[1], kind[1]) if isinstance(kind[1], str) else kind[1]
         if dataclasses.is_dataclass(item):
             return tuple(_build(item, v, f"{key}[{i}]") for i, v in enumerate(value))
         out = tuple(_scalar(v, item, f"{key}[{i}]") for i, v in enumerate(value))
@@ -620,7 +779,8 @@ _CLASSES = {c.__name__: c for c in (ModelConfig, MDConfig, SnapshotsConfig, Time
                                     IsoConfig,
                                     DynamicsConfig, ShellBlock, DescriptorsConfig, AlphaGrid,
                                     CageConfig, InherentConfig, FeatureSet, FitsConfig,
-                                    SelectionConfig, MLPConfig, ImportConfig)}
+                                    SelectionConfig, MLPConfig, ImportConfig, SweepModel,
+                                    SweepMD, SweepIso, SweepPoint)}
 
 
 def _check_dynamical(cfg, name, fs):
@@ -974,7 +1134,30 @@ def parse(text, name="<config>"):
     cfg = _resolve_snapshot_source(cfg)
     _cross_checks(cfg, data)
     _check_descriptor_preset(cfg, data)
+    _sweep_checks(cfg, data)
     return cfg
+
+
+def _sweep_checks(cfg, data):
+    """``state_points:``: entries that override something, no snapshots from files or imported data
+    (those fix the state point), and every state point valid as a single-state config."""
+    if not cfg.state_points:
+        if isinstance(data, dict) and "state_points" in data:
+            raise ConfigError("state_points", "must be a non-empty list of state points (or "
+                                              "leave the key out for one state point)")
+        return
+    if cfg.imported is not None:
+        raise ConfigError("state_points", "not with imported: (the files fix the state point); "
+                                          "run one config per imported data set")
+    if cfg.snapshots.source != "lammps":
+        raise ConfigError("state_points", "not with snapshots.source: files (the files fix the "
+                                          "state point); run one config per set of files")
+    for k, point in enumerate(cfg.state_points):
+        if not state_point_overrides(point):
+            raise ConfigError(f"state_points[{k}]", "overrides nothing; give model.temperature, "
+                                                    "model.density or model.packing_fraction "
+                                                    "(and optionally md / iso times)")
+    state_point_configs(cfg)
 
 
 def read_text(path):
@@ -1068,6 +1251,9 @@ def _describe_walk(cls, prefix, depth, commented, lines, examples):
         if section:
             lines.append(f"{'# ' if f.default is None and not commented else ''}{lead}{f.name}:")
             _describe_walk(t, key, depth + 1, commented or f.default is None, lines, examples)
+            continue
+        if f.metadata.get("example") is not None:   # a key whose default is its absence
+            lines.append(f"{lead}# {f.name}: {f.metadata['example']}")
             continue
         if key in examples:
             value = examples[key]

@@ -39,6 +39,24 @@ def _slots(layout):
 
 
 def plan(cfg, ranks, store_mode):
+    """Resource plan of a run: :func:`plan_state_point`, or for a sweep (``state_points:``) the
+    sum of every state point's output, work files and bookkeeping with the largest per-stage
+    memory (the stages hold one task's arrays at a time, whichever state point it is of)."""
+    if not getattr(cfg, "state_points", ()):
+        return plan_state_point(cfg, ranks, store_mode)
+    from .stages import state_points
+    parts = [plan_state_point(p.cfg, ranks, store_mode) for p in state_points(cfg)]
+    mem = {}
+    for part in parts:
+        for k, v in part["stages"].items():
+            mem[k] = max(mem.get(k, 0), v)
+    book = sum(part["bookkeeping"] for part in parts)
+    out = {k: sum(part[k] for part in parts) for k in ("output", "partial", "disk")}
+    out.update(memory=BASE_BYTES + book + max(mem.values()), stages=mem, bookkeeping=book)
+    return out
+
+
+def plan_state_point(cfg, ranks, store_mode):
     """Resource plan of a propensity run (:class:`glasshpc.config.Config`) on ``ranks`` ranks.
 
     Returns a dict: ``output`` (bytes of the final file's task datasets), ``partial`` (bytes in

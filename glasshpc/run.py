@@ -39,6 +39,8 @@ def plan_text(cfg, ctx):
     if isinstance(cfg, config_mod.SoftnessRunConfig):   # softness sweep (glasshpc.softness_stages)
         from .softness_stages import plan_text as softness_plan
         return softness_plan(cfg, ctx)
+    if getattr(cfg, "sweep", False):
+        return sweep_plan_text(cfg, ctx)
     S, R, N = cfg.snapshots.count, cfg.iso.replicas, cfg.model.n_particles
     steps = cfg.replica_steps()
     T = steps.size
@@ -104,6 +106,27 @@ def plan_text(cfg, ctx):
         f"  output {cfg.output}: {disp}, descriptors "
         f"{n_states * S * N * F * 8 / 2**30:.3g} GiB",
     ]
+    return "\n".join(lines)
+
+
+def sweep_plan_text(cfg, ctx):
+    """The plan of a sweep: every state point's plan (its own tasks), then the totals that the
+    pooled stages run in one task queue."""
+    points = stages.state_points(cfg)
+    S, R, N = cfg.snapshots.count, cfg.iso.replicas, cfg.model.n_particles
+    prep = sum(S * stages.prep_steps(p.cfg) for p in points)
+    rep = sum(S * R * int(p.cfg.replica_steps()[-1]) for p in points)
+    P = len(points)
+    lines = [f"sweep over {P} state points (state_points:), every stage in one task queue: "
+             f"{P * S} snapshot tasks ({prep * N / 1e9:.3g} G atom-steps), {P * S * R} replica "
+             f"tasks ({rep * N / 1e9:.3g} G atom-steps)"
+             + (f", {P * S * cfg.cage.chains} cage tasks" if cfg.cage.enabled else "")
+             + f"; output /state_points/0…{P - 1}/ and /sweep/"]
+    for p in points:
+        lines.append(f"state point {p.index}: "
+                     f"{config_mod.state_point_label(cfg.state_points[p.index])} "
+                     f"(seed {p.cfg.seed})")
+        lines += ["  " + line for line in plan_text(p.cfg, ctx).splitlines()]
     return "\n".join(lines)
 
 
@@ -198,7 +221,9 @@ def versions():
 
 
 def execute(cfg, yaml_text, ctx, store_mode="auto", resume=False, overwrite=False):
-    """Run every stage; returns a dict of summary results (also written to the file).
+    """Run every stage; returns a dict of summary results (also written to the file): for a run
+    without ``state_points:`` tau_alpha, ballistic_end, q, fits, single, wall; for a sweep
+    ``state_points`` (that dict per state point) and wall.
     ``resume``/``overwrite``: see :class:`glasshpc.store.Store` and ``--resume``."""
     if isinstance(cfg, config_mod.SoftnessRunConfig):   # softness sweep (glasshpc.softness_stages)
         from .softness_stages import execute_softness
@@ -214,11 +239,14 @@ def execute(cfg, yaml_text, ctx, store_mode="auto", resume=False, overwrite=Fals
         ctx.log(note)
     # before the store: the resolved suffix is part of the config a resume must match
     cfg, suffix = resolve_suffix(cfg, ctx, resume=resume)
+    # every state point's config is the resolved one with its overrides (config.state_point_configs)
+    points = stages.state_points(cfg)
     spec0 = stages.descriptor_spec(cfg, 2.0)   # feature count does not depend on r_generation
-    store = Store(cfg.output, ctx, stages.layout(cfg, spec0.n_features), mode=store_mode,
+    store = Store(cfg.output, ctx, stages.run_layout(points, spec0.n_features), mode=store_mode,
                   resume=resume, overwrite=overwrite, config=cluster.normalised_config(cfg),
-                  transient=stages.transient(cfg))
+                  transient=stages.run_transient(points))
     engines = stages.EngineCache(cfg)
+    species = get_model(cfg.model.name).species
     wall = {}
     try:
         ctx.log(plan_text(cfg, ctx))
@@ -230,155 +258,311 @@ def execute(cfg, yaml_text, ctx, store_mode="auto", resume=False, overwrite=Fals
             from .io.imported import import_stage
             wall["import"] = import_stage(ctx, cfg, store)
         else:
-            wall["snapshots"] = stages.snapshots(ctx, cfg, store, engines)
-            wall["replicas"] = stages.replicas(ctx, cfg, store, engines)
-        wall["static"] = stages.static_stage(ctx, cfg, store, engines)
+            wall["snapshots"] = stages.snapshots(ctx, points, store, engines)
+            wall["replicas"] = stages.replicas(ctx, points, store, engines)
+        wall["static"] = stages.static_stage(ctx, points, store, engines)
         if cfg.inherent.enabled:
-            wall["inherent"] = stages.inherent_stage(ctx, cfg, store, engines)
+            wall["inherent"] = stages.inherent_stage(ctx, points, store, engines)
         lmp_log = list(engines.engine.log) if engines.engine is not None else []
         if engines.engine is not None:
             engines.engine.close()
         t0 = time.perf_counter()
-        q = stages.wave_number(cfg, store)
-        stages.dynamics_stage(ctx, cfg, store, q)
+        qs = [stages.wave_number(p.cfg, p.view(store)) for p in points]
+        stages.dynamics_stage(ctx, points, store, qs)
         wall["dynamics"] = ctx.comm.bcast(time.perf_counter() - t0, root=0)
-        times = cfg.replica_times()
-        fs = np.mean([store.read("dynamics/fs", (s,)) for s in range(cfg.snapshots.count)], axis=0)
-        taus_raw = [tau_alpha(times, f) for f in fs]
-        tau_texts = [tau_alpha_text(times, f, t) for f, t in zip(fs, taus_raw)]
-        taus = [tau_alpha_value(times, f, t) for f, t in zip(fs, taus_raw)]
-        species = get_model(cfg.model.name).species
-        ctx.log(f"F_s(q = {q:.3f}, t) reaches 1/e at τ_α = " + ", ".join(
-            f"{t} ({n})" for n, t in zip(species, tau_texts)))
-        msd = np.mean([store.read("dynamics/msd", (s,)) for s in range(cfg.snapshots.count)],
-                      axis=0)
-        # χ₄'s probe length at τ_α: the first read-out when τ_α < t_first (taus_raw), the last one
-        # when F_s stays above 1/e or the times are unknown (read-out numbers stand in for them)
-        chi4 = four_point_susceptibilities(
-            cfg, store, times if cfg.times_known else np.arange(1.0, times.size + 1),
-            taus_raw if cfg.times_known else [np.nan] * len(species), len(species))
-        if not cfg.times_known:
-            chi4["threshold_time"] = np.full(len(species), np.nan)
-        ctx.log("four-point susceptibility, largest over t: χ₄ of F_s " + ", ".join(
-            f"{_peak(chi4['chi4_fs'][k]):.3g} ({n})" for k, n in enumerate(species))
-            + "; χ₄ of the propensity ([DW] Eq. 8) " + ", ".join(
-            f"{_peak(chi4['chi4_propensity'][k]):.3g} ({n})" for k, n in enumerate(species)))
-        t_x = ballistic_end(times, msd, cfg.model.temperature)
-        if cfg.times_known:
-            ctx.log("end of the ballistic regime t_x = √(MSD_plateau / 3T) = " + ", ".join(
-                f"{t:.4g} τ ({n})" for n, t in zip(species, t_x))
-                + ("" if np.all(np.isfinite(t_x)) else
-                   " (NaN: no minimum of d ln MSD / d ln t inside the read-out times)"))
-        cage_attrs = {}
+        results = []
+        for p, q in zip(points, qs):
+            _state_point_header(ctx, p)
+            results.append(dynamics_summary(ctx, p.cfg, p.view(store), q, species))
         if cfg.cage.enabled:
-            wall["cage"] = stages.cage_stage(ctx, cfg, store)
-            K = cfg.cage.chains
-            cage_attrs["chains"] = K
-            if K > 1:
-                r_half, rel = chain_reliability(
-                    [store.read("states/cage/chains/split_half_pearson", (s,))
-                     for s in range(cfg.snapshots.count)], K)
-                cage_attrs.update(chain_split_half_pearson=r_half, chain_reliability=rel)
-                ctx.log(f"cage states: {K} chains per snapshot; Δr^CS split-half Pearson "
-                        + ", ".join(f"{r:.3f} ({n})" for n, r in zip(species, r_half))
-                        + f", reliability of the {K}-chain mean "
-                        + ", ".join(f"{r:.3f} ({n})" for n, r in zip(species, rel)))
-            n_snap = cfg.snapshots.count
-            conv = {name: np.array([[store.read(f"states/cage/convergence/{name}", (s, k))
-                                     for k in range(K)] for s in range(n_snap)])
-                    for name in ("half_displacement", "half_pearson", "shift", "shift_se")}
-            conv["rhat"] = np.stack([store.read("states/cage/convergence/rhat", (s,))
-                                     for s in range(n_snap)])
-            attrs, lines, warning = convergence_summary(
-                conv["half_displacement"], conv["half_pearson"], conv["shift"], conv["shift_se"],
-                conv["rhat"], np.stack([store.read("snapshots/types", (s,))
-                                        for s in range(n_snap)]), species,
-                dict(equilibration_sweeps=cfg.cage.equilibration_sweeps,
-                     measurement_sweeps=cfg.cage.measurement_sweeps, chains=K))
-            cage_attrs.update(attrs)
-            for line in lines + ([warning] if warning else []):
-                ctx.log(line)
+            wall["cage"] = stages.cage_stage(ctx, points, store)
+            for p, res in zip(points, results):
+                _state_point_header(ctx, p)
+                res["cage_attrs"] = cage_summary(ctx, p.cfg, p.view(store), species)
+                res["drcs_mean"] = drcs_mean(p.cfg, p.view(store), len(species))
         t0 = time.perf_counter()
-        r_gen = stages.generation_radius(cfg, store)
-        spec = stages.descriptor_spec(cfg, r_gen)
-        ctx.log(f"generation averaging radius r_c = {r_gen:.4f} σ")
-        stages.descriptors_stage(ctx, cfg, store, spec)
+        specs = []
+        for p, res in zip(points, results):
+            res["r_generation"] = stages.generation_radius(p.cfg, p.view(store))
+            specs.append(stages.descriptor_spec(p.cfg, res["r_generation"]))
+            ctx.log(f"generation averaging radius r_c = {res['r_generation']:.4f} σ"
+                    + _state_point_suffix(p))
+        stages.descriptors_stage(ctx, points, store, specs)
         wall["descriptors"] = ctx.comm.bcast(time.perf_counter() - t0, root=0)
         t0 = time.perf_counter()
-        fit_phases = {}
-        fits, train, test = fit_propensity(ctx, cfg, store, spec.feature_names(species),
-                                           len(species), fit_phases)
-        ctx.log("fits (rank 0, s): " + ", ".join(f"{k} {v:.1f}" for k, v in fit_phases.items()))
-        single = single_variable_pearson(ctx, cfg, store, len(species))
+        for p, res, spec in zip(points, results, specs):
+            _state_point_header(ctx, p)
+            view = p.view(store)
+            fit_phases = {}
+            res["fits"], res["train"], res["test"] = fit_propensity(
+                ctx, p.cfg, view, spec.feature_names(species), len(species), fit_phases)
+            ctx.log("fits (rank 0, s): " + ", ".join(f"{k} {v:.1f}" for k, v in fit_phases.items()))
+            res["single"] = single_variable_pearson(ctx, p.cfg, view, len(species))
+            res["spec"] = spec
+            res["sq_vectors"] = lattice_vector_counts(view.read("snapshots/box", (0,)),
+                                                      stages.Q_EDGES)
+            ctx.log(pearson_table(res["times"], res["fits"], species, cfg.fits.feature_sets))
+            ctx.log(single_table(res["times"], res["single"], species))
         wall["fits"] = ctx.comm.bcast(time.perf_counter() - t0, root=0)
-        ctx.log(pearson_table(times, fits, species, cfg.fits.feature_sets))
-        ctx.log(single_table(times, single, species))
+        if cfg.sweep:
+            ctx.log(sweep_table(points, results, species))
         lmp_log = next((log for log in ctx.comm.allgather(lmp_log) if log), [])
         wall["total"] = time.perf_counter() - t_start
         ctx.log("wall time per stage (s): " + ", ".join(f"{k} {v:.1f}" for k, v in wall.items()))
 
-        sq_vectors = lattice_vector_counts(store.read("snapshots/box", (0,)), stages.Q_EDGES)
-
         def extra(h5):
-            h5["iso/times"] = times
-            h5["iso/steps"] = cfg.replica_steps()
-            h5["dynamics/fs_mean"] = fs
-            h5["dynamics"].attrs["q"] = q
-            h5["dynamics"].attrs["tau_alpha"] = np.array(taus)
-            h5["dynamics"].attrs["tau_alpha_text"] = json.dumps(tau_texts, ensure_ascii=False)
-            h5["iso"].attrs["times_known"] = cfg.times_known
-            h5["dynamics/msd_mean"] = msd
-            for key in ("chi4_fs", "chi4_propensity"):
-                h5[f"dynamics/{key}"] = chi4[key]
-            h5["dynamics/chi4_fs"].attrs["definition"] = CHI4_FS_DEFINITION
-            h5["dynamics/chi4_propensity"].attrs["definition"] = CHI4_PROPENSITY_DEFINITION
-            h5["dynamics"].attrs["chi4_threshold"] = chi4["threshold"]
-            h5["dynamics"].attrs["chi4_threshold_time"] = chi4["threshold_time"]
-            h5["dynamics"].attrs["ballistic_end"] = t_x
-            h5["dynamics"].attrs["ballistic_end_definition"] = BALLISTIC_END_DEFINITION
-            for key, value in cage_attrs.items():
-                h5["states/cage"].attrs[key] = value
-            h5["dynamics"].attrs["propensity_kind"] = cfg.dynamics.propensity
-            # read-out closest to 1 τ, as in dynamics.debye_waller
-            h5["dynamics"].attrs["debye_waller_time"] = times[debye_waller_index(times)]
-            h5["snapshots/q_edges"] = stages.Q_EDGES
-            h5["snapshots/sq_vectors"] = sq_vectors   # 0: no lattice vector, S_AA(q) NaN there
-            h5["descriptors"].attrs["r_generation"] = r_gen
-            h5.create_dataset("descriptors/feature_names", data=spec.feature_names(species),
-                              dtype=h5py.string_dtype())
-            g = h5.require_group("fits")
-            g.attrs["train_snapshots"] = train
-            g.attrs["test_snapshots"] = test
-            g["is_test"] = np.isin(np.arange(cfg.snapshots.count), test)
-            g.attrs["cv_score"] = cfg.fits.cv_score
-            g.attrs["scalar_sources"] = json.dumps(SCALAR_SOURCES)
-            for name, res in fits.items():
-                f = g.require_group(name)   # holds the store's prediction already
-                for key in ("pearson", "r2", "alpha", "coef", "intercept", "grid_extended",
-                            "pearson_per_snapshot", "pearson_snapshot_mean",
-                            "pearson_snapshot_std"):
-                    f[key] = getattr(res, key)
-                f.attrs["dynamical"] = bool(set(cfg.fits.feature_sets[name].blocks)
-                                            & set(config_mod.DYNAMICAL_BLOCKS))
-                f.create_dataset("feature_names", data=res.feature_names,
-                                 dtype=h5py.string_dtype())
-                f.attrs["feature_set"] = json.dumps(vars(cfg.fits.feature_sets[name]))
-                if res.selection:
-                    write_selection(f.create_group("selection"), res.selection,
-                                    cfg.fits.selection.method)
-                if res.mlp_pearson is not None:
-                    f["mlp_pearson"], f["mlp_r2"] = res.mlp_pearson, res.mlp_r2
-            for name, rho in single.items():
-                g[f"single/{name}"] = rho
-                g[f"single/{name}"].attrs["dynamical"] = name in config_mod.DYNAMICAL_BLOCKS
+            for p, res in zip(points, results):
+                g = h5 if p.index is None else h5.require_group(p.prefix.rstrip("/"))
+                write_state_point(g, p.cfg, res, species)
+                if p.index is not None:
+                    write_state_point_attrs(g, p, cfg, yaml_text, species)
+            if cfg.sweep:
+                write_sweep(h5.create_group("sweep"), points, results, species)
             write_provenance(h5, yaml_text, ctx, store, wall, lmp_log, species, suffix)
 
         store.finalize(extra)
         ctx.log(f"wrote {os.path.abspath(cfg.output)}")
-        return {"tau_alpha": taus, "ballistic_end": t_x, "q": q, "fits": fits, "single": single,
-                "wall": wall}
+        summaries = [{"tau_alpha": r["taus"], "ballistic_end": r["t_x"], "q": r["q"],
+                      "fits": r["fits"], "single": r["single"], "wall": wall} for r in results]
+        if not cfg.sweep:
+            return summaries[0]
+        return {"state_points": summaries, "wall": wall}
     finally:
         store.close()
+
+
+def _state_point_suffix(p):
+    return "" if p.index is None else f" (state point {p.index})"
+
+
+def _state_point_header(ctx, p):
+    """Log line that opens a state point's block of results (sweeps only)."""
+    if p.index is not None:
+        m = p.cfg.model
+        ctx.log(f"— state point {p.index}: T = {m.temperature:g}, ρ = {m.density:.6g}"
+                + (f", η = {get_model('hard_spheres').packing_fraction(m.n_particles, m.density):.4g}"
+                   if m.name == "hard_spheres" else ""))
+
+
+def dynamics_summary(ctx, cfg, store, q, species):
+    """Collective. τ_α, χ₄ and the end of the ballistic regime of one state point from its stored
+    dynamics (``store``: the state point's view), logged. Returns a dict of the results that
+    :func:`write_state_point` stores (times, fs, msd, taus, tau_texts, chi4, t_x, q)."""
+    times = cfg.replica_times()
+    S = cfg.snapshots.count
+    fs = np.mean([store.read("dynamics/fs", (s,)) for s in range(S)], axis=0)
+    taus_raw = [tau_alpha(times, f) for f in fs]
+    tau_texts = [tau_alpha_text(times, f, t) for f, t in zip(fs, taus_raw)]
+    taus = [tau_alpha_value(times, f, t) for f, t in zip(fs, taus_raw)]
+    ctx.log(f"F_s(q = {q:.3f}, t) reaches 1/e at τ_α = " + ", ".join(
+        f"{t} ({n})" for n, t in zip(species, tau_texts)))
+    msd = np.mean([store.read("dynamics/msd", (s,)) for s in range(S)], axis=0)
+    # χ₄'s probe length at τ_α: the first read-out when τ_α < t_first (taus_raw), the last one
+    # when F_s stays above 1/e or the times are unknown (read-out numbers stand in for them)
+    chi4 = four_point_susceptibilities(
+        cfg, store, times if cfg.times_known else np.arange(1.0, times.size + 1),
+        taus_raw if cfg.times_known else [np.nan] * len(species), len(species))
+    if not cfg.times_known:
+        chi4["threshold_time"] = np.full(len(species), np.nan)
+    ctx.log("four-point susceptibility, largest over t: χ₄ of F_s " + ", ".join(
+        f"{_peak(chi4['chi4_fs'][k]):.3g} ({n})" for k, n in enumerate(species))
+        + "; χ₄ of the propensity ([DW] Eq. 8) " + ", ".join(
+        f"{_peak(chi4['chi4_propensity'][k]):.3g} ({n})" for k, n in enumerate(species)))
+    t_x = ballistic_end(times, msd, cfg.model.temperature)
+    if cfg.times_known:
+        ctx.log("end of the ballistic regime t_x = √(MSD_plateau / 3T) = " + ", ".join(
+            f"{t:.4g} τ ({n})" for n, t in zip(species, t_x))
+            + ("" if np.all(np.isfinite(t_x)) else
+               " (NaN: no minimum of d ln MSD / d ln t inside the read-out times)"))
+    return {"times": times, "fs": fs, "msd": msd, "taus": taus, "tau_texts": tau_texts,
+            "chi4": chi4, "t_x": t_x, "q": q, "cage_attrs": {}}
+
+
+def cage_summary(ctx, cfg, store, species):
+    """Cage-state chain reliability and convergence of one state point (logged); returns the
+    attrs of /states/cage."""
+    K = cfg.cage.chains
+    cage_attrs = {"chains": K}
+    n_snap = cfg.snapshots.count
+    if K > 1:
+        r_half, rel = chain_reliability(
+            [store.read("states/cage/chains/split_half_pearson", (s,)) for s in range(n_snap)], K)
+        cage_attrs.update(chain_split_half_pearson=r_half, chain_reliability=rel)
+        ctx.log(f"cage states: {K} chains per snapshot; Δr^CS split-half Pearson "
+                + ", ".join(f"{r:.3f} ({n})" for n, r in zip(species, r_half))
+                + f", reliability of the {K}-chain mean "
+                + ", ".join(f"{r:.3f} ({n})" for n, r in zip(species, rel)))
+    conv = {name: np.array([[store.read(f"states/cage/convergence/{name}", (s, k))
+                             for k in range(K)] for s in range(n_snap)])
+            for name in ("half_displacement", "half_pearson", "shift", "shift_se")}
+    conv["rhat"] = np.stack([store.read("states/cage/convergence/rhat", (s,))
+                             for s in range(n_snap)])
+    attrs, lines, warning = convergence_summary(
+        conv["half_displacement"], conv["half_pearson"], conv["shift"], conv["shift_se"],
+        conv["rhat"], np.stack([store.read("snapshots/types", (s,)) for s in range(n_snap)]),
+        species, dict(equilibration_sweeps=cfg.cage.equilibration_sweeps,
+                      measurement_sweeps=cfg.cage.measurement_sweeps, chains=K))
+    cage_attrs.update(attrs)
+    for line in lines + ([warning] if warning else []):
+        ctx.log(line)
+    return cage_attrs
+
+
+def drcs_mean(cfg, store, n_species):
+    """(n_species,) float64 mean of Δr^CS = |r^CS − r^init| over the particles of each species in
+    all snapshots (summed in snapshot order: rank-count independent)."""
+    total, count = np.zeros(n_species), np.zeros(n_species)
+    for s in range(cfg.snapshots.count):
+        types = store.read("snapshots/types", (s,))
+        d = store.read("states/cage/displacement", (s,))
+        total += np.bincount(types, weights=d, minlength=n_species)[:n_species]
+        count += np.bincount(types, minlength=n_species)[:n_species]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return total / count
+
+
+def write_state_point(h5, cfg, res, species):
+    """Rank 0, at finalisation: the results of one state point (``res``: :func:`dynamics_summary`
+    plus fits) into ``h5`` (the file's root, or /state_points/<k> of a sweep): /iso/times, /dynamics
+    means and attrs, /fits/<set>/…, /descriptors/feature_names, /snapshots/q_edges, … (README
+    'Output')."""
+    times, spec, fits = res["times"], res["spec"], res["fits"]
+    chi4 = res["chi4"]
+    h5["iso/times"] = times
+    h5["iso/steps"] = cfg.replica_steps()
+    h5["dynamics/fs_mean"] = res["fs"]
+    h5["dynamics"].attrs["q"] = res["q"]
+    h5["dynamics"].attrs["tau_alpha"] = np.array(res["taus"])
+    h5["dynamics"].attrs["tau_alpha_text"] = json.dumps(res["tau_texts"], ensure_ascii=False)
+    h5["iso"].attrs["times_known"] = cfg.times_known
+    h5["dynamics/msd_mean"] = res["msd"]
+    for key in ("chi4_fs", "chi4_propensity"):
+        h5[f"dynamics/{key}"] = chi4[key]
+    h5["dynamics/chi4_fs"].attrs["definition"] = CHI4_FS_DEFINITION
+    h5["dynamics/chi4_propensity"].attrs["definition"] = CHI4_PROPENSITY_DEFINITION
+    h5["dynamics"].attrs["chi4_threshold"] = chi4["threshold"]
+    h5["dynamics"].attrs["chi4_threshold_time"] = chi4["threshold_time"]
+    h5["dynamics"].attrs["ballistic_end"] = res["t_x"]
+    h5["dynamics"].attrs["ballistic_end_definition"] = BALLISTIC_END_DEFINITION
+    for key, value in res["cage_attrs"].items():
+        h5["states/cage"].attrs[key] = value
+    h5["dynamics"].attrs["propensity_kind"] = cfg.dynamics.propensity
+    # read-out closest to 1 τ, as in dynamics.debye_waller
+    h5["dynamics"].attrs["debye_waller_time"] = times[debye_waller_index(times)]
+    h5["snapshots/q_edges"] = stages.Q_EDGES
+    h5["snapshots/sq_vectors"] = res["sq_vectors"]   # 0: no lattice vector, S_AA(q) NaN there
+    h5["descriptors"].attrs["r_generation"] = res["r_generation"]
+    h5.create_dataset("descriptors/feature_names", data=spec.feature_names(species),
+                      dtype=h5py.string_dtype())
+    g = h5.require_group("fits")
+    g.attrs["train_snapshots"] = res["train"]
+    g.attrs["test_snapshots"] = res["test"]
+    g["is_test"] = np.isin(np.arange(cfg.snapshots.count), res["test"])
+    g.attrs["cv_score"] = cfg.fits.cv_score
+    g.attrs["scalar_sources"] = json.dumps(SCALAR_SOURCES)
+    for name, fit in fits.items():
+        f = g.require_group(name)   # holds the store's prediction already
+        for key in ("pearson", "r2", "alpha", "coef", "intercept", "grid_extended",
+                    "pearson_per_snapshot", "pearson_snapshot_mean",
+                    "pearson_snapshot_std"):
+            f[key] = getattr(fit, key)
+        f.attrs["dynamical"] = bool(set(cfg.fits.feature_sets[name].blocks)
+                                    & set(config_mod.DYNAMICAL_BLOCKS))
+        f.create_dataset("feature_names", data=fit.feature_names, dtype=h5py.string_dtype())
+        f.attrs["feature_set"] = json.dumps(vars(cfg.fits.feature_sets[name]))
+        if fit.selection:
+            write_selection(f.create_group("selection"), fit.selection,
+                            cfg.fits.selection.method)
+        if fit.mlp_pearson is not None:
+            f["mlp_pearson"], f["mlp_r2"] = fit.mlp_pearson, fit.mlp_r2
+    for name, rho in res["single"].items():
+        g[f"single/{name}"] = rho
+        g[f"single/{name}"].attrs["dynamical"] = name in config_mod.DYNAMICAL_BLOCKS
+
+
+def write_state_point_attrs(g, p, cfg, yaml_text, species):
+    """Attrs of /state_points/<k>: index, temperature, density, packing_fraction (hard spheres;
+    NaN otherwise), seed (config.state_point_seed), overrides (JSON), config_yaml (the single-state
+    YAML whose run gives this group's datasets bitwise, config.state_point_yaml), species, units:
+    a tool may treat the group as a single-state file."""
+    m = p.cfg.model
+    g.attrs["index"] = p.index
+    g.attrs["temperature"] = m.temperature
+    g.attrs["density"] = m.density
+    g.attrs["packing_fraction"] = _packing_fraction(p.cfg)
+    g.attrs["seed"] = p.cfg.seed
+    g.attrs["overrides"] = json.dumps(config_mod.state_point_overrides(cfg.state_points[p.index]))
+    try:
+        g.attrs["config_yaml"] = config_mod.state_point_yaml(yaml_text, p.index)
+    except config_mod.ConfigError:     # a config given as an object (library use): no YAML text
+        g.attrs["config_yaml"] = ""
+    g.attrs["species"] = np.array(species, dtype="S")
+    g.attrs["units"] = "reduced LJ units of species A"
+
+
+def _packing_fraction(cfg):
+    m = cfg.model
+    if m.name != "hard_spheres":
+        return float("nan")
+    return float(get_model("hard_spheres").packing_fraction(m.n_particles, m.density))
+
+
+def sweep_arrays(points, results, species):
+    """The cross-state summaries of a sweep as {name: array} (what /sweep holds):
+    ``temperature``, ``density``, ``packing_fraction`` (P,); ``tau_alpha`` (P, n_species) (NaN: F_s
+    does not cross 1/e inside the read-outs, ``tau_alpha_text`` says which bound); ``times``
+    (P, T_max) read-out times, NaN-padded (state points may have their own iso.times);
+    ``pearson/<set>`` (P, n_species, T_max) held-out pooled ρ(t), ``pearson_snapshot_mean/<set>``
+    likewise; ``drcs_mean`` (P, n_species) ⟨Δr^CS⟩ over particles of the species and snapshots
+    (cage states only); ``q`` (P,) the F_s wave number."""
+    P, ns = len(points), len(species)
+    T_max = max(r["times"].size for r in results)
+
+    def pad(a):   # (…, T) → (…, T_max)
+        out = np.full(a.shape[:-1] + (T_max,), np.nan)
+        out[..., :a.shape[-1]] = a
+        return out
+    out = {"temperature": np.array([p.cfg.model.temperature for p in points]),
+           "density": np.array([p.cfg.model.density for p in points]),
+           "packing_fraction": np.array([_packing_fraction(p.cfg) for p in points]),
+           "tau_alpha": np.array([r["taus"] for r in results], dtype=np.float64).reshape(P, ns),
+           "times": np.stack([pad(r["times"]) for r in results]),
+           "q": np.array([r["q"] for r in results])}
+    for name in results[0]["fits"]:
+        out[f"pearson/{name}"] = np.stack([pad(r["fits"][name].pearson) for r in results])
+        out[f"pearson_snapshot_mean/{name}"] = np.stack(
+            [pad(r["fits"][name].pearson_snapshot_mean) for r in results])
+    if all("drcs_mean" in r for r in results):
+        out["drcs_mean"] = np.stack([r["drcs_mean"] for r in results])
+    return out
+
+
+def write_sweep(g, points, results, species):
+    """Rank 0: /sweep (:func:`sweep_arrays`) with attrs ``tau_alpha_text`` (JSON, per state point
+    and species) and ``species``."""
+    for name, value in sweep_arrays(points, results, species).items():
+        g[name] = value
+    g.attrs["tau_alpha_text"] = json.dumps([r["tau_texts"] for r in results], ensure_ascii=False)
+    g.attrs["species"] = np.array(species, dtype="S")
+    g.attrs["state_points"] = len(points)
+
+
+def sweep_table(points, results, species):
+    """Text table of a sweep: per state point T, ρ (η), τ_α per species, ⟨Δr^CS⟩ and the held-out ρ
+    of every feature set at the read-out closest to τ_α of species A."""
+    sets = list(results[0]["fits"])
+    head = (f"{'k':>3s} {'T':>7s} {'ρ':>8s} " + " ".join(f"{'τ_α ' + n:>10s}" for n in species)
+            + "".join(f" {'ρ(τ_α) ' + s:>14s}" for s in sets))
+    rows = ["state points: τ_α per species; held-out Pearson ρ at the read-out closest to τ_α(A)",
+            head]
+    for p, r in zip(points, results):
+        t, tau = r["times"], r["taus"][0]
+        j = int(np.argmin(np.abs(np.log(t / tau)))) if np.isfinite(tau) and \
+            np.all(np.isfinite(t)) else t.size - 1
+        rows.append(f"{p.index:3d} {p.cfg.model.temperature:7.4g} {p.cfg.model.density:8.4g} "
+                    + " ".join(f"{x:10.4g}" for x in r["taus"])
+                    + "".join(f" {r['fits'][s].pearson[0, j]:14.3f}" for s in sets))
+    return "\n".join(rows)
 
 
 def four_point_susceptibilities(cfg, store, times, taus, n_species):

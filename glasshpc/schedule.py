@@ -217,7 +217,26 @@ def _max_features(cfg, spec):
 
 def stage_models(cfg, cal, which=0, engine_ranks=1):
     """[Stage] of the main pipeline from the calibration ``cal`` (``which`` 0 = best, 1 = worst
-    of the repeats). ``engine_ranks``: ranks per LAMMPS instance in the snapshot stage."""
+    of the repeats). ``engine_ranks``: ranks per LAMMPS instance in the snapshot stage. A sweep
+    (``state_points:``) pools every state point's tasks in each stage (stages.run_pooled): their
+    costs are concatenated, the serial parts added (the fits run state point after state
+    point)."""
+    if getattr(cfg, "state_points", ()):
+        from .stages import state_points
+        merged = {}
+        for p in state_points(cfg):
+            for st in _stage_models(p.cfg, cal, which, engine_ranks):
+                if st.name in merged:
+                    m = merged[st.name]
+                    m.costs = np.concatenate([m.costs, st.costs])
+                    m.serial += st.serial
+                else:
+                    merged[st.name] = st
+        return list(merged.values())
+    return _stage_models(cfg, cal, which, engine_ranks)
+
+
+def _stage_models(cfg, cal, which=0, engine_ranks=1):
     from . import stages as st
     from .cluster import md_steps
     from .models import get_model
@@ -268,7 +287,9 @@ def auto_engine_ranks(cfg, ranks):
     """K of ``parallel.engine_ranks: auto`` on ``ranks``: the largest K with ⌊ranks/K⌋ ≥ the
     snapshot count (every rank busy in the snapshot stage) and ≥ MIN_ATOMS_PER_RANK atoms per rank;
     1 when there are at least as many snapshots as ranks."""
-    S, N = cfg.snapshots.count, cfg.model.n_particles
+    # a sweep's snapshot stage pools every state point's snapshots
+    S = cfg.snapshots.count * max(1, len(getattr(cfg, "state_points", ())))
+    N = cfg.model.n_particles
     k = max(1, ranks // max(S, 1))
     return max(1, min(k, N // MIN_ATOMS_PER_RANK))
 

@@ -22,6 +22,95 @@ from .structure.descriptors import (DescriptorSpec, compute_descriptors, gr_rang
 Q_EDGES = dynamics.q_grid()
 
 
+class Point:
+    """One state point of a run: its single-state ``cfg`` (config.state_point_configs), ``index``
+    (None for a run without ``state_points:``), the ``prefix`` of its datasets in the store and the
+    output ('' = the root layout, else ``state_points/<k>/``) and its task names (:meth:`key`)."""
+
+    def __init__(self, cfg, index=None):
+        self.cfg, self.index = cfg, index
+        self.prefix = "" if index is None else f"state_points/{index}/"
+
+    def key(self, *ident):
+        """The task identity of ``ident`` at this state point: ``(k, *ident)`` in a sweep; as
+        before sweeps existed otherwise (an int for a one-element identity): same journal, same
+        resume."""
+        if self.index is None:
+            return ident[0] if len(ident) == 1 else tuple(ident)
+        return (self.index,) + tuple(ident)
+
+    def view(self, store):
+        """The store as seen by this state point's single-state code (names prefixed)."""
+        return store if self.index is None else StoreView(store, self.prefix)
+
+
+class StoreView:
+    """A :class:`glasshpc.store.Store` whose dataset names are relative to ``prefix`` (read, write;
+    everything else is the store's)."""
+
+    def __init__(self, store, prefix):
+        self._store, self.prefix = store, prefix
+
+    def read(self, name, slot=()):
+        return self._store.read(self.prefix + name, slot)
+
+    def write(self, name, slot, array):
+        return self._store.write(self.prefix + name, slot, array)
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+
+def state_points(cfg):
+    """[Point] of a run: one Point(cfg) without ``state_points:``, else one per state point."""
+    if not getattr(cfg, "state_points", ()):
+        return [Point(cfg)]
+    from .config import state_point_configs
+    return [Point(c, k) for k, c in enumerate(state_point_configs(cfg))]
+
+
+def as_points(arg):
+    """[Point] from a Config (:func:`state_points`) or a list of Points (unchanged)."""
+    return list(arg) if isinstance(arg, (list, tuple)) else state_points(arg)
+
+
+def run_layout(points, n_features):
+    """The store layout of a run: :func:`layout` of every state point under its prefix."""
+    return {p.prefix + k: v for p in points for k, v in layout(p.cfg, n_features).items()}
+
+
+def run_transient(points):
+    """:func:`transient` of every state point under its prefix."""
+    return tuple(p.prefix + k for p in points for k in transient(p.cfg))
+
+
+def run_pooled(ctx, name, points, tasks_of, work, store, cost=None, groups=None):
+    """:func:`run_tasks` over the tasks of every state point in one queue: ``tasks_of(point)`` the
+    point's task identities (ints or tuples), ``work(point, task)``, ``cost(point, task)`` (None:
+    equal costs, order kept). The journal names a task :meth:`Point.key`."""
+    keys, where = [], {}
+    for p in points:
+        for t in tasks_of(p):
+            key = p.key(*(t if isinstance(t, tuple) else (t,)))
+            keys.append(key)
+            where[task_key(key)] = (p, t)
+    costs = None if cost is None else {task_key(k): cost(*where[task_key(k)]) for k in keys}
+    return run_tasks(ctx, name, keys, lambda key: work(*where[task_key(key)]), store,
+                     cost=None if costs is None else (lambda key: costs[task_key(key)]),
+                     groups=groups)
+
+
+def _sweep_cost(points, fn):
+    """``fn`` as the cost of a pooled stage when the state points differ (sweeps), else None."""
+    return fn if len(points) > 1 else None
+
+
+def prep_steps(cfg):
+    """MD steps of one snapshot's preparation (melt + NVT + NVE)."""
+    md = cfg.md
+    return sum(round(t / md.timestep) for t in (md.melt_time, md.nvt_time, md.nve_time))
+
+
 def layout(cfg, n_features):
     """Datasets written by tasks: name → (shape, dtype). The leading axes are the task slots."""
     S, R, N = cfg.snapshots.count, cfg.iso.replicas, cfg.model.n_particles
@@ -187,9 +276,12 @@ class EngineCache:
         return self.engine
 
 
-def snapshots(ctx, cfg, store, engines):
-    """Stage 1: independent equilibrated snapshots (one task per snapshot), on engine groups of
-    ``parallel.engine_ranks`` ranks when that is > 1 (glasshpc.md.group)."""
+def snapshots(ctx, points, store, engines):
+    """Stage 1: independent equilibrated snapshots (one task per state point and snapshot), on
+    engine groups of ``parallel.engine_ranks`` ranks when that is > 1 (glasshpc.md.group).
+    ``points``: [Point] or a Config (every stage takes either)."""
+    points = as_points(points)
+    cfg = points[0].cfg           # engine settings (model, timestep, skin, suffix) are the run's
     m, md = cfg.model, cfg.md
     K = int(cfg.parallel.engine_ranks)
     groups = engine = None
@@ -204,24 +296,28 @@ def snapshots(ctx, cfg, store, engines):
                                        suffix=md.suffix)
     writer = groups is None or groups.leader
 
-    def work(s):
-        if cfg.snapshots.source == "files":   # bring your own snapshots (checked before the run)
+    def work(p, s):
+        c = p.cfg
+        if c.snapshots.source == "files":   # bring your own snapshots (checked before the run)
             from .cluster import snapshot_from_file
-            pos, types, box = snapshot_from_file(cfg, s)
+            pos, types, box = snapshot_from_file(c, s)
         else:
+            mm, mdc = c.model, c.md
             pos, types, box = (engine or engines.get()).prepare_snapshot(
-                m.n_particles, m.density, m.temperature, task_rng(cfg.seed, "snapshot", s),
-                md.melt_temperature, md.melt_time, md.nvt_time, md.nve_time, md.tdamp)
+                mm.n_particles, mm.density, mm.temperature, task_rng(c.seed, "snapshot", s),
+                mdc.melt_temperature, mdc.melt_time, mdc.nvt_time, mdc.nve_time, mdc.tdamp)
         if not writer:
             return
-        store.write("snapshots/positions", (s,), pos)
-        store.write("snapshots/types", (s,), types)
-        store.write("snapshots/box", (s,), box)
-        store.write("snapshots/sq_AA", (s,), dynamics.structure_factor(pos[types == 0], box, Q_EDGES))
+        v = p.view(store)
+        v.write("snapshots/positions", (s,), pos)
+        v.write("snapshots/types", (s,), types)
+        v.write("snapshots/box", (s,), box)
+        v.write("snapshots/sq_AA", (s,), dynamics.structure_factor(pos[types == 0], box, Q_EDGES))
 
     try:
-        return run_tasks(ctx, "snapshots", list(range(cfg.snapshots.count)), work, store,
-                         groups=groups)
+        return run_pooled(ctx, "snapshots", points, lambda p: range(p.cfg.snapshots.count), work,
+                          store, cost=_sweep_cost(points, lambda p, s: prep_steps(p.cfg)),
+                          groups=groups)
     finally:
         if engine is not None:
             engine.close()
@@ -229,37 +325,45 @@ def snapshots(ctx, cfg, store, engines):
             groups.free()
 
 
-def replicas(ctx, cfg, store, engines):
-    """Stage 2: the isoconfigurational ensemble, one task per (snapshot, replica): the float32
-    displacements, or with ``iso.store_displacements: false`` only their per-replica sums
-    (dynamics.replica_sums of the same float32 array, so the dynamics stage gets the same
+def replicas(ctx, points, store, engines):
+    """Stage 2: the isoconfigurational ensemble, one task per (state point, snapshot, replica):
+    the float32 displacements, or with ``iso.store_displacements: false`` only their per-replica
+    sums (dynamics.replica_sums of the same float32 array, so the dynamics stage gets the same
     numbers either way)."""
-    steps = cfg.replica_steps()
+    points = as_points(points)
     cache = {}
-    if not cfg.iso.store_displacements:
-        q = wave_number(cfg, store)          # needs only S_AA(q) of the snapshot stage
-        k_dw = dynamics.debye_waller_index(cfg.replica_times())
-        n_species = len(get_model(cfg.model.name).species)
+    sums = {}
+    for p in points:
+        if not p.cfg.iso.store_displacements:
+            c = p.cfg
+            sums[p.index] = (wave_number(c, p.view(store)),   # needs only S_AA of stage 1
+                             dynamics.debye_waller_index(c.replica_times()),
+                             len(get_model(c.model.name).species))
 
-    def work(task):
+    def work(p, task):
         s, r = task
-        if s not in cache:
+        c, v = p.cfg, p.view(store)
+        if (p.index, s) not in cache:
             cache.clear()
-            cache[s] = (store.read("snapshots/positions", (s,)),
-                        store.read("snapshots/types", (s,)), store.read("snapshots/box", (s,)))
-        pos, types, box = cache[s]
-        d = engines.get().run_replica(pos, types, box, cfg.model.temperature,
-                                      task_rng(cfg.seed, "replica", s, r), steps)
+            cache[p.index, s] = (v.read("snapshots/positions", (s,)),
+                                 v.read("snapshots/types", (s,)), v.read("snapshots/box", (s,)))
+        pos, types, box = cache[p.index, s]
+        d = engines.get().run_replica(pos, types, box, c.model.temperature,
+                                      task_rng(c.seed, "replica", s, r), c.replica_steps())
         d = d.astype(np.float32)
-        if cfg.iso.store_displacements:
-            store.write("iso/displacements", (s, r), d)
+        if c.iso.store_displacements:
+            v.write("iso/displacements", (s, r), d)
             return
+        q, k_dw, n_species = sums[p.index]
         for key, value in dynamics.replica_sums(d, types, q, n_species, k_dw,
-                                                cfg.dynamics.propensity).items():
-            store.write(f"replica_sums/{key}", (s, r), value)
+                                                c.dynamics.propensity).items():
+            v.write(f"replica_sums/{key}", (s, r), value)
 
-    tasks = [(s, r) for s in range(cfg.snapshots.count) for r in range(cfg.iso.replicas)]
-    return run_tasks(ctx, "replicas", tasks, work, store)
+    def tasks(p):
+        return [(s, r) for s in range(p.cfg.snapshots.count) for r in range(p.cfg.iso.replicas)]
+
+    return run_pooled(ctx, "replicas", points, tasks, work, store,
+                      cost=_sweep_cost(points, lambda p, t: int(p.cfg.replica_steps()[-1])))
 
 
 def wave_number(cfg, store):
@@ -271,34 +375,40 @@ def wave_number(cfg, store):
     return dynamics.first_peak(Q_EDGES, sq)
 
 
-def dynamics_stage(ctx, cfg, store, q):
+def dynamics_stage(ctx, points, store, q):
     """Stage 3: propensity, F_s(q,t), the MSD per species (for the end of the ballistic regime,
     dynamics.ballistic_end) and the local Debye–Waller factor ⟨|Δr_i(t≈1)|²⟩ ([DW]) per snapshot:
     per-replica sums (dynamics.replica_sums, of the stored displacements or as stored by the
     replica stage) added in replica order (dynamics.combine_replica_sums), one replica in memory
     at a time; also every replica's own F̂_s(q,t) (``dynamics/fs_replicas``, for χ₄ of F_s,
-    dynamics.chi4_fs). Both paths give bitwise the same numbers."""
-    n_species = len(get_model(cfg.model.name).species)
-    k_dw = dynamics.debye_waller_index(cfg.replica_times())
-    kind = cfg.dynamics.propensity
+    dynamics.chi4_fs). Both paths give bitwise the same numbers. ``q``: the wave number, or one
+    per state point (list)."""
+    points = as_points(points)
+    qs = list(q) if isinstance(q, (list, tuple)) else [q] * len(points)
+    q_of = {p.index: float(qq) for p, qq in zip(points, qs)}
 
-    def work(s):
-        types = store.read("snapshots/types", (s,))
-        if cfg.iso.store_displacements:
-            parts = (dynamics.replica_sums(store.read("iso/displacements", (s, r)), types, q,
-                                           n_species, k_dw, kind)
-                     for r in range(cfg.iso.replicas))
+    def work(p, s):
+        c, v = p.cfg, p.view(store)
+        n_species = len(get_model(c.model.name).species)
+        k_dw = dynamics.debye_waller_index(c.replica_times())
+        kind = c.dynamics.propensity
+        types = v.read("snapshots/types", (s,))
+        if c.iso.store_displacements:
+            parts = (dynamics.replica_sums(v.read("iso/displacements", (s, r)), types,
+                                           q_of[p.index], n_species, k_dw, kind)
+                     for r in range(c.iso.replicas))
         else:
-            parts = ({k: store.read(f"replica_sums/{k}", (s, r)) for k in dynamics.REPLICA_SUMS}
-                     for r in range(cfg.iso.replicas))
+            parts = ({k: v.read(f"replica_sums/{k}", (s, r)) for k in dynamics.REPLICA_SUMS}
+                     for r in range(c.iso.replicas))
         res = dynamics.combine_replica_sums(parts, types, n_species)
-        store.write("propensity", (s,), res["propensity"])
-        store.write("dynamics/fs", (s,), res["fs"])
-        store.write("dynamics/msd", (s,), res["msd"])
-        store.write("dynamics/fs_replicas", (s,), res["fs_replicas"])
-        store.write("dynamics/debye_waller", (s,), res["debye_waller"])
+        v.write("propensity", (s,), res["propensity"])
+        v.write("dynamics/fs", (s,), res["fs"])
+        v.write("dynamics/msd", (s,), res["msd"])
+        v.write("dynamics/fs_replicas", (s,), res["fs_replicas"])
+        v.write("dynamics/debye_waller", (s,), res["debye_waller"])
 
-    return run_tasks(ctx, "dynamics", list(range(cfg.snapshots.count)), work, store)
+    return run_pooled(ctx, "dynamics", points, lambda p: range(p.cfg.snapshots.count), work,
+                      store)
 
 
 GAA_DR = 0.01                        # bin of g_AA(r) for r_generation: auto (σ_AA)
@@ -331,49 +441,54 @@ def generation_radius(cfg, store):
     return second_minimum(0.5 * (edges[1:] + edges[:-1]), g, GAA_DR)
 
 
-def static_stage(ctx, cfg, store, engines):
+def static_stage(ctx, points, store, engines):
     """Per-particle potential energy and |F^net| at t = 0 ([CAGE] Fig. 5), and with
     ``r_generation: auto`` the snapshot's g_AA pair histogram (descriptors.pair_histogram), one task
-    per snapshot, whatever the snapshots' source (MD, files, imported data)."""
-    gaa = cfg.descriptors.r_generation == "auto"
-    if gaa:
-        _, n_bins = gaa_range(cfg, store)
+    per state point and snapshot, whatever the snapshots' source (MD, files, imported data)."""
+    points = as_points(points)
+    bins = {p.index: gaa_range(p.cfg, p.view(store))[1] for p in points
+            if p.cfg.descriptors.r_generation == "auto"}
 
-    def work(s):
-        if gaa:
-            counts, norm = pair_histogram(store.read("snapshots/positions", (s,)),
-                                          store.read("snapshots/types", (s,)),
-                                          store.read("snapshots/box", (s,)), ((0, 0),), n_bins,
+    def work(p, s):
+        v = p.view(store)
+        if p.index in bins:
+            n_bins = bins[p.index]
+            counts, norm = pair_histogram(v.read("snapshots/positions", (s,)),
+                                          v.read("snapshots/types", (s,)),
+                                          v.read("snapshots/box", (s,)), ((0, 0),), n_bins,
                                           GAA_DR)
             padded = np.zeros(GAA_BINS)
             padded[:n_bins] = counts[0, 0]
-            store.write("snapshots/gAA_counts", (s,), padded)
-            store.write("snapshots/gAA_norm", (s,), np.array(norm[0, 0]))
-        energy, force = engines.get().static_properties(store.read("snapshots/positions", (s,)),
-                                                        store.read("snapshots/types", (s,)),
-                                                        store.read("snapshots/box", (s,)))
-        store.write("snapshots/energy", (s,), energy)
-        store.write("snapshots/net_force", (s,), np.linalg.norm(force, axis=1))
+            v.write("snapshots/gAA_counts", (s,), padded)
+            v.write("snapshots/gAA_norm", (s,), np.array(norm[0, 0]))
+        energy, force = engines.get().static_properties(v.read("snapshots/positions", (s,)),
+                                                        v.read("snapshots/types", (s,)),
+                                                        v.read("snapshots/box", (s,)))
+        v.write("snapshots/energy", (s,), energy)
+        v.write("snapshots/net_force", (s,), np.linalg.norm(force, axis=1))
 
-    return run_tasks(ctx, "static", list(range(cfg.snapshots.count)), work, store)
+    return run_pooled(ctx, "static", points, lambda p: range(p.cfg.snapshots.count), work, store)
 
 
-def inherent_stage(ctx, cfg, store, engines):
-    """Inherent states r^IS by FIRE through LAMMPS (SCIENCE.md §3), one task per snapshot:
-    positions in the image of r^init, |r^IS − r^init|, per-particle energy E_IS, final max |F|."""
-    inh = cfg.inherent
+def inherent_stage(ctx, points, store, engines):
+    """Inherent states r^IS by FIRE through LAMMPS (SCIENCE.md §3), one task per state point and
+    snapshot: positions in the image of r^init, |r^IS − r^init|, per-particle energy E_IS, final
+    max |F|."""
+    points = as_points(points)
 
-    def work(s):
-        pos = store.read("snapshots/positions", (s,))
+    def work(p, s):
+        inh, v = p.cfg.inherent, p.view(store)
+        pos = v.read("snapshots/positions", (s,))
         r_is, energy, fmax = engines.get().inherent_state(
-            pos, store.read("snapshots/types", (s,)), store.read("snapshots/box", (s,)),
+            pos, v.read("snapshots/types", (s,)), v.read("snapshots/box", (s,)),
             inh.force_tolerance, inh.max_iterations)
-        store.write("states/inherent/positions", (s,), r_is)
-        store.write("states/inherent/displacement", (s,), np.linalg.norm(r_is - pos, axis=1))
-        store.write("states/inherent/energy", (s,), energy)
-        store.write("states/inherent/max_force", (s,), np.array(fmax))
+        v.write("states/inherent/positions", (s,), r_is)
+        v.write("states/inherent/displacement", (s,), np.linalg.norm(r_is - pos, axis=1))
+        v.write("states/inherent/energy", (s,), energy)
+        v.write("states/inherent/max_force", (s,), np.array(fmax))
 
-    return run_tasks(ctx, "inherent states", list(range(cfg.snapshots.count)), work, store)
+    return run_pooled(ctx, "inherent states", points, lambda p: range(p.cfg.snapshots.count),
+                      work, store)
 
 
 def cage_seed(cfg, s, k=0):
@@ -384,9 +499,10 @@ def cage_seed(cfg, s, k=0):
     return int(task_rng(cfg.seed, "cage", *ident).integers(2 ** 62))
 
 
-def cage_stage(ctx, cfg, store):
+def cage_stage(ctx, points, store):
     """Cage states r^CS by constrained canonical MC at the snapshot temperature ([CAGE] Eq. 10,
-    SCIENCE.md §3). One task per (snapshot, chain), seeded by :func:`cage_seed`.
+    SCIENCE.md §3). One task per (state point, snapshot, chain), seeded by :func:`cage_seed` of
+    the state point's config.
 
     With ``cage.chains`` = K > 1 every chain is stored (``states/cage/chains/*``) and a second pass
     (one task per snapshot) writes r^CS = the mean of the K chain averages (summed in chain order:
@@ -398,77 +514,86 @@ def cage_stage(ctx, cfg, store):
     states.chains.half_diagnostics (⟨Δr^CS⟩ per half, Pearson of the halves, mean shift and its
     standard error); the per-snapshot task writes the per-particle split-R̂ across the 2K
     half-chains (states.chains.split_rhat). Returns the stage wall time (s)."""
-    c = cfg.cage
+    points = as_points(points)
+    cfg = points[0].cfg
+    c = cfg.cage                      # cage settings are the run's (not overridable)
     K = c.chains
-    S = cfg.snapshots.count
     model = get_model(cfg.model.name)
     potential = cage_potential(cfg.model.name)
     sigma = model.sigma_self()
-
-    def chain(s, k):
-        pos = store.read("snapshots/positions", (s,))
-        return cage_state(pos, store.read("snapshots/types", (s,)),
-                          store.read("snapshots/box", (s,)), potential, cfg.model.temperature,
-                          c.equilibration_sweeps, c.measurement_sweeps, cage_seed(cfg, s, k),
-                          cage=c.cage, cage_radius=c.radius * sigma, cage_sigma=sigma,
-                          target_acceptance=c.target_acceptance)
-
     n_species = len(model.species)
     conv = "states/cage/convergence/"
 
-    def write_halves(s, k, res, init, types):
-        store.write(conv + "half_positions", (s, k), res["half_positions"])
-        store.write(conv + "half_variance", (s, k), res["half_variance"])
+    def snap_tasks(p):
+        return range(p.cfg.snapshots.count)
+
+    def chain(p, s, k):
+        v = p.view(store)
+        pos = v.read("snapshots/positions", (s,))
+        return cage_state(pos, v.read("snapshots/types", (s,)),
+                          v.read("snapshots/box", (s,)), potential, p.cfg.model.temperature,
+                          c.equilibration_sweeps, c.measurement_sweeps, cage_seed(p.cfg, s, k),
+                          cage=c.cage, cage_radius=c.radius * sigma, cage_sigma=sigma,
+                          target_acceptance=c.target_acceptance)
+
+    def write_halves(v, s, k, res, init, types):
+        v.write(conv + "half_positions", (s, k), res["half_positions"])
+        v.write(conv + "half_variance", (s, k), res["half_variance"])
         d = half_diagnostics(res["half_positions"], init, types, n_species)
-        store.write(conv + "half_displacement", (s, k), d["displacement"])
+        v.write(conv + "half_displacement", (s, k), d["displacement"])
         for name in ("half_pearson", "shift", "shift_se"):
-            store.write(conv + name, (s, k), d[name.replace("half_", "")])
+            v.write(conv + name, (s, k), d[name.replace("half_", "")])
 
-    def write_rhat(s, halves, variances):   # half lengths h, n − h: mean n / 2 sweeps
-        store.write(conv + "rhat", (s,), split_rhat(halves, variances, c.measurement_sweeps / 2))
+    def write_rhat(v, s, halves, variances):   # half lengths h, n − h: mean n / 2 sweeps
+        v.write(conv + "rhat", (s,), split_rhat(halves, variances, c.measurement_sweeps / 2))
 
-    def write_state(s, positions, displacement, acceptance, step):
-        store.write("states/cage/positions", (s,), positions)
-        store.write("states/cage/displacement", (s,), displacement)
-        store.write("states/cage/acceptance", (s,), np.array(acceptance))
-        store.write("states/cage/step", (s,), np.array(step))
+    def write_state(v, s, positions, displacement, acceptance, step):
+        v.write("states/cage/positions", (s,), positions)
+        v.write("states/cage/displacement", (s,), displacement)
+        v.write("states/cage/acceptance", (s,), np.array(acceptance))
+        v.write("states/cage/step", (s,), np.array(step))
 
     if K == 1:
-        def work(s):
-            res = chain(s, 0)
-            write_state(s, res["positions"], res["displacement"], res["acceptance"], res["step"])
-            write_halves(s, 0, res, store.read("snapshots/positions", (s,)),
-                         store.read("snapshots/types", (s,)))
-            write_rhat(s, res["half_positions"][None], res["half_variance"][None])
+        def work(p, s):
+            v = p.view(store)
+            res = chain(p, s, 0)
+            write_state(v, s, res["positions"], res["displacement"], res["acceptance"],
+                        res["step"])
+            write_halves(v, s, 0, res, v.read("snapshots/positions", (s,)),
+                         v.read("snapshots/types", (s,)))
+            write_rhat(v, s, res["half_positions"][None], res["half_variance"][None])
 
-        return run_tasks(ctx, "cage states", list(range(S)), work, store)
+        return run_pooled(ctx, "cage states", points, snap_tasks, work, store)
 
-    def work_chain(task):
+    def work_chain(p, task):
         s, k = task
-        res = chain(s, k)
-        store.write("states/cage/chains/positions", (s, k), res["positions"])
-        store.write("states/cage/chains/acceptance", (s, k), np.array(res["acceptance"]))
-        store.write("states/cage/chains/step", (s, k), np.array(res["step"]))
-        write_halves(s, k, res, store.read("snapshots/positions", (s,)),
-                     store.read("snapshots/types", (s,)))
+        v = p.view(store)
+        res = chain(p, s, k)
+        v.write("states/cage/chains/positions", (s, k), res["positions"])
+        v.write("states/cage/chains/acceptance", (s, k), np.array(res["acceptance"]))
+        v.write("states/cage/chains/step", (s, k), np.array(res["step"]))
+        write_halves(v, s, k, res, v.read("snapshots/positions", (s,)),
+                     v.read("snapshots/types", (s,)))
 
-    def work_mean(s):
-        init = store.read("snapshots/positions", (s,))
-        per_chain = np.stack([store.read("states/cage/chains/positions", (s, k))
+    def work_mean(p, s):
+        v = p.view(store)
+        init = v.read("snapshots/positions", (s,))
+        per_chain = np.stack([v.read("states/cage/chains/positions", (s, k))
                               for k in range(K)])
         r_cs = average_chains(per_chain)
-        acceptance, step = (np.mean([store.read(f"states/cage/chains/{name}", (s, k))
+        acceptance, step = (np.mean([v.read(f"states/cage/chains/{name}", (s, k))
                                      for k in range(K)]) for name in ("acceptance", "step"))
-        write_state(s, r_cs, np.linalg.norm(r_cs - init, axis=1), acceptance, step)
-        store.write("states/cage/chains/split_half_pearson", (s,),
-                    split_half_pearson(per_chain, init, store.read("snapshots/types", (s,)),
-                                       len(model.species)))
-        write_rhat(s, np.stack([store.read(conv + "half_positions", (s, k)) for k in range(K)]),
-                   np.stack([store.read(conv + "half_variance", (s, k)) for k in range(K)]))
+        write_state(v, s, r_cs, np.linalg.norm(r_cs - init, axis=1), acceptance, step)
+        v.write("states/cage/chains/split_half_pearson", (s,),
+                split_half_pearson(per_chain, init, v.read("snapshots/types", (s,)),
+                                   len(model.species)))
+        write_rhat(v, s, np.stack([v.read(conv + "half_positions", (s, k)) for k in range(K)]),
+                   np.stack([v.read(conv + "half_variance", (s, k)) for k in range(K)]))
 
-    wall = run_tasks(ctx, "cage states", [(s, k) for s in range(S) for k in range(K)],
-                     work_chain, store)
-    return wall + run_tasks(ctx, "cage chain average", list(range(S)), work_mean, store)
+    wall = run_pooled(ctx, "cage states", points,
+                      lambda p: [(s, k) for s in snap_tasks(p) for k in range(K)], work_chain,
+                      store)
+    return wall + run_pooled(ctx, "cage chain average", points, snap_tasks, work_mean, store)
 
 
 def descriptor_states(cfg):
@@ -481,15 +606,21 @@ def descriptor_states(cfg):
     return states
 
 
-def descriptors_stage(ctx, cfg, store, spec):
-    """Descriptors X^init, X^IS, X^CS on the same grid (SCIENCE.md §3–4), one task per snapshot."""
-    states = descriptor_states(cfg)
+def descriptors_stage(ctx, points, store, spec):
+    """Descriptors X^init, X^IS, X^CS on the same grid (SCIENCE.md §3–4), one task per state point
+    and snapshot. ``spec``: the DescriptorSpec, or one per state point (list: r_c of the generation
+    averaging is a state point's own)."""
+    points = as_points(points)
+    specs = list(spec) if isinstance(spec, (list, tuple)) else [spec] * len(points)
+    spec_of = {p.index: sp for p, sp in zip(points, specs)}
 
-    def work(s):
-        types = store.read("snapshots/types", (s,))
-        box = store.read("snapshots/box", (s,))
-        for state, source in states.items():
-            store.write(f"descriptors/{state}", (s,),
-                        compute_descriptors(store.read(source, (s,)), types, box, spec))
+    def work(p, s):
+        v = p.view(store)
+        types = v.read("snapshots/types", (s,))
+        box = v.read("snapshots/box", (s,))
+        for state, source in descriptor_states(p.cfg).items():
+            v.write(f"descriptors/{state}", (s,),
+                    compute_descriptors(v.read(source, (s,)), types, box, spec_of[p.index]))
 
-    return run_tasks(ctx, "descriptors", list(range(cfg.snapshots.count)), work, store)
+    return run_pooled(ctx, "descriptors", points, lambda p: range(p.cfg.snapshots.count), work,
+                      store)
