@@ -189,7 +189,7 @@ def test_sweep_resume(sweep_run, tmp_path):
             tasks += [json.loads(line) for line in open(partial / name) if line.strip()]
     replica_tasks = [t["task"] for t in tasks if t["stage"] == "replicas"]
     assert len(replica_tasks) == 5 and all(len(t) == 3 for t in replica_tasks)
-    assert {t[0] for t in tasks if t["stage"] == "snapshots"} == {0, 1}
+    assert {t["task"][0] for t in tasks if t["stage"] == "snapshots"} == {0, 1}
     p = subprocess.run(run + ["--resume"], capture_output=True, text=True, timeout=600, env=env,
                        cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-2000:]
