@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..config import DESCRIPTOR_BLOCKS
-from ..parallel import task_rng
+from ..parallel import TaskQueue, task_rng
 from .mlp import mlp_baseline
 from .ridge import (AlphaPath, _Rows, _Standardised, _Stats, _warn_grid, assign_folds, binned_stats,
                     fold_pearson_scorer, fold_sse_scorer, frame, frame_for, mean_mse, pearson, pearson_r2, refit)
@@ -234,11 +234,13 @@ def _fit_propensity(ctx, cfg, store, descriptor_names, n_species, timings):
     # ---- the task plan (pure function of the config, F and the number of ranks; results are not)
     def F_of(tau):
         return len(probs[tau].names)
-    # whole problems when there are enough of them to keep every rank busy: one owner per
-    # (set, species) gets its statistics by Reduce (no other rank unpacks them), does every fold
-    # and the refit, and computes the α candidates lazily (the 49 grid values, the extensions only
-    # at an edge: about half the α loop); otherwise one task per fold and a refit wave
-    whole = len(taus) >= 2 * ctx.size
+    # whole problems (no feature selection, at least two problems per rank): one task per (set,
+    # species) — its statistics from every training snapshot (no collective; the exact sums make
+    # them bitwise the distributed ones), every CV fold, the α rule asking for the extensions only
+    # at an edge (about half the α loop), the refit — dealt dynamically (TaskQueue: balance and
+    # progress lines). Otherwise the statistics are distributed (every rank adds its snapshots,
+    # Allreduce) and the solves dealt statically: one task per fold, then a refit wave.
+    whole = method == "none" and len(taus) >= 2 * ctx.size
     if whole:
         wave_a = [("fit", tau) for tau in taus]
     else:
@@ -274,65 +276,51 @@ def _fit_propensity(ctx, cfg, store, descriptor_names, n_species, timings):
         w, L = mlp_cfg.width, mlp_cfg.layers
         return 6.0 * min(n_rows[task[1]], mlp_cfg.max_rows) * (F * w + (L - 1) * w * w + w * T) \
             * mlp_cfg.max_iter
-    owner_a = dict(zip(wave_a, deal([cost(t) for t in wave_a], ctx.size)))
-    owner_b = dict(zip(wave_b, deal([cost(t) for t in wave_b], ctx.size)))
-    mine_a = [t for t in wave_a if owner_a[t] == ctx.rank]
-    mine_b = [t for t in wave_b if owner_b[t] == ctx.rank]
-    keep = {t[1] for t in mine_a + mine_b if t[0] != "mlp"}
-    # the ranks that need the statistics of each problem. One: it computes them alone from every
-    # training snapshot (no collective; the exact sums make them bitwise the distributed ones).
-    # Several (per-fold tasks, feature selection): every rank adds its snapshots, Allreduce.
-    users = {tau: set() for tau in taus}
-    for task, r in list(owner_a.items()) + list(owner_b.items()):
-        if task[0] != "mlp":
-            users[task[1]].add(r)
-    # (with feature selection the held-out statistics are distributed: every problem is)
-    alone = {tau for tau, u in users.items() if len(u) == 1} if method == "none" else set()
-    mine_alone = {tau for tau in alone if ctx.rank in users[tau]}
-    everything = data
-    if mine_alone:   # the training snapshots this rank does not hold, read once
-        blocks = {b for k, _ in mine_alone for b in sets[k][1].blocks}
-        everything = dict(data)
-        everything.update({s: _read_snapshot(store, s, blocks) for s in train if s not in data})
-
-    # ---- 1. statistics, exact over snapshots and ranks
     folds = {}
     for tau in taus:
-        k_set, sp = tau
-        pb = probs[tau]
-        present = train[counts[train, sp] > 0]
-        fold_of_id = assign_folds(present, K, cfg.seed)
-        folds[tau] = fold_of_id
-        if tau in alone and tau not in mine_alone:
-            continue
+        folds[tau] = assign_folds(train[counts[train, tau[1]] > 0], K, cfg.seed)
 
-        def bin_of(s, present=present, fold_of_id=fold_of_id):
+    def statistics(tau, on, rows_of):
+        """(frame, per-fold statistics) of one problem; ``on``: the communicator (collective) or
+        None (this rank alone, from ``rows_of``: every training snapshot)."""
+        present = train[counts[train, tau[1]] > 0]
+
+        def bin_of(s, present=present, fold_of_id=folds[tau]):
             return int(fold_of_id[np.searchsorted(present, s)])
-
-        on = None if tau in alone else comm
-        rows = _Rows(*_rows(pb.layout, everything if tau in alone else data, train, sp, T))
+        rows = _Rows(*_rows(probs[tau].layout, rows_of, train, tau[1], T))
         fr = frame(on, rows)
-        parts = binned_stats(on, rows, bin_of, K, fr)
-        fr_te = te = None
-        if method != "none":
-            rows_te = _Rows(*_rows(pb.layout, data, test, sp, T))
-            fr_te = frame_for(comm, fr, rows_te)
-            te = binned_stats(comm, rows_te, lambda s: 0, 1, fr_te)[0]
-        if tau in keep:
-            pb.fr, pb.parts, pb.fr_te, pb.te = fr, parts, fr_te, te
-    everything = None
+        return fr, binned_stats(on, rows, bin_of, K, fr)
+
+    # ---- 1. statistics, distributed (the per-fold plan)
+    mine_a = mine_b = []
+    if not whole:
+        owner_a = dict(zip(wave_a, deal([cost(t) for t in wave_a], ctx.size)))
+        owner_b = dict(zip(wave_b, deal([cost(t) for t in wave_b], ctx.size)))
+        mine_a = [t for t in wave_a if owner_a[t] == ctx.rank]
+        mine_b = [t for t in wave_b if owner_b[t] == ctx.rank]
+        keep = {t[1] for t in mine_a + mine_b if t[0] != "mlp"}
+        for tau in taus:
+            pb = probs[tau]
+            fr, parts = statistics(tau, comm, data)
+            fr_te = te = None
+            if method != "none":
+                rows_te = _Rows(*_rows(pb.layout, data, test, tau[1], T))
+                fr_te = frame_for(comm, fr, rows_te)
+                te = binned_stats(comm, rows_te, lambda s: 0, 1, fr_te)[0]
+            if tau in keep:
+                pb.fr, pb.parts, pb.fr_te, pb.te = fr, parts, fr_te, te
     lap("statistics")
 
     # ---- 2. wave A: whole problems (CV, α choice, refit) or CV tables per fold; MLP baselines
-    def fold_scorer(tau, f, fd):
-        """``alphas -> (A, T)`` validation score table of fold f (one α at a time: a value never
-        depends on the other α, so lazy and precomputed tables agree bitwise)."""
+    def fold_scorer(tau, f, fd, parts):
+        """``alphas -> (A, T)`` validation score table of fold f (α in the blocks of the path: a
+        value never depends on the other α, so lazy and precomputed tables agree bitwise)."""
         pb = probs[tau]
         if by_pearson:   # per-snapshot ρ needs the fold's rows, not only its statistics
             present = train[counts[train, tau[1]] > 0]
             ids = present[folds[tau] == f]
             return fold_pearson_scorer(fd, _Rows(*_rows(pb.layout, data, ids, tau[1], T, store)))
-        return fold_sse_scorer(fd, pb.parts[f], path.blocks)
+        return fold_sse_scorer(fd, parts[f], path.blocks)
 
     def choose(tau, tables):
         """The α rule on ``tables`` (per fold: alphas -> (A, T)), as GroupedRidgeCV replays it."""
@@ -348,29 +336,44 @@ def _fit_propensity(ctx, cfg, store, descriptor_names, n_species, timings):
         alphas_, _, best, extended, edge = path.choose(cv_mse_of)
         return alphas_, best, extended, edge
 
-    res_a = {}
-    for task in mine_a:
+    cache = dict(data)   # whole problems: the training snapshots read so far (all, at most)
+
+    def run(task):
         tau = task[1]
         pb = probs[tau]
         if task[0] == "fit":
-            tables = [fold_scorer(tau, f, _fold_problem(pb.parts, f)) for f in range(K)]
+            for s in train:
+                if s not in cache:
+                    cache[s] = _read_snapshot(store, s, needed)
+            fr, parts = statistics(tau, None, cache)
+            tables = [fold_scorer(tau, f, _fold_problem(parts, f), parts) for f in range(K)]
             alphas_, best, extended, edge = choose(tau, tables)
             tables.clear()
-            coef, intercept, _, _ = refit(pb.parts, True, pb.fr, alphas_, best)
-            res_a[task] = (alphas_, best, extended, edge, coef, intercept)
-        elif task[0] == "cv":
+            coef, intercept, _, _ = refit(parts, True, fr, alphas_, best)
+            return alphas_, best, extended, edge, coef, intercept
+        if task[0] == "cv":
             f = task[2]
-            res_a[task] = fold_scorer(tau, f, _fold_problem(pb.parts, f))(path.candidates)
-        else:
-            k_set, sp = tau
-            Xtr, Ytr, Gtr = _rows(pb.layout, data, train, sp, T, store)
-            Xte, Yte, _ = _rows(pb.layout, data, test, sp, T, store)
-            seed = int(task_rng(cfg.seed, "mlp", k_set, sp).integers(2 ** 31))
-            res_a[task] = mlp_baseline(Xtr, Ytr, Gtr, Xte, Yte, layers=mlp_cfg.layers,
-                                       width=mlp_cfg.width, l2=mlp_cfg.l2,
-                                       max_iter=mlp_cfg.max_iter, max_rows=mlp_cfg.max_rows,
-                                       seed=seed)
-    ctx.sync("fits, wave A", since=clock[-1])   # uneven work: a hung rank aborts, no hang
+            return fold_scorer(tau, f, _fold_problem(pb.parts, f), pb.parts)(path.candidates)
+        k_set, sp = tau
+        Xtr, Ytr, Gtr = _rows(pb.layout, data, train, sp, T, store)
+        Xte, Yte, _ = _rows(pb.layout, data, test, sp, T, store)
+        seed = int(task_rng(cfg.seed, "mlp", k_set, sp).integers(2 ** 31))
+        return mlp_baseline(Xtr, Ytr, Gtr, Xte, Yte, layers=mlp_cfg.layers, width=mlp_cfg.width,
+                            l2=mlp_cfg.l2, max_iter=mlp_cfg.max_iter, max_rows=mlp_cfg.max_rows,
+                            seed=seed)
+
+    res_a = {}
+    if whole:
+        order = sorted(wave_a, key=lambda t: -cost(t))   # longest first
+        queue = TaskQueue(ctx, "fits", order, [cost(t) for t in order])
+        for task in queue:
+            res_a[task] = run(task)
+        queue.close()      # the boundary, watched for a hung rank
+    else:
+        for task in mine_a:
+            res_a[task] = run(task)
+        ctx.sync("fits, wave A", since=clock[-1])   # uneven work: a hung rank aborts, no hang
+    cache.clear()
     res_a = _gather(comm, res_a)
     lap("wave A")
 
