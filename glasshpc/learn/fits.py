@@ -319,7 +319,8 @@ def _fit_propensity(ctx, cfg, store, descriptor_names, n_species, timings):
         if by_pearson:   # per-snapshot ρ needs the fold's rows, not only its statistics
             present = train[counts[train, tau[1]] > 0]
             ids = present[folds[tau] == f]
-            return fold_pearson_scorer(fd, _Rows(*_rows(pb.layout, data, ids, tau[1], T, store)))
+            return fold_pearson_scorer(fd, _Rows(*_rows(pb.layout, data, ids, tau[1], T, store)),
+                                       path.blocks)
         return fold_sse_scorer(fd, parts[f], path.blocks)
 
     def choose(tau, tables):

@@ -517,6 +517,13 @@ def fold_sse_scorer(fd, va, blocks=None):
         pu = (p @ u.reshape(F, -1)).reshape(F, alphas.size, T)
         return r0[None, :] - 2.0 * np.einsum("fat,ft->at", u, q) + np.einsum("fat,fat->at", u, pu)
 
+    return _blockwise(one_at_a_time, batched, blocks, T)
+
+
+def _blockwise(one_at_a_time, batched, blocks, T):
+    """``alphas -> (A, T)``: ``one_at_a_time`` when ``blocks`` is None, else each block of α scored by one
+    ``batched`` call and cached (every requested α must lie in a block: KeyError otherwise), so the value of an
+    α depends only on its block, never on which other α were asked for with it."""
     if blocks is None:
         return lambda alphas: one_at_a_time(np.atleast_1d(np.asarray(alphas, dtype=np.float64)))
     blocks = [np.asarray(b, dtype=np.float64) for b in blocks]
@@ -527,7 +534,7 @@ def fold_sse_scorer(fd, va, blocks=None):
         alphas = np.atleast_1d(np.asarray(alphas, dtype=np.float64))
         out = np.empty((alphas.size, T))
         for j, a in enumerate(alphas):
-            k, i = where[float(a)]   # KeyError: α outside the blocks
+            k, i = where[float(a)]
             if k not in done:
                 done[k] = batched(blocks[k])
             out[j] = done[k][i]
@@ -545,27 +552,41 @@ def fold_pearson(fd, rows, alphas):
     return fold_pearson_scorer(fd, rows)(alphas)
 
 
-def fold_pearson_scorer(fd, rows):
-    """``alphas -> (A, T)`` as :func:`fold_pearson`, with the centred validation rows prepared once."""
-    blocks = []
+def fold_pearson_scorer(fd, rows, blocks=None):
+    """``alphas -> (A, T)`` as :func:`fold_pearson`, with the centred validation rows prepared once; with
+    ``blocks`` (:attr:`AlphaPath.blocks`) each block of α is scored with one product per snapshot
+    (n × F times F × (A_block·T)) and cached, as in :func:`fold_sse_scorer`."""
+    blocks_rows = []
     for _, xb, yb in rows.blocks():
         yc = yb - yb.mean(0)
-        blocks.append((xb - xb.mean(0), yc, np.einsum("it,it->t", yc, yc)))
+        blocks_rows.append((xb - xb.mean(0), yc, np.einsum("it,it->t", yc, yc)))
+    F, T = fd.c.shape
 
-    def score(alphas):
-        alphas = np.atleast_1d(np.asarray(alphas, dtype=np.float64))
-        out = np.empty((alphas.size, fd.c.shape[1]))
+    def rho(p, yc, syy):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = np.einsum("i...,i...->...", p, yc) / np.sqrt(np.einsum("i...,i...->...", p, p) * syy)
+        return np.where(np.isfinite(r), np.clip(r, -1.0, 1.0), 0.0)
+
+    def one_at_a_time(alphas):
+        out = np.empty((alphas.size, T))
         for a, alpha in enumerate(alphas):
             coef = fd.w(alpha[None])[0] / fd.scale[:, None]   # (F, T) original units
-            acc = np.zeros(fd.c.shape[1])
-            for xc, yc, syy in blocks:
-                p = xc @ coef
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    r = np.einsum("it,it->t", p, yc) / np.sqrt(np.einsum("it,it->t", p, p) * syy)
-                acc += np.where(np.isfinite(r), np.clip(r, -1.0, 1.0), 0.0)
-            out[a] = acc / max(len(blocks), 1)
+            acc = np.zeros(T)
+            for xc, yc, syy in blocks_rows:
+                acc += rho(xc @ coef, yc, syy)
+            out[a] = acc / max(len(blocks_rows), 1)
         return out
-    return score
+
+    def batched(alphas):
+        A = alphas.size
+        coef = (fd.w(alphas) / fd.scale[None, :, None]).transpose(1, 0, 2).reshape(F, A * T)
+        acc = np.zeros((A, T))
+        for xc, yc, syy in blocks_rows:
+            p = (xc @ coef).reshape(-1, A, T)
+            acc += rho(p, yc[:, None, :], syy[None, :])
+        return acc / max(len(blocks_rows), 1)
+
+    return _blockwise(one_at_a_time, batched, blocks, T)
 
 
 def mean_mse(sse, counts):
