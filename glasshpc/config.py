@@ -334,6 +334,12 @@ class FitsConfig:
                                     factory=SelectionConfig)
     mlp: MLPConfig = _f(doc="non-linear baseline on the same splits (off by default)",
                         factory=MLPConfig)
+    train_state_point: int = _f(None, "sweeps (state_points:): also apply the models trained at "
+                                      "this state point (its index) to every state point, the "
+                                      "transferability test of [SOFT]/[DW]: /sweep/transfer_pearson"
+                                      "/<set> [P, n_species, T], read-out index to read-out index "
+                                      "(every state point needs as many read-outs)", lo=0,
+                                hi=MAX_ITEMS)
 
 
 @dataclass(frozen=True)
@@ -451,7 +457,8 @@ def state_point_configs(cfg):
             m = dataclasses.replace(m, packing_fraction=None)
         m = dataclasses.replace(m, **mo)
         c = dataclasses.replace(cfg, model=m, md=dataclasses.replace(cfg.md, **o.get("md", {})),
-                                seed=state_point_seed(cfg.seed, k), state_points=())
+                                seed=state_point_seed(cfg.seed, k), state_points=(),
+                                fits=dataclasses.replace(cfg.fits, train_state_point=None))
         if point.iso is not None and point.iso.times is not None:
             c = dataclasses.replace(c, iso=dataclasses.replace(c.iso, times=point.iso.times))
         try:
@@ -477,6 +484,7 @@ def state_point_yaml(text, k):
                                           f"{len(cfg.state_points)}")
     data = _safe_yaml(text)
     data.pop("state_points")
+    (data.get("fits") or {}).pop("train_state_point", None)   # a sweep-level key
     data["seed"] = state_point_seed(cfg.seed, k)
     for section, values in state_point_overrides(cfg.state_points[k]).items():
         sub = data.setdefault(section, {})
@@ -1141,6 +1149,13 @@ def parse(text, name="<config>"):
 def _sweep_checks(cfg, data):
     """``state_points:``: entries that override something, no snapshots from files or imported data
     (those fix the state point), and every state point valid as a single-state config."""
+    k = cfg.fits.train_state_point
+    if k is not None:
+        if not cfg.state_points:
+            raise ConfigError("fits.train_state_point", "only with state_points: (a sweep)")
+        if k >= len(cfg.state_points):
+            raise ConfigError("fits.train_state_point", f"must be a state point index 0.."
+                                                        f"{len(cfg.state_points) - 1}, got {k}")
     if not cfg.state_points:
         if isinstance(data, dict) and "state_points" in data:
             raise ConfigError("state_points", "must be a non-empty list of state points (or "
@@ -1157,7 +1172,14 @@ def _sweep_checks(cfg, data):
             raise ConfigError(f"state_points[{k}]", "overrides nothing; give model.temperature, "
                                                     "model.density or model.packing_fraction "
                                                     "(and optionally md / iso times)")
-    state_point_configs(cfg)
+    configs = state_point_configs(cfg)
+    if k is not None:
+        counts = [c.replica_steps().size for c in configs]
+        if len(set(counts)) > 1:
+            raise ConfigError("fits.train_state_point", f"the models of read-out t apply to read-out "
+                                                        f"t of every state point, but the state "
+                                                        f"points have {counts} read-outs; give "
+                                                        "every iso.times the same count")
 
 
 def read_text(path):

@@ -303,9 +303,18 @@ def execute(cfg, yaml_text, ctx, store_mode="auto", resume=False, overwrite=Fals
                                                       stages.Q_EDGES)
             ctx.log(pearson_table(res["times"], res["fits"], species, cfg.fits.feature_sets))
             ctx.log(single_table(res["times"], res["single"], species))
+        transfer = None
+        if cfg.fits.train_state_point is not None:   # the models of one state point at every other
+            from .learn.transfer import transfer_pearson
+            k = cfg.fits.train_state_point
+            transfer = transfer_pearson(ctx, points, [p.view(store) for p in points],
+                                        results[k]["fits"], specs[k].feature_names(species),
+                                        len(species), k, [r["test"] for r in results])
         wall["fits"] = ctx.comm.bcast(time.perf_counter() - t0, root=0)
         if cfg.sweep:
             ctx.log(sweep_table(points, results, species))
+        if transfer is not None:
+            ctx.log(transfer_table(points, results, transfer, cfg.fits.train_state_point))
         lmp_log = next((log for log in ctx.comm.allgather(lmp_log) if log), [])
         wall["total"] = time.perf_counter() - t_start
         ctx.log("wall time per stage (s): " + ", ".join(f"{k} {v:.1f}" for k, v in wall.items()))
@@ -318,6 +327,10 @@ def execute(cfg, yaml_text, ctx, store_mode="auto", resume=False, overwrite=Fals
                     write_state_point_attrs(g, p, cfg, yaml_text, species)
             if cfg.sweep:
                 write_sweep(h5.create_group("sweep"), points, results, species)
+            if transfer is not None:
+                h5["sweep"].attrs["train_state_point"] = cfg.fits.train_state_point
+                for name, rho in transfer.items():
+                    h5[f"sweep/transfer_pearson/{name}"] = rho
             write_provenance(h5, yaml_text, ctx, store, wall, lmp_log, species, suffix)
 
         store.finalize(extra)
@@ -547,6 +560,26 @@ def write_sweep(g, points, results, species):
     g.attrs["state_points"] = len(points)
 
 
+def transfer_table(points, results, transfer, k):
+    """Text table: held-out ρ of the models trained at state point ``k`` applied at every state
+    point, at the read-out closest to τ_α(A) of that state point, next to the state point's own."""
+    rows = [f"transferability: models trained at state point {k} applied to every state point "
+            "(species A, read-out closest to τ_α(A); own = the state point's own fit)"]
+    for name, rho in transfer.items():
+        rows.append(f"  {name}: " + ", ".join(
+            f"k={p.index} {rho[p.index, 0, j]:.3f} (own {r['fits'][name].pearson[0, j]:.3f})"
+            for p, r, j in ((p, r, _tau_index(r)) for p, r in zip(points, results))))
+    return "\n".join(rows)
+
+
+def _tau_index(r):
+    """Read-out index closest to τ_α of species A (the last one if τ_α is unknown)."""
+    t, tau = r["times"], r["taus"][0]
+    if np.isfinite(tau) and np.all(np.isfinite(t)):
+        return int(np.argmin(np.abs(np.log(t / tau))))
+    return t.size - 1
+
+
 def sweep_table(points, results, species):
     """Text table of a sweep: per state point T, ρ (η), τ_α per species, ⟨Δr^CS⟩ and the held-out ρ
     of every feature set at the read-out closest to τ_α of species A."""
@@ -556,9 +589,7 @@ def sweep_table(points, results, species):
     rows = ["state points: τ_α per species; held-out Pearson ρ at the read-out closest to τ_α(A)",
             head]
     for p, r in zip(points, results):
-        t, tau = r["times"], r["taus"][0]
-        j = int(np.argmin(np.abs(np.log(t / tau)))) if np.isfinite(tau) and \
-            np.all(np.isfinite(t)) else t.size - 1
+        j = _tau_index(r)
         rows.append(f"{p.index:3d} {p.cfg.model.temperature:7.4g} {p.cfg.model.density:8.4g} "
                     + " ".join(f"{x:10.4g}" for x in r["taus"])
                     + "".join(f" {r['fits'][s].pearson[0, j]:14.3f}" for s in sets))

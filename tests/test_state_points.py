@@ -21,11 +21,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 MPIEXEC = os.path.join(os.path.dirname(sys.executable), "mpiexec")
 
-# state point 1 overrides T, ρ, the NVE time and the read-outs (another count: /sweep pads)
+# state point 1 overrides T, ρ, the NVE time and the read-outs (as many: the models trained at
+# state point 0 apply read-out by read-out, fits.train_state_point)
 SWEEP = {"state_points": [
     {"model": {"temperature": 0.8}},
     {"model": {"temperature": 1.1, "density": 1.15}, "md": {"nve_time": 3.0},
-     "iso": {"times": {"start": 0.01, "stop": 1.0, "count": 6}}}]}
+     "iso": {"times": {"start": 0.01, "stop": 1.0, "count": 8}}}]}
 
 
 def sweep_yaml(output):
@@ -38,6 +39,7 @@ def sweep_yaml(output):
     data["fits"]["cv_folds"] = 2
     data["fits"]["feature_sets"] = {"g0": {"generations": 0},
                                     "cs": {"features": "init+cs+drcs", "generations": 1}}
+    data["fits"]["train_state_point"] = 0
     data.update(SWEEP)
     return yaml.safe_dump(data, sort_keys=False)
 
@@ -85,12 +87,11 @@ def test_state_point_is_the_single_state_run(sweep_run, tmp_path):
         np.testing.assert_array_equal(sw["temperature"][()], [0.8, 1.1])
         np.testing.assert_array_equal(sw["density"][()], [1.2, 1.15])
         _same(sw["tau_alpha"][1], g["dynamics"].attrs["tau_alpha"], "tau_alpha")
-        T1 = g["iso/times"].shape[0]
-        assert T1 == 6 and sw["times"].shape == (2, 8)
-        _same(sw["times"][1, :T1], g["iso/times"][()], "times")
-        assert np.isnan(sw["times"][1, T1:]).all() and np.isnan(sw["pearson/g0"][1, :, T1:]).all()
+        assert sw["times"].shape == (2, 8)
+        _same(sw["times"][1], g["iso/times"][()], "times")
+        assert sw["times"][1, -1] == 1.0 and sw["times"][0, -1] == 2.0
         for name in ("g0", "cs"):
-            _same(sw[f"pearson/{name}"][1, :, :T1], g[f"fits/{name}/pearson"][()], name)
+            _same(sw[f"pearson/{name}"][1], g[f"fits/{name}/pearson"][()], name)
             _same(sw[f"pearson/{name}"][0], f[f"state_points/0/fits/{name}/pearson"][()], name)
         types = g["snapshots/types"][()]
         d = g["states/cage/displacement"][()]
@@ -101,6 +102,32 @@ def test_state_point_is_the_single_state_run(sweep_run, tmp_path):
         assert not np.array_equal(f["state_points/0/iso/displacements"][0, 0, 0],
                                   f["state_points/1/iso/displacements"][0, 0, 0])
         assert f["state_points/0"].attrs["seed"] != 7
+
+
+def test_transferability(sweep_run):
+    """fits.train_state_point: 0 — state point 0's models at state point 0 give its own held-out ρ
+    (bitwise), at state point 1 the ρ of X·coef + intercept over all of its snapshots."""
+    from glasshpc.learn.fits import prediction_inputs
+    path, _ = sweep_run
+    with h5py.File(path, "r") as f:
+        sw = f["sweep"]
+        assert sw.attrs["train_state_point"] == 0
+        g0, g1 = f["state_points/0"], f["state_points/1"]
+        for name in ("g0", "cs"):
+            rho = sw[f"transfer_pearson/{name}"][()]
+            assert rho.shape == (2, 2, 8)
+            _same(rho[0], g0[f"fits/{name}/pearson"][()], name)
+            coef, b = g0[f"fits/{name}/coef"][()], g0[f"fits/{name}/intercept"][()]
+            names = g0[f"fits/{name}/feature_names"][()]
+            types, prop = g1["snapshots/types"][()], g1["propensity"][()]
+            X = np.stack([prediction_inputs(g1, names, s) for s in range(types.shape[0])])
+            for sp in (0, 1):
+                m = types == sp
+                pred = X[m] @ coef[sp].T + b[sp]                     # (rows, T)
+                y = prop.transpose(0, 2, 1)[m]
+                expect = [np.corrcoef(y[:, t], pred[:, t])[0, 1] for t in range(8)]
+                np.testing.assert_allclose(rho[1, sp], expect, rtol=1e-9, atol=1e-12)
+            assert not np.array_equal(rho[1], g1[f"fits/{name}/pearson"][()])
 
 
 def test_plot_tool_on_the_sweep(sweep_run, tmp_path):
@@ -139,6 +166,24 @@ def test_bad_override_refused(override, key, words):
     assert err.value.key == key and words in str(err.value), str(err.value)
 
 
+def test_train_state_point_refused():
+    data = yaml.safe_load(sweep_yaml("/tmp/never.h5"))
+    data["fits"]["train_state_point"] = 2
+    with pytest.raises(config.ConfigError) as err:
+        config.parse(yaml.safe_dump(data))
+    assert err.value.key == "fits.train_state_point" and "0..1" in err.value.message
+    data["fits"]["train_state_point"] = 1
+    data["state_points"][1]["iso"]["times"]["count"] = 6
+    with pytest.raises(config.ConfigError) as err:
+        config.parse(yaml.safe_dump(data))
+    assert err.value.key == "fits.train_state_point" and "[8, 6]" in err.value.message
+    data = yaml.safe_load(TINY_YAML.format(output="/tmp/never.h5"))
+    data["fits"]["train_state_point"] = 0
+    with pytest.raises(config.ConfigError) as err:
+        config.parse(yaml.safe_dump(data))
+    assert "only with state_points" in err.value.message
+
+
 def test_sweep_refused_with_files():
     data = yaml.safe_load(sweep_yaml("/tmp/never.h5"))
     data["imported"] = {"format": "glassbench", "files": "/nonexistent/*.npz"}
@@ -154,6 +199,7 @@ def test_plan_counts_every_state_point():
     text = plan_text(cfg, Context(MPI.COMM_SELF))
     assert "sweep over 2 state points" in text and "8 snapshot tasks" in text
     assert "16 replica tasks" in text and "state point 1: T = 1.1, ρ = 1.15" in text
+    assert "fits.train_state_point" not in config.state_point_yaml(sweep_yaml("/tmp/n.h5"), 1)
     singles = [p.cfg for p in points]
     for key in ("output", "partial", "disk"):
         assert resources.plan(cfg, 2, "shards")[key] == \

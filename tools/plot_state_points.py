@@ -7,7 +7,8 @@ the held-out Pearson ρ(t) of the propensity fits at every state point.
 Reads /sweep (glasshpc.run.sweep_arrays): ``temperature``, ``density``, ``packing_fraction`` [P],
 ``tau_alpha`` [P, n_species] (NaN where F_s does not cross 1/e inside the read-outs; attr
 ``tau_alpha_text`` says which bound), ``times`` [P, T_max] (NaN-padded), ``pearson/<set>``
-[P, n_species, T_max], optionally ``drcs_mean`` [P, n_species]; and attr ``species``. Panels:
+[P, n_species, T_max], optionally ``drcs_mean`` [P, n_species] and ``transfer_pearson/<set>``
+[P, n_species, T] (attr ``train_state_point``, drawn dashed); and attr ``species``. Panels:
 (a) τ_α per species on a log axis against 1/T (Arrhenius plot; against η when every state point has
 the same T), (b…) ρ(t) of each feature set, one curve per state point coloured from hot (red) to cold
 (blue); with cage states a last panel ⟨Δr^CS⟩ per species. Times in τ, reduced LJ units.
@@ -38,6 +39,9 @@ def read(path):
         out["pearson"] = {n: g[f"pearson/{n}"][()] for n in g["pearson"]}
         if "drcs_mean" in g:
             out["drcs_mean"] = g["drcs_mean"][()]
+        if "transfer_pearson" in g:
+            out["transfer"] = {n: g[f"transfer_pearson/{n}"][()] for n in g["transfer_pearson"]}
+            out["train_state_point"] = int(g.attrs["train_state_point"])
         out["species"] = [s.decode() if isinstance(s, bytes) else str(s)
                           for s in g.attrs["species"]]
     return out
@@ -84,6 +88,12 @@ def plot(d, sets, species, out):
             ax.semilogx(t[ok], rho[ok], "-", color=colour,
                         label=f"T = {T[p]:.3g}" if label == "1 / T" else f"{label.split()[-1]} "
                         f"= {x[p]:.3g}")
+            if name in d.get("transfer", {}) and p != d["train_state_point"]:
+                tr = d["transfer"][name][p, sp]
+                ok = np.isfinite(t) & np.isfinite(tr)
+                ax.semilogx(t[ok], tr[ok], "--", color=colour, lw=1)
+        if d.get("transfer"):
+            ax.plot([], [], "k--", lw=1, label=f"models of state point {d['train_state_point']}")
         ax.set_ylim(-0.1, 1.0)
         ax.set_xlabel("t (τ)")
         ax.set_ylabel(f"held-out Pearson ρ ({species})")
