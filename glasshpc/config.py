@@ -257,7 +257,11 @@ class InherentConfig:
 # blocks a feature set may combine with '+' ([CAGE] Figs. 3 and 5)
 DESCRIPTOR_BLOCKS = ("init", "is", "cs")
 SCALAR_FEATURES = ("drcs", "dris", "fnet", "energy", "dw")
-FEATURE_BLOCKS = DESCRIPTOR_BLOCKS + SCALAR_FEATURES
+# Voronoi cell volume, surface area, asphericity ([DW] §2.2.1; structure/voronoi.py) → the state whose
+# coordinates are tessellated; 3 columns, never generation-averaged ([DW] averages only the radial and angular
+# descriptors); stored as /descriptors/<block> [S, N, 3]; needs the optional extra 'voronoi' (freud)
+VORONOI_BLOCKS = {"voronoi": "init", "voronoi_is": "is", "voronoi_cs": "cs"}
+FEATURE_BLOCKS = DESCRIPTOR_BLOCKS + SCALAR_FEATURES + tuple(VORONOI_BLOCKS)
 # blocks computed from the replicas' trajectories (like the propensity itself), not from the
 # structure at t = 0: a feature set using one is no "prediction from structure" and needs
 # fits.feature_sets.<name>.allow_dynamical: true; tables label them (SCIENCE.md §5)
@@ -271,7 +275,10 @@ class FeatureSet:
                                "|r^IS − r^init|; fnet = |F^net| at t = 0; energy = potential "
                                "energy at t = 0; dw = local Debye–Waller factor ⟨|Δr(1 τ)|²⟩ "
                                "([DW]; dynamical: needs allow_dynamical and a read-out within a "
-                               "factor 2 of 1 τ) (e.g. 'init+cs+drcs')")
+                               "factor 2 of 1 τ); voronoi, voronoi_is, voronoi_cs = Voronoi cell "
+                               "volume, surface, asphericity ([DW]) on the initial / inherent / "
+                               "cage-state coordinates (not generation-averaged; needs pip install "
+                               "'glasshpc[voronoi]') (e.g. 'init+cs+drcs')")
     generations: int = _f(2, "descriptor generations 0..n of every descriptor block", lo=0, hi=5)
     allow_dynamical: bool = _f(False, "admit dynamical blocks (dw: computed from the replicas, "
                                       "like the propensity it predicts) in this set; the tables "
@@ -326,7 +333,9 @@ class FitsConfig:
     alphas: AlphaGrid = _f(doc="ridge α grid (extended automatically at an edge optimum)",
                            factory=AlphaGrid)
     feature_sets: dict = _f(doc="named feature sets, each {features, generations, allow_dynamical}, fitted per "
-                                "species and time", kind=("dict", FeatureSet),
+                                "species and time; features joins blocks with '+': "
+                                + ", ".join(FEATURE_BLOCKS) + " (README \"What a run does\"; "
+                                "voronoi* need pip install 'glasshpc[voronoi]')", kind=("dict", FeatureSet),
                             factory=_default_sets,
                             reserved={"single": "the single-variable correlations",
                                       "is_test": "the held-out flags of the snapshots"})
@@ -936,7 +945,8 @@ def _cross_checks(cfg, data=None):
     if cfg.cage.enabled and cfg.model.name == "bead_spring":
         raise ConfigError("cage.enabled", "cage states need a pair potential without bonds: "
                                           "kob_andersen, harmonic_spheres or hard_spheres")
-    needs = {"is": "inherent", "dris": "inherent", "cs": "cage", "drcs": "cage"}
+    needs = {"is": "inherent", "dris": "inherent", "cs": "cage", "drcs": "cage",
+             "voronoi_is": "inherent", "voronoi_cs": "cage"}
     for name, fs in cfg.fits.feature_sets.items():
         key = f"fits.feature_sets.{name}.features"
         blocks = fs.blocks
@@ -950,6 +960,12 @@ def _cross_checks(cfg, data=None):
             if b in needs and not getattr(cfg, needs[b]).enabled:
                 raise ConfigError(key, f"block {brief(b)} needs the {needs[b]} states: set "
                                        f"{needs[b]}.enabled: true")
+            if b in VORONOI_BLOCKS:
+                from .structure.voronoi import INSTALL_HINT, have_freud
+                if not have_freud():
+                    raise ConfigError(key, f"block {b!r} (Voronoi cells) needs the optional "
+                                           f"extra 'voronoi' (freud-analysis), not installed: "
+                                           f"{INSTALL_HINT}")
         if len(set(blocks)) != len(blocks):
             raise ConfigError(key, f"a block appears twice in {brief(fs.features)}")
         _check_dynamical(cfg, name, fs)

@@ -15,6 +15,9 @@ from .store import _free_bytes, _gib
 
 BASE_BYTES = 400 * 2**20          # interpreter, numpy, numba, h5py, LAMMPS libraries per rank
 LAMMPS_BYTES_PER_ATOM = 2048      # positions, velocities, forces, ghosts, neighbour lists
+# freud/voro++ cells, their vertices and the face-candidate list of structure/voronoi.py (max RSS
+# growth measured for N = 8000 KA: 18 kB per particle)
+VORONOI_BYTES_PER_PARTICLE = 20000
 SLOT_BOOK_BYTES = 300             # one slot's entry in the store's owner maps (every rank)
 TASK_BOOK_BYTES = 200             # one task in a stage's task list (every rank)
 
@@ -87,7 +90,8 @@ def plan_state_point(cfg, ranks, store_mode):
         "replicas": N * LAMMPS_BYTES_PER_ATOM + T * N * 3 * 12,
         # one replica at a time (stages.dynamics_stage): f4 Δr, then |Δr|², |Δr|, sinc, the sums
         "dynamics": T * N * (3 * 4 + 6 * 8),
-        "descriptors": N * F * 8 * 3 + N * 200 * 32,
+        "descriptors": N * F * 8 * 3 + N * 200 * 32
+        + (VORONOI_BYTES_PER_PARTICLE * N if stages.voronoi_blocks(cfg) else 0),
         # rows of a rank's snapshots for one (set, species), the predictions of its snapshots
         # for one set (T·N each, written to the store set by set), plus the per-fold statistics
         # K·(F² + F·T) of every (set, species) a rank has a solve for (learn/fits.py)

@@ -201,12 +201,14 @@ def _calibrate(cfg, repeats):
 
 def _feature_counts(cfg, spec):
     """{feature set: columns} of the fits (descriptor blocks × generations + scalars)."""
-    from .config import DESCRIPTOR_BLOCKS
+    from .config import DESCRIPTOR_BLOCKS, VORONOI_BLOCKS
+    from .structure.voronoi import VORONOI_FEATURE_NAMES
     out = {}
     for name, fs in cfg.fits.feature_sets.items():
         n = 0
         for block in fs.blocks:
-            n += (fs.generations + 1) * spec.n_base_features if block in DESCRIPTOR_BLOCKS else 1
+            n += ((fs.generations + 1) * spec.n_base_features if block in DESCRIPTOR_BLOCKS
+                  else len(VORONOI_FEATURE_NAMES) if block in VORONOI_BLOCKS else 1)
         out[name] = n
     return out
 

@@ -18,6 +18,7 @@ from .states.chains import (average_chains, half_diagnostics, split_half_pearson
 from .store import task_key
 from .structure.descriptors import (DescriptorSpec, compute_descriptors, gr_range, pair_histogram,
                                     second_minimum, spec_from_config)
+from .structure.voronoi import VORONOI_FEATURE_NAMES, voronoi_features
 
 Q_EDGES = dynamics.q_grid()
 
@@ -130,6 +131,8 @@ def layout(cfg, n_features):
         "dynamics/debye_waller": ((S, N), np.float64),
         "descriptors/init": ((S, N, n_features), np.float64),
     }
+    for block in voronoi_blocks(cfg):      # volume, area, asphericity per particle
+        out[f"descriptors/{block}"] = ((S, N, len(VORONOI_FEATURE_NAMES)), np.float64)
     if cfg.descriptors.r_generation == "auto":   # g_AA(r) summands of generation_radius
         out["snapshots/gAA_counts"] = ((S, GAA_BINS), np.float64)
         out["snapshots/gAA_norm"] = ((S,), np.float64)
@@ -606,10 +609,20 @@ def descriptor_states(cfg):
     return states
 
 
+def voronoi_blocks(cfg):
+    """{Voronoi block: dataset of its coordinates} for the blocks some feature set names
+    (config.VORONOI_BLOCKS; only those are computed: they need the optional freud)."""
+    from .config import VORONOI_BLOCKS
+    states = descriptor_states(cfg)
+    used = {b for fs in cfg.fits.feature_sets.values() for b in fs.blocks}
+    return {b: states[st] for b, st in VORONOI_BLOCKS.items() if b in used}
+
+
 def descriptors_stage(ctx, points, store, spec):
-    """Descriptors X^init, X^IS, X^CS on the same grid (SCIENCE.md §3–4), one task per state point
-    and snapshot. ``spec``: the DescriptorSpec, or one per state point (list: r_c of the generation
-    averaging is a state point's own)."""
+    """Descriptors X^init, X^IS, X^CS on the same grid (SCIENCE.md §3–4), and the Voronoi blocks
+    the feature sets name (structure/voronoi.py), one task per state point and snapshot.
+    ``spec``: the DescriptorSpec, or one per state point (list: r_c of the generation averaging is
+    a state point's own)."""
     points = as_points(points)
     specs = list(spec) if isinstance(spec, (list, tuple)) else [spec] * len(points)
     spec_of = {p.index: sp for p, sp in zip(points, specs)}
@@ -621,6 +634,8 @@ def descriptors_stage(ctx, points, store, spec):
         for state, source in descriptor_states(p.cfg).items():
             v.write(f"descriptors/{state}", (s,),
                     compute_descriptors(v.read(source, (s,)), types, box, spec_of[p.index]))
+        for block, source in voronoi_blocks(p.cfg).items():
+            v.write(f"descriptors/{block}", (s,), voronoi_features(v.read(source, (s,)), box))
 
     return run_pooled(ctx, "descriptors", points, lambda p: range(p.cfg.snapshots.count), work,
                       store)

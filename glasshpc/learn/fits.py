@@ -5,7 +5,8 @@ between predicted and measured propensity on held-out snapshots. A feature set j
 '+' ([CAGE] Figs. 3 and 5): descriptor blocks ``init``, ``is``, ``cs`` (X^init, X^IS, X^CS,
 generations 0..n each) and per-particle scalars ``drcs`` (Δr^CS), ``dris`` (Δr^IS), ``fnet``
 (|F^net| at t = 0), ``energy`` (potential energy at t = 0), ``dw`` (local Debye–Waller factor,
-[DW]).
+[DW]); Voronoi blocks ``voronoi``, ``voronoi_is``, ``voronoi_cs`` (volume, surface, asphericity,
+[DW], 3 columns each).
 
 Parallel layout (every number is a function of the config and the data only, never of the ranks):
 
@@ -53,8 +54,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..config import DESCRIPTOR_BLOCKS
+from ..config import DESCRIPTOR_BLOCKS, VORONOI_BLOCKS
 from ..parallel import TaskQueue, task_rng
+from ..structure.voronoi import VORONOI_FEATURE_NAMES
 from .mlp import mlp_baseline
 from .ridge import (AlphaPath, _Rows, _Standardised, _Stats, _warn_grid, assign_folds, binned_stats,
                     fold_pearson_scorer, fold_sse_scorer, frame, frame_for, mean_mse, pearson, pearson_r2, refit)
@@ -103,6 +105,9 @@ def feature_layout(fset, descriptor_names):
         if block in DESCRIPTOR_BLOCKS:
             parts.append((block, cols))
             names += [f"{block}:{descriptor_names[c]}" for c in cols]
+        elif block in VORONOI_BLOCKS:   # its own columns, generation 0 only (config.VORONOI_BLOCKS)
+            parts.append((block, np.arange(len(VORONOI_FEATURE_NAMES))))
+            names += [f"{block}:{c}" for c in VORONOI_FEATURE_NAMES]
         else:
             parts.append((block, None))
             names.append(block)
@@ -140,7 +145,8 @@ def _rows(parts, data, ids, species, T, store=None):
 def _read_snapshot(store, s, blocks):
     d = {"types": store.read("snapshots/types", (s,)), "propensity": store.read("propensity", (s,))}
     for b in blocks:
-        d[b] = store.read(f"descriptors/{b}" if b in DESCRIPTOR_BLOCKS else SCALAR_SOURCES[b], (s,))
+        d[b] = store.read(f"descriptors/{b}" if b in DESCRIPTOR_BLOCKS or b in VORONOI_BLOCKS
+                          else SCALAR_SOURCES[b], (s,))
     return d
 
 
@@ -491,7 +497,8 @@ def snapshot_mean_std(rho):
 def prediction_inputs(h5, feature_names, s):
     """(N, F) float64 inputs of snapshot ``s`` of a finished output ``h5`` (h5py.File) for a
     feature set's ``feature_names`` (``/fits/<set>/feature_names``): ``block:name`` is column
-    ``name`` of ``/descriptors/feature_names`` in ``/descriptors/<block>``; a scalar name is the
+    ``name`` of ``/descriptors/feature_names`` in ``/descriptors/<block>`` (of
+    ``structure.voronoi.VORONOI_FEATURE_NAMES`` for a Voronoi block); a scalar name is the
     per-particle dataset of :data:`SCALAR_SOURCES` (also ``/fits`` attrs ``scalar_sources``).
     ``X @ coef[sp, t] + intercept[sp, t]`` over the particles of species ``sp`` is then
     ``/fits/<set>/prediction[s, t]`` there."""
@@ -507,7 +514,8 @@ def prediction_inputs(h5, feature_names, s):
         if col:
             if block not in blocks:   # one read per block, not per column
                 blocks[block] = h5[f"descriptors/{block}"][s]
-            cols.append(blocks[block][:, columns[col]])
+            cols.append(blocks[block][:, VORONOI_FEATURE_NAMES.index(col) if block in VORONOI_BLOCKS
+                                      else columns[col]])
         else:
             cols.append(h5[sources[block]][s])
     return np.stack(cols, axis=1).astype(np.float64)
