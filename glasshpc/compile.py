@@ -51,6 +51,12 @@ def _structure(rng):
     radial_distribution([pos], [types], [box])     # the kernels of second_minimum_gAA
     from .dynamics import q_grid, structure_factor
     structure_factor(pos[types == 0], box, q_grid())   # S(q) of the snapshot stage (NUFFT)
+    # Voronoi surfaces: the numba part only (freud, which gives the cells, is an optional extra);
+    # one tetrahedral cell, the argument types voronoi_features passes
+    from .structure.voronoi import FACE_TOLERANCE, _surface_areas
+    tet = np.array([[1.0, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]])
+    _surface_areas(np.array([0, 4], np.int64), tet, np.array([0, 1], np.int64),
+                   np.array([[-2.0, -2, -2]]) / 3.0, FACE_TOLERANCE)   # the face opposite (1,1,1)
 
 
 def _cage(rng):

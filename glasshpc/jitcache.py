@@ -26,6 +26,7 @@ KERNEL_MODULES = (
     "glasshpc.structure.sann",
     "glasshpc.structure.descriptors",
     "glasshpc.structure.structure_factor",
+    "glasshpc.structure.voronoi",
     "glasshpc.states.cage",
     "glasshpc.states.inherent",
     "glasshpc.md.edmd",
