@@ -304,12 +304,44 @@ class SelectionConfig:
 
 @dataclass(frozen=True)
 class MLPConfig:
-    layers: int = _f(0, "hidden layers of the MLP baseline ([CMP], [DW]); 0 = off", lo=0, hi=3)
+    layers: int = _f(0, "hidden layers of the MLP baseline ([CMP], [DW]; PyTorch, extra 'nn'); "
+                        "0 = off", lo=0, hi=3)
     width: int = _f(16, "ReLU units per hidden layer", lo=1, hi=10**4)
-    l2: float = _f(1e-3, "L2 penalty (MLPRegressor alpha)", lo=0.0)
+    dropout: float = _f(0.25, "dropout probability after each hidden layer ([CMP] Table I: 0.25)",
+                        lo=0.0, hi=1.0, hi_open=True)
+    l2: float = _f(1e-2, "L2 penalty on the weights: Adam weight_decay ([CMP] Table I: α = 0.01)",
+                   lo=0.0, hi=1e3)
     max_iter: int = _f(300, "Adam epochs", lo=1, hi=10**6)
+    batch_size: int = _f(50, "training rows per Adam step ([CMP]: 50)", lo=1, hi=10**7)
+    learning_rate: float = _f(1e-3, "Adam step size", lo=0.0, lo_open=True, hi=1.0)
+    outputs: str = _f("all", "'all' = one network per species predicting every read-out time "
+                             "([DW]); 'per_time' = one network per species and time ([CMP])",
+                      choices=("all", "per_time"))
     max_rows: int = _f(100000, "training rows gathered for the MLP (deterministic subsample)", lo=1,
                        hi=10**8)
+    seed: int = _f(0, "varies the initial weights, batch order and dropout (with the master seed "
+                      "and the task) without changing the split", lo=0, hi=2**31 - 1)
+
+
+@dataclass(frozen=True)
+class GNNConfig:
+    enabled: bool = _f(False, "train the graph network baseline of [CMP] (Bapst et al. 2020; "
+                              "PyTorch, extra 'nn') on each feature set: node input = the set's "
+                              "generation-0 descriptors and scalar blocks + one-hot species, "
+                              "edges r < cutoff with input |r_ij|, one network per species")
+    hidden: int = _f(16, "width of every node / edge MLP and of the latent node and edge vectors",
+                     lo=1, hi=1024)
+    layers: int = _f(4, "graph layers after the encoder ([CMP]: 4)", lo=1, hi=16)
+    epochs: int = _f(30, "passes over the training snapshots (one snapshot = one graph = one "
+                         "Adam step)", lo=1, hi=10**5)
+    learning_rate: float = _f(1e-3, "Adam step size", lo=0.0, lo_open=True, hi=1.0)
+    weight_decay: float = _f(0.0, "L2 penalty on the weights: Adam weight_decay ([CMP]: none)",
+                             lo=0.0, hi=1e3)
+    cutoff: float = _f(2.1, "edges between particles closer than cutoff · σ_L, σ_L = the largest "
+                            "species size σ_ss of the model ([CMP]: 2.1 σ_L); periodic minimum "
+                            "image, so cutoff · σ_L < half the box", lo=0.0, lo_open=True, hi=10.0)
+    seed: int = _f(0, "varies the initial weights and the snapshot order (with the master seed "
+                      "and the task) without changing the split", lo=0, hi=2**31 - 1)
 
 
 @dataclass(frozen=True)
@@ -349,6 +381,8 @@ class FitsConfig:
                                       "/<set> [P, n_species, T], read-out index to read-out index "
                                       "(every state point needs as many read-outs)", lo=0,
                                 hi=MAX_ITEMS)
+    gnn: GNNConfig = _f(doc="graph network baseline on the same splits (off by default)",
+                        factory=GNNConfig)
 
 
 @dataclass(frozen=True)
@@ -989,6 +1023,27 @@ def _cross_checks(cfg, data=None):
     if counts.min() < 1:
         raise ConfigError("model.n_particles",
                           f"too small: species counts would be {counts.tolist()}")
+    _check_networks(cfg)
+
+
+def _check_networks(cfg):
+    """fits.mlp / fits.gnn need PyTorch (extra 'nn'); the GNN cutoff must fit in half the box."""
+    wanted = [k for k, on in (("fits.mlp.layers", cfg.fits.mlp.layers > 0),
+                              ("fits.gnn.enabled", cfg.fits.gnn.enabled)) if on]
+    if not wanted:
+        return
+    try:
+        import torch  # noqa: F401  (only when a network is asked for: the import takes ~1 s)
+    except ImportError:
+        raise ConfigError(wanted[0], "the network baselines need PyTorch, which is not "
+                                     "installed: pip install 'glasshpc[nn]'") from None
+    if cfg.fits.gnn.enabled and cfg.model.density is not None:
+        from .models import get_model
+        reach = cfg.fits.gnn.cutoff * float(max(get_model(cfg.model.name).sigma_self()))
+        if reach >= cfg.box_length / 2:
+            raise ConfigError("fits.gnn.cutoff", f"cutoff · σ_L = {reach:.4g} must be below half the "
+                                                 f"box ({cfg.box_length / 2:.4g}): use more particles "
+                                                 "or a shorter cutoff")
 
 
 def _pair_cutoff(model_name):

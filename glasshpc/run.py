@@ -488,6 +488,8 @@ def write_state_point(h5, cfg, res, species):
                             cfg.fits.selection.method)
         if fit.mlp_pearson is not None:
             f["mlp_pearson"], f["mlp_r2"] = fit.mlp_pearson, fit.mlp_r2
+        if fit.gnn_pearson is not None:
+            f["gnn_pearson"], f["gnn_r2"] = fit.gnn_pearson, fit.gnn_r2
     for name, rho in res["single"].items():
         g[f"single/{name}"] = rho
         g[f"single/{name}"].attrs["dynamical"] = name in config_mod.DYNAMICAL_BLOCKS
@@ -653,7 +655,8 @@ def _dynamical(feature_sets, name):
 def pearson_table(times, fits, species, feature_sets=None):
     """Held-out Pearson ρ(t) of predicted vs measured propensity, per feature set in both
     conventions: pooled over all held-out particles, and mean ± std over the held-out snapshots
-    of the per-snapshot ρ (Bapst et al. 2020, GlassBench). Sets with a dynamical block
+    of the per-snapshot ρ (Bapst et al. 2020, GlassBench), and the pooled ρ of the MLP / GNN
+    baselines when fitted (columns '<set> mlp', '<set> gnn'). Sets with a dynamical block
     (``feature_sets``: the config's) are labelled ' [dyn]'."""
     cols = {}
     for n, r in fits.items():
@@ -661,9 +664,13 @@ def pearson_table(times, fits, species, feature_sets=None):
         cols[f"{label} pooled"] = r.pearson
         if r.pearson_snapshot_mean is not None:
             cols[f"{label} per-snap"] = (r.pearson_snapshot_mean, r.pearson_snapshot_std)
+        for net in ("mlp", "gnn"):   # the network baselines on the same split, pooled
+            if getattr(r, f"{net}_pearson", None) is not None:
+                cols[f"{label} {net}"] = getattr(r, f"{net}_pearson")
     dyn = any(_dynamical(feature_sets, n) for n in fits)
     return _table("held-out Pearson ρ(t) of ridge-predicted vs measured propensity (pooled "
-                  "over particles; per-snap = mean ± std over held-out snapshots)", times, cols,
+                  "over particles; per-snap = mean ± std over held-out snapshots; mlp, gnn = "
+                  "the network baselines, pooled)", times, cols,
                   species, DYN_NOTE if dyn else None)
 
 

@@ -22,8 +22,9 @@ Parallel layout (every number is a function of the config and the data only, nev
    the ones a whole problem's owner computes alone.  All T times of one species share one Gram.
 2. wave A, dealt over ranks: the whole problems, or one task per (set, species, fold) —
    eigendecomposition of the fold's training Gram and its validation errors on every α the grid
-   rule can reach — and one per (set, species) for the MLP baseline (the task reads its rows from
-   the store).  The α are scored in the blocks of :attr:`AlphaPath.blocks` (the grid, then one
+   rule can reach — and one per (set, species) for the MLP and one for the GNN baseline (each
+   reads its rows / graphs from the store and trains on its rank alone: the same bits on any rank
+   count).  The α are scored in the blocks of :attr:`AlphaPath.blocks` (the grid, then one
    decade per extension), so a whole problem asks only for the blocks its α rule reaches and
    gets the same bits as the full tables of the per-fold tasks.  Results are all-gathered; with
    per-fold tasks every rank replays the α choice (:class:`AlphaPath`) on the same tables.
@@ -77,7 +78,8 @@ class FitResult:
     absent), pearson_snapshot_mean / pearson_snapshot_std (n_species, T) their mean and population
     std (ddof 0) over the snapshots where it is defined. With ``fits.selection``: ``selection``
     [SelectionResult per species]; with ``fits.mlp``: ``mlp_pearson``, ``mlp_r2`` (n_species, T)
-    of the MLP baseline on the same split. The predictions are in the store
+    of the MLP baseline on the same split; with ``fits.gnn``: ``gnn_pearson``, ``gnn_r2`` likewise
+    for the graph network (:mod:`glasshpc.learn.gnn`). The predictions are in the store
     (``fits/<set>/prediction``), not here."""
     pearson: np.ndarray
     r2: np.ndarray
@@ -89,6 +91,8 @@ class FitResult:
     selection: list = field(default_factory=list)
     mlp_pearson: np.ndarray = None
     mlp_r2: np.ndarray = None
+    gnn_pearson: np.ndarray = None
+    gnn_r2: np.ndarray = None
     pearson_per_snapshot: np.ndarray = None
     pearson_snapshot_mean: np.ndarray = None
     pearson_snapshot_std: np.ndarray = None
@@ -253,6 +257,8 @@ def _fit_propensity(ctx, cfg, store, descriptor_names, n_species, timings):
         wave_a = [("cv", tau, f) for tau in taus for f in range(K)]
     if mlp_cfg.layers:
         wave_a += [("mlp", tau) for tau in taus]
+    if cfg.fits.gnn.enabled:
+        wave_a += [("gnn", tau) for tau in taus]
     wave_b = [] if whole else [("refit", tau) for tau in taus]
     if method != "none":
         wave_b += [("select", tau, t) for tau in taus for t in range(T)]
@@ -279,8 +285,11 @@ def _fit_propensity(ctx, cfg, store, descriptor_names, n_species, timings):
         if task[0] == "select":
             k_sel = F if method == "rfe" else min(cfg.fits.selection.max_features, F)
             return 2.0 * F ** 3 if method == "rfe" else 4.0 * k_sel * F * F
+        if task[0] == "gnn":
+            return gnn_cost(cfg.fits.gnn, train.size, cfg.model.n_particles, F)
         w, L = mlp_cfg.width, mlp_cfg.layers
-        return 6.0 * min(n_rows[task[1]], mlp_cfg.max_rows) * (F * w + (L - 1) * w * w + w * T) \
+        heads = T if mlp_cfg.outputs == "per_time" else 1
+        return heads * 6.0 * min(n_rows[task[1]], mlp_cfg.max_rows) * (F * w + (L - 1) * w * w + w * T) \
             * mlp_cfg.max_iter
     folds = {}
     for tau in taus:
@@ -304,7 +313,7 @@ def _fit_propensity(ctx, cfg, store, descriptor_names, n_species, timings):
         owner_b = dict(zip(wave_b, deal([cost(t) for t in wave_b], ctx.size)))
         mine_a = [t for t in wave_a if owner_a[t] == ctx.rank]
         mine_b = [t for t in wave_b if owner_b[t] == ctx.rank]
-        keep = {t[1] for t in mine_a + mine_b if t[0] != "mlp"}
+        keep = {t[1] for t in mine_a + mine_b if t[0] not in ("mlp", "gnn")}
         for tau in taus:
             pb = probs[tau]
             fr, parts = statistics(tau, comm, data)
@@ -362,12 +371,18 @@ def _fit_propensity(ctx, cfg, store, descriptor_names, n_species, timings):
             f = task[2]
             return fold_scorer(tau, f, _fold_problem(pb.parts, f), pb.parts)(path.candidates)
         k_set, sp = tau
+        if task[0] == "gnn":
+            from .gnn import gnn_task
+            seed = int(task_rng(cfg.seed, "gnn", cfg.fits.gnn.seed, k_set, sp).integers(2 ** 31))
+            return gnn_task(cfg, store, sets[k_set][1], descriptor_names, n_species, sp, train,
+                            test, seed)
         Xtr, Ytr, Gtr = _rows(pb.layout, data, train, sp, T, store)
         Xte, Yte, _ = _rows(pb.layout, data, test, sp, T, store)
-        seed = int(task_rng(cfg.seed, "mlp", k_set, sp).integers(2 ** 31))
+        seed = int(task_rng(cfg.seed, "mlp", mlp_cfg.seed, k_set, sp).integers(2 ** 31))
         return mlp_baseline(Xtr, Ytr, Gtr, Xte, Yte, layers=mlp_cfg.layers, width=mlp_cfg.width,
-                            l2=mlp_cfg.l2, max_iter=mlp_cfg.max_iter, max_rows=mlp_cfg.max_rows,
-                            seed=seed)
+                            dropout=mlp_cfg.dropout, l2=mlp_cfg.l2, max_iter=mlp_cfg.max_iter,
+                            batch_size=mlp_cfg.batch_size, learning_rate=mlp_cfg.learning_rate,
+                            outputs=mlp_cfg.outputs, max_rows=mlp_cfg.max_rows, seed=seed)
 
     res_a = {}
     if whole:
@@ -468,6 +483,12 @@ def _fit_propensity(ctx, cfg, store, descriptor_names, n_species, timings):
                     res.mlp_pearson = np.full((n_species, T), np.nan)
                     res.mlp_r2 = np.full((n_species, T), np.nan)
                 res.mlp_pearson[sp], res.mlp_r2[sp] = mlp.pearson, mlp.r2
+            if cfg.fits.gnn.enabled:
+                gnn = res_a["gnn", tau]
+                if res.gnn_pearson is None:
+                    res.gnn_pearson = np.full((n_species, T), np.nan)
+                    res.gnn_r2 = np.full((n_species, T), np.nan)
+                res.gnn_pearson[sp], res.gnn_r2[sp] = gnn.pearson, gnn.r2
         for s in local:
             store.write(f"fits/{name}/prediction", (s,), predictions[s])
         predictions.clear()
@@ -480,6 +501,15 @@ def _fit_propensity(ctx, cfg, store, descriptor_names, n_species, timings):
         results[name] = res
     lap("held-out")
     return results, train, test
+
+
+def gnn_cost(gnn_cfg, n_train, n_particles, F, degree=50.0):
+    """Estimated flops of one ('gnn', (set, species)) task, for :func:`deal`: per epoch and training
+    snapshot, forward + backward (×3) of the edge MLPs (≈ ``degree`` edges per particle, 3H² each) and
+    the node MLPs (5H²) of every graph layer, plus the encoder (F·H)."""
+    H = float(gnn_cfg.hidden)
+    per_node = gnn_cfg.layers * (degree * 3.0 * H * H + 5.0 * H * H) + F * H
+    return 6.0 * gnn_cfg.epochs * n_train * n_particles * per_node
 
 
 def snapshot_mean_std(rho):
