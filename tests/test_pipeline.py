@@ -130,6 +130,7 @@ def test_one_and_two_ranks_identical(tiny_yaml, tmp_path):
 def test_selection_and_mlp_from_yaml(tiny_yaml, tmp_path):
     """fits.selection and fits.mlp run inside the pipeline and land in /fits/<set>/: the ranked
     names are the set's own feature names, ρ with all selected features is finite."""
+    pytest.importorskip("torch", reason="fits.mlp needs PyTorch: pip install '.[nn]'")
     import yaml
     data = yaml.safe_load(tiny_yaml(str(tmp_path / "sel.h5")))
     data["fits"]["feature_sets"] = {"cs": {"features": "init+cs+drcs", "generations": 0}}
