@@ -229,10 +229,11 @@ def snapshot_graphs(cfg, store, fset, descriptor_names, ids):
     (``snapshots/positions``, ``snapshots/box``) within ``cfg.fits.gnn.cutoff`` · σ_L, node inputs the
     generation-0 columns of ``fset``'s descriptor blocks and its scalar blocks (:func:`fits.feature_layout`),
     targets ``propensity`` (N, T)."""
-    from ..config import FeatureSet
+    import dataclasses
+
     from ..models import get_model
     from .fits import _read_snapshot, feature_layout
-    parts, _ = feature_layout(FeatureSet(fset.features, 0, fset.allow_dynamical), descriptor_names)
+    parts, _ = feature_layout(dataclasses.replace(fset, generations=0), descriptor_names)
     cutoff = cfg.fits.gnn.cutoff * float(max(get_model(cfg.model.name).sigma_self()))
     out = []
     for s in ids:
