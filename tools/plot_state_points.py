@@ -75,7 +75,7 @@ def plot(d, sets, species, out):
     ax.set_ylabel("τ_α (τ)")
     ax.set_title("(a) structural relaxation time")
     ax.legend(fontsize=8)
-    cmap = plt.get_cmap("coolwarm")
+    cmap = plt.get_cmap("turbo")   # its middle (green) stays visible, unlike a diverging map
     T = d["temperature"]
     span = np.ptp(x) or 1.0
     for j, name in enumerate(sets):
@@ -84,7 +84,7 @@ def plot(d, sets, species, out):
             t, rho = d["times"][p], d["pearson"][name][p, sp]
             ok = np.isfinite(t) & np.isfinite(rho)
             # hot (small 1/T, small η) red, cold blue
-            colour = cmap(1.0 - (x[p] - x.min()) / span)
+            colour = cmap(0.9 - 0.8 * (x[p] - x.min()) / span)
             ax.semilogx(t[ok], rho[ok], "-", color=colour,
                         label=f"T = {T[p]:.3g}" if label == "1 / T" else f"{label.split()[-1]} "
                         f"= {x[p]:.3g}")
