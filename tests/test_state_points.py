@@ -138,12 +138,35 @@ def test_plot_tool_on_the_sweep(sweep_run, tmp_path):
                        text=True)
     assert p.returncode == 0, p.stderr
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the single-state tools read one state point of a sweep (--state-point), refuse without one
+    pearson = os.path.join(ROOT, "tools", "plot_pearson.py")
+    p = subprocess.run([sys.executable, pearson, path, "--state-point", "1", "-o",
+                        str(tmp_path / "sp1.png")], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "sp1.png").read_bytes()[:4] == b"\x89PNG"
+    p = subprocess.run([sys.executable, pearson, path, "-o", str(tmp_path / "x.png")],
+                       capture_output=True, text=True)
+    assert p.returncode != 0 and "--state-point 0..1" in p.stderr
+    from glasshpc.io.export import ExportError, export
+    res = export(path, "extxyz", str(tmp_path / "sp1.xyz"), snapshots="0", state_point=1)
+    with h5py.File(path, "r") as f:
+        pos = f["state_points/1/snapshots/positions"][0]
+    import ase.io
+    atoms = ase.io.read(res["files"][0])
+    np.testing.assert_allclose(atoms.get_positions(), pos % f_box(path, 1), atol=1e-12)
+    with pytest.raises(ExportError, match="sweep over 2 state points"):
+        export(path, "extxyz", str(tmp_path / "none.xyz"))
     # a file without /sweep: a one-line refusal naming the other tools
     single = tmp_path / "plain.h5"
     with h5py.File(single, "w") as f:
         f["x"] = 1
     p = subprocess.run([sys.executable, tool, str(single)], capture_output=True, text=True)
     assert p.returncode != 0 and "no /sweep" in p.stderr
+
+
+def f_box(path, k):
+    with h5py.File(path, "r") as f:
+        return f[f"state_points/{k}/snapshots/box"][0]
 
 
 @pytest.mark.parametrize("override, key, words", [

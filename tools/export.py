@@ -40,10 +40,12 @@ def main(argv=None):
     ap.add_argument("--snapshots", default=None, help="all | test | train | 0,3,5-7")
     ap.add_argument("--symbols", default=None, help="extxyz chemical symbols per species, e.g. Ar,Kr")
     ap.add_argument("-o", "--output", default=None, help="file (folder for glassbench)")
+    ap.add_argument("--state-point", type=int, default=None, metavar="K",
+                    help="state point K of a sweep (state_points:)")
     args = ap.parse_args(argv)
     try:
         res = export(args.h5, args.to, args.output, args.time, args.snapshots,
-                     args.symbols.split(",") if args.symbols else None)
+                     args.symbols.split(",") if args.symbols else None, args.state_point)
     except (ExportError, OSError) as err:
         print(f"export: {err}", file=sys.stderr)
         return 2

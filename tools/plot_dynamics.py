@@ -25,14 +25,15 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from glasshpc.dynamics import chi4_propensity  # noqa: E402
+from glasshpc.io.results import open_results  # noqa: E402
 
 COLORS = ("#1f5fa8", "#d1495b", "#3c9d5d", "#8a5ac8")
 
 
-def read(path, fit_set=None):
+def read(path, fit_set=None, state_point=None):
     """Everything the figure needs, as a dict. Raises SystemExit with a one-line hint for files
     without the datasets (a softness sweep, or a run made before χ₄ was stored)."""
-    with h5py.File(path, "r") as f:
+    with open_results(path, state_point, cli=True) as f:
         if "dynamics/fs_mean" not in f:
             raise SystemExit(f"{path}: no /dynamics/fs_mean — not the output of a propensity run "
                              "(softness sweeps: tools/plot_barriers.py)")
@@ -72,9 +73,12 @@ def main(argv=None):
     ap.add_argument("h5")
     ap.add_argument("--set", dest="fit_set", help="also χ₄ of this feature set's predictions")
     ap.add_argument("-o", "--output", help="PNG path (default: <h5 stem>_dynamics.png)")
+    ap.add_argument("--state-point", type=int, default=None, metavar="K",
+                    help="state point K of a sweep (state_points:)")
     args = ap.parse_args(argv)
-    out = args.output or os.path.splitext(args.h5)[0] + "_dynamics.png"
-    d = read(args.h5, args.fit_set)
+    out = args.output or os.path.splitext(args.h5)[0] + (
+        "" if args.state_point is None else f"_sp{args.state_point}") + "_dynamics.png"
+    d = read(args.h5, args.fit_set, args.state_point)
     t = d["times"]
     plt.rcParams.update({"font.size": 9, "axes.linewidth": 0.8})
     fig, axes = plt.subplots(1, 3, figsize=(11.5, 3.5))

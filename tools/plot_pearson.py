@@ -12,6 +12,7 @@ single-variable correlations of Δr^CS, Δr^IS, |F^net| with propensity (/fits/s
 """
 import argparse
 import os
+import sys
 
 import h5py
 import matplotlib
@@ -19,6 +20,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from glasshpc.io.results import open_results  # noqa: E402
 
 
 SINGLE_LABELS = {"drcs": r"$\Delta r^{CS}$ alone", "dris": r"$\Delta r^{IS}$ alone",
@@ -29,9 +33,12 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("h5")
     ap.add_argument("-o", "--output", help="PNG path (default: <h5 stem>_pearson.png)")
+    ap.add_argument("--state-point", type=int, default=None, metavar="K",
+                    help="state point K of a sweep (state_points:)")
     args = ap.parse_args(argv)
-    out = args.output or os.path.splitext(args.h5)[0] + "_pearson.png"
-    with h5py.File(args.h5, "r") as f:
+    out = args.output or os.path.splitext(args.h5)[0] + (
+        "" if args.state_point is None else f"_sp{args.state_point}") + "_pearson.png"
+    with open_results(args.h5, args.state_point, cli=True) as f:
         times = f["iso/times"][()]
         species = [s.decode() for s in f.attrs["species"]]
         fits = {name: f[f"fits/{name}/pearson"][()] for name, g in f["fits"].items()

@@ -27,6 +27,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.collections import EllipseCollection  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from glasshpc.io.results import open_results  # noqa: E402
+
 SIGMA_SELF = {"kob_andersen": (1.0, 0.88), "harmonic_spheres": (1.0, 1.4),
               "hard_spheres": (1.0, 0.85), "bead_spring": (1.0,)}
 MODEL_NAMES = {"kob_andersen": "Kob–Andersen", "harmonic_spheres": "harmonic spheres",
@@ -39,10 +42,10 @@ def _decode(values):
     return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
 
 
-def read(path, snapshot=None, t=None, fit_set=None):
+def read(path, snapshot=None, t=None, fit_set=None, state_point=None):
     """The arrays of one snapshot as a dict. Raises SystemExit with a one-line hint for what the
     file lacks (no predictions, a softness sweep, an index out of range)."""
-    with h5py.File(path, "r") as f:
+    with open_results(path, state_point, cli=True) as f:
         if "propensity" not in f or "snapshots/positions" not in f:
             raise SystemExit(f"{path}: no /propensity — not the output of a propensity run")
         sets = [n for n in f.get("fits", {}) if f"fits/{n}/prediction" in f]
@@ -72,7 +75,7 @@ def read(path, snapshot=None, t=None, fit_set=None):
         model = "kob_andersen"
         try:
             import yaml
-            model = yaml.safe_load(f["provenance"].attrs["config_yaml"])["model"]["name"]
+            model = yaml.safe_load(f.file["provenance"].attrs["config_yaml"])["model"]["name"]
         except Exception:  # noqa: BLE001  (diameters only: fall back to KA's)
             pass
         return {"pos": f["snapshots/positions"][snapshot], "types": f["snapshots/types"][snapshot],
@@ -172,9 +175,12 @@ def main(argv=None):
     ap.add_argument("--slab", type=float, default=1.0, help="slab thickness W (σ)")
     ap.add_argument("-o", "--output", help="PNG path (default: <h5 stem>_snapshot.png)")
     ap.add_argument("--ovito", metavar="PNG", help="also a 3-D OVITO rendering to this path")
+    ap.add_argument("--state-point", type=int, default=None, metavar="K",
+                    help="state point K of a sweep (state_points:)")
     args = ap.parse_args(argv)
-    out = args.output or os.path.splitext(args.h5)[0] + "_snapshot.png"
-    d = read(args.h5, args.snapshot, args.time, args.fit_set)
+    out = args.output or os.path.splitext(args.h5)[0] + (
+        "" if args.state_point is None else f"_sp{args.state_point}") + "_snapshot.png"
+    d = read(args.h5, args.snapshot, args.time, args.fit_set, args.state_point)
     rho = pearson_per_species(d)
     plt.rcParams.update({"font.size": 9, "axes.linewidth": 0.8})
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.3), gridspec_kw={"width_ratios": [1, 1, 0.95]})

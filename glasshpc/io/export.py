@@ -204,7 +204,7 @@ def glassbench_arrays(h5, s, k, replicas=None):
     return out
 
 
-def export(path, to, output=None, t=None, snapshots=None, symbols=None):
+def export(path, to, output=None, t=None, snapshots=None, symbols=None, state_point=None):
     """Write the per-particle results of the output file ``path``.
 
     to : 'extxyz' | 'lammps-dump' | 'glassbench'; output : file (extxyz, lammps-dump: every chosen
@@ -214,11 +214,18 @@ def export(path, to, output=None, t=None, snapshots=None, symbols=None):
     ``<stem>_glassbench/``). t : time (τ) of the read-out (nearest in ln t; None → τ_α of species A);
     snapshots : :func:`parse_snapshots` spec; symbols : chemical symbols per species (extxyz).
     Returns dict ``files`` (paths written), ``time`` (τ, the read-out used), ``k``, ``snapshots``,
-    ``columns``. Raises ExportError (a ValueError) for what the file cannot provide."""
+    ``columns``. ``state_point``: state point k of a sweep (glasshpc.io.results.open_results;
+    default outputs then carry ``_sp<k>`` in their name). Raises ExportError (a ValueError) for what
+    the file cannot provide (also a sweep without ``state_point``)."""
     if to not in ("extxyz", "lammps-dump", "glassbench"):
         raise ExportError(f"--to must be extxyz, lammps-dump or glassbench, got {to!r}")
-    stem = os.path.splitext(path)[0]
-    with h5py.File(path, "r") as h5:
+    from .results import ResultsError, check_results, open_results
+    stem = os.path.splitext(path)[0] + ("" if state_point is None else f"_sp{state_point}")
+    try:
+        check_results(path, state_point)
+    except ResultsError as err:
+        raise ExportError(str(err)) from None
+    with open_results(path, state_point) as h5:
         info = read_info(h5)
         k = time_index(info["times"], t, info["tau_alpha"])
         chosen = parse_snapshots(snapshots, info["S"], info["is_test"])
