@@ -259,7 +259,10 @@ def execute(cfg, yaml_text, ctx, store_mode="auto", resume=False, overwrite=Fals
             wall["import"] = import_stage(ctx, cfg, store)
         else:
             wall["snapshots"] = stages.snapshots(ctx, points, store, engines)
-            wall["replicas"] = stages.replicas(ctx, points, store, engines)
+            if cfg.cage.enabled:   # the chains fill the replica stage's last wave
+                wall["replicas + cage"] = stages.replicas_and_cage(ctx, points, store, engines)
+            else:
+                wall["replicas"] = stages.replicas(ctx, points, store, engines)
         wall["static"] = stages.static_stage(ctx, points, store, engines)
         if cfg.inherent.enabled:
             wall["inherent"] = stages.inherent_stage(ctx, points, store, engines)
@@ -275,7 +278,8 @@ def execute(cfg, yaml_text, ctx, store_mode="auto", resume=False, overwrite=Fals
             _state_point_header(ctx, p)
             results.append(dynamics_summary(ctx, p.cfg, p.view(store), q, species))
         if cfg.cage.enabled:
-            wall["cage"] = stages.cage_stage(ctx, points, store)
+            if cfg.imported is not None:   # else run with the replicas
+                wall["cage"] = stages.cage_stage(ctx, points, store)
             for p, res in zip(points, results):
                 _state_point_header(ctx, p)
                 res["cage_attrs"] = cage_summary(ctx, p.cfg, p.view(store), species)

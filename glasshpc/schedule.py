@@ -261,7 +261,13 @@ def _stage_models(cfg, cal, which=0, engine_ranks=1):
         c = cfg.cage
         chain = (c.equilibration_sweeps + c.measurement_sweeps) * N * cal["cage_move"][which] \
             + cal["cage_fixed"][which]
-        out.append(Stage("cage", np.full(S * c.chains, chain)))
+        cage = np.full(S * c.chains, chain)
+        if cfg.imported is None:   # stages.replicas_and_cage: the chains share the replicas' queue
+            reps = next(x for x in out if x.name == "replicas")
+            reps.name = "replicas + cage"
+            reps.costs = np.concatenate([reps.costs, cage])
+        else:
+            out.append(Stage("cage", cage))
     n_states = len(st.descriptor_states(cfg))
     out.append(Stage("descriptors", np.full(S, n_states * cal["descriptors"][which])))
     spec = st.descriptor_spec(cfg, 1.5)

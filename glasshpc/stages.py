@@ -85,10 +85,11 @@ def run_transient(points):
     return tuple(p.prefix + k for p in points for k in transient(p.cfg))
 
 
-def run_pooled(ctx, name, points, tasks_of, work, store, cost=None, groups=None):
-    """:func:`run_tasks` over the tasks of every state point in one queue: ``tasks_of(point)`` the
-    point's task identities (ints or tuples), ``work(point, task)``, ``cost(point, task)`` (None:
-    equal costs, order kept). The journal names a task :meth:`Point.key`."""
+def pooled_part(name, points, tasks_of, work, cost=None):
+    """One stage's share of a queue (:func:`run_stages`): the tasks of every state point,
+    ``tasks_of(point)`` the point's task identities (ints or tuples), ``work(point, task)``,
+    ``cost(point, task)`` (None: equal costs, order kept). The journal names a task
+    :meth:`Point.key`. Returns (name, keys, work(key), cost(key) or None)."""
     keys, where = [], {}
     for p in points:
         for t in tasks_of(p):
@@ -96,9 +97,14 @@ def run_pooled(ctx, name, points, tasks_of, work, store, cost=None, groups=None)
             keys.append(key)
             where[task_key(key)] = (p, t)
     costs = None if cost is None else {task_key(k): cost(*where[task_key(k)]) for k in keys}
-    return run_tasks(ctx, name, keys, lambda key: work(*where[task_key(key)]), store,
-                     cost=None if costs is None else (lambda key: costs[task_key(key)]),
-                     groups=groups)
+    return (name, keys, lambda key: work(*where[task_key(key)]),
+            None if costs is None else (lambda key: costs[task_key(key)]))
+
+
+def run_pooled(ctx, name, points, tasks_of, work, store, cost=None, groups=None):
+    """:func:`run_tasks` over the tasks of every state point in one queue (:func:`pooled_part`)."""
+    _, keys, work_key, cost_key = pooled_part(name, points, tasks_of, work, cost)
+    return run_tasks(ctx, name, keys, work_key, store, cost=cost_key, groups=groups)
 
 
 def _sweep_cost(points, fn):
@@ -231,25 +237,49 @@ def run_tasks(ctx, name, tasks, work, store, cost=None, groups=None):
     ranks; the leader of a group takes a task, broadcasts it to its group, every member runs
     ``work(task)`` (which writes only on the leader) and the leader commits. Ranks outside every
     group wait at the stage boundary."""
-    done = store.completed(name)
-    todo = [t for t in tasks if task_key(t) not in done]
-    if len(todo) < len(tasks):
-        ctx.log(f"  [{name}] resuming: {len(tasks) - len(todo)} of {len(tasks)} tasks already done")
-    todo, costs = lpt_order(todo, None if cost is None else [cost(t) for t in todo])
-    queue = TaskQueue(ctx, name, todo, costs)
+    return run_stages(ctx, name, [(name, tasks, work, cost)], store, groups=groups)
+
+
+def run_stages(ctx, title, parts, store, groups=None):
+    """:func:`run_tasks` for the tasks of several independent stages in one queue, so that the
+    ranks left idle by one stage's last wave take the other's tasks (e.g. the cage chains in the
+    tail of the replica stage: both need only the snapshots). ``parts``: [(name, tasks,
+    work(task), cost(task) or None)]; each task is journalled under its stage's name, so a resumed
+    run (or one with another plan) finds it. With several parts every cost must be given, in one
+    unit (seconds, roughly). ``groups``: one part only. Returns the wall time (s)."""
+    if groups is not None and len(parts) > 1:
+        raise ValueError("engine groups run one stage at a time")
+    todo, costs = [], []
+    for name, tasks, work, cost in parts:
+        done = store.completed(name)
+        left = [t for t in tasks if task_key(t) not in done]
+        if len(left) < len(tasks):
+            ctx.log(f"  [{name}] resuming: {len(tasks) - len(left)} of {len(tasks)} tasks already "
+                    "done")
+        todo += [(name, t) for t in left]
+        if cost is None and len(parts) > 1:
+            raise ValueError(f"run_stages: stage {name!r} has no task costs")
+        costs += [1.0 if cost is None else float(cost(t)) for t in left]
+    single_cost = parts[0][3] if len(parts) == 1 else True
+    todo, costs = lpt_order(todo, None if single_cost is None else costs)
+    works = {name: work for name, _, work, _ in parts}
+    committed = {name: 0 for name, _, _, _ in parts}
+    queue = TaskQueue(ctx, title, todo, costs)
     if groups is None or groups.leader:
-        for n, task in enumerate(queue, start=1):
+        for name, task in queue:
             if groups is not None:
                 groups.comm.bcast(task, root=0)
             interrupt.slow_point(name, task)
-            work(task)
+            works[name](task)
             store.commit(name, task)
-            interrupt.fault_point(name, n, ctx.rank)
+            committed[name] += 1
+            interrupt.fault_point(name, committed[name], ctx.rank)
             if interrupt.requested():
                 break
         if groups is not None:
             groups.comm.bcast(None, root=0)     # no more tasks for this group
     elif groups.comm is not None:
+        name, work = parts[0][0], parts[0][2]
         while True:
             task = groups.comm.bcast(None, root=0)
             if task is None:
@@ -257,7 +287,7 @@ def run_tasks(ctx, name, tasks, work, store, cost=None, groups=None):
             interrupt.slow_point(name, task)
             work(task)
     elapsed, stats = queue.close()
-    LAST_STATS[name] = stats
+    LAST_STATS[title] = stats
     store.sync()
     return elapsed
 
@@ -332,8 +362,32 @@ def replicas(ctx, points, store, engines):
     """Stage 2: the isoconfigurational ensemble, one task per (state point, snapshot, replica):
     the float32 displacements, or with ``iso.store_displacements: false`` only their per-replica
     sums (dynamics.replica_sums of the same float32 array, so the dynamics stage gets the same
-    numbers either way)."""
+    numbers either way). Returns the stage wall time (s)."""
     points = as_points(points)
+    return run_stages(ctx, "replicas", [replica_part(
+        points, store, engines, _sweep_cost(points, lambda p, t: int(p.cfg.replica_steps()[-1])))],
+        store)
+
+
+# rough task costs (s per atom-step, per trial move) to order two stages' tasks in one queue
+MD_SECONDS_PER_ATOM_STEP = 1e-6
+MC_SECONDS_PER_MOVE = 4e-7
+
+
+def replicas_and_cage(ctx, points, store, engines):
+    """The replica tasks and the cage-state chains in one queue (:func:`run_stages`): both need
+    only the snapshots, and the chains (shorter) fill the ranks the replica stage's last wave
+    leaves idle. The chain average (``cage.chains`` > 1) follows. Returns the wall time (s)."""
+    points = as_points(points)
+    rep = replica_part(points, store, engines, lambda p, t: MD_SECONDS_PER_ATOM_STEP
+                       * p.cfg.model.n_particles * float(p.cfg.replica_steps()[-1]))
+    chains, finish = cage_part(points, store, cost=True)
+    wall = run_stages(ctx, "replicas + cage states", [rep, chains], store)
+    return wall + (finish(ctx) if finish is not None else 0.0)
+
+
+def replica_part(points, store, engines, cost=None):
+    """The replica stage as a :func:`pooled_part` (``cost(point, task)`` or None)."""
     cache = {}
     sums = {}
     for p in points:
@@ -365,8 +419,7 @@ def replicas(ctx, points, store, engines):
     def tasks(p):
         return [(s, r) for s in range(p.cfg.snapshots.count) for r in range(p.cfg.iso.replicas)]
 
-    return run_pooled(ctx, "replicas", points, tasks, work, store,
-                      cost=_sweep_cost(points, lambda p, t: int(p.cfg.replica_steps()[-1])))
+    return pooled_part("replicas", points, tasks, work, cost)
 
 
 def wave_number(cfg, store):
@@ -517,6 +570,15 @@ def cage_stage(ctx, points, store):
     states.chains.half_diagnostics (⟨Δr^CS⟩ per half, Pearson of the halves, mean shift and its
     standard error); the per-snapshot task writes the per-particle split-R̂ across the 2K
     half-chains (states.chains.split_rhat). Returns the stage wall time (s)."""
+    part, finish = cage_part(points, store)
+    wall = run_stages(ctx, part[0], [part], store)
+    return wall + (finish(ctx) if finish is not None else 0.0)
+
+
+def cage_part(points, store, cost=None):
+    """The chain tasks of :func:`cage_stage` as a :func:`pooled_part`, and ``finish(ctx)`` (the
+    chain-average pass, returning its wall time) or None (one chain: nothing to average).
+    ``cost=True``: task costs in seconds (:data:`MC_SECONDS_PER_MOVE`), for a shared queue."""
     points = as_points(points)
     cfg = points[0].cfg
     c = cfg.cage                      # cage settings are the run's (not overridable)
@@ -529,6 +591,10 @@ def cage_stage(ctx, points, store):
 
     def snap_tasks(p):
         return range(p.cfg.snapshots.count)
+
+    sweeps = c.equilibration_sweeps + c.measurement_sweeps
+    chain_cost = None if not cost else (
+        lambda p, t: MC_SECONDS_PER_MOVE * sweeps * p.cfg.model.n_particles)
 
     def chain(p, s, k):
         v = p.view(store)
@@ -566,7 +632,7 @@ def cage_stage(ctx, points, store):
                          v.read("snapshots/types", (s,)))
             write_rhat(v, s, res["half_positions"][None], res["half_variance"][None])
 
-        return run_pooled(ctx, "cage states", points, snap_tasks, work, store)
+        return pooled_part("cage states", points, snap_tasks, work, chain_cost), None
 
     def work_chain(p, task):
         s, k = task
@@ -593,10 +659,11 @@ def cage_stage(ctx, points, store):
         write_rhat(v, s, np.stack([v.read(conv + "half_positions", (s, k)) for k in range(K)]),
                    np.stack([v.read(conv + "half_variance", (s, k)) for k in range(K)]))
 
-    wall = run_pooled(ctx, "cage states", points,
-                      lambda p: [(s, k) for s in snap_tasks(p) for k in range(K)], work_chain,
-                      store)
-    return wall + run_pooled(ctx, "cage chain average", points, snap_tasks, work_mean, store)
+    part = pooled_part("cage states", points,
+                       lambda p: [(s, k) for s in snap_tasks(p) for k in range(K)], work_chain,
+                       chain_cost)
+    return part, lambda ctx: run_pooled(ctx, "cage chain average", points, snap_tasks, work_mean,
+                                        store)
 
 
 def descriptor_states(cfg):
