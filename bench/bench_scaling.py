@@ -104,7 +104,7 @@ def main():
     print(f"\nreduced demo {os.path.basename(args.config)}: N = {cfg.model.n_particles}, "
           f"{cfg.snapshots.count} snapshots × {cfg.iso.replicas} replicas; best of "
           f"{args.repeats}; machine shared (load average {os.getloadavg()[0]:.2f})")
-    print(f"{'stage':12s} {'t1 (s)':>8s} {'t' + str(P) + ' (s)':>8s} {'eff':>6s}   "
+    print(f"{'stage':15s} {'t1 (s)':>8s} {'t' + str(P) + ' (s)':>8s} {'eff':>6s}   "
           f"{'pred t1':>15s} {'meas/pred':>9s}   {'pred t' + str(P):>15s} {'meas/pred':>9s}")
     for k in best[1]:
         t1, tp = best[1][k], best[P].get(k, float("nan"))
@@ -115,7 +115,7 @@ def main():
             lo, hi = sorted(pred.get((key, ranks), [float("nan")] * 2))
             mid = 0.5 * (lo + hi)
             cols.append(f"{lo:6.3g} … {hi:<6.3g} {t / mid if mid > 0 else float('nan'):9.2f}")
-        print(f"{k:12s} {t1:8.2f} {tp:8.2f} {eff:6.2f}   " + "   ".join(cols))
+        print(f"{k:15s} {t1:8.2f} {tp:8.2f} {eff:6.2f}   " + "   ".join(cols))
     print("(total = the run's wall incl. start-up; predictions exclude numba compilation and the "
           "final assembly)")
 

@@ -316,12 +316,12 @@ def prediction_text(cfg, ranks, repeats=3, engine_ranks=None):
               f"    MD {lo:.3g} … {hi:.3g} M atom-steps/s per core"
               + (f"; snapshot stage on engine groups of {K} ranks (assumed group efficiency "
                  f"{group_efficiency(cfg.model.n_particles, K):.2f})" if K > 1 else "")),
-             f"    {'stage':12s} {'wall':>21s} {'busy':>6s} {'efficiency':>11s}"]
+             f"    {'stage':15s} {'wall':>21s} {'busy':>6s} {'efficiency':>11s}"]
     for (name, wb, busy, eb), (_, ww, _, ew) in zip(best, worst):
         wb, ww = sorted((wb, ww))
         eb, ew = sorted((eb, ew), reverse=True)
         wall = f"{_hms(wb)} … {_hms(ww)}"
-        lines.append(f"    {name:12s} {wall:>21s} "
+        lines.append(f"    {name:15s} {wall:>21s} "
                      + (f"{100 * busy:5.1f}%" if busy is not None else "      ")
                      + f" {100 * eb:6.1f} %" + (f" … {100 * ew:.1f} %" if abs(ew - eb) > 5e-4
                                                 else ""))
