@@ -70,7 +70,7 @@ class Context:
                       "rank's own work before it)): a rank hangs; aborting so the allocation is "
                       "not spent waiting. Finished stages are saved: continue with --resume",
                       file=sys.stderr, flush=True)
-                self.comm.Abort(1)
+                abort_job(self.comm)
         return time.perf_counter() - t0
 
     def mine(self, tasks):
@@ -235,7 +235,7 @@ class TaskQueue:
                           f"{floor:g} s, 5 × the longest task)): a rank hangs; aborting so the "
                           "allocation is not spent waiting. Every finished task is saved: "
                           "continue with --resume", file=sys.stderr, flush=True)
-                    comm.Abort(1)
+                    abort_job(comm)
                 nap = 0.2           # the first rank aborts the job; the others wait for it
 
     def close(self):
@@ -271,6 +271,13 @@ def lpt_order(tasks, costs=None):
     costs = np.asarray(costs, dtype=np.float64)
     order = np.argsort(-costs, kind="stable")
     return [tasks[i] for i in order], costs[order]
+
+
+def abort_job(comm):
+    """``comm.Abort(1)`` after a pause: mpiexec forwards a rank's stderr through a pipe and may
+    kill the job before it has passed on the line just printed (seen under load)."""
+    time.sleep(1.0)
+    comm.Abort(1)
 
 
 def _hms(seconds):

@@ -28,7 +28,7 @@ from .states.chains import chain_reliability, convergence_summary
 from .structure.structure_factor import lattice_vector_counts
 from .md.accel import resolve_suffix
 from .models import get_model
-from .parallel import MPI, Context
+from .parallel import MPI, Context, abort_job
 from .runlock import LockHeld
 from .schedule import EngineRanksError
 from .store import AlreadyFinished, DiskFull, ResumeError, Store, check_output_path
@@ -789,7 +789,7 @@ def _main(args, ctx, refuse):
         if ctx.root or not full.collective:
             print(f"glasshpc: {full.strerror}", file=sys.stderr, flush=True)
         if ctx.size > 1 and not full.collective:
-            ctx.comm.Abort(1)     # the other ranks may be waiting for this one in a collective
+            abort_job(ctx.comm)   # the other ranks may be waiting for this one in a collective
         _HARD_EXIT[0] = True
         return 1
     except (FileExistsError, PermissionError, ResumeError, LockHeld, EngineRanksError,
@@ -805,7 +805,7 @@ def _main(args, ctx, refuse):
         traceback.print_exc()
         sys.stderr.flush()
         if ctx.size > 1:
-            ctx.comm.Abort(1)
+            abort_job(ctx.comm)
         return 1
     return 0
 
