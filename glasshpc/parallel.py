@@ -99,12 +99,15 @@ class TaskQueue:
     :meth:`close` is the stage boundary, watched for a hung rank (:meth:`_wait_for_every_rank`).
 
     Parameters: ``tasks`` (list, handed out in this order), ``costs`` (relative cost per task, for
-    the progress fraction and the ETA; default equal). Collective: the constructor and
-    :meth:`close`.
+    the progress fraction and the ETA; default equal), ``stall_floor`` (s; a larger floor of the
+    watchdog's limit, for stages whose tasks are very unequal: a long task running alone after
+    short ones must not look hung). Collective: the constructor and :meth:`close`.
     """
 
-    def __init__(self, ctx, stage, tasks, costs=None, interval=None, stream=None):
+    def __init__(self, ctx, stage, tasks, costs=None, interval=None, stream=None,
+                 stall_floor=0.0):
         self.ctx, self.stage = ctx, stage
+        self.stall_floor = float(stall_floor)   # s: raises the watchdog's floor for long tasks
         self.tasks = list(tasks)
         n = len(self.tasks)
         self.costs = (np.ones(n) if costs is None else np.asarray(costs, dtype=np.float64))
@@ -210,6 +213,8 @@ class TaskQueue:
         Before the first completion nothing is known of the stage's task length: no limit."""
         comm = self.ctx.comm
         floor = float(os.environ.get("GLASSHPC_STALL_SECONDS", "1800"))
+        if floor > 0:   # a stage whose tasks are known to be long passes a larger floor
+            floor = max(floor, self.stall_floor)
         if comm.Get_size() == 1:
             return
         first = self._fetch_add(4, 1) == 0      # the first rank to arrive reports a stall

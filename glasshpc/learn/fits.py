@@ -387,14 +387,19 @@ def _fit_propensity(ctx, cfg, store, descriptor_names, n_species, timings):
     res_a = {}
     if whole:
         order = sorted(wave_a, key=lambda t: -cost(t))   # longest first
-        queue = TaskQueue(ctx, "fits", order, [cost(t) for t in order])
+        # costs are flop estimates: at a pessimistic 1 Gflop/s, 5 × the longest task must pass
+        # before a rank waiting at the end counts another as hung (a GNN can train for an hour)
+        queue = TaskQueue(ctx, "fits", order, [cost(t) for t in order],
+                          stall_floor=5.0 * max(cost(t) for t in order) / 1e9)
         for task in queue:
             res_a[task] = run(task)
         queue.close()      # the boundary, watched for a hung rank
     else:
         for task in mine_a:
             res_a[task] = run(task)
-        ctx.sync("fits, wave A", since=clock[-1])   # uneven work: a hung rank aborts, no hang
+        # uneven work: a hung rank aborts, no hang (limit as the queue's above)
+        ctx.sync("fits, wave A", since=clock[-1],
+                 limit=5.0 * max((cost(t) for t in wave_a), default=0.0) / 1e9)
     cache.clear()
     res_a = _gather(comm, res_a)
     lap("wave A")
@@ -433,7 +438,8 @@ def _fit_propensity(ctx, cfg, store, descriptor_names, n_species, timings):
             K_sel = prob.n_steps(method, cfg.fits.selection.max_features)
             res_b[task] = select_one(prob, method, alphas_[best[t]], K_sel, t)
     sel_problems.clear()
-    ctx.sync("fits, wave B", since=clock[-1])
+    ctx.sync("fits, wave B", since=clock[-1],
+             limit=5.0 * max((cost(t) for t in wave_b), default=0.0) / 1e9)
     res_b = _gather(comm, res_b)
     if whole:
         res_b.update({("refit", tau): res_a["fit", tau][4:] for tau in taus})
