@@ -518,9 +518,13 @@ def _recentre(i, x, y, z, pos, ref, types, box, S, lcut2, seg_base, seg_cnt, nbj
             d2 = ref[j, 2] + s2 - z
             if d0 * d0 + d1 * d1 + d2 * d2 < lcut2[ti, s]:
                 mark[j] = stamp
-                ex[k] = _rel(pos[j, 0], s0, x)
-                ey[k] = _rel(pos[j, 1], s1, y)
-                ez[k] = _rel(pos[j, 2], s2, z)
+                r = rev[k]
+                ex[k] = _rel(ref[j, 0], s0, x)
+                ey[k] = _rel(ref[j, 1], s1, y)
+                ez[k] = _rel(ref[j, 2], s2, z)
+                ex[r] = _rel(x, -s0, ref[j, 0])
+                ey[r] = _rel(y, -s1, ref[j, 1])
+                ez[r] = _rel(z, -s2, ref[j, 2])
                 k += 1
             else:
                 # swap-remove the reverse entry, then k itself: the last used slot of the
@@ -591,12 +595,12 @@ def _recentre(i, x, y, z, pos, ref, types, box, S, lcut2, seg_base, seg_cnt, nbj
                     ix[r] = -a0
                     iy[r] = -a1
                     iz[r] = -a2
-                    ex[k] = _rel(pos[j, 0], box[0] * a0, x)
-                    ey[k] = _rel(pos[j, 1], box[1] * a1, y)
-                    ez[k] = _rel(pos[j, 2], box[2] * a2, z)
-                    ex[r] = _rel(pos[i, 0], box[0] * -a0, ref[j, 0])
-                    ey[r] = _rel(pos[i, 1], box[1] * -a1, ref[j, 1])
-                    ez[r] = _rel(pos[i, 2], box[2] * -a2, ref[j, 2])
+                    ex[k] = _rel(ref[j, 0], box[0] * a0, x)
+                    ey[k] = _rel(ref[j, 1], box[1] * a1, y)
+                    ez[k] = _rel(ref[j, 2], box[2] * a2, z)
+                    ex[r] = _rel(x, box[0] * -a0, ref[j, 0])
+                    ey[r] = _rel(y, box[1] * -a1, ref[j, 1])
+                    ez[r] = _rel(z, box[2] * -a2, ref[j, 2])
     # 3. move i in the cell list of the reference positions
     c_old = cell_of[i]
     if c != c_old:
@@ -618,8 +622,8 @@ def _recentre(i, x, y, z, pos, ref, types, box, S, lcut2, seg_base, seg_cnt, nbj
 
 
 @njit(cache=True)
-def _list_errors(pos, ref, types, box, S, lcut2, seg_base, seg_cnt, nbj, rev, ix, iy, iz, ex,
-                 ey, ez):
+def _list_errors(pos, ref, qx, qy, qz, types, box, S, lcut2, seg_base, seg_cnt, nbj, rev, ix,
+                 iy, iz, ex, ey, ez):
     """Brute-force audit of the list (debug mode): every pair with minimum-image reference
     distance below its list radius is listed exactly once in both rows, with opposite shifts,
     mutual reverse indices and the current neighbour coordinates; returns the error count."""
@@ -638,10 +642,13 @@ def _list_errors(pos, ref, types, box, S, lcut2, seg_base, seg_cnt, nbj, rev, ix
                 if types[j] != s or rev[r] != k or nbj[r] != i or ix[r] != -ix[k] \
                         or iy[r] != -iy[k] or iz[r] != -iz[k]:
                     err += 1
-                if ex[k] != _rel(pos[j, 0], box[0] * ix[k], ref[i, 0]) \
-                        or ey[k] != _rel(pos[j, 1], box[1] * iy[k], ref[i, 1]) \
-                        or ez[k] != _rel(pos[j, 2], box[2] * iz[k], ref[i, 2]):
+                if ex[k] != _rel(ref[j, 0], box[0] * ix[k], ref[i, 0]) \
+                        or ey[k] != _rel(ref[j, 1], box[1] * iy[k], ref[i, 1]) \
+                        or ez[k] != _rel(ref[j, 2], box[2] * iz[k], ref[i, 2]):
                     err += 1
+        if qx[i] != np.float32(pos[i, 0] - ref[i, 0]) or qy[i] != np.float32(pos[i, 1] - ref[i, 1]) \
+                or qz[i] != np.float32(pos[i, 2] - ref[i, 2]):
+            err += 1
         for j in range(n):
             if j == i:
                 continue
@@ -764,11 +771,11 @@ _BLOCK_MOVES, _BLOCK_ACC, _SWEEP_ACC, _RECENTRED, _VIOLATIONS, _PENDING = 0, 1, 
 
 
 @njit(cache=True, error_model="numpy")
-def _moves(i0, measuring, pos, init, ref, types, box, S, kind, sig, sig2, eps, eps4, rc2, esh,
-           lcut2, beta, cage_mode, coff, cvx, cvy, cvz, csc2, cnb, sigc, rad2, allpairs,
-           half_skin2, step_max, target, block_len, debug, rng, fs, ist,
+def _moves(i0, measuring, pos, init, ref, qx, qy, qz, types, box, S, kind, sig, sig2, eps, eps4,
+           rc2, esh, lcut2, beta, cage_mode, coff, cvx, cvy, cvz, csc2, cnb, sigc, rad2,
+           allpairs, half_skin2, step_max, target, block_len, debug, rng, fs, ist,
            seg_base, seg_cnt, nbj, rev, ix, iy, iz, ex, ey, ez,
-           nc, cell_of, cell_cnt, cell_mem, where, mark, buf, buf32):
+           nc, cell_of, cell_cnt, cell_mem, where, mark, buf, buf32, gx, gy, gz):
     """Trial moves of particles i0 .. N-1 of one sequential sweep.
 
     Returns N when the sweep is done, or the index i of a particle whose move needs a global
@@ -831,45 +838,49 @@ def _moves(i0, measuring, pos, init, ref, types, box, S, kind, sig, sig2, eps, e
                 rx = ref[i, 0]
                 ry = ref[i, 1]
                 rz = ref[i, 2]
-            # E_i(new) - E_i(old) from the same loaded neighbour coordinates, one division for
-            # both LJ terms (1/r_o^2 = r_n^2 / (r_o^2 r_n^2)), LJ in single precision (buf32);
-            # the loops are written out here because inlined helpers alias the arrays and
-            # bring back the reference counting
+                qx[i] = 0.0
+                qy[i] = 0.0
+                qz[i] = 0.0
+            # pair vector of entry k (neighbour j) from the old / trial position of i:
+            # e_k + q_j - q_i, all single precision (e_k = ref_j + image - ref_i, q = r - ref);
+            # E_i(new) - E_i(old) from the same loaded coordinates, one division for both LJ
+            # terms (1/r_o^2 = r_n^2 / (r_o^2 r_n^2)); the loops are written out here because
+            # inlined helpers alias the arrays and bring back the reference counting
             ti = types[i]
-            ox -= rx
-            oy -= ry
-            oz -= rz
-            x = nx - rx
-            y = ny - ry
-            z = nz - rz
+            qox = qx[i]
+            qoy = qy[i]
+            qoz = qz[i]
+            qnx = np.float32(nx - rx)
+            qny = np.float32(ny - ry)
+            qnz = np.float32(nz - rz)
             o = np.uint64(0)
             overlaps = 0
             for s in range(S):
                 a = np.uint64(seg_base[i * S + s])
                 m = np.uint64(seg_cnt[i * S + s])
-                c_rc = rc2[ti, s]
                 if kind == 2:
+                    c_rc32 = np.float32(rc2[ti, s])
                     for u in range(m):
                         k = a + np.uint64(u)
-                        dx = ex[k] - x
-                        dy = ey[k] - y
-                        dz = ez[k] - z
-                        overlaps += (dx * dx + dy * dy + dz * dz) < c_rc
+                        j = np.uint64(nbj[k])
+                        dx = (ex[k] + qx[j]) - qnx
+                        dy = (ey[k] + qy[j]) - qny
+                        dz = (ez[k] + qz[j]) - qnz
+                        overlaps += (dx * dx + dy * dy + dz * dz) < c_rc32
                 elif kind == 0:
                     c_s2 = np.float32(sig2[ti, s])
                     c_e4 = np.float32(eps4[ti, s])
                     c_sh = np.float32(esh[ti, s])
-                    c_rc32 = np.float32(c_rc)
-                    ox32 = np.float32(ox)
-                    oy32 = np.float32(oy)
-                    oz32 = np.float32(oz)
-                    x32 = np.float32(x)
-                    y32 = np.float32(y)
-                    z32 = np.float32(z)
+                    c_rc32 = np.float32(rc2[ti, s])
                     zero = np.float32(0.0)
-                    for u in range(m):
+                    for u in range(m):  # gather pass (LLVM does not vectorise the fused loop)
                         k = a + np.uint64(u)
-                        ro, rn = _pair_r2(ex[k], ey[k], ez[k], ox32, oy32, oz32, x32, y32, z32)
+                        j = np.uint64(nbj[k])
+                        gx[u] = ex[k] + qx[j]
+                        gy[u] = ey[k] + qy[j]
+                        gz[u] = ez[k] + qz[j]
+                    for u in range(m):
+                        ro, rn = _pair_r2(gx[u], gy[u], gz[u], qox, qoy, qoz, qnx, qny, qnz)
                         w = c_s2 / (ro * rn)
                         qo = w * rn
                         qn = w * ro
@@ -880,11 +891,16 @@ def _moves(i0, measuring, pos, init, ref, types, box, S, kind, sig, sig2, eps, e
                         buf32[o + np.uint64(u)] = (vn if rn < c_rc32 else zero) \
                             - (vo if ro < c_rc32 else zero)
                 else:
+                    c_rc = rc2[ti, s]
                     c_is = 1.0 / sig[ti, s]
                     c_ep = eps[ti, s]
                     for u in range(m):
                         k = a + np.uint64(u)
-                        ro, rn = _pair_r2(ex[k], ey[k], ez[k], ox, oy, oz, x, y, z)
+                        j = np.uint64(nbj[k])
+                        ro, rn = _pair_r2(np.float64(ex[k] + qx[j]), np.float64(ey[k] + qy[j]),
+                                          np.float64(ez[k] + qz[j]), np.float64(qox),
+                                          np.float64(qoy), np.float64(qoz), np.float64(qnx),
+                                          np.float64(qny), np.float64(qnz))
                         wo = 1.0 - np.sqrt(ro) * c_is
                         wn = 1.0 - np.sqrt(rn) * c_is
                         buf[o + np.uint64(u)] = (c_ep * wn * wn if rn < c_rc else 0.0) \
@@ -897,27 +913,22 @@ def _moves(i0, measuring, pos, init, ref, types, box, S, kind, sig, sig2, eps, e
                 if de <= 0.0 or _uniform(rng) < np.exp(-beta * de):
                     accepted = True
                     fs[_ENERGY] += de
-        if accepted:
-            ist[_SWEEP_ACC] += 1
-            pos[i, 0] = nx
-            pos[i, 1] = ny
-            pos[i, 2] = nz
-            for s in range(S):
-                a = np.uint64(seg_base[i * S + s])
-                for u in range(np.uint64(seg_cnt[i * S + s])):
-                    k = a + np.uint64(u)
-                    r = np.uint64(rev[k])  # the entry of i in j's row: image -image[k]
-                    j = np.uint64(nbj[k])
-                    ex[r] = _rel(nx, box[0] * -ix[k], ref[j, 0])
-                    ey[r] = _rel(ny, box[1] * -iy[k], ref[j, 1])
-                    ez[r] = _rel(nz, box[2] * -iz[k], ref[j, 2])
-            if debug:
-                if cage_mode == 0:
-                    ok = _in_cage_full(pos[i], i, init, box, coff, cnb, sigc)
-                else:
-                    ok = np.sqrt(ux * ux + uy * uy + uz * uz) < np.sqrt(rad2[i])
-                if not ok:
-                    ist[_VIOLATIONS] += 1
+            if accepted:
+                # the neighbours' rows read q_i: nothing else to update
+                ist[_SWEEP_ACC] += 1
+                pos[i, 0] = nx
+                pos[i, 1] = ny
+                pos[i, 2] = nz
+                qx[i] = qnx
+                qy[i] = qny
+                qz[i] = qnz
+                if debug:
+                    if cage_mode == 0:
+                        ok = _in_cage_full(pos[i], i, init, box, coff, cnb, sigc)
+                    else:
+                        ok = np.sqrt(ux * ux + uy * uy + uz * uz) < np.sqrt(rad2[i])
+                    if not ok:
+                        ist[_VIOLATIONS] += 1
         if not measuring:
             ist[_BLOCK_MOVES] += 1
             ist[_BLOCK_ACC] += accepted
@@ -947,10 +958,16 @@ def _mc_kernel(pos, init, types, box, S, kind, sig, sig2, eps, eps4, rc2, esh, l
     seg_base, seg_cnt, nbj, rev, ix, iy, iz, ex, ey, ez, max_row = _build_lists(
         pos, types, box, S, lcut2, allpairs, slack)
     ref = pos.copy()
+    qx = np.zeros(n, np.float32)  # float32(pos - ref), read by the neighbours' rows
+    qy = np.zeros(n, np.float32)
+    qz = np.zeros(n, np.float32)
     nc, cell_of, cell_cnt, cell_mem, where = _ref_cells(ref, box, lmax)
     mark = np.full(n, -1, np.int64)
     buf = np.zeros(max_row + 8)
     buf32 = np.zeros(max_row + 8, np.float32)
+    gx = np.zeros(max_row + 8, np.float32)
+    gy = np.zeros(max_row + 8, np.float32)
+    gz = np.zeros(max_row + 8, np.float32)
     fs = np.zeros(5)
     fs[_STEP] = step
     if kind != 2:
@@ -976,11 +993,11 @@ def _mc_kernel(pos, init, types, box, S, kind, sig, sig2, eps, eps4, rc2, esh, l
         ist[_SWEEP_ACC] = 0
         i = 0
         while True:
-            i = _moves(i, measuring, pos, init, ref, types, box, S, kind, sig, sig2, eps, eps4,
-                       rc2, esh, lcut2, beta, cage_mode, coff, cvx, cvy, cvz, csc2, cnb, sigc,
+            i = _moves(i, measuring, pos, init, ref, qx, qy, qz, types, box, S, kind, sig, sig2,
+                       eps, eps4, rc2, esh, lcut2, beta, cage_mode, coff, cvx, cvy, cvz, csc2, cnb, sigc,
                        rad2, allpairs, half_skin2, step_max, target, block_len, debug, rng, fs,
                        ist, seg_base, seg_cnt, nbj, rev, ix, iy, iz, ex, ey, ez, nc, cell_of,
-                       cell_cnt, cell_mem, where, mark, buf, buf32)
+                       cell_cnt, cell_mem, where, mark, buf, buf32, gx, gy, gz)
             if i == n:
                 break
             # tiny box (all images, no re-centring) or a full segment / cell: rebuild all
@@ -989,13 +1006,19 @@ def _mc_kernel(pos, init, types, box, S, kind, sig, sig2, eps, eps4, rc2, esh, l
             seg_base, seg_cnt, nbj, rev, ix, iy, iz, ex, ey, ez, max_row = _build_lists(
                 pos, types, box, S, lcut2, allpairs, slack)
             ref[:, :] = pos
+            qx[:] = 0.0
+            qy[:] = 0.0
+            qz[:] = 0.0
             nc, cell_of, cell_cnt, cell_mem, where = _ref_cells(ref, box, lmax)
             buf = np.zeros(max_row + 8)
             buf32 = np.zeros(max_row + 8, np.float32)
+            gx = np.zeros(max_row + 8, np.float32)
+            gy = np.zeros(max_row + 8, np.float32)
+            gz = np.zeros(max_row + 8, np.float32)
             n_rebuilds += 1
         if debug and not allpairs:
-            ist[_VIOLATIONS] += _list_errors(pos, ref, types, box, S, lcut2, seg_base, seg_cnt,
-                                             nbj, rev, ix, iy, iz, ex, ey, ez)
+            ist[_VIOLATIONS] += _list_errors(pos, ref, qx, qy, qz, types, box, S, lcut2,
+                                             seg_base, seg_cnt, nbj, rev, ix, iy, iz, ex, ey, ez)
         if measuring:
             meas_acc += ist[_SWEEP_ACC]
             for p in range(n):  # one pass: <r> and <(r - r^init)^2> (cost ~ 1 % of a sweep)
