@@ -369,7 +369,7 @@ def _rel(p, shift, r):
 
 
 @njit(cache=True)
-def _build_lists(pos, types, box, n_species, lcut2, allpairs, slack):
+def _build_lists(pos, types, box, n_species, lcut2, allpairs, slack, far):
     """Full neighbour list around the current positions (= the reference positions; layout
     above).
 
@@ -404,7 +404,8 @@ def _build_lists(pos, types, box, n_species, lcut2, allpairs, slack):
             cap[types[i], s] = max(cap[types[i], s], seg_cnt[i * S + s])
     for a in range(S):
         for s in range(S):
-            cap[a, s] = int(cap[a, s] * slack) + 4 if slack > 1.0 else cap[a, s]
+            c = int(cap[a, s] * slack) + 4 if slack > 1.0 else cap[a, s]
+            cap[a, s] = (c + _PAD - 1) // _PAD * _PAD  # whole SIMD blocks (see _moves)
     seg_base = np.zeros(n * S + 1, np.int64)
     max_row = 0
     for i in range(n):
@@ -427,9 +428,9 @@ def _build_lists(pos, types, box, n_species, lcut2, allpairs, slack):
     ix = np.zeros(size, np.int8)
     iy = np.zeros(size, np.int8)
     iz = np.zeros(size, np.int8)
-    ex = np.zeros(size, np.float32)
-    ey = np.zeros(size, np.float32)
-    ez = np.zeros(size, np.float32)
+    ex = np.full(size, far, np.float32)  # unused slots: a neighbour beyond every cutoff
+    ey = np.full(size, far, np.float32)
+    ez = np.full(size, far, np.float32)
     for e in range(m2):
         p = e >> 1
         k = slot[e]
@@ -489,7 +490,7 @@ def _cell_index(x, y, z, b0, b1, b2, n0, n1, n2):
 
 @njit(cache=True)
 def _recentre(i, x, y, z, pos, ref, types, box, S, lcut2, seg_base, seg_cnt, nbj, rev,
-              ix, iy, iz, ex, ey, ez, nc, cell_of, cell_cnt, cell_mem, where, mark, stamp):
+              ix, iy, iz, ex, ey, ez, nc, cell_of, cell_cnt, cell_mem, where, mark, stamp, far):
     """Move the reference position of particle i to (x, y, z) and make its row (and the
     reverse entries) exactly the pairs with |ref_i - ref_j| < rc_ij + skin (minimum image,
     unique since the list radius is below half the box).  ``mark``/``stamp``: scratch marks of
@@ -542,6 +543,9 @@ def _recentre(i, x, y, z, pos, ref, types, box, S, lcut2, seg_base, seg_cnt, nbj
                         ey[kk] = ey[last]
                         ez[kk] = ez[last]
                         rev[rev[kk]] = kk
+                    ex[last] = far
+                    ey[last] = far
+                    ez[last] = far
                     seg_cnt[sg] -= 1
     # 2. add the missing pairs found in the cell list of the reference positions (5^3 stencil;
     #    all particles if a box edge holds fewer than 5 cells)
@@ -623,7 +627,7 @@ def _recentre(i, x, y, z, pos, ref, types, box, S, lcut2, seg_base, seg_cnt, nbj
 
 @njit(cache=True)
 def _list_errors(pos, ref, qx, qy, qz, types, box, S, lcut2, seg_base, seg_cnt, nbj, rev, ix,
-                 iy, iz, ex, ey, ez):
+                 iy, iz, ex, ey, ez, far):
     """Brute-force audit of the list (debug mode): every pair with minimum-image reference
     distance below its list radius is listed exactly once in both rows, with opposite shifts,
     mutual reverse indices and the current neighbour coordinates; returns the error count."""
@@ -646,7 +650,13 @@ def _list_errors(pos, ref, qx, qy, qz, types, box, S, lcut2, seg_base, seg_cnt, 
                         or ey[k] != _rel(ref[j, 1], box[1] * iy[k], ref[i, 1]) \
                         or ez[k] != _rel(ref[j, 2], box[2] * iz[k], ref[i, 2]):
                     err += 1
-        if qx[i] != np.float32(pos[i, 0] - ref[i, 0]) or qy[i] != np.float32(pos[i, 1] - ref[i, 1]) \
+            for k in range(seg_base[seg] + seg_cnt[seg], seg_base[seg + 1]):  # unused slots
+                if ex[k] != far or ey[k] != far or ez[k] != far or nbj[k] < 0 or nbj[k] >= n:
+                    err += 1
+            if (seg_base[seg + 1] - seg_base[seg]) % _PAD != 0:
+                err += 1
+        if qx[i] != np.float32(pos[i, 0] - ref[i, 0]) \
+                or qy[i] != np.float32(pos[i, 1] - ref[i, 1]) \
                 or qz[i] != np.float32(pos[i, 2] - ref[i, 2]):
             err += 1
         for j in range(n):
@@ -670,25 +680,71 @@ def _list_errors(pos, ref, qx, qy, qz, types, box, S, lcut2, seg_base, seg_cnt, 
 # initial total energy comes from _total_energy (double precision, from the pair search).
 
 
+# Row sums in fixed point: every pair's energy change d is added as the integer
+# trunc(d * 2^32) (int64), so the sum is exact and independent of the order and of the SIMD
+# width -- and, being an integer reduction without stores, the row loop (neighbour
+# coordinates gathered through nbj) is vectorised by LLVM without fastmath.  Resolution
+# 2^-32 = 2.3e-10 eps per pair, far below the single-precision error of the pair energies.
+# |d| must stay below lim = 2^30 / max_row (no int64 overflow); a row with a larger change
+# (a trial move into a near overlap, rejected anyway at any sensible T) is re-summed in
+# floating point by _row_de_float.
+_PAD = 8                    # segment capacities are multiples of this (SIMD blocks)
+_FX = 4294967296.0          # 2^32
+_FX32 = np.float32(_FX)
+_FX_INV = 1.0 / _FX
+
+
+@njit(cache=True)
+def _fx_limits(max_row):
+    lim = 1073741824.0 / max(max_row, 1)   # 2^30 / max_row: |sum| < 2^62
+    return lim, np.float32(lim)
+
+
 @njit(cache=True, inline="always")
-def _lane_sum(buf, m):
-    """sum(buf[:m]) in a fixed order (eight interleaved partial sums); m unsigned."""
-    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
-    k = np.uint64(0)
-    while k + np.uint64(8) <= m:
-        a0 += buf[k]
-        a1 += buf[k + np.uint64(1)]
-        a2 += buf[k + np.uint64(2)]
-        a3 += buf[k + np.uint64(3)]
-        a4 += buf[k + np.uint64(4)]
-        a5 += buf[k + np.uint64(5)]
-        a6 += buf[k + np.uint64(6)]
-        a7 += buf[k + np.uint64(7)]
-        k += np.uint64(8)
-    while k < m:
-        a0 += buf[k]
-        k += np.uint64(1)
-    return ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
+def _lj_de32(ro, rn, c_s2, c_e4, c_sh, c_rc32):
+    """V(r_n) - V(r_o) of one LJ pair in single precision from the squared distances (one
+    division for both: 1/r_o^2 = r_n^2 / (r_o^2 r_n^2))."""
+    w = c_s2 / (ro * rn)
+    qo = w * rn
+    qn = w * ro
+    qo = qo * qo * qo
+    qn = qn * qn * qn
+    zero = np.float32(0.0)
+    vo = c_e4 * (qo * qo - qo) - c_sh
+    vn = c_e4 * (qn * qn - qn) - c_sh
+    return (vn if rn < c_rc32 else zero) - (vo if ro < c_rc32 else zero)
+
+
+@njit(cache=True, inline="always")
+def _harmonic_de(ro, rn, c_is, c_ep, c_rc):
+    wo = 1.0 - np.sqrt(ro) * c_is
+    wn = 1.0 - np.sqrt(rn) * c_is
+    return (c_ep * wn * wn if rn < c_rc else 0.0) - (c_ep * wo * wo if ro < c_rc else 0.0)
+
+
+@njit(cache=True)
+def _row_de_float(i, ti, S, kind, sig, sig2, eps, eps4, esh, rc2, qx, qy, qz, qnx, qny, qnz,
+                  seg_base, seg_cnt, nbj, ex, ey, ez):
+    """The row's energy change summed sequentially in double precision (same pair terms as
+    the fixed-point loop of _moves); for rows with a pair change beyond the fixed-point range."""
+    de = 0.0
+    for s in range(S):
+        a = seg_base[i * S + s]
+        for k in range(a, a + seg_cnt[i * S + s]):
+            j = nbj[k]
+            tx = ex[k] + qx[j]
+            ty = ey[k] + qy[j]
+            tz = ez[k] + qz[j]
+            if kind == 0:
+                ro, rn = _pair_r2(tx, ty, tz, qx[i], qy[i], qz[i], qnx, qny, qnz)
+                de += _lj_de32(ro, rn, np.float32(sig2[ti, s]), np.float32(eps4[ti, s]),
+                               np.float32(esh[ti, s]), np.float32(rc2[ti, s]))
+            else:
+                ro, rn = _pair_r2(np.float64(tx), np.float64(ty), np.float64(tz),
+                                  np.float64(qx[i]), np.float64(qy[i]), np.float64(qz[i]),
+                                  np.float64(qnx), np.float64(qny), np.float64(qnz))
+                de += _harmonic_de(ro, rn, 1.0 / sig[ti, s], eps[ti, s], rc2[ti, s])
+    return de
 
 
 @njit(cache=True, inline="always")
@@ -772,10 +828,10 @@ _BLOCK_MOVES, _BLOCK_ACC, _SWEEP_ACC, _RECENTRED, _VIOLATIONS, _PENDING = 0, 1, 
 
 @njit(cache=True, error_model="numpy")
 def _moves(i0, measuring, pos, init, ref, qx, qy, qz, types, box, S, kind, sig, sig2, eps, eps4,
-           rc2, esh, lcut2, beta, cage_mode, coff, cvx, cvy, cvz, csc2, cnb, sigc, rad2,
+           rc2, esh, lcut2, beta, cage_mode, coff, cvx, cvy, cvz, csc2, cnb, sigc, rad2, rin2,
            allpairs, half_skin2, step_max, target, block_len, debug, rng, fs, ist,
            seg_base, seg_cnt, nbj, rev, ix, iy, iz, ex, ey, ez,
-           nc, cell_of, cell_cnt, cell_mem, where, mark, buf, buf32, gx, gy, gz):
+           nc, cell_of, cell_cnt, cell_mem, where, mark, lim, lim32, far):
     """Trial moves of particles i0 .. N-1 of one sequential sweep.
 
     Returns N when the sweep is done, or the index i of a particle whose move needs a global
@@ -802,7 +858,9 @@ def _moves(i0, measuring, pos, init, ref, qx, qy, qz, types, box, S, kind, sig, 
         uy = ny - init[i, 1]
         uz = nz - init[i, 2]
         u2 = ux * ux + uy * uy + uz * uz
-        if cage_mode == 0:  # Eq. 10, branch free over the SANN row
+        if cage_mode == 0 and u2 < rin2[i]:
+            inside = True  # within the ball inscribed in the cell: no face test needed
+        elif cage_mode == 0:  # Eq. 10, branch free over the SANN row
             a = np.uint64(coff[i])
             bad = 0
             for u in range(np.uint64(coff[i + 1] - coff[i])):
@@ -827,7 +885,7 @@ def _moves(i0, measuring, pos, init, ref, qx, qy, qz, types, box, S, kind, sig, 
                     ist[_RECENTRED] += 1
                     ok = _recentre(i, ox, oy, oz, pos, ref, types, box, S, lcut2, seg_base,
                                    seg_cnt, nbj, rev, ix, iy, iz, ex, ey, ez, nc, cell_of,
-                                   cell_cnt, cell_mem, where, mark, ist[_RECENTRED])
+                                   cell_cnt, cell_mem, where, mark, ist[_RECENTRED], far)
                 if not ok:
                     fs[_PX] = nx
                     fs[_PY] = ny
@@ -853,11 +911,14 @@ def _moves(i0, measuring, pos, init, ref, qx, qy, qz, types, box, S, kind, sig, 
             qnx = np.float32(nx - rx)
             qny = np.float32(ny - ry)
             qnz = np.float32(nz - rz)
-            o = np.uint64(0)
             overlaps = 0
+            acc_fx = np.int64(0)
+            n_big = 0
             for s in range(S):
                 a = np.uint64(seg_base[i * S + s])
-                m = np.uint64(seg_cnt[i * S + s])
+                # whole blocks of _PAD slots (the unused ones hold far-away neighbours): the
+                # vector loop needs no scalar remainder
+                m = (np.uint64(seg_cnt[i * S + s]) + np.uint64(_PAD - 1)) & ~np.uint64(_PAD - 1)
                 if kind == 2:
                     c_rc32 = np.float32(rc2[ti, s])
                     for u in range(m):
@@ -872,24 +933,14 @@ def _moves(i0, measuring, pos, init, ref, qx, qy, qz, types, box, S, kind, sig, 
                     c_e4 = np.float32(eps4[ti, s])
                     c_sh = np.float32(esh[ti, s])
                     c_rc32 = np.float32(rc2[ti, s])
-                    zero = np.float32(0.0)
-                    for u in range(m):  # gather pass (LLVM does not vectorise the fused loop)
+                    for u in range(m):
                         k = a + np.uint64(u)
                         j = np.uint64(nbj[k])
-                        gx[u] = ex[k] + qx[j]
-                        gy[u] = ey[k] + qy[j]
-                        gz[u] = ez[k] + qz[j]
-                    for u in range(m):
-                        ro, rn = _pair_r2(gx[u], gy[u], gz[u], qox, qoy, qoz, qnx, qny, qnz)
-                        w = c_s2 / (ro * rn)
-                        qo = w * rn
-                        qn = w * ro
-                        qo = qo * qo * qo
-                        qn = qn * qn * qn
-                        vo = c_e4 * (qo * qo - qo) - c_sh
-                        vn = c_e4 * (qn * qn - qn) - c_sh
-                        buf32[o + np.uint64(u)] = (vn if rn < c_rc32 else zero) \
-                            - (vo if ro < c_rc32 else zero)
+                        ro, rn = _pair_r2(ex[k] + qx[j], ey[k] + qy[j], ez[k] + qz[j],
+                                          qox, qoy, qoz, qnx, qny, qnz)
+                        d = _lj_de32(ro, rn, c_s2, c_e4, c_sh, c_rc32)
+                        n_big += not (abs(d) < lim32)
+                        acc_fx += np.int64(d * _FX32)
                 else:
                     c_rc = rc2[ti, s]
                     c_is = 1.0 / sig[ti, s]
@@ -901,15 +952,17 @@ def _moves(i0, measuring, pos, init, ref, qx, qy, qz, types, box, S, kind, sig, 
                                           np.float64(ez[k] + qz[j]), np.float64(qox),
                                           np.float64(qoy), np.float64(qoz), np.float64(qnx),
                                           np.float64(qny), np.float64(qnz))
-                        wo = 1.0 - np.sqrt(ro) * c_is
-                        wn = 1.0 - np.sqrt(rn) * c_is
-                        buf[o + np.uint64(u)] = (c_ep * wn * wn if rn < c_rc else 0.0) \
-                            - (c_ep * wo * wo if ro < c_rc else 0.0)
-                o += m
+                        d = _harmonic_de(ro, rn, c_is, c_ep, c_rc)
+                        n_big += not (abs(d) < lim)
+                        acc_fx += np.int64(d * _FX)
             if kind == 2:
                 accepted = overlaps == 0
             else:
-                de = _lane_sum(buf32, o) if kind == 0 else _lane_sum(buf, o)
+                if n_big == 0:
+                    de = acc_fx * _FX_INV
+                else:  # a pair energy change beyond the fixed-point range: sum in floating point
+                    de = _row_de_float(i, ti, S, kind, sig, sig2, eps, eps4, esh, rc2, qx, qy, qz,
+                                       qnx, qny, qnz, seg_base, seg_cnt, nbj, ex, ey, ez)
                 if de <= 0.0 or _uniform(rng) < np.exp(-beta * de):
                     accepted = True
                     fs[_ENERGY] += de
@@ -946,7 +999,7 @@ def _moves(i0, measuring, pos, init, ref, qx, qy, qz, types, box, S, kind, sig, 
 # nogil: one call is a whole chain (minutes on a cluster); the progress thread needs the GIL
 @njit(cache=True, error_model="numpy", nogil=True)
 def _mc_kernel(pos, init, types, box, S, kind, sig, sig2, eps, eps4, rc2, esh, lcut2, T,
-               cage_mode, coff, cvx, cvy, cvz, csc2, cnb, sigc, rad2,
+               cage_mode, coff, cvx, cvy, cvz, csc2, cnb, sigc, rad2, rin2,
                allpairs, skin, n_equil, n_measure, seed, step, step_max, target,
                record_every, debug):
     rng = _rng_state(seed)
@@ -955,19 +1008,18 @@ def _mc_kernel(pos, init, types, box, S, kind, sig, sig2, eps, eps4, rc2, esh, l
     half_skin2 = (0.5 * skin) ** 2
     lmax = np.sqrt(lcut2.max())
     slack = 1.0 if allpairs else _SLACK
+    # unused list slots hold this neighbour offset: beyond every cutoff from any position
+    # within skin/2 of the reference, and harmless in every pair formula
+    far = np.float32(2.0 * lmax + 1.0)
     seg_base, seg_cnt, nbj, rev, ix, iy, iz, ex, ey, ez, max_row = _build_lists(
-        pos, types, box, S, lcut2, allpairs, slack)
+        pos, types, box, S, lcut2, allpairs, slack, far)
     ref = pos.copy()
     qx = np.zeros(n, np.float32)  # float32(pos - ref), read by the neighbours' rows
     qy = np.zeros(n, np.float32)
     qz = np.zeros(n, np.float32)
     nc, cell_of, cell_cnt, cell_mem, where = _ref_cells(ref, box, lmax)
     mark = np.full(n, -1, np.int64)
-    buf = np.zeros(max_row + 8)
-    buf32 = np.zeros(max_row + 8, np.float32)
-    gx = np.zeros(max_row + 8, np.float32)
-    gy = np.zeros(max_row + 8, np.float32)
-    gz = np.zeros(max_row + 8, np.float32)
+    lim, lim32 = _fx_limits(max_row)
     fs = np.zeros(5)
     fs[_STEP] = step
     if kind != 2:
@@ -994,31 +1046,28 @@ def _mc_kernel(pos, init, types, box, S, kind, sig, sig2, eps, eps4, rc2, esh, l
         i = 0
         while True:
             i = _moves(i, measuring, pos, init, ref, qx, qy, qz, types, box, S, kind, sig, sig2,
-                       eps, eps4, rc2, esh, lcut2, beta, cage_mode, coff, cvx, cvy, cvz, csc2, cnb, sigc,
-                       rad2, allpairs, half_skin2, step_max, target, block_len, debug, rng, fs,
-                       ist, seg_base, seg_cnt, nbj, rev, ix, iy, iz, ex, ey, ez, nc, cell_of,
-                       cell_cnt, cell_mem, where, mark, buf, buf32, gx, gy, gz)
+                       eps, eps4, rc2, esh, lcut2, beta, cage_mode, coff, cvx, cvy, cvz, csc2,
+                       cnb, sigc, rad2, rin2, allpairs, half_skin2, step_max, target,
+                       block_len, debug, rng, fs, ist, seg_base, seg_cnt, nbj, rev, ix, iy, iz, ex, ey, ez, nc, cell_of,
+                       cell_cnt, cell_mem, where, mark, lim, lim32, far)
             if i == n:
                 break
             # tiny box (all images, no re-centring) or a full segment / cell: rebuild all
             if not allpairs:
                 slack *= 1.25
             seg_base, seg_cnt, nbj, rev, ix, iy, iz, ex, ey, ez, max_row = _build_lists(
-                pos, types, box, S, lcut2, allpairs, slack)
+                pos, types, box, S, lcut2, allpairs, slack, far)
             ref[:, :] = pos
             qx[:] = 0.0
             qy[:] = 0.0
             qz[:] = 0.0
             nc, cell_of, cell_cnt, cell_mem, where = _ref_cells(ref, box, lmax)
-            buf = np.zeros(max_row + 8)
-            buf32 = np.zeros(max_row + 8, np.float32)
-            gx = np.zeros(max_row + 8, np.float32)
-            gy = np.zeros(max_row + 8, np.float32)
-            gz = np.zeros(max_row + 8, np.float32)
+            lim, lim32 = _fx_limits(max_row)
             n_rebuilds += 1
         if debug and not allpairs:
             ist[_VIOLATIONS] += _list_errors(pos, ref, qx, qy, qz, types, box, S, lcut2,
-                                             seg_base, seg_cnt, nbj, rev, ix, iy, iz, ex, ey, ez)
+                                             seg_base, seg_cnt, nbj, rev, ix, iy, iz, ex, ey, ez,
+                                             far)
         if measuring:
             meas_acc += ist[_SWEEP_ACC]
             for p in range(n):  # one pass: <r> and <(r - r^init)^2> (cost ~ 1 % of a sweep)
@@ -1158,6 +1207,20 @@ def cage_neighbors(positions, box):
     return off, nb, np.ascontiguousarray(vec)
 
 
+def _inscribed_radius2(coff, cvec, csc2):
+    """(N,) squared radius (less a relative 1e-6, far above rounding) of the ball around
+    r_i^init inside the Eq. 10 cell: the face of neighbour j, |u|^2 c = |u - d|^2 with
+    c = (s_j/s_i)^2, is a plane (c = 1) or an Apollonius sphere whose nearest point to u = 0
+    lies at |d| / (1 + sqrt c).  A trial point within it passes the cage test at once."""
+    n = len(coff) - 1
+    dist = np.linalg.norm(cvec, axis=1) / (1.0 + np.sqrt(csc2))
+    r = np.full(n, np.inf)
+    has = np.diff(coff) > 0
+    if has.any():
+        r[has] = np.minimum.reduceat(dist, coff[:-1][has])
+    return np.ascontiguousarray((r * (1.0 - 1e-6)) ** 2)
+
+
 def _halves(init, tot_sum, sq_sum, half_sum, half_sq, n_measure):
     """Means (2, N, 3) and coordinate-averaged sample variances (2, N) of the positions over the
     first h = n_measure // 2 and the last n_measure - h measurement sweeps, from the kernel's
@@ -1262,6 +1325,7 @@ def cage_state(positions, types, box, potential, T, n_equil, n_measure, seed,
         coff, cnb, cvec = cage_neighbors(positions, box)
         src = np.repeat(np.arange(n), np.diff(coff))
         csc2 = np.ascontiguousarray((sigc[cnb] / sigc[src]) ** 2)
+        rin2 = _inscribed_radius2(coff, cvec, csc2)
         rad2 = np.zeros(n)
         cage_mode = 0
         step_cap = 1.0 * float(sigc.max())
@@ -1270,6 +1334,7 @@ def cage_state(positions, types, box, potential, T, n_equil, n_measure, seed,
         cnb = np.zeros(0, np.int64)
         cvec = np.zeros((0, 3))
         csc2 = np.zeros(0)
+        rin2 = np.zeros(n)
         rad2 = rad ** 2
         cage_mode = 1
         step_cap = float(rad.max())
@@ -1293,7 +1358,7 @@ def cage_state(positions, types, box, potential, T, n_equil, n_measure, seed,
      half_sum, half_sq) = _mc_kernel(
         positions.copy(), positions, types, box, potential.n_species, kind, sig, sig2, eps,
         eps4, rc2, esh, lcut2, float(T) if kind != 2 else 1.0,
-        cage_mode, coff, cvx, cvy, cvz, csc2, cnb, sigc, rad2,
+        cage_mode, coff, cvx, cvy, cvz, csc2, cnb, sigc, rad2, rin2,
         allpairs, skin, int(n_equil), int(n_measure), np.uint64(int(seed) % 2 ** 64), step0,
         step_max, float(target_acceptance), int(record_every), bool(debug))
     halves, half_var, h1 = _halves(positions, tot_sum, sq_sum, half_sum, half_sq, int(n_measure))
