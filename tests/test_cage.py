@@ -461,3 +461,53 @@ def test_chain_releases_the_gil_for_the_progress_thread(ka400):
     th.join()
     inside = [x for x in ticks if t0 + 0.1 * (t1 - t0) < x < t0 + 0.9 * (t1 - t0)]
     assert t1 - t0 > 0.1 and len(inside) >= 10, (t1 - t0, len(inside))
+
+
+# ---------------------------------------------------------------------------- vs the old kernel
+
+def _reference_module():
+    """The kernel as it was before issue 15's rewrite (frozen copy in bench/)."""
+    import os
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "bench"))
+    try:
+        import cage_reference
+    finally:
+        sys.path.pop(0)
+    return cage_reference
+
+
+def test_rewritten_kernel_samples_what_the_old_kernel_sampled(ka400):
+    """Issue 15: the faster kernel (neighbour offsets + gathered displacements, fixed-point row
+    sums, inscribed-ball cage shortcut) samples the same constrained ensemble as the kernel it
+    replaced.  At equal chain length (KA N = 400, Voronoi cage, T = 0.6, 100 + 600 sweeps), two
+    chains of the old and two of the new kernel: per-particle r^CS of old vs new differ by no
+    more than chains of one kernel differ among themselves (the chain-to-chain noise, here
+    large: short chains from a lattice), and <Delta r^CS> and <E> agree within that noise."""
+    old = _reference_module()
+    pos, t, box = ka400
+    T, n_eq, n_me = 0.6, 100, 600
+    runs = {}
+    for lab, mod, seed in (("old", old, 1), ("old2", old, 4), ("new", None, 2), ("new2", None, 3),
+                           ("hot", None, 5)):
+        pot = (mod.PairPotential if mod else PairPotential).kob_andersen()
+        fn = mod.cage_state if mod else cage_state
+        runs[lab] = fn(pos, t, box, pot, T * (1.2 if lab == "hot" else 1.0), n_eq, n_me,
+                       seed=seed, record_every=2)
+
+    def rms(a, b):
+        return np.sqrt(np.mean((runs[a]["positions"] - runs[b]["positions"]) ** 2))
+
+    noise = 0.5 * (rms("old", "old2") + rms("new", "new2"))
+    assert max(rms("old", "new"), rms("old2", "new2"), rms("old", "new2")) < 1.2 * noise
+    dr = {k: r["displacement"].mean() for k, r in runs.items()}
+    noise_dr = 0.5 * (abs(dr["old"] - dr["old2"]) + abs(dr["new"] - dr["new2"]))
+    assert abs(dr["old"] + dr["old2"] - dr["new"] - dr["new2"]) / 2 < 3 * noise_dr + 5e-3
+    E = {k: np.array([total_energy(c, t, box, PairPotential.kob_andersen())
+                      for c in r["samples"][::5]]) / len(pos) for k, r in runs.items()}
+    m_old = 0.5 * (E["old"].mean() + E["old2"].mean())
+    m_new = 0.5 * (E["new"].mean() + E["new2"].mean())
+    se = 0.5 * np.sqrt(sum(_block_se(E[k]) ** 2 for k in ("old", "old2", "new", "new2")))
+    assert abs(m_old - m_new) < 4 * se, (m_old, m_new, se)
+    # the energy check discriminates: 20 % hotter lies far outside the bound (measured 6 se)
+    assert E["hot"].mean() - m_new > 4 * se, (E["hot"].mean(), m_new, se)

@@ -38,8 +38,10 @@ Sweeps visit the particles sequentially in Morton order (``spatial_order``), whi
 the neighbour rows an accepted move rewrites in cache.
 
 Energy of the moved particle: a full Verlet list of radius rc_ij + skin around *reference
-positions*, holding the neighbours' current coordinates (single precision, relative to the
-reference point; see the list layout below).  Exactness argument: a pair missing from the list
+positions*; each entry holds the neighbour's reference position relative to the row owner's
+(single precision), and each particle its displacement from its own reference, which the row
+loop gathers (see the list layout below), so an accepted move writes three numbers.
+Exactness argument: a pair missing from the list
 has reference distance >= rc_ij + skin; every particle stays within skin/2 of its reference
 position, so the pair is beyond its cutoff.  A trial position (already inside its cage) farther
 than skin/2 from ref_i *re-centres* particle i: ref_i becomes its current position (the trial
@@ -50,10 +52,13 @@ tiny boxes, max(cutoff) + skin >= half the box, where all images are enumerated 
 list is rebuilt instead).  Defaults: skin 0.6 for LJ, 0.4 for harmonic and hard spheres
 (measured best, bench/bench_cage.py --skin).
 
-Speed (bench/bench_cage.py, one core, N = 2000): KA T = 0.55 about 2.6 M trial moves/s,
-hard spheres at eta = 0.58 about 14 M/s (Voronoi cage).  The kernel is bound by memory
-traffic: the compact list entries, the fused old/new energies (nothing cached per pair) and
-sequential sweeps over spatially sorted particles are what make it fast.
+Speed (bench/bench_cage.py, one core, N = 2000, Voronoi cage, against the pre-issue-15 kernel
+in the same run on a shared machine): KA T = 0.55 1.8x (old: about 2 M trial moves/s), hard
+spheres at eta = 0.58 1.26x (old: 10-12 M/s).  What makes it fast: accepted moves touch only
+the moved particle (no neighbour rows), fused old/new energies with one division, row sums in
+fixed point (exact and order free, so the gathered loop vectorises), SIMD-padded segments,
+the inscribed-ball shortcut of the cage test, sequential sweeps over spatially sorted
+particles.
 """
 from dataclasses import dataclass
 
@@ -340,26 +345,28 @@ def _pairs(pos, types, box, lcut2, allpairs):
 # Layout: row i of the full list is split into one segment per species s of the neighbour so
 # that the pair parameters are loop constants.  Segment (i, s) owns the slots
 # seg_base[i*S + s] : seg_base[i*S + s + 1] (its capacity) of which the first seg_cnt[i*S + s]
-# are used.  Per entry k: nbj[k] = j, the lattice image (ix, iy, iz)[k] (int8; the shift of
-# the image of j is box * image) and the *current* neighbour coordinates relative to the row
-# owner's reference position, (ex, ey, ez)[k] = float32(r_j + shift - ref_i), kept up to date on
-# every accepted move of j through the reverse entry rev[k] (the entry of i in j's row, whose
-# image is -image).  The energy loop streams three contiguous float32 arrays, branch free; an
-# accepted move writes three numbers into each neighbour's row.  The cage MC is memory bound:
-# the compact entries (23 bytes instead of 56 with float64 coordinates and shifts) are what
-# make it fast.  Single precision costs nothing physically: the stored relative coordinates
-# (|d| < 4 sigma) carry an absolute error below 3e-7 sigma, and the LJ trial-move energies are
-# evaluated in single precision (16 SIMD lanes; 17 % faster), i.e. the kernel samples the
-# Boltzmann weight of pair energies perturbed by ~1e-6 relative; every sum is in double
-# precision (the running energy stays within 1e-7 relative of a double-precision total after
-# 10^5 accepted moves, tests/test_cage.py).
+# are used; the capacity is a multiple of _PAD and the unused slots hold a far-away offset,
+# so the row loops run over whole SIMD blocks.  Per entry k: nbj[k] = j, the lattice image
+# (ix, iy, iz)[k] (int8; the shift of the image of j is box * image), the reverse entry rev[k]
+# (the entry of i in j's row, image -image) and the offset of the reference positions,
+# (ex, ey, ez)[k] = float32(ref_j + shift - ref_i), which changes only when i or j is
+# re-centred.  Per particle: q_i = float32(r_i - ref_i) (qx, qy, qz; |q| <= skin/2).  The
+# pair vector seen from i is e_k + q_j - q_i: the row loop streams e_k and gathers q_j, and an
+# accepted move only writes q_i (the earlier layout stored r_j + shift - ref_i per entry and
+# rewrote every neighbour's row on acceptance: half the run time).  Single precision costs
+# nothing physically: the pair vectors carry an absolute error below 5e-7 sigma and the LJ
+# trial-move energies are evaluated in single precision, i.e. the kernel samples the Boltzmann
+# weight of pair energies perturbed by ~1e-6 relative; the row sums are exact fixed-point
+# integers and the running energy is a double (it stays within 1e-6 relative of a
+# double-precision total over long runs, tests/test_cage.py).
 #
 # Exactness: every pair missing from the list has reference distance |ref_i - ref_j| >=
 # rc_ij + skin, and every particle stays within skin/2 of its reference position, so a missing
 # pair is always beyond its cutoff.  A trial position farther than skin/2 from ref_i *re-centres
-# particle i* (ref_i := trial position; its row is re-searched in a cell list of the reference
-# positions, pairs beyond rc_ij + skin are dropped and new ones added to both rows) instead of
-# rebuilding the whole list: in a cage only a few particles per sweep ever need it.
+# particle i* (ref_i := its current position, q_i := 0; its row is re-searched in a cell list of
+# the reference positions, pairs beyond rc_ij + skin are dropped, new ones added to both rows,
+# and the offsets of the kept pairs rewritten in both rows) instead of rebuilding the whole
+# list: in a cage only a few particles per sweep ever need it.
 
 
 @njit(cache=True, inline="always")
@@ -674,10 +681,10 @@ def _list_errors(pos, ref, qx, qy, qz, types, box, S, lcut2, seg_base, seg_cnt, 
 
 # --------------------------------------------------------------------------- row energies
 # The trial-move row loops live in _moves.  No fastmath anywhere: they are vectorised by LLVM
-# as plain IEEE maps (no reassociation needed; unsigned offsets, so no negative-index
-# wrap-around code), and the row sum uses eight fixed partial sums, so the energies -- and
-# hence every accept/reject decision -- are bitwise the same whatever the SIMD width.  The
-# initial total energy comes from _total_energy (double precision, from the pair search).
+# as plain IEEE maps plus an integer reduction (no reassociation needed; unsigned offsets, so
+# no negative-index wrap-around code), so the energies -- and hence every accept/reject
+# decision -- are bitwise the same whatever the SIMD width.  The initial total energy comes
+# from _total_energy (double precision, from the pair search).
 
 
 # Row sums in fixed point: every pair's energy change d is added as the integer
@@ -818,7 +825,7 @@ def in_cage(point, i, positions_init, box, cage_offsets, cage_neighbors, sigma_c
 
 _SLACK = 1.3  # segment capacity / largest count at a global rebuild (room for re-centring)
 # Hard spheres: trial moves closer than sigma_ij (1 + _HS_MARGIN) are rejected; the margin
-# exceeds the single-precision error of the list coordinates (< 3e-7 sigma), so no accepted
+# exceeds the single-precision error of the pair vectors (< 5e-7 sigma), so no accepted
 # configuration ever overlaps.
 _HS_MARGIN = 1e-6
 # slots of the small state arrays shared by _moves and _mc_kernel
@@ -1048,7 +1055,8 @@ def _mc_kernel(pos, init, types, box, S, kind, sig, sig2, eps, eps4, rc2, esh, l
             i = _moves(i, measuring, pos, init, ref, qx, qy, qz, types, box, S, kind, sig, sig2,
                        eps, eps4, rc2, esh, lcut2, beta, cage_mode, coff, cvx, cvy, cvz, csc2,
                        cnb, sigc, rad2, rin2, allpairs, half_skin2, step_max, target,
-                       block_len, debug, rng, fs, ist, seg_base, seg_cnt, nbj, rev, ix, iy, iz, ex, ey, ez, nc, cell_of,
+                       block_len, debug, rng, fs, ist, seg_base, seg_cnt, nbj, rev, ix, iy, iz,
+                       ex, ey, ez, nc, cell_of,
                        cell_cnt, cell_mem, where, mark, lim, lim32, far)
             if i == n:
                 break
