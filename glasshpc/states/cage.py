@@ -869,14 +869,14 @@ def _moves(i0, measuring, pos, init, ref, qx, qy, qz, types, box, S, kind, sig, 
             inside = True  # within the ball inscribed in the cell: no face test needed
         elif cage_mode == 0:  # Eq. 10, branch free over the SANN row
             a = np.uint64(coff[i])
-            bad = 0
+            bad = False
             for u in range(np.uint64(coff[i + 1] - coff[i])):
                 k = a + np.uint64(u)
                 wx = ux - cvx[k]
                 wy = uy - cvy[k]
                 wz = uz - cvz[k]
-                bad += not (u2 * csc2[k] < wx * wx + wy * wy + wz * wz)
-            inside = bad == 0
+                bad |= not (u2 * csc2[k] < wx * wx + wy * wy + wz * wz)
+            inside = not bad
         else:
             inside = u2 < rad2[i]
         accepted = False
@@ -918,9 +918,9 @@ def _moves(i0, measuring, pos, init, ref, qx, qy, qz, types, box, S, kind, sig, 
             qnx = np.float32(nx - rx)
             qny = np.float32(ny - ry)
             qnz = np.float32(nz - rz)
-            overlaps = 0
+            overlaps = False  # OR reductions: full SIMD width (an int64 count halves it)
             acc_fx = np.int64(0)
-            n_big = 0
+            n_big = False
             for s in range(S):
                 a = np.uint64(seg_base[i * S + s])
                 # whole blocks of _PAD slots (the unused ones hold far-away neighbours): the
@@ -934,7 +934,7 @@ def _moves(i0, measuring, pos, init, ref, qx, qy, qz, types, box, S, kind, sig, 
                         dx = (ex[k] + qx[j]) - qnx
                         dy = (ey[k] + qy[j]) - qny
                         dz = (ez[k] + qz[j]) - qnz
-                        overlaps += (dx * dx + dy * dy + dz * dz) < c_rc32
+                        overlaps |= (dx * dx + dy * dy + dz * dz) < c_rc32
                 elif kind == 0:
                     c_s2 = np.float32(sig2[ti, s])
                     c_e4 = np.float32(eps4[ti, s])
@@ -946,7 +946,7 @@ def _moves(i0, measuring, pos, init, ref, qx, qy, qz, types, box, S, kind, sig, 
                         ro, rn = _pair_r2(ex[k] + qx[j], ey[k] + qy[j], ez[k] + qz[j],
                                           qox, qoy, qoz, qnx, qny, qnz)
                         d = _lj_de32(ro, rn, c_s2, c_e4, c_sh, c_rc32)
-                        n_big += not (abs(d) < lim32)
+                        n_big |= not (abs(d) < lim32)
                         acc_fx += np.int64(d * _FX32)
                 else:
                     c_rc = rc2[ti, s]
@@ -960,12 +960,12 @@ def _moves(i0, measuring, pos, init, ref, qx, qy, qz, types, box, S, kind, sig, 
                                           np.float64(qoy), np.float64(qoz), np.float64(qnx),
                                           np.float64(qny), np.float64(qnz))
                         d = _harmonic_de(ro, rn, c_is, c_ep, c_rc)
-                        n_big += not (abs(d) < lim)
+                        n_big |= not (abs(d) < lim)
                         acc_fx += np.int64(d * _FX)
             if kind == 2:
-                accepted = overlaps == 0
+                accepted = not overlaps
             else:
-                if n_big == 0:
+                if not n_big:
                     de = acc_fx * _FX_INV
                 else:  # a pair energy change beyond the fixed-point range: sum in floating point
                     de = _row_de_float(i, ti, S, kind, sig, sig2, eps, eps4, esh, rc2, qx, qy, qz,
