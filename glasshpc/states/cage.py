@@ -53,8 +53,9 @@ list is rebuilt instead).  Defaults: skin 0.6 for LJ, 0.4 for harmonic and hard 
 (measured best, bench/bench_cage.py --skin).
 
 Speed (bench/bench_cage.py, one core, N = 2000, Voronoi cage, against the pre-issue-15 kernel
-in the same run on a shared machine): KA T = 0.55 1.8x (old: about 2 M trial moves/s), hard
-spheres at eta = 0.58 1.26x (old: 10-12 M/s).  What makes it fast: accepted moves touch only
+in the same run, best of 5-9 on a heavily shared machine, so only ratios): KA T = 0.55
+1.4-2.2x (old: about 2 M trial moves/s on a quiet core), hard spheres at eta = 0.58 1.3-1.6x
+(old: 10-12 M/s).  What makes it fast: accepted moves touch only
 the moved particle (no neighbour rows), fused old/new energies with one division, row sums in
 fixed point (exact and order free, so the gathered loop vectorises), SIMD-padded segments,
 the inscribed-ball shortcut of the cage test, sequential sweeps over spatially sorted
