@@ -79,8 +79,9 @@ def plan_state_point(cfg, ranks, store_mode):
     partial = _layout_bytes(layout)
     # snapshots a rank holds in the fits: its share, or every training snapshot when it owns whole
     # (set, species) problems (learn/fits.py: at least two problems per rank, no feature selection)
-    whole = (len(cfg.fits.feature_sets) * n_species >= 2 * max(1, ranks)
-             and cfg.fits.selection.method == "none")
+    from .learn.fits import whole_problems
+    whole = whole_problems(len(cfg.fits.feature_sets) * n_species, ranks,
+                           cfg.fits.selection.method)
     per = S if whole else -(-S // max(1, ranks))
     states = len(stages.descriptor_states(cfg))
     L = cfg.box_length

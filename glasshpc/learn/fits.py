@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..config import DESCRIPTOR_BLOCKS, VORONOI_BLOCKS
-from ..parallel import TaskQueue, task_rng
+from ..parallel import TaskQueue, lpt_order, task_rng
 from ..structure.voronoi import VORONOI_FEATURE_NAMES
 from .mlp import mlp_baseline
 from .ridge import (AlphaPath, _Rows, _Standardised, _Stats, _warn_grid, assign_folds, binned_stats,
@@ -250,7 +250,7 @@ def _fit_propensity(ctx, cfg, store, descriptor_names, n_species, timings):
     # at an edge (about half the α loop), the refit — dealt dynamically (TaskQueue: balance and
     # progress lines). Otherwise the statistics are distributed (every rank adds its snapshots,
     # Allreduce) and the solves dealt statically: one task per fold, then a refit wave.
-    whole = method == "none" and len(taus) >= 2 * ctx.size
+    whole = whole_problems(len(taus), ctx.size, method)
     if whole:
         wave_a = [("fit", tau) for tau in taus]
     else:
@@ -386,11 +386,10 @@ def _fit_propensity(ctx, cfg, store, descriptor_names, n_species, timings):
 
     res_a = {}
     if whole:
-        order = sorted(wave_a, key=lambda t: -cost(t))   # longest first
+        order, costs = lpt_order(wave_a, [cost(t) for t in wave_a])
         # costs are flop estimates: at a pessimistic 1 Gflop/s, 5 × the longest task must pass
         # before a rank waiting at the end counts another as hung (a GNN can train for an hour)
-        queue = TaskQueue(ctx, "fits", order, [cost(t) for t in order],
-                          stall_floor=5.0 * max(cost(t) for t in order) / 1e9)
+        queue = TaskQueue(ctx, "fits", order, costs, stall_floor=5.0 * costs[0] / 1e9)
         for task in queue:
             res_a[task] = run(task)
         queue.close()      # the boundary, watched for a hung rank
@@ -507,6 +506,12 @@ def _fit_propensity(ctx, cfg, store, descriptor_names, n_species, timings):
         results[name] = res
     lap("held-out")
     return results, train, test
+
+
+def whole_problems(n_problems, ranks, method):
+    """True when the fits solve whole (set, species) problems, one task each (module docstring,
+    plan 0): no feature selection (``method`` 'none') and at least two problems per rank."""
+    return method == "none" and n_problems >= 2 * max(1, ranks)
 
 
 def gnn_cost(gnn_cfg, n_train, n_particles, F, degree=50.0):
