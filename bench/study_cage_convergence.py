@@ -33,7 +33,7 @@ from glasshpc.states.cage import cage_state
 from glasshpc.states.chains import split_rhat
 
 E_GRID = (0, 100, 300, 1000, 3000, 10000)
-M_GRID = (100, 300, 1000, 3000, 10000, 30000, 100000)
+M_GRID = (100, 300, 1000, 3000, 10000, 15000, 30000, 100000)
 
 
 def load(path):
@@ -45,58 +45,66 @@ def load(path):
     return cfg, d
 
 
-def run_chains(cfg, d, s, K, sweeps, every, tune, seed0):
-    """(K, n_rec + 1, N, 3) prefix sums of the recorded configurations of K chains, and the
-    (K, n_rec + 1, N) prefix sums of the coordinate-mean squared displacement from r^init."""
+def run_chains(cfg, d, s, K, sweeps, every, tune, seed0, long=None):
+    """[(csum, qsum)] of K chains: csum (n_rec + 1, N, 3) prefix sums of the recorded
+    displacements from r^init, qsum (n_rec + 1, N) prefix sums of their coordinate-mean squares.
+    Chain 0 measures ``long`` sweeps (default ``sweeps``; the 1×KM estimator), chains 1..K-1
+    ``sweeps``."""
     m = get_model(cfg.model.name)
     sig = m.sigma_self()
     c = cfg.cage
-    csum, qsum = [], []
+    out = []
     for k in range(K):
+        n = (long or sweeps) if k == 0 else sweeps
         t0 = time.perf_counter()
         r = cage_state(d["pos"][s], d["types"][s], d["box"][s], cage_potential(cfg.model.name),
-                       cfg.model.temperature, tune, sweeps, seed0 + 1000 * s + k, cage=c.cage,
+                       cfg.model.temperature, tune, n, seed0 + 1000 * s + k, cage=c.cage,
                        cage_radius=c.radius * sig, cage_sigma=sig,
                        target_acceptance=c.target_acceptance, record_every=every)
         smp = r["samples"] - d["pos"][s][None]
         z = np.zeros((1,) + smp.shape[1:])
-        csum.append(np.concatenate([z, np.cumsum(smp, axis=0)]))
-        qsum.append(np.concatenate([z[..., 0], np.cumsum((smp ** 2).mean(axis=2), axis=0)]))
-        print(f"  snapshot {s} chain {k}: {tune} + {sweeps} sweeps in "
-              f"{time.perf_counter() - t0:.0f} s, acceptance {r['acceptance']:.3f}, "
-              f"step {r['step']:.4f}", flush=True)
-    return np.stack(csum), np.stack(qsum)
-
-
-def windows(sweeps, every, K):
-    out = []
-    for E in E_GRID:
-        for M in M_GRID:
-            if E + M <= sweeps and M >= 10 * every:
-                out.append((E, M))
+        out.append((np.concatenate([z, np.cumsum(smp, axis=0)]),
+                    np.concatenate([z[..., 0], np.cumsum((smp ** 2).mean(axis=2), axis=0)])))
+        del r, smp
+        print(f"  snapshot {s} chain {k}: {tune} + {n} sweeps in "
+              f"{time.perf_counter() - t0:.0f} s", flush=True)
     return out
 
 
-def analyse(csum, qsum, every, sweeps, K):
-    """{(E, M): dict} of window means: single (N, 3) chain 0 over [E, E+M); kmean (N, 3) mean of
-    the K chains over [E, E+M); long (N, 3) chain 0 over [E, E+K·M) if it fits; rhat (N,)."""
+def windows(sweeps, every, long=None):
+    """(E, M) of the grid that chain 0 covers (E + M ≤ long) with ≥ 10 records."""
+    return [(E, M) for E in E_GRID for M in M_GRID
+            if E + M <= (long or sweeps) and M >= 10 * every]
+
+
+def analyse(chains, every, sweeps, K, long=None):
+    """{(E, M): dict} of window means of the displacement from r^init (r^CS − r^init): single
+    (N, 3) chain 0 over [E, E+M); kmean (N, 3) the mean of the K chains over [E, E+M) and rhat
+    (N,) their split-R̂ (if E + M ≤ sweeps); long (N, 3) chain 0 over [E, E+K·M) (if it fits)."""
     res = {}
-    for E, M in windows(sweeps, every, K):
+    for E, M in windows(sweeps, every, long):
         a, b = E // every, (E + M) // every
         n = b - a
-        h = n // 2
-        win = (csum[:, b] - csum[:, a]) / n                                   # (K, N, 3)
-        halves = np.stack([(csum[:, a + h] - csum[:, a]) / h,
-                           (csum[:, b] - csum[:, a + h]) / (n - h)], axis=1)  # (K, 2, N, 3)
-        var = []
-        for lo, hi, hm in ((a, a + h, halves[:, 0]), (a + h, b, halves[:, 1])):
-            cnt = hi - lo
-            var.append(((qsum[:, hi] - qsum[:, lo]) - cnt * (hm ** 2).mean(axis=2)) / (cnt - 1))
-        r = dict(single=win[0], kmean=win.mean(axis=0),
-                 rhat=split_rhat(halves, np.stack(var, axis=1), n / 2))
+        c0 = chains[0][0]
+        r = dict(single=(c0[b] - c0[a]) / n)
+        if E + M <= sweeps:
+            csum = np.stack([c[:b + 1] for c, _ in chains])
+            qsum = np.stack([q[:b + 1] for _, q in chains])
+            h = n // 2
+            win = (csum[:, b] - csum[:, a]) / n                                   # (K, N, 3)
+            halves = np.stack([(csum[:, a + h] - csum[:, a]) / h,
+                               (csum[:, b] - csum[:, a + h]) / (n - h)], axis=1)  # (K, 2, N, 3)
+            var = []
+            for lo, hi, hm in ((a, a + h, halves[:, 0]), (a + h, b, halves[:, 1])):
+                cnt = hi - lo
+                var.append(((qsum[:, hi] - qsum[:, lo]) - cnt * (hm ** 2).mean(axis=2))
+                           / (cnt - 1))
+            r["kmean"] = win.mean(axis=0)
+            r["rhat"] = split_rhat(halves, np.stack(var, axis=1), n / 2)
+            del csum, qsum
         bl = (E + K * M) // every
-        if E + K * M <= sweeps:
-            r["long"] = (csum[0, bl] - csum[0, a]) / (bl - a)
+        if bl < c0.shape[0]:
+            r["long"] = (c0[bl] - c0[a]) / (bl - a)
         res[(E, M)] = r
     return res
 
@@ -126,13 +134,17 @@ def table(d, results, snaps, K, species):
                 return np.concatenate([d["prop"][s, i][d["types"][s] == sp] for s in snaps])
 
             one = dr("single")
-            rh = np.concatenate([results[s][(E, M)]["rhat"][d["types"][s] == sp] for s in snaps])
+            w0 = results[snaps[0]][(E, M)]
+            rh = (np.concatenate([results[s][(E, M)]["rhat"][d["types"][s] == sp] for s in snaps])
+                  if "rhat" in w0 else np.full(1, np.nan))
             line = f"{E:6d} {M:7d} {one.mean():7.4f} " + " ".join(
                 f"{pearson(one, prop(i)):9.3f}" for i in picks) + f" {np.nanmedian(rh):6.3f} "
-            if "long" in results[snaps[0]][(E, M)]:
-                lg, km = dr("long"), dr("kmean")
-                line += " ".join(f"{pearson(lg, prop(i)):11.3f} {pearson(km, prop(i)):10.3f}"
-                                 for i in picks[1:])
+            lg = dr("long") if "long" in w0 else None
+            km = dr("kmean") if "kmean" in w0 else None
+            line += " ".join(
+                (f"{pearson(lg, prop(i)):11.3f}" if lg is not None else f"{'':>11}") + " "
+                + (f"{pearson(km, prop(i)):10.3f}" if km is not None else f"{'':>10}")
+                for i in picks[1:])
             print(line, flush=True)
 
 
@@ -142,7 +154,10 @@ def main():
     ap.add_argument("run", help="finished output with propensity (HDF5)")
     ap.add_argument("--snapshots", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--chains", type=int, default=4)
-    ap.add_argument("--sweeps", type=int, default=20000)
+    ap.add_argument("--sweeps", type=int, default=20000,
+                    help="measurement sweeps of chains 1..K-1 (and of chain 0 without --long)")
+    ap.add_argument("--long", type=int, default=None,
+                    help="measurement sweeps of chain 0 (1×KM windows up to E + K·M ≤ long)")
     ap.add_argument("--every", type=int, default=10)
     ap.add_argument("--tune", type=int, default=100, help="step-tuning sweeps before E = 0")
     ap.add_argument("--seed", type=int, default=15)
@@ -160,12 +175,15 @@ def main():
     else:
         K = a.chains
         print(f"{cfg.model.name} N = {cfg.model.n_particles}, T = {cfg.model.temperature}, "
-              f"cage {cfg.cage.cage}; {K} chains × ({a.tune} + {a.sweeps}) sweeps per snapshot, "
+              f"cage {cfg.cage.cage}; {K} chains × ({a.tune} + {a.sweeps}) sweeps per snapshot "
+              f"(chain 0: {a.tune} + {a.long or a.sweeps}), "
               f"recorded every {a.every}", flush=True)
         for s in a.snapshots:
-            csum, qsum = run_chains(cfg, d, s, K, a.sweeps, a.every, a.tune, a.seed)
-            results[s] = analyse(csum, qsum, a.every, a.sweeps, K)
-            del csum, qsum
+            chains = run_chains(cfg, d, s, K, a.sweeps, a.every, a.tune, a.seed, a.long)
+            results[s] = analyse(chains, a.every, a.sweeps, K, a.long)
+            del chains
+            if a.out:   # after every snapshot: a stopped study keeps what it did
+                np.savez(a.out, results=np.array(results, dtype=object), K=K)
         if a.out:
             np.savez(a.out, results=np.array(results, dtype=object), K=K)
     table(d, results, sorted(results), K, species)
