@@ -148,6 +148,167 @@ def table(d, results, snaps, K, species):
             print(line, flush=True)
 
 
+# ---- the pipeline's ridge on the window estimates ------------------------------------------------
+RIDGE_E = (0, 300, 3000)
+RIDGE_M = (300, 1000, 3000, 10000, 30000)
+ESTIMATORS = (("single", "1×M"), ("long", "1×KM"), ("kmean", "K×M"))
+SETS = ("init", "init+cs+drcs")
+
+
+class ArrayStore:
+    """The two calls fit_propensity makes on a run's store — read(name, (s,)) and write — on
+    in-memory arrays {name: (S, ...) array}; writes (the predictions) are dropped."""
+
+    def __init__(self, arrays):
+        self.arrays = arrays
+
+    def read(self, name, index):
+        return self.arrays[name][index]
+
+    def write(self, name, index, value):
+        pass
+
+
+def ridge_setup(path, cfg, d):
+    """(fit config, DescriptorSpec, descriptor names, X^init (S, N, F)) of the run: the run's
+    r_generation and its 'init' and 'init+cs+drcs' feature sets (the pipeline's split, folds and
+    α rule), the MLP / GNN baselines and feature selection off."""
+    import dataclasses
+
+    from glasshpc import stages
+    from glasshpc.config import GNNConfig, MLPConfig, SelectionConfig
+    from glasshpc.structure.descriptors import compute_descriptors
+
+    missing = [k for k in SETS if k not in cfg.fits.feature_sets]
+    if missing:
+        raise SystemExit(f"the run has no feature set {missing}: the ridge columns need "
+                         f"fits.feature_sets {SETS}")
+    fcfg = dataclasses.replace(cfg, fits=dataclasses.replace(
+        cfg.fits, feature_sets={k: cfg.fits.feature_sets[k] for k in SETS}, mlp=MLPConfig(),
+        gnn=GNNConfig(), selection=SelectionConfig()))
+    with h5py.File(path, "r") as f:
+        r_gen = float(f["descriptors"].attrs["r_generation"])
+        x_init = f["descriptors/init"][()] if "descriptors/init" in f else None
+    spec = stages.descriptor_spec(cfg, r_gen)
+    names = spec.feature_names(get_model(cfg.model.name).species)
+    if x_init is None:
+        x_init = np.stack([compute_descriptors(d["pos"][s], d["types"][s], d["box"][s], spec)
+                           for s in range(d["pos"].shape[0])])
+    else:   # the stored X^init must be what this spec computes: same descriptors as the run
+        x0 = compute_descriptors(d["pos"][0], d["types"][0], d["box"][0], spec)
+        err = float(np.max(np.abs(x0 - x_init[0])))
+        print(f"X^init of snapshot 0 recomputed: max |Δ| = {err:.2e} against the run's", flush=True)
+        if err > 1e-8:
+            raise SystemExit("the run's descriptors differ from this spec: not the same features")
+    return fcfg, spec, names, x_init
+
+
+def ridge_rho(fcfg, spec, names, x_init, d, disp, sets=SETS):
+    """{set: FitResult} of the pipeline's fit (glasshpc.learn.fits.fit_propensity, serial) with
+    r^CS = r^init + disp[s] for every snapshot s (disp: (S, N, 3) mean displacement of a window);
+    X^CS by glasshpc's compute_descriptors, Δr^CS = |r^CS − r^init| as the cage stage writes it."""
+    from mpi4py import MPI
+
+    from glasshpc.learn.fits import fit_propensity
+    from glasshpc.parallel import Context
+    from glasshpc.structure.descriptors import compute_descriptors
+
+    S = d["pos"].shape[0]
+    x_cs = np.stack([compute_descriptors(d["pos"][s] + disp[s], d["types"][s], d["box"][s], spec)
+                     for s in range(S)])
+    store = ArrayStore({"snapshots/types": d["types"], "propensity": d["prop"],
+                        "descriptors/init": x_init, "descriptors/cs": x_cs,
+                        "states/cage/displacement": np.linalg.norm(disp, axis=2)})
+    import dataclasses
+    import warnings
+    fcfg = dataclasses.replace(fcfg, fits=dataclasses.replace(
+        fcfg.fits, feature_sets={k: fcfg.fits.feature_sets[k] for k in sets}))
+    with warnings.catch_warnings():   # α-grid edge notes at the earliest read-outs (no signal)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        res, _, _ = fit_propensity(Context(MPI.COMM_SELF), fcfg, store, names,
+                                   len(get_model(fcfg.model.name).species))
+    return res
+
+
+def ridge_keys(results, K):
+    """(E, M, estimator) of the ridge, every snapshot having the window: the K×M and 1×KM
+    estimators of the RIDGE_E × RIDGE_M windows, and the single chain where M ≥ 30 000 (the
+    longest chains); the demo default (300, 3000) first, so a stopped study has the key rows."""
+    keys = []
+    for E in RIDGE_E:
+        for M in RIDGE_M:
+            for kind, _ in ESTIMATORS:
+                if kind == "single" and M < 30000:
+                    continue
+                if all(kind in r.get((E, M), {}) for r in results.values()):
+                    keys.append((E, M, kind))
+    return sorted(keys, key=lambda k: (k[:2] != (300, 3000), k[0], k[1]))
+
+
+def ridge_study(path, cfg, d, results, K, out=None, part=(0, 1)):
+    """{key: (n_species, T) held-out pooled ρ of 'init+cs+drcs'} for the keys of
+    :func:`ridge_keys` (``part`` = (i, n): every n-th key from the i-th, for n processes), plus
+    'init' (the chain-independent baseline) and 'run' (the run's own r^CS, checked against the
+    run's stored fits). Needs the windows of every snapshot of the run."""
+    import os
+    os.environ.setdefault("GLASSHPC_PROGRESS_SECONDS", "1e9")   # no fit progress lines
+    S = d["pos"].shape[0]
+    if sorted(results) != list(range(S)):
+        raise SystemExit(f"the ridge needs every snapshot 0..{S - 1}; have {sorted(results)}")
+    fcfg, spec, names, x_init = ridge_setup(path, cfg, d)
+    rho = {}
+    t0 = time.perf_counter()
+    with h5py.File(path, "r") as f:
+        run_cs = f["states/cage/positions"][()] if "states/cage/positions" in f else None
+        stored = f["fits/init+cs+drcs/pearson"][()] if "fits/init+cs+drcs/pearson" in f else None
+    if part[0] == 0 and run_cs is not None:
+        res = ridge_rho(fcfg, spec, names, x_init, d, run_cs - d["pos"], SETS)
+        rho["init"] = res["init"].pearson
+        rho["run"] = res["init+cs+drcs"].pearson
+        if stored is not None:   # the same r^CS through the same code: the run's own figures
+            print(f"ridge on the run's r^CS: max |Δρ| = "
+                  f"{np.nanmax(np.abs(rho['run'] - stored)):.2e} against the run's fits", flush=True)
+    for key in ridge_keys(results, K)[part[0]::part[1]]:
+        E, M, kind = key
+        disp = np.stack([results[s][(E, M)][kind] for s in range(S)])
+        sets = SETS if "init" not in rho else SETS[1:]
+        res = ridge_rho(fcfg, spec, names, x_init, d, disp, sets)
+        rho[key] = res["init+cs+drcs"].pearson
+        if "init" in res:
+            rho["init"] = res["init"].pearson
+        print(f"  ridge E = {E}, M = {M}, {kind}: {time.perf_counter() - t0:.0f} s", flush=True)
+        if out:
+            np.savez(out, rho=np.array(rho, dtype=object), K=K)
+    return rho
+
+
+def ridge_table(d, rho, K, species, run_label=""):
+    times = d["times"]
+    picks = [int(np.argmin(np.abs(np.log(times / t)))) for t in (0.5, 3.0)]
+    tau = d["tau"][0] if np.isfinite(d["tau"][0]) else times[-1]
+    picks.append(int(np.argmin(np.abs(np.log(times / tau)))))
+    tn = [f"{times[i]:.3g}" for i in picks]
+    for sp, name in enumerate(species):
+        print(f"\nspecies {name}: ridge ρ(t) of init+cs+drcs (pipeline fit, held-out snapshots "
+              f"pooled) at t = {', '.join(tn)} τ (τ_α ≈ {tau:.3g} τ); K = {K}")
+        print("  init alone (no cage state):  " + " ".join(f"{rho['init'][sp, i]:6.3f}"
+                                                         for i in picks))
+        if "run" in rho:
+            print(f"  the run's own r^CS{run_label}: " + " ".join(f"{rho['run'][sp, i]:6.3f}"
+                                                             for i in picks))
+        print(f"{'E':>6} {'M':>6} " + "  ".join(f"{lab + ' (' + ', '.join(tn) + ')':>26}"
+                                                 for _, lab in ESTIMATORS))
+        for E in RIDGE_E:
+            for M in RIDGE_M:
+                cells = []
+                for kind, _ in ESTIMATORS:
+                    r = rho.get((E, M, kind))
+                    cells.append(" ".join(f"{r[sp, i]:8.3f}" for i in picks) if r is not None
+                                 else " " * 26)
+                if any(c.strip() for c in cells):
+                    print(f"{E:6d} {M:6d} " + "  ".join(cells))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -163,6 +324,12 @@ def main():
     ap.add_argument("--seed", type=int, default=15)
     ap.add_argument("--out", default=None, help="save the window means (npz)")
     ap.add_argument("--table", nargs="+", default=None, help="only merge saved npz and print")
+    ap.add_argument("--ridge", nargs="+", default=None, metavar="NPZ",
+                    help="also the pipeline's ridge ρ of init+cs+drcs per (E, M) window and "
+                         "estimator (needs every snapshot): computed and saved to NPZ, or, "
+                         "if the files exist, merged from them and printed")
+    ap.add_argument("--ridge-part", type=int, nargs=2, default=(0, 1), metavar=("I", "N"),
+                    help="compute every N-th ridge row from the I-th (N processes)")
     a = ap.parse_args()
     cfg, d = load(a.run)
     species = get_model(cfg.model.name).species
@@ -187,6 +354,17 @@ def main():
         if a.out:
             np.savez(a.out, results=np.array(results, dtype=object), K=K)
     table(d, results, sorted(results), K, species)
+    if a.ridge:
+        import os
+        if all(os.path.exists(p) for p in a.ridge):
+            rho = {}
+            for p in a.ridge:
+                rho.update(np.load(p, allow_pickle=True)["rho"].item())
+        else:
+            rho = ridge_study(a.run, cfg, d, results, K, a.ridge[0], tuple(a.ridge_part))
+        run = f" ({cfg.cage.chains} × ({cfg.cage.equilibration_sweeps} + " \
+              f"{cfg.cage.measurement_sweeps}))"
+        ridge_table(d, rho, K, species, run)
 
 
 if __name__ == "__main__":
