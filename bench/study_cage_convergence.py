@@ -328,9 +328,15 @@ def main():
                     help="also the pipeline's ridge ρ of init+cs+drcs per (E, M) window and "
                          "estimator (needs every snapshot): computed and saved to NPZ, or, "
                          "if the files exist, merged from them and printed")
+    ap.add_argument("--ridge-E", type=int, nargs="+", default=list(RIDGE_E),
+                    help="equilibration sweeps of the ridge rows")
+    ap.add_argument("--ridge-M", type=int, nargs="+", default=list(RIDGE_M),
+                    help="measurement sweeps of the ridge rows")
     ap.add_argument("--ridge-part", type=int, nargs=2, default=(0, 1), metavar=("I", "N"),
                     help="compute every N-th ridge row from the I-th (N processes)")
     a = ap.parse_args()
+    global RIDGE_E, RIDGE_M
+    RIDGE_E, RIDGE_M = tuple(a.ridge_E), tuple(a.ridge_M)
     cfg, d = load(a.run)
     species = get_model(cfg.model.name).species
     results = {}
