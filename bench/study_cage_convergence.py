@@ -15,11 +15,28 @@ a new chain). Columns, per species (pooled over the snapshots studied):
              M sweeps each after the same E (equal measurement cost; the K chains pay K·E
              equilibration sweeps)
 
+With ``--long L`` chain 0 measures L sweeps (the others ``--sweeps``), so the 1×KM windows reach
+E + K·M ≤ L at the cost of one long chain.
+
+``--ridge`` (needs the windows of every snapshot of the run: merge the per-process npz with
+``--table``): the {X^init, X^CS, Δr^CS} ridge ρ(t) of the pipeline — glasshpc.learn.fits
+.fit_propensity itself (serial), the run's own train/test split, CV folds and α rule, Pearson
+pooled over the held-out snapshots — with r^CS of every snapshot from one (E, M) window and
+estimator: K×M, 1×KM, and the single chain where M ≥ 30 000 (RIDGE_E × RIDGE_M, --ridge-E/-M).
+X^CS by glasshpc.structure.descriptors.compute_descriptors with the run's DescriptorSpec
+(stages.descriptor_spec at the run's stored r_generation; X^init is the run's, checked against a
+recomputation), Δr^CS = |r^CS − r^init| as the cage stage writes it. Also printed: ρ of X^init alone
+(no cage state: the baseline) and of the run's own r^CS (checked against the run's stored fits).
+--ridge-part I N computes every N-th row (N processes); the table merges their npz.
+
 Reduced LJ units. Machine shared: the figures are statistics, not speeds.
 
 usage: python bench/study_cage_convergence.py RUN.h5 [--snapshots 0 1] [--chains 4]
-           [--sweeps 20000] [--every 10] [--out study.npz]        (MC; then the table)
+           [--sweeps 20000] [--long 60000] [--every 10] [--out study.npz]   (MC; then the table)
        python bench/study_cage_convergence.py RUN.h5 --table a.npz b.npz   (merge, table only)
+       python bench/study_cage_convergence.py RUN.h5 --table a.npz b.npz --ridge r.npz
+           [--ridge-part 0 2]                       (+ the ridge; r.npz r2.npz: merge and print)
+Cluster (T = 0.44): jobs/study_cage_t044.sh.
 """
 import argparse
 import time
