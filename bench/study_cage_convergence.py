@@ -327,6 +327,7 @@ def ridge_table(d, rho, K, species, run_label=""):
 
 
 def main():
+    global RIDGE_E, RIDGE_M
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run", help="finished output with propensity (HDF5)")
@@ -352,7 +353,6 @@ def main():
     ap.add_argument("--ridge-part", type=int, nargs=2, default=(0, 1), metavar=("I", "N"),
                     help="compute every N-th ridge row from the I-th (N processes)")
     a = ap.parse_args()
-    global RIDGE_E, RIDGE_M
     RIDGE_E, RIDGE_M = tuple(a.ridge_E), tuple(a.ridge_M)
     cfg, d = load(a.run)
     species = get_model(cfg.model.name).species
