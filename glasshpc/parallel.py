@@ -52,25 +52,23 @@ class Context:
         ``GLASSHPC_STALL_SECONDS=0`` waits forever. Returns the seconds waited."""
         if self.size == 1:
             return 0.0
-        floor = float(os.environ.get("GLASSHPC_STALL_SECONDS", "1800"))
+        floor = stall_seconds()
         t0 = time.perf_counter()
         if floor <= 0:
             self.comm.Barrier()
             return time.perf_counter() - t0
         limit = max(floor, limit or 0.0, 5.0 * (t0 - since) if since is not None else 0.0)
-        req = self.comm.Ibarrier()
-        nap = 0.001
-        while not req.Test():
-            time.sleep(nap)
-            nap = min(2 * nap, 0.2)
-            waited = time.perf_counter() - t0
-            if waited > limit:
-                print(f"glasshpc: rank {self.rank} waited {_hms(waited)} for the other ranks at "
+
+        def watch(now):
+            if now - t0 > limit:
+                print(f"glasshpc: rank {self.rank} waited {_hms(now - t0)} for the other ranks at "
                       f"'{what}' (limit max(GLASSHPC_STALL_SECONDS = {floor:g} s, 5 × this "
                       "rank's own work before it)): a rank hangs; aborting so the allocation is "
                       "not spent waiting. Finished stages are saved: continue with --resume",
                       file=sys.stderr, flush=True)
                 abort_job(self.comm)
+
+        _poll(self.comm.Ibarrier(), watch)
         return time.perf_counter() - t0
 
     def mine(self, tasks):
@@ -212,36 +210,32 @@ class TaskQueue:
         the allocation until the wall-time limit. ``GLASSHPC_STALL_SECONDS=0`` waits forever.
         Before the first completion nothing is known of the stage's task length: no limit."""
         comm = self.ctx.comm
-        floor = float(os.environ.get("GLASSHPC_STALL_SECONDS", "1800"))
-        if floor > 0:   # a stage whose tasks are known to be long passes a larger floor
-            floor = max(floor, self.stall_floor)
+        floor = stall_seconds(self.stall_floor)
         if comm.Get_size() == 1:
             return
         first = self._fetch_add(4, 1) == 0      # the first rank to arrive reports a stall
         if floor <= 0:
             comm.Barrier()
             return
-        req = comm.Ibarrier()
-        seen, since, nap = -1, time.perf_counter(), 0.001
-        while not req.Test():
-            time.sleep(nap)
-            nap = min(2 * nap, 0.2)
+        last = {"done": -1, "since": time.perf_counter()}
+
+        def watch(now):
             _, done, _, longest_ms, arrived = self._read()
-            now = time.perf_counter()
-            if done != seen:
-                seen, since = done, now
-            limit = max(floor, 5e-3 * longest_ms)
-            if done > 0 and now - since > limit:
-                if first:
-                    print(f"glasshpc: stage '{self.stage}': no task finished for "
-                          f"{_hms(now - since)} while {comm.Get_size() - arrived} of "
-                          f"{comm.Get_size()} ranks have not reached its end (longest task so "
-                          f"far {_hms(longest_ms / 1000)}; limit max(GLASSHPC_STALL_SECONDS = "
-                          f"{floor:g} s, 5 × the longest task)): a rank hangs; aborting so the "
-                          "allocation is not spent waiting. Every finished task is saved: "
-                          "continue with --resume", file=sys.stderr, flush=True)
-                    abort_job(comm)
-                nap = 0.2           # the first rank aborts the job; the others wait for it
+            if done != last["done"]:
+                last.update(done=done, since=now)
+            stalled = now - last["since"]
+            # the first rank to arrive aborts the job; the others wait for it
+            if first and done > 0 and stalled > max(floor, 5e-3 * longest_ms):
+                print(f"glasshpc: stage '{self.stage}': no task finished for "
+                      f"{_hms(stalled)} while {comm.Get_size() - arrived} of "
+                      f"{comm.Get_size()} ranks have not reached its end (longest task so "
+                      f"far {_hms(longest_ms / 1000)}; limit max(GLASSHPC_STALL_SECONDS = "
+                      f"{floor:g} s, 5 × the longest task)): a rank hangs; aborting so the "
+                      "allocation is not spent waiting. Every finished task is saved: "
+                      "continue with --resume", file=sys.stderr, flush=True)
+                abort_job(comm)
+
+        _poll(comm.Ibarrier(), watch)
 
     def close(self):
         """Collective: stop the progress thread, print the final line, free the window.
@@ -276,6 +270,24 @@ def lpt_order(tasks, costs=None):
     costs = np.asarray(costs, dtype=np.float64)
     order = np.argsort(-costs, kind="stable")
     return [tasks[i] for i in order], costs[order]
+
+
+def stall_seconds(floor=0.0):
+    """The watchdogs' floor (s): ``GLASSHPC_STALL_SECONDS`` (default 1800), raised to ``floor``;
+    0 (or less) when the variable is 0: wait forever."""
+    seconds = float(os.environ.get("GLASSHPC_STALL_SECONDS", "1800"))
+    return max(seconds, float(floor)) if seconds > 0 else 0.0
+
+
+def _poll(req, watch):
+    """Test the MPI request ``req`` until it completes, napping 1 ms doubling to 0.2 s (no core
+    spun, a barrier passed within 0.2 s of completing) and calling ``watch(now)`` after each
+    nap (``now`` a ``time.perf_counter()`` value; the watchdogs abort the job from there)."""
+    nap = 0.001
+    while not req.Test():
+        time.sleep(nap)
+        nap = min(2 * nap, 0.2)
+        watch(time.perf_counter())
 
 
 def abort_job(comm):
