@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from .store import _free_bytes, _gib
+from .store import _free_bytes, _gib, layout_bytes
 
 BASE_BYTES = 400 * 2**20          # interpreter, numpy, numba, h5py, LAMMPS libraries per rank
 LAMMPS_BYTES_PER_ATOM = 2048      # positions, velocities, forces, ghosts, neighbour lists
@@ -24,10 +24,6 @@ TASK_BOOK_BYTES = 200             # one task in a stage's task list (every rank)
 
 class ResourceError(RuntimeError):
     """The run does not fit this machine (memory or disk); refused input, exit 2."""
-
-
-def _layout_bytes(layout):
-    return sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype in layout.values())
 
 
 def _slots(layout):
@@ -75,8 +71,8 @@ def plan_state_point(cfg, ranks, store_mode):
     F = stages.descriptor_spec(cfg, 2.0).n_features
     layout = stages.layout(cfg, F)
     scratch = set(stages.transient(cfg))
-    out = _layout_bytes({k: v for k, v in layout.items() if k not in scratch})
-    partial = _layout_bytes(layout)
+    out = layout_bytes({k: v for k, v in layout.items() if k not in scratch})
+    partial = layout_bytes(layout)
     # snapshots a rank holds in the fits: its share, or every training snapshot when it owns whole
     # (set, species) problems (learn/fits.py: at least two problems per rank, no feature selection)
     from .learn.fits import whole_problems
@@ -122,7 +118,7 @@ def plan_softness(cfg, ranks, store_mode):
     from .softness_stages import Plan
     pl = Plan(cfg)
     layout = pl.layout()
-    out = _layout_bytes(layout)
+    out = layout_bytes(layout)
     N = cfg.model.n_particles
     biggest = max(int(np.prod(shape[1:])) * np.dtype(d).itemsize
                   for shape, d in layout.values() if shape)

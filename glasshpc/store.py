@@ -530,7 +530,7 @@ class Store:
             per_slot = int(np.prod(shape[n_lead:])) * dtype.itemsize
             left += (int(np.prod(shape[:n_lead])) - len(done)) * per_slot
         if self.mode == "shards":
-            left += sum(int(np.prod(s)) * d.itemsize for s, d in self._output_layout().values())
+            left += layout_bytes(self._output_layout())
         return left
 
     def _check_room_for_final(self):
@@ -538,7 +538,7 @@ class Store:
         badly from a failed write (``GLASSHPC_FINAL_SPACE_CHECK=0``: skip, for tests)."""
         if os.environ.get("GLASSHPC_FINAL_SPACE_CHECK", "1") == "0":
             return
-        need = sum(int(np.prod(s)) * d.itemsize for s, d in self._output_layout().values())
+        need = layout_bytes(self._output_layout())
         need = int(need * 1.02) + 4 * 2**20          # HDF5 metadata, results and provenance
         if _free_bytes(self.partial) < need:
             raise DiskFull(self.partial, need)
@@ -654,8 +654,7 @@ class Store:
                 sys.unraisablehook, sys.excepthook = hooks
         # the others wait while rank 0 copies: generous (1 MB/s of output), but not forever
         self.ctx.sync("final assembly of the output",
-                      limit=sum(int(np.prod(shape)) * np.dtype(dtype).itemsize
-                                for shape, dtype in self._output_layout().values()) / 1e6)
+                      limit=layout_bytes(self._output_layout()) / 1e6)
         err = self.ctx.comm.bcast(err, root=0)
         if err:
             if err[0] == "DiskFull":
@@ -848,6 +847,11 @@ def _remove_quietly(path):
         os.remove(path)
     except OSError:
         pass
+
+
+def layout_bytes(layout):
+    """Bytes of the datasets of ``layout`` ({name: (shape, dtype)}), as stored uncompressed."""
+    return sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype in layout.values())
 
 
 def _free_bytes(path):
