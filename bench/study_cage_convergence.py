@@ -22,7 +22,8 @@ E + K·M ≤ L at the cost of one long chain.
 ``--table``): the {X^init, X^CS, Δr^CS} ridge ρ(t) of the pipeline — glasshpc.learn.fits
 .fit_propensity itself (serial), the run's own train/test split, CV folds and α rule, Pearson
 pooled over the held-out snapshots — with r^CS of every snapshot from one (E, M) window and
-estimator: K×M, 1×KM, and the single chain where M ≥ 30 000 (RIDGE_E × RIDGE_M, --ridge-E/-M).
+estimator: K×M, 1×KM, and the single chain where M ≥ 10 000 or (E, M) = (300, 3000)
+(RIDGE_E × RIDGE_M, --ridge-E/-M).
 X^CS by glasshpc.structure.descriptors.compute_descriptors with the run's DescriptorSpec
 (stages.descriptor_spec at the run's stored r_generation; X^init is the run's, checked against a
 recomputation), Δr^CS = |r^CS − r^init| as the cage stage writes it. Also printed: ρ of X^init alone
@@ -247,19 +248,23 @@ def ridge_rho(fcfg, spec, names, x_init, d, disp, sets=SETS):
     return res
 
 
+DEFAULT_WINDOW = (300, 3000)   # inputs/ka_demo.yaml: chains × (300 + 3000) sweeps
+
+
 def ridge_keys(results, K):
     """(E, M, estimator) of the ridge, every snapshot having the window: the K×M and 1×KM
-    estimators of the RIDGE_E × RIDGE_M windows, and the single chain where M ≥ 30 000 (the
-    longest chains); the demo default (300, 3000) first, so a stopped study has the key rows."""
+    estimators of the RIDGE_E × RIDGE_M windows, and the single chain where M ≥ 10 000 (the
+    longest chains) and at the demo default (one chain of its length); the demo default first, so
+    a stopped study has the key rows."""
     keys = []
     for E in RIDGE_E:
         for M in RIDGE_M:
             for kind, _ in ESTIMATORS:
-                if kind == "single" and M < 30000:
+                if kind == "single" and M < 10000 and (E, M) != DEFAULT_WINDOW:
                     continue
                 if all(kind in r.get((E, M), {}) for r in results.values()):
                     keys.append((E, M, kind))
-    return sorted(keys, key=lambda k: (k[:2] != (300, 3000), k[0], k[1]))
+    return sorted(keys, key=lambda k: (k[:2] != DEFAULT_WINDOW, k[0], k[1]))
 
 
 def ridge_study(path, cfg, d, results, K, out=None, part=(0, 1)):
