@@ -72,7 +72,7 @@ def run_chains(cfg, d, s, K, sweeps, every, tune, seed0, long=None):
     sig = m.sigma_self()
     c = cfg.cage
     out = []
-    for k in range(K):
+    for k in range(K if sweeps > 0 else 1):   # --sweeps 0: chain 0 only (the 1×KM windows)
         n = (long or sweeps) if k == 0 else sweeps
         t0 = time.perf_counter()
         r = cage_state(d["pos"][s], d["types"][s], d["box"][s], cage_potential(cfg.model.name),
@@ -339,7 +339,8 @@ def main():
     ap.add_argument("--snapshots", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--chains", type=int, default=4)
     ap.add_argument("--sweeps", type=int, default=20000,
-                    help="measurement sweeps of chains 1..K-1 (and of chain 0 without --long)")
+                    help="measurement sweeps of chains 1..K-1 (and of chain 0 without --long); "
+                         "0 with --long: chain 0 only (its single and 1×KM windows)")
     ap.add_argument("--long", type=int, default=None,
                     help="measurement sweeps of chain 0 (1×KM windows up to E + K·M ≤ long)")
     ap.add_argument("--every", type=int, default=10)
