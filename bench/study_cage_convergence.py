@@ -137,7 +137,7 @@ def table(d, results, snaps, K, species):
     tau = d["tau"][0] if np.isfinite(d["tau"][0]) else times[-1]
     picks.append(int(np.argmin(np.abs(np.log(times / tau)))))
     tnames = [f"{times[i]:.3g}" for i in picks]
-    keys = sorted(results[snaps[0]])
+    keys = sorted(set.intersection(*(set(results[s]) for s in snaps)))   # windows all have
     for sp, name in enumerate(species):
         print(f"\nspecies {name}: ρ = Pearson(Δr^CS, propensity) at t = {', '.join(tnames)} τ "
               f"(τ_α ≈ {tau:.3g} τ); {len(snaps)} snapshots pooled; K = {K}")
@@ -152,7 +152,7 @@ def table(d, results, snaps, K, species):
                 return np.concatenate([d["prop"][s, i][d["types"][s] == sp] for s in snaps])
 
             one = dr("single")
-            w0 = results[snaps[0]][(E, M)]
+            w0 = set.intersection(*(set(results[s][(E, M)]) for s in snaps))   # estimators
             rh = (np.concatenate([results[s][(E, M)]["rhat"][d["types"][s] == sp] for s in snaps])
                   if "rhat" in w0 else np.full(1, np.nan))
             line = f"{E:6d} {M:7d} {one.mean():7.4f} " + " ".join(
