@@ -18,7 +18,12 @@ Calibrated pieces (reduced LJ units; N particles of the configured model):
   dynamics     propensity, F_s, MSD, Debye–Waller of a (R, T, N, 3) array;
   fits         one Gram product and one eigendecomposition (at ≤ 1000 features), scaled as
                rows·F² and F³ per (set, species, fold + 1) task, dealt over the ranks
-               (glasshpc/learn/fits.py).
+               (glasshpc/learn/fits.py); the MLP and GNN baselines (``fits.mlp``, ``fits.gnn``)
+               by a few epochs timed on synthetic rows / the calibration configuration, scaled by
+               their flop estimates (``fits.mlp_cost``, ``fits.gnn_cost``), one task per (set,
+               species);
+  voronoi      one tessellation per Voronoi block (``voronoi``, ``voronoi_is``, ``voronoi_cs``),
+               added to the descriptor task.
 Not included: numba compilation (``python -m glasshpc.compile`` where available) and the final
 assembly of the output file.
 """
@@ -196,6 +201,53 @@ def _calibrate(cfg, repeats):
                                    _best_worst(lambda: X.T @ X, max(1, min(2, repeats))))
     out["eigh_per_f3"] = tuple(t / F ** 3 for t in
                                _best_worst(lambda: np.linalg.eigh(g), max(1, min(2, repeats))))
+    if st.voronoi_blocks(cfg):
+        from .structure.voronoi import voronoi_features
+        voronoi_features(pos, box)   # loads freud once
+        out["voronoi"] = _best_worst(lambda: voronoi_features(pos, box), repeats)
+    out.update(_calibrate_networks(cfg, pos, types, box, F, T, max(1, min(2, repeats))))
+    return out
+
+
+def _calibrate_networks(cfg, pos, types, box, F, T, repeats):
+    """Seconds per estimated flop of the MLP and GNN baselines (``fits.mlp_cost``, ``fits.gnn_cost``):
+    3 Adam epochs of the MLP on 2000 rows of F columns; 2 epochs of the GNN on the calibration
+    configuration (its real edges, random node inputs of F ≤ 64 columns). PyTorch's speed on small
+    layers is far from the BLAS rate of the ridge, hence measured, not scaled."""
+    from .learn import fits as fits_mod
+    out = {}
+    rng = np.random.default_rng(2)
+    if cfg.fits.mlp.layers:
+        from .learn.mlp import mlp_baseline
+        c = dataclasses.replace(cfg.fits.mlp, max_iter=3)
+        rows = 2000
+        X, Y = rng.normal(size=(2 * rows, F)), rng.normal(size=(2 * rows, T))
+        G = np.repeat(np.arange(4), rows // 2)
+
+        def mlp():
+            mlp_baseline(X[:rows], Y[:rows], G[:rows], X[rows:], Y[rows:], layers=c.layers,
+                         width=c.width, dropout=c.dropout, l2=c.l2, max_iter=c.max_iter,
+                         batch_size=c.batch_size, learning_rate=c.learning_rate, outputs=c.outputs,
+                         max_rows=c.max_rows, seed=0)
+        mlp()   # PyTorch's first call: import, thread pool, allocator
+        flops = fits_mod.mlp_cost(c, rows, F, T)
+        out["mlp_per_flop"] = tuple(t / flops for t in _best_worst(mlp, repeats))
+    if cfg.fits.gnn.enabled:
+        from .learn.gnn import Graph, fit_gnn, graph_edges
+        from .models import get_model
+        c = dataclasses.replace(cfg.fits.gnn, epochs=2)
+        F0 = min(F, 64)
+        cutoff = c.cutoff * float(max(get_model(cfg.model.name).sigma_self()))
+        senders, receivers, dist = graph_edges(pos, box, cutoff)
+        g = Graph(rng.normal(size=(len(pos), F0)), np.asarray(types), senders, receivers, dist,
+                  rng.normal(size=(len(pos), T)))
+        n_species = int(np.max(types)) + 1
+
+        def gnn():
+            fit_gnn([g], 0, n_species, hidden=c.hidden, layers=c.layers, epochs=c.epochs, seed=0)
+        gnn()
+        flops = fits_mod.gnn_cost(c, 1, len(pos), F0)
+        out["gnn_per_flop"] = tuple(t / flops for t in _best_worst(gnn, repeats))
     return out
 
 
@@ -240,6 +292,7 @@ def stage_models(cfg, cal, which=0, engine_ranks=1):
 
 def _stage_models(cfg, cal, which=0, engine_ranks=1):
     from . import stages as st
+    from .learn import fits as fits_mod
     from .cluster import md_steps
     from .models import get_model
     S, R, N = cfg.snapshots.count, cfg.iso.replicas, cfg.model.n_particles
@@ -269,7 +322,9 @@ def _stage_models(cfg, cal, which=0, engine_ranks=1):
         else:
             out.append(Stage("cage", cage))
     n_states = len(st.descriptor_states(cfg))
-    out.append(Stage("descriptors", np.full(S, n_states * cal["descriptors"][which])))
+    per_snapshot = n_states * cal["descriptors"][which] \
+        + (len(st.voronoi_blocks(cfg)) * cal["voronoi"][which] if st.voronoi_blocks(cfg) else 0.0)
+    out.append(Stage("descriptors", np.full(S, per_snapshot)))
     spec = st.descriptor_spec(cfg, 1.5)
     n_species = len(get_model(cfg.model.name).species)
     S_train = S - cfg.test_snapshots()
@@ -287,6 +342,14 @@ def _stage_models(cfg, cal, which=0, engine_ranks=1):
         fold = F ** 3 * e + 2.9 * 2.0 * n_alpha * T * F * F * g
         tasks += [[stats / (K + 1) + fold] * K + [stats / (K + 1) + F ** 3 * e]
                   for _ in range(n_species)]
+        # the network baselines: one task per (set, species), as learn/fits.py deals them
+        if cfg.fits.mlp.layers:
+            rows = S_train * N / n_species
+            tasks += [[fits_mod.mlp_cost(cfg.fits.mlp, rows, F, T) * cal["mlp_per_flop"][which]]
+                      for _ in range(n_species)]
+        if cfg.fits.gnn.enabled:
+            tasks += [[fits_mod.gnn_cost(cfg.fits.gnn, S_train, N, F) * cal["gnn_per_flop"][which]]
+                      for _ in range(n_species)]
     out.append(Stage("fits", np.concatenate(tasks) if tasks else np.zeros(0)))
     return out
 

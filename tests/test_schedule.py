@@ -192,3 +192,35 @@ def test_simulated_schedule_and_prediction():
     # two tasks on two groups of 2 ranks at half efficiency: 6 s each, every rank busy
     assert c[1] == 6.0 and c[2] == 1.0 and c[3] == pytest.approx(12.0 / 24)
     assert total[1] == 17.0 and total[3] == pytest.approx((8 + 9 + 12) / (4 * 17))
+
+
+def test_dry_run_counts_the_network_baselines(tiny_yaml):
+    """--dry-run's fit stage holds one MLP and one GNN task per (set, species), priced by a few epochs
+    timed here (schedule._calibrate_networks) times the flop estimates the fits deal by."""
+    torch = pytest.importorskip("torch", reason="PyTorch missing: pip install '.[nn]'")
+    del torch
+    from glasshpc import config as config_mod, schedule, stages
+    from glasshpc.learn import fits
+    text = tiny_yaml("/tmp/never.h5").replace("  cv_folds: 3\n", "  cv_folds: 3\n  mlp: {layers: 2, width: 8, "
+                                              "max_iter: 40}\n  gnn: {enabled: true, epochs: 5}\n")
+    cfg = config_mod.parse(text)
+    plain = config_mod.parse(tiny_yaml("/tmp/never.h5"))
+    rng = np.random.default_rng(0)
+    box = np.full(3, 6.3)
+    pos, types = rng.uniform(0, 6.3, (300, 3)), (np.arange(300) % 5 == 0).astype(np.int64)
+    T = len(cfg.replica_steps())
+    cal = schedule._calibrate_networks(cfg, pos, types, box, 20, T, 1)
+    assert set(cal) == {"mlp_per_flop", "gnn_per_flop"}
+    assert all(0 < v < 1e-6 for pair in cal.values() for v in pair)   # s per flop: ≥ 1 Mflop/s
+    cal.update({k: (1e-9, 2e-9) for k in ("dynamics", "descriptors", "gram_per_row_f2", "eigh_per_f3",
+                                          "cage_move", "cage_fixed", "inherent")})
+    cal["md"] = (1e6, 5e5)
+    with_nn = {st.name: st for st in schedule.stage_models(cfg, cal)}["fits"].costs
+    without = {st.name: st for st in schedule.stage_models(plain, cal)}["fits"].costs
+    n_sets, n_species = len(cfg.fits.feature_sets), 2
+    assert with_nn.size == without.size + 2 * n_sets * n_species
+    extra = np.sort(with_nn)[::-1][:2 * n_sets * n_species].sum()
+    F_max = max(schedule._feature_counts(cfg, stages.descriptor_spec(cfg, 1.5)).values())
+    S_train = cfg.snapshots.count - cfg.test_snapshots()
+    gnn_one = fits.gnn_cost(cfg.fits.gnn, S_train, 300, F_max) * cal["gnn_per_flop"][0]
+    assert extra >= gnn_one > 0

@@ -287,10 +287,7 @@ def _fit_propensity(ctx, cfg, store, descriptor_names, n_species, timings):
             return 2.0 * F ** 3 if method == "rfe" else 4.0 * k_sel * F * F
         if task[0] == "gnn":
             return gnn_cost(cfg.fits.gnn, train.size, cfg.model.n_particles, F)
-        w, L = mlp_cfg.width, mlp_cfg.layers
-        heads = T if mlp_cfg.outputs == "per_time" else 1
-        return heads * 6.0 * min(n_rows[task[1]], mlp_cfg.max_rows) * (F * w + (L - 1) * w * w + w * T) \
-            * mlp_cfg.max_iter
+        return mlp_cost(mlp_cfg, n_rows[task[1]], F, T)
     folds = {}
     for tau in taus:
         folds[tau] = assign_folds(train[counts[train, tau[1]] > 0], K, cfg.seed)
@@ -512,6 +509,16 @@ def whole_problems(n_problems, ranks, method):
     """True when the fits solve whole (set, species) problems, one task each (module docstring,
     plan 0): no feature selection (``method`` 'none') and at least two problems per rank."""
     return method == "none" and n_problems >= 2 * max(1, ranks)
+
+
+def mlp_cost(mlp_cfg, n_rows, F, T):
+    """Estimated flops of one ('mlp', (set, species)) task, for :func:`deal` and the dry-run: forward +
+    backward (×3, 2 flops per multiply-add) of every layer for each of ``n_rows`` training rows (at most
+    ``max_rows``) and Adam epoch; ``F`` inputs, ``T`` read-out times, one network per time with
+    ``outputs: per_time``."""
+    w, L = mlp_cfg.width, mlp_cfg.layers
+    heads = T if mlp_cfg.outputs == "per_time" else 1
+    return heads * 6.0 * min(n_rows, mlp_cfg.max_rows) * (F * w + (L - 1) * w * w + w * T) * mlp_cfg.max_iter
 
 
 def gnn_cost(gnn_cfg, n_train, n_particles, F, degree=50.0):
