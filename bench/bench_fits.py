@@ -154,7 +154,7 @@ def worker(out, size, over, check=False):
 def serial_reference(cfg, store, fits, train, test):
     """{key: array}: GroupedRidgeCV(comm=None) on all training rows of each (set, species), read from
     the store, with its held-out ρ from :func:`pearson` (serial)."""
-    from glasshpc.learn.fits import _rows, feature_layout
+    from glasshpc.learn.fits import feature_rows, feature_layout
     from glasshpc.learn.ridge import GroupedRidgeCV, pearson
 
     g = cfg.fits.alphas
@@ -163,8 +163,8 @@ def serial_reference(cfg, store, fits, train, test):
     for name, fset in cfg.fits.feature_sets.items():
         layout, _ = feature_layout(fset, _names(cfg))
         for sp in range(2):
-            Xtr, Ytr, Gtr = _rows(layout, {}, train, sp, cfg.replica_steps().size, store)
-            Xte, Yte, Gte = _rows(layout, {}, test, sp, cfg.replica_steps().size, store)
+            Xtr, Ytr, Gtr = feature_rows(layout, {}, train, sp, cfg.replica_steps().size, store)
+            Xte, Yte, Gte = feature_rows(layout, {}, test, sp, cfg.replica_steps().size, store)
             m = GroupedRidgeCV(alphas=alphas, n_splits=cfg.fits.cv_folds, seed=cfg.seed).fit(Xtr, Ytr, Gtr)
             out[f"ref/{name}/{sp}/coef"] = m.coef_
             out[f"ref/{name}/{sp}/intercept"] = m.intercept_

@@ -146,7 +146,7 @@ def _brute_force_scores(X, Y, G, folds, ids, alphas):
 
 
 def test_cv_score_pearson_chooses_the_brute_force_alpha(tiny_run, tiny_yaml, tmp_path):
-    from glasshpc.learn.fits import _rows, feature_layout, fit_propensity
+    from glasshpc.learn.fits import feature_rows, feature_layout, fit_propensity
     from glasshpc.learn.ridge import assign_folds
 
     text = mutate_yaml(tiny_yaml(str(tmp_path / "p.h5")), ("fits",),
@@ -169,7 +169,7 @@ def test_cv_score_pearson_chooses_the_brute_force_alpha(tiny_run, tiny_yaml, tmp
         for name, fset in cfg.fits.feature_sets.items():
             layout, _ = feature_layout(fset, names)
             for sp in (0, 1):
-                X, Y, G = _rows(layout, {}, train, sp, T, store)
+                X, Y, G = feature_rows(layout, {}, train, sp, T, store)
                 folds = assign_folds(train, 3, cfg.seed)
                 chosen = fits[name].alpha[sp]
                 score = _brute_force_scores(X, Y, G, folds, train, np.r_[grid, np.unique(chosen)])

@@ -104,7 +104,7 @@ def feature_layout(fset, descriptor_names):
     by generation, as :meth:`DescriptorSpec.feature_names`)."""
     n_base = sum(1 for n in descriptor_names if not n.startswith("gen"))
     cols = np.arange((fset.generations + 1) * n_base)
-    parts, names = [], []   # cols is always a prefix of the block's columns (_rows relies on it)
+    parts, names = [], []   # cols is always a prefix of the block's columns (feature_rows relies on it)
     for block in fset.blocks:
         if block in DESCRIPTOR_BLOCKS:
             parts.append((block, cols))
@@ -118,15 +118,18 @@ def feature_layout(fset, descriptor_names):
     return parts, names
 
 
-def _rows(parts, data, ids, species, T, store=None):
+def feature_rows(parts, data, ids, species, T, store=None):
     """(X, Y, groups) of ``species`` in snapshots ``ids`` (in that order): from ``data`` (this rank's
-    snapshots), or, with ``store``, read from the store whatever is missing."""
+    snapshots, {s: :func:`read_snapshot` dict}), or, with ``store``, read from the store whatever is
+    missing. ``parts``: the (block, columns) layout of :func:`feature_layout`; ``T``: read-out times.
+    X (n, F) float64 features, Y (n, T) float64 propensity (σ_AA), groups (n,) int64 snapshot of
+    each row; n = particles of ``species`` in those snapshots (a snapshot's rows in particle order)."""
     snaps = []
     for s in ids:
         if s in data:
             snaps.append((s, data[s]))
         elif store is not None:
-            snaps.append((s, _read_snapshot(store, s, {b for b, _ in parts})))
+            snaps.append((s, read_snapshot(store, s, {b for b, _ in parts})))
     widths = [c.size if c is not None else 1 for _, c in parts]
     idx = [np.flatnonzero(d["types"] == species) for _, d in snaps]
     n = sum(i.size for i in idx)
@@ -146,7 +149,10 @@ def _rows(parts, data, ids, species, T, store=None):
     return X, Y, G
 
 
-def _read_snapshot(store, s, blocks):
+def read_snapshot(store, s, blocks):
+    """{"types": (N,) int, "propensity": (N, T) float, block: its per-particle array} of snapshot
+    ``s`` read from the run's store, for the feature blocks ``blocks`` (descriptor, Voronoi or
+    scalar blocks; KeyError for an unknown block)."""
     d = {"types": store.read("snapshots/types", (s,)), "propensity": store.read("propensity", (s,))}
     for b in blocks:
         d[b] = store.read(f"descriptors/{b}" if b in DESCRIPTOR_BLOCKS or b in VORONOI_BLOCKS
@@ -220,7 +226,7 @@ def _fit_propensity(ctx, cfg, store, descriptor_names, n_species, timings):
     needed = {b for fs in cfg.fits.feature_sets.values() for b in fs.blocks}
     # training and held-out snapshots dealt separately: equal shares of the Gram work
     mine = ctx.mine([int(s) for s in train]) + ctx.mine([int(s) for s in test])
-    data = {s: _read_snapshot(store, s, needed) for s in mine}
+    data = {s: read_snapshot(store, s, needed) for s in mine}
     lap("read")
     g = cfg.fits.alphas
     path = AlphaPath(np.unique(np.logspace(np.log10(g.min), np.log10(g.max), g.count)))
@@ -299,7 +305,7 @@ def _fit_propensity(ctx, cfg, store, descriptor_names, n_species, timings):
 
         def bin_of(s, present=present, fold_of_id=folds[tau]):
             return int(fold_of_id[np.searchsorted(present, s)])
-        rows = _Rows(*_rows(probs[tau].layout, rows_of, train, tau[1], T))
+        rows = _Rows(*feature_rows(probs[tau].layout, rows_of, train, tau[1], T))
         fr = frame(on, rows)
         return fr, binned_stats(on, rows, bin_of, K, fr)
 
@@ -316,7 +322,7 @@ def _fit_propensity(ctx, cfg, store, descriptor_names, n_species, timings):
             fr, parts = statistics(tau, comm, data)
             fr_te = te = None
             if method != "none":
-                rows_te = _Rows(*_rows(pb.layout, data, test, tau[1], T))
+                rows_te = _Rows(*feature_rows(pb.layout, data, test, tau[1], T))
                 fr_te = frame_for(comm, fr, rows_te)
                 te = binned_stats(comm, rows_te, lambda s: 0, 1, fr_te)[0]
             if tau in keep:
@@ -331,7 +337,7 @@ def _fit_propensity(ctx, cfg, store, descriptor_names, n_species, timings):
         if by_pearson:   # per-snapshot ρ needs the fold's rows, not only its statistics
             present = train[counts[train, tau[1]] > 0]
             ids = present[folds[tau] == f]
-            return fold_pearson_scorer(fd, _Rows(*_rows(pb.layout, data, ids, tau[1], T, store)),
+            return fold_pearson_scorer(fd, _Rows(*feature_rows(pb.layout, data, ids, tau[1], T, store)),
                                        path.blocks)
         return fold_sse_scorer(fd, parts[f], path.blocks)
 
@@ -357,7 +363,7 @@ def _fit_propensity(ctx, cfg, store, descriptor_names, n_species, timings):
         if task[0] == "fit":
             for s in train:
                 if s not in cache:
-                    cache[s] = _read_snapshot(store, s, needed)
+                    cache[s] = read_snapshot(store, s, needed)
             fr, parts = statistics(tau, None, cache)
             tables = [fold_scorer(tau, f, _fold_problem(parts, f), parts) for f in range(K)]
             alphas_, best, extended, edge = choose(tau, tables)
@@ -373,8 +379,8 @@ def _fit_propensity(ctx, cfg, store, descriptor_names, n_species, timings):
             seed = int(task_rng(cfg.seed, "gnn", cfg.fits.gnn.seed, k_set, sp).integers(2 ** 31))
             return gnn_task(cfg, store, sets[k_set][1], descriptor_names, n_species, sp, train,
                             test, seed)
-        Xtr, Ytr, Gtr = _rows(pb.layout, data, train, sp, T, store)
-        Xte, Yte, _ = _rows(pb.layout, data, test, sp, T, store)
+        Xtr, Ytr, Gtr = feature_rows(pb.layout, data, train, sp, T, store)
+        Xte, Yte, _ = feature_rows(pb.layout, data, test, sp, T, store)
         seed = int(task_rng(cfg.seed, "mlp", mlp_cfg.seed, k_set, sp).integers(2 ** 31))
         return mlp_baseline(Xtr, Ytr, Gtr, Xte, Yte, layers=mlp_cfg.layers, width=mlp_cfg.width,
                             dropout=mlp_cfg.dropout, l2=mlp_cfg.l2, max_iter=mlp_cfg.max_iter,
@@ -459,8 +465,8 @@ def _fit_propensity(ctx, cfg, store, descriptor_names, n_species, timings):
             tau = (k_set, sp)
             alphas_, best, extended = choice[tau]
             coef, intercept = res_b["refit", tau]
-            X, Y, G = _rows(probs[tau].layout, data, local, sp, T)
-            pred = _predict(X, G, coef, intercept)
+            X, Y, G = feature_rows(probs[tau].layout, data, local, sp, T)
+            pred = predict_rows(X, G, coef, intercept)
             for s in local:
                 sel = G == s
                 predictions[s][:, data[s]["types"] == sp] = pred[sel].T
@@ -569,9 +575,11 @@ def prediction_inputs(h5, feature_names, s):
     return np.stack(cols, axis=1).astype(np.float64)
 
 
-def _predict(X, groups, coef, intercept):
-    """X @ coefᵀ + intercept, one snapshot at a time: the rounding of a BLAS product can depend on
-    its number of rows, and a snapshot's rows are the same matrix on any rank count."""
+def predict_rows(X, groups, coef, intercept):
+    """X @ coefᵀ + intercept: X (n, F), groups (n,) snapshot of each row (a snapshot's rows
+    contiguous), coef (T, F), intercept (T,) → (n, T) float64. One snapshot at a time: the rounding
+    of a BLAS product can depend on its number of rows, and a snapshot's rows are the same matrix
+    on any rank count."""
     pred = np.empty((X.shape[0], coef.shape[0]))
     cut = np.flatnonzero(np.diff(groups)) + 1
     for a, b in zip(np.r_[0, cut], np.r_[cut, X.shape[0]]):

@@ -232,12 +232,12 @@ def snapshot_graphs(cfg, store, fset, descriptor_names, ids):
     import dataclasses
 
     from ..models import get_model
-    from .fits import _read_snapshot, feature_layout
+    from .fits import read_snapshot, feature_layout
     parts, _ = feature_layout(dataclasses.replace(fset, generations=0), descriptor_names)
     cutoff = cfg.fits.gnn.cutoff * float(max(get_model(cfg.model.name).sigma_self()))
     out = []
     for s in ids:
-        d = _read_snapshot(store, int(s), {b for b, _ in parts})
+        d = read_snapshot(store, int(s), {b for b, _ in parts})
         x = np.concatenate([d[b][:, c] if c is not None else d[b][:, None] for b, c in parts], 1)
         senders, receivers, dist = graph_edges(store.read("snapshots/positions", (int(s),)),
                                                store.read("snapshots/box", (int(s),)), cutoff)

@@ -12,7 +12,7 @@ equivalent times.
 """
 import numpy as np
 
-from .fits import _predict, _read_snapshot, _rows, feature_layout
+from .fits import predict_rows, read_snapshot, feature_rows, feature_layout
 from .ridge import pearson_r2
 
 
@@ -28,12 +28,12 @@ def transfer_pearson(ctx, points, views, fits, descriptor_names, n_species, trai
     for j, (p, view) in enumerate(zip(points, views)):
         ids = (list(tests[j]) if j == train_point else list(range(p.cfg.snapshots.count)))
         mine = ctx.mine([int(s) for s in ids])
-        data = {s: _read_snapshot(view, s, needed) for s in mine}
+        data = {s: read_snapshot(view, s, needed) for s in mine}
         for name, fset in sets:
             parts, _ = feature_layout(fset, descriptor_names)
             res = fits[name]
             for sp in range(n_species):
-                X, Y, G = _rows(parts, data, mine, sp, T)
-                pred = _predict(X, G, res.coef[sp], res.intercept[sp])
+                X, Y, G = feature_rows(parts, data, mine, sp, T)
+                pred = predict_rows(X, G, res.coef[sp], res.intercept[sp])
                 out[name][j, sp] = pearson_r2(Y, pred, comm=ctx.comm, groups=G)[0]
     return out
