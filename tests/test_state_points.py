@@ -147,6 +147,12 @@ def test_plot_tool_on_the_sweep(sweep_run, tmp_path):
     p = subprocess.run([sys.executable, pearson, path, "-o", str(tmp_path / "x.png")],
                        capture_output=True, text=True)
     assert p.returncode != 0 and "--state-point 0..1" in p.stderr
+    selection = os.path.join(ROOT, "tools", "plot_selection.py")
+    p = subprocess.run([sys.executable, selection, path], capture_output=True, text=True)
+    assert p.returncode != 0 and "--state-point 0..1" in p.stderr
+    p = subprocess.run([sys.executable, selection, path, "--state-point", "1"], capture_output=True,
+                       text=True)   # the sweep runs no feature selection: said, from state point 1's /fits
+    assert p.returncode != 0 and "no /fits/<set>/selection group" in p.stderr
     from glasshpc.io.export import ExportError, export
     res = export(path, "extxyz", str(tmp_path / "sp1.xyz"), snapshots="0", state_point=1)
     with h5py.File(path, "r") as f:

@@ -2,15 +2,18 @@
 """Plot held-out Pearson ρ vs the number of selected features (forward selection [AVG] or RFE [SOFT]).
 
     python tools/plot_selection.py OUTPUT.h5 [-o OUTPUT_selection.png] [--set NAME] [--times 0,5,9] [--top 10]
+                                   [--state-point K]
 
 Reads, for every feature set that has one, /fits/<set>/selection/{rho [n_species, T, K], names [n_species, T, K],
 order} (written by glasshpc.learn.selection.write_selection; attr ``method``), /iso/times [T] and the file attr
 ``species``. One panel per (feature set, species); one line per read-out time (default: every time, coloured by
 log t), with the full-model ρ of /fits/<set>/pearson as a dashed level when present. Prints the first ``--top``
-feature names at the time of highest ρ. Times in τ (reduced LJ units).
+feature names at the time of highest ρ. Times in τ (reduced LJ units). A sweep's file (``state_points:``) needs
+``--state-point K`` (the same layout under /state_points/<K>/).
 """
 import argparse
 import os
+import sys
 
 import h5py
 import matplotlib
@@ -19,10 +22,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from glasshpc.io.results import open_results  # noqa: E402
 
-def read(h5, only=None):
+
+def read(h5, only=None, state_point=None):
     """{set: dict(rho, names, method, full)} for the feature sets with a selection group; times; species."""
-    with h5py.File(h5, "r") as f:
+    with open_results(h5, state_point, cli=True) as f:
         times = f["iso/times"][()] if "iso/times" in f else None
         species = [s.decode() if isinstance(s, bytes) else str(s) for s in f.attrs.get("species", [])]
         sets = {}
@@ -47,9 +53,12 @@ def main(argv=None):
     ap.add_argument("--set", help="only this feature set")
     ap.add_argument("--times", help="comma-separated time indices (default: all)")
     ap.add_argument("--top", type=int, default=10, help="feature names printed per panel")
+    ap.add_argument("--state-point", type=int, default=None, metavar="K",
+                    help="state point K of a sweep (state_points:)")
     args = ap.parse_args(argv)
-    out = args.output or os.path.splitext(args.h5)[0] + "_selection.png"
-    sets, times, species = read(args.h5, args.set)
+    out = args.output or os.path.splitext(args.h5)[0] + (
+        "" if args.state_point is None else f"_sp{args.state_point}") + "_selection.png"
+    sets, times, species = read(args.h5, args.set, args.state_point)
     panels = [(name, s) for name in sets for s in range(sets[name]["rho"].shape[0])]
     T = next(iter(sets.values()))["rho"].shape[1]
     tidx = [int(t) for t in args.times.split(",")] if args.times else list(range(T))

@@ -12,7 +12,7 @@ equivalent times.
 """
 import numpy as np
 
-from .fits import predict_rows, read_snapshot, feature_rows, feature_layout
+from .fits import feature_layout, feature_rows, predict_rows, read_snapshot
 from .ridge import pearson_r2
 
 
