@@ -428,16 +428,25 @@ class SweepIso:
 
 
 @dataclass(frozen=True)
+class SweepSnapshots:
+    count: int = _f(None, "snapshots of this state point (softness runs only)", lo=1,
+                    hi=MAX_SNAPSHOTS)
+
+
+@dataclass(frozen=True)
 class SweepPoint:
     model: SweepModel = _f(None, "model.temperature / density / packing_fraction of this state "
                                  "point")
     md: SweepMD = _f(None, "md preparation times of this state point")
     iso: SweepIso = _f(None, "iso.times of this state point")
+    snapshots: SweepSnapshots = _f(None, "snapshots.count of this state point (softness runs "
+                                         "only: the propensity summaries compare state points "
+                                         "snapshot for snapshot)")
 
 
 SWEEP_KEYS = {"model": ("temperature", "density", "packing_fraction"),
               "md": ("melt_temperature", "melt_time", "nvt_time", "nve_time"),
-              "iso": ("times",)}
+              "iso": ("times",), "snapshots": ("count",)}
 
 
 def state_point_seed(seed, k):
@@ -471,6 +480,8 @@ def state_point_label(point):
     parts += [f"md.{k} = {v:g}" for k, v in o.get("md", {}).items()]
     if "iso" in o:
         parts.append("own iso.times")
+    if "snapshots" in o:
+        parts.append(f"{o['snapshots']['count']} snapshots")
     return ", ".join(parts) or "no overrides"
 
 
@@ -504,6 +515,8 @@ def state_point_configs(cfg):
                                 fits=dataclasses.replace(cfg.fits, train_state_point=None))
         if point.iso is not None and point.iso.times is not None:
             c = dataclasses.replace(c, iso=dataclasses.replace(c.iso, times=point.iso.times))
+        if "snapshots" in o:
+            c = dataclasses.replace(c, snapshots=dataclasses.replace(c.snapshots, **o["snapshots"]))
         try:
             c = _model_checks(c)
             _cross_checks(c, None)
@@ -543,7 +556,7 @@ class Config:
     output: str = _f(doc="HDF5 output path (relative to the working directory)", kind="path")
     model: ModelConfig = _f(doc="the glass former and state point")
     snapshots: SnapshotsConfig = _f(doc="snapshot count")
-    iso: IsoConfig = _f(doc="isoconfigurational ensemble")
+    iso: IsoConfig = _f(None, "isoconfigurational ensemble", required_unless="softness")
     seed: int = _f(12345, "master seed; every stream derives from it and the task identity",
                    lo=0, hi=2**63 - 1)
     md: MDConfig = _f(doc="LAMMPS integration and preparation", factory=MDConfig)
@@ -569,6 +582,14 @@ class Config:
                              factory=tuple, max_items=MAX_ITEMS,
                              example="[{model: {temperature: 0.8}}, {model: {temperature: 0.6}, "
                                      "md: {nve_time: 400}}]")
+    softness: "SoftnessConfig" = _f(None, "softness and energy barriers ([SOFT]; "
+                                          "glasshpc/softness_parts.py): trajectories with "
+                                          "frames, p_hop or CSD, training sets, p_r replicas, "
+                                          "the SVC / regressors and the barrier fits, on the "
+                                          "snapshots of every state point, with the features "
+                                          "of descriptors: (default {preset: softness_135, "
+                                          "generations: 0}); a softness run has no iso:, fits:, "
+                                          "cage:, inherent:, dynamics: or imported: section")
 
     @property
     def sweep(self):
@@ -688,7 +709,8 @@ def _build(cls, data, key):
     for f in fields(cls):
         sub = _join(key, f.name)
         if f.name not in data:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            if (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING) \
+                    or f.metadata.get("required_unless", "\0") not in (*data, "\0"):
                 raise ConfigError(sub, f"required key is missing ({f.metadata.get('doc', '')})")
             continue
         kwargs[f.name] = _value(f, data[f.name], sub)
@@ -749,6 +771,12 @@ def _value(f, value, key):
                 raise ConfigError(f"{key}[{i}]", f"must be a snapshot index (integer) or a file "
                                                  f"name (string), got {brief(v)}")
         return tuple(value)
+    if kind == "index_or_auto":
+        if value == AUTO:
+            return AUTO
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(key, f"must be 'auto' or an index ≥ 0, got {brief(value)}")
+        return value
     if kind == "int_or_auto":
         if value == AUTO:
             return AUTO
@@ -831,7 +859,7 @@ _CLASSES = {c.__name__: c for c in (ModelConfig, MDConfig, SnapshotsConfig, Time
                                     DynamicsConfig, ShellBlock, DescriptorsConfig, AlphaGrid,
                                     CageConfig, InherentConfig, FeatureSet, FitsConfig,
                                     SelectionConfig, MLPConfig, ImportConfig, SweepModel,
-                                    SweepMD, SweepIso, SweepPoint)}
+                                    SweepMD, SweepIso, SweepSnapshots, SweepPoint)}
 
 
 def _check_dynamical(cfg, name, fs):
@@ -931,6 +959,8 @@ def _check_split(cfg, data):
 
 
 def _cross_checks(cfg, data=None):
+    if cfg.softness is not None:
+        return _softness_checks(cfg)
     k = cfg.parallel.engine_ranks
     if k != AUTO and k > 1 and (cfg.model.name not in ("kob_andersen", "harmonic_spheres")
                                 or cfg.snapshots.source != "lammps" or cfg.imported is not None):
@@ -1202,18 +1232,22 @@ def _yaml_message(err):
 
 
 def parse(text, name="<config>"):
-    """Config (or SoftnessRunConfig) from YAML text; raises ConfigError naming the key, or
+    """Config from YAML text; raises ConfigError naming the key, or
     ConfigError('<yaml>', …) naming the line for YAML errors, aliases, deep nesting and duplicate
     keys (see :class:`_Loader`)."""
     data = _safe_yaml(text, name)
-    if isinstance(data, dict) and "softness" in data:   # the softness sweep has its own schema
-        return parse_softness(data)
+    if isinstance(data, dict) and "softness" in data:   # the softness stages ([SOFT])
+        _softness_data_checks(data)
+        if "descriptors" not in data:
+            data = dict(data, descriptors=dict(SOFTNESS_DESCRIPTORS))
     cfg = _build(Config, data, "")
     cfg = _model_checks(cfg)
     cfg = _resolve_snapshot_source(cfg)
     _cross_checks(cfg, data)
     _check_descriptor_preset(cfg, data)
     _sweep_checks(cfg, data)
+    if cfg.softness is not None:
+        _softness_sweep_checks(cfg)
     return cfg
 
 
@@ -1239,12 +1273,16 @@ def _sweep_checks(cfg, data):
         raise ConfigError("state_points", "not with snapshots.source: files (the files fix the "
                                           "state point); run one config per set of files")
     for k, point in enumerate(cfg.state_points):
+        if point.snapshots is not None and cfg.softness is None:
+            raise ConfigError(f"state_points[{k}].snapshots", "only in a softness run: the "
+                                                              "propensity summaries compare state "
+                                                              "points snapshot for snapshot")
         if not state_point_overrides(point):
             raise ConfigError(f"state_points[{k}]", "overrides nothing; give model.temperature, "
                                                     "model.density or model.packing_fraction "
                                                     "(and optionally md / iso times)")
     configs = state_point_configs(cfg)
-    if k is not None:
+    if cfg.fits.train_state_point is not None:   # (k is the loop index above)
         counts = [c.replica_steps().size for c in configs]
         if len(set(counts)) > 1:
             raise ConfigError("fits.train_state_point", f"the models of read-out t apply to read-out "
@@ -1331,7 +1369,9 @@ def _describe_walk(cls, prefix, depth, commented, lines, examples):
         lead = ("# " if commented else "") + "  " * depth
         doc = _doc_of(f)
         section = dataclasses.is_dataclass(t)
-        if section and f.default is None:
+        if f.metadata.get("required_unless"):     # required in the file --describe prints
+            missing = True
+        if section and f.default is None and not missing:
             doc += " (optional section, not set by default: remove the '# ' to use it)"
         elif key in examples:
             doc += " (required: example value)" if missing else " (no default: example value)"
@@ -1342,8 +1382,9 @@ def _describe_walk(cls, prefix, depth, commented, lines, examples):
         for chunk in textwrap.wrap(doc, 100 - len(lead)) or [""]:
             lines.append(f"{lead}# {chunk}")
         if section:
-            lines.append(f"{'# ' if f.default is None and not commented else ''}{lead}{f.name}:")
-            _describe_walk(t, key, depth + 1, commented or f.default is None, lines, examples)
+            off = f.default is None and not missing
+            lines.append(f"{'# ' if off and not commented else ''}{lead}{f.name}:")
+            _describe_walk(t, key, depth + 1, commented or off, lines, examples)
             continue
         if f.metadata.get("example") is not None:   # a key whose default is its absence
             lines.append(f"{lead}# {f.name}: {f.metadata['example']}")
@@ -1363,14 +1404,11 @@ def _describe_walk(cls, prefix, depth, commented, lines, examples):
 def describe():
     """Every key with its default and meaning, as a YAML document (the documentation of the defaults):
     ``yaml.safe_load`` reads it and :func:`parse` accepts it — keys without a default carry the example values
-    of ``DESCRIBE_EXAMPLES``; optional sections and keys not set by default are commented out; the softness
-    sweep's schema follows as comments (it is a different kind of file)."""
+    of ``DESCRIBE_EXAMPLES``; optional sections and keys not set by default are commented out (``softness:`` among them:
+    with it the run has no ``iso:`` section)."""
     lines = ["# glasshpc configuration: every key, its default and meaning (python -m glasshpc.run --describe).",
              "# Reduced LJ units of species A (σ_AA, ε_AA, τ). Valid YAML: save it, edit, run.", ""]
     _describe_walk(Config, "", 0, False, lines, DESCRIBE_EXAMPLES)
-    lines += ["", "# ---- softness sweep: a file with a top-level 'softness:' key instead of the keys above "
-                  "(glasshpc/softness_stages.py) ----"]
-    _describe_walk(SoftnessRunConfig, "", 0, True, lines, {})
     return "\n".join(lines) + "\n"
 
 
@@ -1462,36 +1500,26 @@ def _check_descriptor_preset(cfg, data):
                                                      "explicit radial/angular/l blocks, not both")
 
 
-# -- the softness / energy-barrier sweep ([SOFT]; SCIENCE.md §2, §5, §6) -------------------------
-# A YAML file with a top-level ``softness:`` key is a sweep over state points (its own schema,
-# :class:`SoftnessRunConfig`); ``python -m glasshpc.run`` then runs glasshpc.softness_stages.
+# -- the softness / energy-barrier stages ([SOFT]; SCIENCE.md §2, §5, §6) --------------------------
+# A config with a ``softness:`` section runs the softness stages (glasshpc/softness_parts.py) on the
+# shared snapshots of every state point (``state_points:``) instead of the propensity stages.
 
-
-@dataclass(frozen=True)
-class StatePoint:
-    temperature: float = _f(doc="temperature T (ε/k_B)", lo=0.0, lo_open=True)
-    density: float = _f(doc="number density ρ (σ⁻³)", lo=0.0, lo_open=True)
-    snapshots: int = _f(doc="independent snapshots (each gives one trajectory)", lo=1,
-                        hi=MAX_SNAPSHOTS)
-
-
-@dataclass(frozen=True)
-class SoftModelConfig:
-    name: str = _f(doc="glass former", choices=("kob_andersen",))
-    n_particles: int = _f(doc="particles per snapshot", lo=2, hi=MAX_PARTICLES)
+SOFTNESS_MODELS = ("svc", "linear_svr", "ridge", "rbf_svr", "mlp")
+INDICATORS = ("phop", "csd")
 
 
 @dataclass(frozen=True)
 class TrajectoryConfig:
     duration: float = _f(doc="trajectory length after the snapshot (τ)", lo=0.0, lo_open=True)
     frame_interval: float = _f(1.0, "time between frames (τ); [SOFT]: 1", lo=0.0, lo_open=True)
-    ensemble: str = _f("nvt", "Nosé–Hoover NVT ([SOFT]) or NVE", choices=("nvt", "nve"))
+    ensemble: str = _f("nvt", "Nosé–Hoover NVT ([SOFT]) or NVE (hard spheres: nve only, EDMD)",
+                       choices=("nvt", "nve"))
     measure_frames: int = _f(10, "structure frames t0 per trajectory at which P_R (rearranging "
                                  "in (t0, t0 + window]) is measured", lo=1, hi=MAX_TIMES)
 
 
 @dataclass(frozen=True)
-class IndicatorConfig:
+class RearrangementConfig:
     half_window: float = _f(5.0, "p_hop windows A = [t − w, t], B = [t, t + w] (τ)", lo=0.0,
                             lo_open=True)
     p_c: float = _f(0.2, "p_hop > p_c: rearranging (σ²) [SOFT]", lo=0.0, lo_open=True)
@@ -1501,19 +1529,24 @@ class IndicatorConfig:
                            lo_open=True)
     lag: float = _f(2.0, "structure taken at t − lag for rearranging examples (τ)", lo=0.0)
     window: float = _f(2.0, "P_R window after the structure frame (τ)", lo=0.0, lo_open=True)
-    csd_threshold: float = _f(0.0966, "CSD threshold (σ²) [SOFT] App. A (stored for reference)",
-                              lo=0.0, lo_open=True)
+    csd_threshold: float = _f(0.0966, "indicator csd: CSD > this is rearranging (σ²) [SOFT] "
+                                      "App. A", lo=0.0, lo_open=True)
+    csd_quiet: float = _f(0.01, "indicator csd: CSD < this for quiet_time is non-rearranging (σ²)",
+                          lo=0.0, lo_open=True)
+    csd_steps: int = _f(10, "indicator csd: frames of the cumulative squared displacement "
+                            "([SOFT] App. A: 10 steps of 1 τ)", lo=1, hi=MAX_TIMES)
 
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    temperature: object = _f(AUTO, "state-point temperature of the softness training set; "
-                                   "'auto' = the coldest", kind="float_or_auto")
+    state_point: object = _f(AUTO, "index of the state point of the softness training set "
+                                   "(state_points: order; 0 without state_points:); 'auto' = the "
+                                   "coldest (ties: the densest)", kind="index_or_auto")
     rearranging: int = _f(3800, "rearranging examples (balanced with non-rearranging) [SOFT]",
                           lo=1, hi=10**8)
-    fluidity_min_temperature: float = _f(1.0, "fluidity classifiers at state points with T ≥ this",
-                                         lo=0.0)
-    fluidity_fraction: float = _f(3.3e-4, "extreme tail fraction of p_hop per side [SOFT]",
+    fluidity_min_temperature: float = _f(1.0, "fluidity classifiers at the other state points "
+                                              "with T ≥ this", lo=0.0)
+    fluidity_fraction: float = _f(3.3e-4, "extreme tail fraction of the indicator per side [SOFT]",
                                   lo=0.0, hi=0.5, lo_open=True, hi_open=True)
     fluidity_examples: int = _f(5200, "examples per class of a fluidity set [SOFT]", lo=1, hi=10**8)
 
@@ -1524,31 +1557,12 @@ class RearrangementProbabilityConfig:
                           "[SOFT]: 10⁴–10⁶", lo=0, hi=MAX_REPLICAS)
     replicas_per_task: int = _f(10, "replicas run by one task", lo=1, hi=MAX_REPLICAS)
     duration: float = _f(30.0, "replica length (τ)", lo=0.0, lo_open=True)
-    by: float = _f(25.0, "rearranged (p_hop > p_c) at some t ≤ by (τ)", lo=0.0, lo_open=True)
-    temperatures: tuple = _f(doc="state-point temperatures with p_r (empty = all)",
-                             kind=("list", float), factory=tuple)
-    test_snapshots: int = _f(1, "training-T snapshots held out for the regressors' Pearson ρ",
+    by: float = _f(25.0, "rearranged (indicator above threshold) at some t ≤ by (τ)", lo=0.0,
+                   lo_open=True)
+    state_points: tuple = _f(doc="indices of the state points with p_r (empty = all)",
+                             kind=("list", int), factory=tuple)
+    test_snapshots: int = _f(1, "training-state snapshots held out for the regressors' Pearson ρ",
                              lo=0, hi=MAX_SNAPSHOTS)
-
-
-def _default_soft_radial():
-    return (ShellBlock(0.0, 4.9, 50, 0.2),)
-
-
-def _default_soft_angular():
-    # the sharp shells [r_min, r_min + 0.5], r_min = 1.0 … 3.0, as Gaussians centred mid-shell
-    return (ShellBlock(1.25, 3.25, 5, 0.15),)
-
-
-@dataclass(frozen=True)
-class SoftFeaturesConfig:
-    radial: tuple = _f(doc="radial shells G(r, δ, s) per species ([SOFT]: r = 0 … 4.9, δ = 0.2)",
-                       kind=("list", ShellBlock), factory=_default_soft_radial)
-    angular: tuple = _f(doc="angular shells q_l(r, δ)", kind=("list", ShellBlock),
-                        factory=_default_soft_angular)
-    l: tuple = _f(doc="angular orders ([SOFT]: 2, 4, …, 14)", kind=("list", int),
-                  factory=lambda: (2, 4, 6, 8, 10, 12, 14))
-    truncation: float = _f(7.0, "Gaussians cut at |r_ij − r| > truncation·δ", lo=2.0, hi=100.0)
 
 
 @dataclass(frozen=True)
@@ -1571,110 +1585,143 @@ class BarriersConfig:
 
 @dataclass(frozen=True)
 class SoftnessConfig:
-    state_points: tuple = _f(doc="list of {temperature, density, snapshots}",
-                             kind=("list", StatePoint))
-    trajectory: TrajectoryConfig = _f(doc="trajectories for p_hop / P_R")
-    species: str = _f("A", "species the models are trained and applied on", choices=("A", "B"))
-    indicator: IndicatorConfig = _f(doc="p_hop windows and thresholds", factory=IndicatorConfig)
+    trajectory: TrajectoryConfig = _f(doc="trajectories for the indicator and P_R")
+    indicator: str = _f("phop", "rearrangement indicator: p_hop ([SOFT] §2.2.2) or the "
+                                "cumulative squared displacement CSD ([SOFT] App. A); thresholds "
+                                "in softness.rearrangement", choices=INDICATORS)
+    rearrangement: RearrangementConfig = _f(doc="indicator windows and thresholds",
+                                            factory=RearrangementConfig)
+    species: str = _f("A", "species the models are trained and applied on")
     training: TrainingConfig = _f(doc="softness / fluidity training sets", factory=TrainingConfig)
     p_r: RearrangementProbabilityConfig = _f(doc="isoconfigurational p_r",
                                              factory=RearrangementProbabilityConfig)
-    features: SoftFeaturesConfig = _f(doc="structural features", factory=SoftFeaturesConfig)
     C: float = _f(1e-2, "soft-margin penalty of the softness SVC [SOFT]", lo=0.0, lo_open=True)
-    models: tuple = _f(doc="models: svc, linear_svr, ridge, rbf_svr, mlp", kind=("list", str),
-                       factory=lambda: ("svc", "linear_svr", "ridge", "rbf_svr", "mlp"))
+    models: tuple = _f(doc="models: " + ", ".join(SOFTNESS_MODELS), kind=("list", str),
+                       factory=lambda: SOFTNESS_MODELS)
     rfe_counts: tuple = _f(doc="feature counts of the RFE curve (empty = none)",
                            kind=("list", int), factory=tuple)
     barriers: BarriersConfig = _f(doc="energy-barrier fits", factory=BarriersConfig)
 
 
-@dataclass(frozen=True)
-class SoftnessRunConfig:
-    output: str = _f(doc="HDF5 output path", kind="path")
-    model: SoftModelConfig = _f(doc="the glass former and N")
-    softness: SoftnessConfig = _f(doc="the sweep")
-    seed: int = _f(12345, "master seed", lo=0, hi=2**63 - 1)
-    md: MDConfig = _f(doc="LAMMPS integration and preparation", factory=MDConfig)
+_CLASSES.update({c.__name__: c for c in (TrajectoryConfig, RearrangementConfig, TrainingConfig,
+                                         RearrangementProbabilityConfig, BinsConfig,
+                                         BarriersConfig, SoftnessConfig)})
 
-    def temperatures(self):
-        """(P,) float64 state-point temperatures."""
-        return np.array([p.temperature for p in self.softness.state_points])
-
-    def snapshot_slots(self):
-        """[(state index, snapshot index)] in slot order (the flat snapshot axis of the store)."""
-        return [(p, s) for p, sp in enumerate(self.softness.state_points)
-                for s in range(sp.snapshots)]
-
-    def training_state(self):
-        """Index of the training state point."""
-        T = self.temperatures()
-        t = self.softness.training.temperature
-        return int(np.argmin(T)) if t == AUTO else int(np.flatnonzero(np.isclose(T, t))[0])
+# sections of a propensity run that a softness run does not use (refused when given)
+_NOT_WITH_SOFTNESS = {"iso": "the p_r replicas of a softness run are softness.p_r",
+                      "fits": "the softness models are softness.models",
+                      "imported": "a softness run simulates its trajectories",
+                      "cage": "cage states are not softness features",
+                      "inherent": "inherent states are not softness features",
+                      "dynamics": "a softness run computes no propensity"}
+# the softness features when no descriptors: section is given ([SOFT] §3.2.3: M = 135)
+SOFTNESS_DESCRIPTORS = {"preset": "softness_135", "generations": 0}
 
 
-_CLASSES.update({c.__name__: c for c in (StatePoint, SoftModelConfig, TrajectoryConfig,
-                                         IndicatorConfig, TrainingConfig,
-                                         RearrangementProbabilityConfig, SoftFeaturesConfig,
-                                         BinsConfig, BarriersConfig, SoftnessConfig,
-                                         SoftnessRunConfig)})
+def softness_temperatures(cfgs):
+    """(P,) float64 temperatures of the state-point configs ``cfgs``."""
+    return np.array([c.model.temperature for c in cfgs], dtype=np.float64)
+
+
+def softness_training_state(cfgs, choice):
+    """Index of the training state point: ``choice`` (an int) or, for 'auto', the coldest (ties:
+    the densest, e.g. hard spheres)."""
+    if choice != AUTO:
+        return int(choice)
+    return int(min(range(len(cfgs)), key=lambda k: (cfgs[k].model.temperature,
+                                                    -cfgs[k].model.density)))
+
+
+def _softness_data_checks(data):
+    """Keys of the former softness schema (before the one pipeline) and sections a softness run
+    does not use, refused naming the key and what replaces it."""
+    s = data.get("softness")
+    if not isinstance(s, dict):
+        return
+    if isinstance(s.get("indicator"), dict):
+        raise ConfigError("softness.indicator", f"is one of {', '.join(INDICATORS)}; its "
+                                                "parameters (half_window, p_c, p_l, quiet_time, "
+                                                "lag, window) are keys of softness.rearrangement")
+    if "state_points" in s:
+        raise ConfigError("softness.state_points", "state points are the top-level state_points: "
+                                                   "list, e.g. [{model: {temperature: 0.6}, "
+                                                   "snapshots: {count: 2}}]")
+    if "features" in s:
+        raise ConfigError("softness.features", "the softness features are the descriptors: "
+                                               "section (default {preset: softness_135, "
+                                               "generations: 0}, the sharp-shell Q_l of [SOFT])")
+    for key, why in _NOT_WITH_SOFTNESS.items():
+        if key in data:
+            raise ConfigError(key, f"not in a softness run ({why})")
 
 
 def _softness_checks(cfg):
+    """Checks of one state point's config with a ``softness:`` section (every key that could
+    fail hours into the run)."""
+    from .models import get_model
     s = cfg.softness
-    T = cfg.temperatures()
-    _md_checks(cfg.md, cfg.model.name,
-               [(cfg.model.n_particles / sp.density) ** (1.0 / 3.0) for sp in s.state_points],
-               "state points'")
-    for i, sp in enumerate(s.state_points):
-        L = (cfg.model.n_particles / sp.density) ** (1.0 / 3.0)
-        for name in ("radial", "angular"):
-            for k, b in enumerate(getattr(s.features, name)):
-                if b.r_max < b.r_min:
-                    raise ConfigError(f"softness.features.{name}[{k}].r_max",
-                                      f"must be ≥ r_min ({b.r_min}), got {b.r_max}")
-                reach = b.r_max + s.features.truncation * b.delta
-                if reach >= L / 2:
-                    raise ConfigError(f"softness.features.{name}[{k}]",
-                                      f"shells reach {reach:.3g} σ, not below half the box "
-                                      f"({L / 2:.3g} σ) of state_points[{i}]")
-    if len(set(np.round(T, 12))) != T.size:
-        raise ConfigError("softness.state_points", "temperatures must be distinct")
-    t = s.training.temperature
-    if t != AUTO and not np.any(np.isclose(T, t)):
-        raise ConfigError("softness.training.temperature",
-                          f"must be one of the state-point temperatures {T.tolist()}, got {t}")
-    for i, t in enumerate(s.p_r.temperatures):
-        if not np.any(np.isclose(T, t)):
-            raise ConfigError(f"softness.p_r.temperatures[{i}]",
-                              f"must be a state-point temperature {T.tolist()}, got {t}")
+    model = get_model(cfg.model.name)
+    k = cfg.parallel.engine_ranks
+    if k != 1:
+        raise ConfigError("parallel.engine_ranks", "must be 1 in a softness run (one engine per "
+                                                   "rank runs the trajectories)")
+    if s.species not in model.species:
+        raise ConfigError("softness.species", f"must be one of the species of {cfg.model.name}: "
+                                              f"{list(model.species)}, got {brief(s.species)}")
+    if cfg.model.name == "hard_spheres" and s.trajectory.ensemble != "nve":
+        raise ConfigError("softness.trajectory.ensemble", "hard_spheres (event-driven MD) runs "
+                                                          "nve only")
+    d = cfg.descriptors
+    if d.generations > 0 and d.r_generation == AUTO:
+        raise ConfigError("descriptors.r_generation", "give r_c of the generation averages in σ "
+                                                      "in a softness run (or generations: 0)")
+    for name in (() if d.preset else ("radial", "angular")):
+        for i, b in enumerate(getattr(d, name)):
+            if b.r_max < b.r_min:
+                raise ConfigError(f"descriptors.{name}[{i}].r_max",
+                                  f"must be ≥ r_min ({b.r_min}), got {b.r_max}")
+    for i, l in enumerate(d.l):
+        if not 0 <= l <= 20:
+            raise ConfigError(f"descriptors.l[{i}]", f"must be in 0..20, got {l}")
+    _md_checks(cfg.md, cfg.model.name, [cfg.box_length], "model")
+    counts = model.counts(cfg.model.n_particles)
+    if counts.min() < 1:
+        raise ConfigError("model.n_particles",
+                          f"too small: species counts would be {counts.tolist()}")
     for i, m in enumerate(s.models):
-        if m not in ("svc", "linear_svr", "ridge", "rbf_svr", "mlp"):
-            raise ConfigError(f"softness.models[{i}]", "must be one of svc, linear_svr, ridge, "
-                                                       f"rbf_svr, mlp; got {brief(m)}")
+        if m not in SOFTNESS_MODELS:
+            raise ConfigError(f"softness.models[{i}]", f"must be one of "
+                                                       f"{', '.join(SOFTNESS_MODELS)}; got {brief(m)}")
     if "svc" not in s.models:
         raise ConfigError("softness.models", "must contain 'svc' (b_best and σ_tr use it)")
-    ind, tr = s.indicator, s.trajectory
+    ind, tr = s.rearrangement, s.trajectory
     for key, val in (("softness.trajectory.duration", tr.duration),
-                     ("softness.indicator.half_window", ind.half_window),
-                     ("softness.indicator.quiet_time", ind.quiet_time),
-                     ("softness.indicator.lag", ind.lag), ("softness.indicator.window", ind.window),
+                     ("softness.rearrangement.half_window", ind.half_window),
+                     ("softness.rearrangement.quiet_time", ind.quiet_time),
+                     ("softness.rearrangement.lag", ind.lag),
+                     ("softness.rearrangement.window", ind.window),
                      ("softness.p_r.duration", s.p_r.duration), ("softness.p_r.by", s.p_r.by)):
-        k = val / tr.frame_interval
-        if abs(k - round(k)) > 1e-6:
+        q = val / tr.frame_interval
+        if abs(q - round(q)) > 1e-6:
             raise ConfigError(key, f"must be a whole number of frame intervals "
                                    f"({tr.frame_interval} τ), got {val}")
     fi = tr.frame_interval / cfg.md.timestep
     if abs(fi - round(fi)) > 1e-6:
         raise ConfigError("softness.trajectory.frame_interval",
                           f"must be a whole number of timesteps ({cfg.md.timestep})")
-    if tr.duration < 2 * ind.half_window + ind.window + tr.frame_interval:
+    # the indicator is defined on frames [lead, F − 1 − tail] (softness_parts.indicator_range)
+    if s.indicator == "phop":
+        lead = tail = ind.half_window
+        what = "2·half_window + window"
+    else:
+        lead, tail = ind.csd_steps * tr.frame_interval, 0.0
+        what = "csd_steps·frame_interval + window"
+    if tr.duration < lead + tail + ind.window + tr.frame_interval:
         raise ConfigError("softness.trajectory.duration",
-                          f"must exceed 2·half_window + window = "
-                          f"{2 * ind.half_window + ind.window} τ")
-    if s.p_r.replicas and not ind.half_window <= s.p_r.by <= s.p_r.duration - ind.half_window:
-        raise ConfigError("softness.p_r.by", f"p_hop at t ≤ by needs half_window ≤ by ≤ duration − "
-                                             f"half_window ({ind.half_window}, "
-                                             f"{s.p_r.duration - ind.half_window})")
+                          f"must exceed {what} = {lead + tail + ind.window} τ")
+    if s.p_r.replicas and not lead <= s.p_r.by <= s.p_r.duration - tail:
+        raise ConfigError("softness.p_r.by", f"the indicator at t ≤ by needs {lead} ≤ by ≤ "
+                                             f"{s.p_r.duration - tail} (τ)")
     if s.p_r.replicas and s.p_r.replicas % s.p_r.replicas_per_task:
         raise ConfigError("softness.p_r.replicas_per_task",
                           f"must divide p_r.replicas ({s.p_r.replicas})")
@@ -1685,8 +1732,20 @@ def _softness_checks(cfg):
             raise ConfigError(f"softness.rfe_counts[{i}]", f"must be in 1..100000, got {c}")
 
 
-def parse_softness(data):
-    """SoftnessRunConfig from an already loaded YAML mapping (ConfigError names the key)."""
-    cfg = _build(SoftnessRunConfig, data, "")
-    _softness_checks(cfg)
-    return cfg
+def _softness_sweep_checks(cfg):
+    """Checks across the state points of a softness run (indices, distinct state points)."""
+    s = cfg.softness
+    cfgs = state_point_configs(cfg) if cfg.state_points else [cfg]
+    P = len(cfgs)
+    pts = [(c.model.temperature, c.model.density) for c in cfgs]
+    if len(set(map(tuple, np.round(pts, 12).tolist()))) != P:
+        raise ConfigError("state_points", "the state points of a softness run must differ in "
+                                          "temperature or density")
+    t = s.training.state_point
+    if t != AUTO and not 0 <= t < P:
+        raise ConfigError("softness.training.state_point", f"must be 'auto' or a state point "
+                                                           f"index 0..{P - 1}, got {t}")
+    for i, k in enumerate(s.p_r.state_points):
+        if not 0 <= k < P:
+            raise ConfigError(f"softness.p_r.state_points[{i}]",
+                              f"must be a state point index 0..{P - 1}, got {k}")

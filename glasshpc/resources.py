@@ -114,9 +114,10 @@ def plan_state_point(cfg, ranks, store_mode):
 
 
 def plan_softness(cfg, ranks, store_mode):
-    """Resource plan of a softness sweep (layout of :class:`glasshpc.softness_stages.Plan`)."""
-    from .softness_stages import Plan
-    pl = Plan(cfg)
+    """Resource plan of a softness run (layout of :class:`glasshpc.softness_parts.Plan`)."""
+    from .softness_parts import Plan
+    from .stages import state_points
+    pl = Plan(cfg, state_points(cfg))
     layout = pl.layout()
     out = layout_bytes(layout)
     N = cfg.model.n_particles
@@ -192,8 +193,7 @@ def assess(cfg, ctx, store_mode, resume=False):
     """Collective. The plan (see :func:`plan`) compared with this node's memory and the output's
     free disk: the plan dict plus ``problems`` (list of str, empty if the run fits) and
     ``memory_fits`` (bool); the same on every rank."""
-    from .config import SoftnessRunConfig
-    make = plan_softness if isinstance(cfg, SoftnessRunConfig) else plan
+    make = plan_softness if cfg.softness is not None else plan
     p = None
     per_node = local_ranks(ctx.comm)
     if ctx.root:

@@ -36,9 +36,9 @@ from .store import AlreadyFinished, DiskFull, ResumeError, Store, check_output_p
 
 def plan_text(cfg, ctx):
     """Human-readable task plan (what --dry-run prints)."""
-    if isinstance(cfg, config_mod.SoftnessRunConfig):   # softness sweep (glasshpc.softness_stages)
-        from .softness_stages import plan_text as softness_plan
-        return softness_plan(cfg, ctx)
+    if cfg.softness is not None:   # the softness stages (glasshpc.softness_parts)
+        from .softness_parts import plan_text as softness_plan
+        return softness_plan(cfg, stages.state_points(cfg), ctx)
     if getattr(cfg, "sweep", False):
         return sweep_plan_text(cfg, ctx)
     S, R, N = cfg.snapshots.count, cfg.iso.replicas, cfg.model.n_particles
@@ -225,8 +225,7 @@ def execute(cfg, yaml_text, ctx, store_mode="auto", resume=False, overwrite=Fals
     without ``state_points:`` tau_alpha, ballistic_end, q, fits, single, wall; for a sweep
     ``state_points`` (that dict per state point) and wall.
     ``resume``/``overwrite``: see :class:`glasshpc.store.Store` and ``--resume``."""
-    if isinstance(cfg, config_mod.SoftnessRunConfig):   # softness sweep (glasshpc.softness_stages)
-        from .softness_stages import execute_softness
+    if cfg.softness is not None:   # the softness stages (glasshpc.softness_parts)
         return execute_softness(cfg, yaml_text, ctx, store_mode, resume=resume,
                                 overwrite=overwrite)
     t_start = time.perf_counter()
@@ -350,6 +349,59 @@ def execute(cfg, yaml_text, ctx, store_mode="auto", resume=False, overwrite=Fals
 
 def _state_point_suffix(p):
     return "" if p.index is None else f" (state point {p.index})"
+
+
+def execute_softness(cfg, yaml_text, ctx, store_mode="auto", resume=False, overwrite=False):
+    """A run with a ``softness:`` section: the shared snapshot stage for every state point, then
+    the softness stages (glasshpc.softness_parts: trajectories → p_r replicas → models → barriers),
+    one HDF5 file (layout in the softness_parts docstring). Returns a summary dict (fits,
+    barriers, edges, dots, wall)."""
+    from . import softness_parts as sp
+    from .learn.softness import normal_dot_products
+    t_start = time.perf_counter()
+    store_mod.preflight(cfg.output, ctx, resume=resume, overwrite=overwrite)
+    cfg, suffix = resolve_suffix(cfg, ctx, resume=resume)   # before the store: part of the config
+    points = stages.state_points(cfg)
+    pl = sp.Plan(cfg, points)
+    store = Store(cfg.output, ctx, pl.layout(), mode=store_mode, resume=resume,
+                  overwrite=overwrite, config=cluster.normalised_config(cfg))
+    engines = stages.EngineCache(cfg)
+    species = get_model(cfg.model.name).species
+    wall = {}
+    try:
+        ctx.log(plan_text(cfg, ctx))
+        wall["snapshots"] = stages.snapshots(ctx, points, store, engines, rng=sp.snapshot_rng(cfg))
+        wall["trajectories"] = sp.trajectories(ctx, pl, store, engines)
+        if pl.C:
+            wall["p_r replicas"] = sp.pr_replicas(ctx, pl, store, engines)
+        lmp_log = list(engines.engine.log) if engines.engine is not None else []
+        if engines.engine is not None:
+            engines.engine.close()
+        t0 = time.perf_counter()
+        fits = sp.fit_models(ctx, pl, store)
+        wall["models"] = ctx.comm.bcast(time.perf_counter() - t0, root=0)
+        t0 = time.perf_counter()
+        edges, bars = sp.barrier_stage(ctx, pl, store, fits)
+        wall["barriers"] = ctx.comm.bcast(time.perf_counter() - t0, root=0)
+        predictions = sp.snapshot_predictions(ctx, pl, store, fits["models"])
+        normals = {m: mod.coef_ for m, mod in fits["models"].items() if mod.coef_ is not None}
+        normals.update({f"fluidity:T={T:g}": f.coef_ for T, f in fits["fluidity"].items()})
+        dot_names, dots = normal_dot_products(normals)
+        ctx.log(sp.report_text(pl, fits, edges, bars, dot_names, dots))
+        lmp_log = next((log for log in ctx.comm.allgather(lmp_log) if log), [])
+        wall["total"] = time.perf_counter() - t_start
+        ctx.log("wall time per stage (s): " + ", ".join(f"{k} {v:.1f}" for k, v in wall.items()))
+
+        def extra(h5):
+            sp.write_results(h5, pl, fits, edges, bars, predictions, dot_names, dots, species)
+            write_provenance(h5, yaml_text, ctx, store, wall, lmp_log, species, suffix)
+
+        store.finalize(extra)
+        ctx.log(f"wrote {os.path.abspath(cfg.output)}")
+        return {"fits": fits, "barriers": bars, "edges": edges, "dots": (dot_names, dots),
+                "wall": wall}
+    finally:
+        store.close()
 
 
 def _state_point_header(ctx, p):
@@ -768,7 +820,7 @@ def _main(args, ctx, refuse):
             ctx.log("  (no calibration: --no-calibration; cost and schedule not predicted)")
         elif not res["memory_fits"]:   # the calibration would allocate what the node lacks
             ctx.log("  (no calibration: the configured system does not fit this node's memory)")
-        elif not isinstance(cfg, config_mod.SoftnessRunConfig):   # the sweep has its costs
+        elif cfg.softness is None:   # the softness stages have no calibrated costs yet
             ctx.log(cluster.dry_run_text(cfg, ctx))
             from .schedule import schedule_text
             ctx.log(schedule_text(cfg, ctx, args.ranks or ctx.size))

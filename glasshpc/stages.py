@@ -309,10 +309,12 @@ class EngineCache:
         return self.engine
 
 
-def snapshots(ctx, points, store, engines):
+def snapshots(ctx, points, store, engines, rng=None):
     """Stage 1: independent equilibrated snapshots (one task per state point and snapshot), on
     engine groups of ``parallel.engine_ranks`` ranks when that is > 1 (glasshpc.md.group).
-    ``points``: [Point] or a Config (every stage takes either)."""
+    ``points``: [Point] or a Config (every stage takes either). ``rng(point, s)``: the snapshot's
+    Generator (default task_rng(point seed, 'snapshot', s); the softness stages keep theirs,
+    softness_parts.snapshot_rng)."""
     points = as_points(points)
     cfg = points[0].cfg           # engine settings (model, timestep, skin, suffix) are the run's
     m, md = cfg.model, cfg.md
@@ -337,7 +339,8 @@ def snapshots(ctx, points, store, engines):
         else:
             mm, mdc = c.model, c.md
             pos, types, box = (engine or engines.get()).prepare_snapshot(
-                mm.n_particles, mm.density, mm.temperature, task_rng(c.seed, "snapshot", s),
+                mm.n_particles, mm.density, mm.temperature,
+                task_rng(c.seed, "snapshot", s) if rng is None else rng(p, s),
                 mdc.melt_temperature, mdc.melt_time, mdc.nvt_time, mdc.nve_time, mdc.tdamp)
         if not writer:
             return

@@ -118,7 +118,7 @@ def suffix_deviation(make, suffix, positions, types, box):
 # -- resolution for a run ----------------------------------------------------------------------
 
 def _system(cfg):
-    """(model, make(suffix) → engine, n, density, temperature) of a Config or SoftnessRunConfig."""
+    """(model, make(suffix) → engine, n, density, temperature) of a Config."""
     import dataclasses
 
     from ..models import get_model
@@ -126,11 +126,7 @@ def _system(cfg):
     from .lammps import LammpsEngine
     m, md = cfg.model, cfg.md
     model = get_model(m.name)
-    if hasattr(cfg, "softness"):
-        sp = cfg.softness.state_points[0]
-        density, temperature = sp.density, sp.temperature
-    else:
-        density, temperature = m.density, m.temperature
+    density, temperature = m.density, m.temperature
     if m.name == "bead_spring":
         if m.chain_length is not None:
             model = dataclasses.replace(model, chain_length=m.chain_length)
