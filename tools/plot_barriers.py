@@ -3,7 +3,7 @@
 
     python tools/plot_barriers.py OUTPUT.h5 [-m MODEL] [-o OUTPUT_barriers.png]
 
-Reads, from a glasshpc softness-sweep file (layout: glasshpc/softness_stages.py docstring):
+Reads, from a glasshpc softness-sweep file (layout: glasshpc/softness_parts.py docstring):
 
 - ``/barriers/centers`` (B,) bin centres of x (Z-score; S itself for ``svc_S``),
   ``/barriers/temperatures`` (P,), attrs ``form`` ('arrhenius' | 'kramers'), ``fit_temperatures``;
