@@ -384,8 +384,11 @@ def test_sweep_config_errors_name_the_key(change, key):
 
 def test_snapshots_override_only_in_a_softness_run():
     from glasshpc import config
-    text = SWEEP_YAML.format(output="x.h5")
-    text = text[:text.index("softness:")] + "iso: {replicas: 2, times: [1.0]}\n"
+    text = SWEEP_YAML.format(output="x.h5").replace("snapshots: {count: 2}", "snapshots: {count: 3}")
+    text = text[:text.index("softness:")] + ("iso: {replicas: 2, times: [1.0]}\n"
+                                             "fits: {feature_sets: {g0: {generations: 0}}, cv_folds: 2, "
+                                             "test_snapshots: [1]}\n")
+    config.parse(text)        # a valid propensity sweep without the override
     text = text.replace("{model: {temperature: 0.7}}", "{model: {temperature: 0.7}, snapshots: "
                                                        "{count: 3}}")
     with pytest.raises(config.ConfigError) as err:
