@@ -405,3 +405,52 @@ def test_dry_run_of_the_softness_inputs(capsys):
         assert main(["--dry-run", "--no-calibration", path]) == 0
         out = capsys.readouterr().out
         assert "softness sweep" in out and "135 features (softness_135)" in out
+
+
+HS_YAML = """
+output: {output}
+seed: 5
+model: {{name: hard_spheres, n_particles: 200, packing_fraction: 0.50, temperature: 1.0}}
+snapshots: {{count: 1}}
+md: {{nve_time: 5}}
+descriptors:
+  radial: [{{r_min: 0.5, r_max: 2.0, count: 6, delta: 0.2}}]
+  angular: [{{r_min: 1.0, r_max: 1.5, count: 2, delta: 0.15}}]
+  l: [4, 6]
+  generations: 0
+  truncation: 4
+state_points:
+  - {{model: {{packing_fraction: 0.52}}}}
+  - {{model: {{packing_fraction: 0.48}}}}
+softness:
+  trajectory: {{duration: 20, measure_frames: 2, ensemble: nve}}
+  rearrangement: {{p_c: 0.3, p_l: 0.04, quiet_time: 3, half_window: 2}}
+  training: {{rearranging: 10, fluidity_min_temperature: 2.0}}
+  models: [svc]
+  barriers: {{max_temperature: 2.0, bins: {{min: -20, max: 20, count: 4}}, min_count: 1}}
+"""
+
+
+def test_hard_spheres_edmd_end_to_end(tmp_path):
+    """An η sweep of hard spheres (event-driven MD trajectories): training at the densest state
+    point (every T is 1), counts per bin that add up, no barrier fit (one temperature), and more
+    rearrangements in the less dense liquid."""
+    import h5py
+    out = str(tmp_path / "hs.h5")
+    _sweep(out, MPI.COMM_SELF, HS_YAML)
+    with h5py.File(out, "r") as f:
+        assert f["softness"].attrs["training_state_point"] == 0          # η = 0.52
+        lab = f["state_points/0/softness/data/train_label"][()]
+        assert (lab == 1).sum() == (lab == 0).sum() == 10
+        n, k = f["barriers/svc/n"][()], f["barriers/svc/k"][()]
+        for p in range(2):
+            types = f[f"state_points/{p}/snapshots/types"][0]
+            re = f[f"state_points/{p}/softness/data/rearranged"][0].astype(bool)
+            assert n[p].sum() == (types == 0).sum() * re.shape[0]
+            assert k[p].sum() == re[:, types == 0].sum()
+        assert k[1].sum() > k[0].sum()
+        assert np.all(np.isnan(f["barriers/svc/delta_e"][()])) and "landscape" not in f["barriers/svc"]
+    from glasshpc import config
+    with pytest.raises(config.ConfigError) as err:      # event-driven MD has no thermostat
+        config.parse(HS_YAML.replace("ensemble: nve", "ensemble: nvt").format(output="x.h5"))
+    assert err.value.key == "softness.trajectory.ensemble"
