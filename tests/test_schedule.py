@@ -89,9 +89,14 @@ fits:
 """
 
 
-def _run(tmp_path, name, ranks, extra="", **env):
+def _run(tmp_path, name, ranks, extra="", short=False, **env):
+    """Run SMALL_YAML (+ ``extra``; ``short``: a quarter of the MD) on ``ranks`` ranks: (output, stdout)."""
     cfg = tmp_path / f"{name}.yaml"
-    cfg.write_text(SMALL_YAML.format(output=tmp_path / f"{name}.h5", extra=extra))
+    text = SMALL_YAML.format(output=tmp_path / f"{name}.h5", extra=extra)
+    if short:   # the engine-group runs: LAMMPS on K oversubscribed ranks is slow; the bits need no length
+        text = text.replace("md: {melt_time: 1, nvt_time: 2, nve_time: 2}",
+                            "md: {melt_time: 0.25, nvt_time: 0.5, nve_time: 0.5}")
+    cfg.write_text(text)
     cmd = [sys.executable, "-m", "glasshpc.run", str(cfg)]
     if ranks > 1:
         cmd = [MPIEXEC, "-n", str(ranks)] + cmd
@@ -136,23 +141,25 @@ def test_one_two_four_eight_ranks_bitwise_with_unequal_tasks(tmp_path):
 
 
 @needs_mpiexec
-def test_engine_groups_of_two_on_two_and_four_ranks_bitwise(tmp_path):
-    """parallel.engine_ranks: 2 — snapshots on LAMMPS instances of 2 ranks: 2 ranks (one group)
-    and 4 ranks (two groups, tasks dealt dynamically) give bitwise the same file; 1 rank is
-    refused (a result must never depend on the launch size)."""
-    extra = "parallel: {engine_ranks: 2}"
-    a, out = _run(tmp_path, "k2a", 2, extra)
-    assert "1 engine groups of 2 ranks" in out
-    b, out = _run(tmp_path, "k2b", 4, extra)
-    assert "2 engine groups of 2 ranks" in out
+@pytest.mark.parametrize("k", [2, 3])
+def test_engine_groups_on_k_and_2k_ranks_bitwise(tmp_path, k):
+    """parallel.engine_ranks: K — snapshots on LAMMPS instances of K ranks (K = 3: an odd domain
+    decomposition): K ranks (one group) and 2K ranks (two groups, tasks dealt dynamically) give
+    bitwise the same file; fewer than K ranks are refused (a result must never depend on the
+    launch size)."""
+    extra = f"parallel: {{engine_ranks: {k}}}"
+    a, out = _run(tmp_path, "ka", k, extra, short=True)
+    assert f"1 engine groups of {k} ranks" in out
+    b, out = _run(tmp_path, "kb", 2 * k, extra, short=True)
+    assert f"2 engine groups of {k} ranks" in out
     _assert_bitwise(a, b)
-    cfg = tmp_path / "k2c.yaml"
-    cfg.write_text(SMALL_YAML.format(output=tmp_path / "k2c.h5", extra=extra))
+    cfg = tmp_path / "kc.yaml"
+    cfg.write_text(SMALL_YAML.format(output=tmp_path / "kc.h5", extra=extra))
     p = subprocess.run([sys.executable, "-m", "glasshpc.run", str(cfg)], capture_output=True,
                        text=True, timeout=120, env=dict(os.environ, PYTHONPATH=ROOT),
                        cwd=tmp_path)
-    assert p.returncode == 2 and "engine_ranks = 2 needs at least 2 ranks" in p.stderr
-    assert not os.path.exists(tmp_path / "k2c.h5.partial")
+    assert p.returncode == 2 and f"engine_ranks = {k} needs at least {k} ranks" in p.stderr
+    assert not os.path.exists(tmp_path / "kc.h5.partial")
 
 
 def test_auto_engine_ranks_resolves_at_first_launch_and_resume_keeps_it(tmp_path, tiny_yaml):
