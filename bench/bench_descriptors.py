@@ -217,7 +217,7 @@ def main():
     parts = {  # the path compute_descriptors takes
         "radial (fused cell list, r < 5.7)": lambda: _radial_direct(
             pos, box, spec.radial_cutoff(), types, spec.n_species, spec.radial_r, spec.radial_delta, spec.truncation,
-            run_start, run_dr, inv_h, tstart, idx),
+            run_start, run_dr, inv_h, tstart, idx, len(pos)),
         f"NeighborList(r < {short:.1f})": lambda: NeighborList(pos, box, short),
         "angular": lambda: angular_descriptors(nl, spec),
         "generations": lambda: _generations(nl.offsets, nl.neighbors, nl.distances, base, spec.r_generation,

@@ -496,16 +496,20 @@ def _radial_kernel(offsets, nbr, dist, types, n_species, r, delta, truncation, r
 
 @njit(cache=True)
 def _radial_direct(positions, box, cutoff, types, n_species, r, delta, truncation, run_start, run_dr, inv_h, tstart,
-                   idx):
+                   idx, n_keep):
     """Radial descriptors straight from the cell list: each pair once, in cell order (rows of nearby particles are
-    nearby in memory), no neighbour list stored. Same result as _radial_kernel."""
+    nearby in memory), no neighbour list stored. Same result as _radial_kernel. Only the rows of particles
+    0..n_keep−1 are right: pairs of two particles ≥ n_keep are skipped (a replicated box's copies; the kept rows
+    get the same additions in the same order, so the same bits)."""
     n = positions.shape[0]
     n_rad = r.shape[0]
     wrapped, nc, cx, start, order, xs, offs, lo, wrap = _cell_sort(positions, box, cutoff)
     run_c = _run_factors(delta, run_start, run_dr)
     ts = np.empty(n, np.int64)
+    kept = np.empty(n, np.bool_)
     for p in range(n):
         ts[p] = types[order[p]] * n_rad
+        kept[p] = order[p] < n_keep
     outs = np.zeros((n, n_species * n_rad))
     st = np.empty(offs.shape[0], np.int64)
     cap = 1024
@@ -540,9 +544,12 @@ def _radial_direct(positions, box, cutoff, types, n_species, r, delta, truncatio
                     x0 = xs[p, 0]
                     y0 = xs[p, 1]
                     z0 = xs[p, 2]
+                    kp = kept[p]
                     for s in range(st.shape[0]):
                         cc = st[s]
                         for q in range(max(start[cc], p + 1), start[cc + 1]):  # each pair once (q > p)
+                            if not (kp or kept[q]):
+                                continue
                             dx = xs[q, 0] - x0
                             dy = xs[q, 1] - y0
                             dz = xs[q, 2] - z0
@@ -851,7 +858,7 @@ def radial_descriptors(nlist, types, spec):
                           spec.radial_r, spec.radial_delta, spec.truncation, run_start, run_dr, inv_h, tstart, idx)
 
 
-def angular_descriptors(nlist, spec):
+def angular_descriptors(nlist, spec, n_rows=None):
     """Angular (bond-order) descriptors q_i(l, r, δ), all species together (SCIENCE.md §4; Eq. 6–7 [CAGE],
     Eq. 2–3 [AVG]).
 
@@ -863,7 +870,8 @@ def angular_descriptors(nlist, spec):
     Returns
     -------
     (N, n_ang * len(angular_l)) float64, column a * len(l) + li holds l = angular_l[li] on shell a. Dimensionless,
-    in [0, 1]; 0 where Z_i(r, δ) = 0 (no neighbour within the truncated shell).
+    in [0, 1]; 0 where Z_i(r, δ) = 0 (no neighbour within the truncated shell). ``n_rows``: only particles
+    0..n_rows−1 are computed (the other rows are 0).
 
     Raises ValueError for a too-short neighbour list or coincident particles.
     """
@@ -873,6 +881,11 @@ def angular_descriptors(nlist, spec):
     rc = spec.angular_cutoff()
     _check_nlist(nlist, rc, "angular_descriptors")
     ls = np.asarray(spec.angular_l, dtype=np.int64)
+    if n_rows is not None and n_rows < n:
+        out = np.zeros((n, spec.angular_r.size * ls.size))
+        out[:n_rows] = _angular_kernel(nlist.offsets[:n_rows + 1], nlist.distances, nlist.vectors, spec.angular_r,
+                                       spec.angular_delta, spec.truncation, ls, rc, spec.angular_kind == "sharp")
+        return out
     return _angular_kernel(nlist.offsets, nlist.distances, nlist.vectors, spec.angular_r, spec.angular_delta,
                            spec.truncation, ls, rc, spec.angular_kind == "sharp")
 
@@ -958,7 +971,13 @@ def compute_descriptors(positions, types, box, spec, replicate=True):
             check_cutoff(box, reach)
         n0 = positions.shape[0]
         positions, types, box = _replicate(positions, types, box, reach)
-        return compute_descriptors(positions, types, box, spec, replicate=False)[:n0]
+        # without generations only the originals' rows are needed (the copies' would be the same rows)
+        return _descriptors(positions, types, box, spec, n0 if spec.generations == 0 else positions.shape[0])[:n0]
+    return _descriptors(positions, types, box, spec, positions.shape[0])
+
+
+def _descriptors(positions, types, box, spec, n_keep):
+    """compute_descriptors on checked inputs whose reach is below half the box; rows n_keep.. may be wrong."""
     n = positions.shape[0]
     # radial: pairs straight from the cell list (long cutoff, distances only); angular and generations: a full
     # neighbour list with the (short) cutoff they need
@@ -975,9 +994,9 @@ def compute_descriptors(positions, types, box, spec, replicate=True):
         inv_h, tstart, idx = _run_table(spec.radial_r, spec.radial_delta, spec.truncation, rcut, run_start)
         base[:, :spec.n_radial] = _radial_direct(positions, box, rcut, types, spec.n_species, spec.radial_r,
                                                  spec.radial_delta, spec.truncation, run_start, run_dr, inv_h,
-                                                 tstart, idx)
+                                                 tstart, idx, n_keep)
     if spec.angular_r.size:
-        base[:, spec.n_radial:] = angular_descriptors(nl, spec)
+        base[:, spec.n_radial:] = angular_descriptors(nl, spec, n_keep)
     if spec.generations == 0:
         return base
     return _generations(nl.offsets, nl.neighbors, nl.distances, base, spec.r_generation, spec.generations)
