@@ -1292,3 +1292,37 @@ def cage_state(positions, types, box, potential, T, n_equil, n_measure, seed,
     if record_every > 0:
         out["samples"] = (samples + image)[:, back]
     return out
+
+
+# --------------------------------------------------------------------------- test data
+# tests/test_cage.py compares the current kernel with this one on stored output (so CI does not
+# compile this module: ~50 s cold).  Regenerate with
+#     python bench/cage_reference.py tests/data/cage_reference_ka400.npz
+# (the same recipe as the test's ka400 configuration, relaxed by *this* kernel, so the file
+# depends on nothing that may change).
+
+def _make_test_data(path):
+    n, rho, frac_b = 400, 1.2, 0.2
+    L = (n / rho) ** (1 / 3)
+    m = int(np.ceil(n ** (1 / 3)))
+    g = np.array([[i, j, k] for i in range(m) for j in range(m) for k in range(m)], float)
+    rng = np.random.default_rng(5)
+    g = g[rng.permutation(len(g))[:n]] * (L / m) + rng.normal(scale=0.03, size=(n, 3))
+    t = np.zeros(n, np.int64)
+    t[rng.permutation(n)[:int(round(frac_b * n))]] = 1
+    box = np.full(3, L)
+    pot = PairPotential.kob_andersen()
+    pos = cage_state(g, t, box, pot, 0.6, 60, 1, seed=11, cage="sphere", cage_radius=0.7)["final"]
+    T, n_eq, n_me = 0.6, 100, 600
+    out = dict(positions=pos, types=t, box=box, T=T, n_equil=n_eq, n_measure=n_me)
+    for lab, seed in (("old", 1), ("old2", 4)):
+        r = cage_state(pos, t, box, pot, T, n_eq, n_me, seed=seed, record_every=2)
+        out[lab + "_cs"] = r["positions"]
+        out[lab + "_energy"] = np.array([total_energy(c, t, box, pot)
+                                         for c in r["samples"][::5]]) / n
+    np.savez_compressed(path, **out)
+
+
+if __name__ == "__main__":
+    import sys
+    _make_test_data(sys.argv[1])

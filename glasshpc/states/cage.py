@@ -165,6 +165,30 @@ def _rng_state(seed):
 @njit(cache=True, inline="always")
 def _uniform(s):
     """Uniform double in [0, 1) (53 random bits)."""
+    return np.float64(_next64(s) >> _U11) * _TWO_M53
+
+
+_M21 = np.uint64(0x1FFFFF)
+_U22, _U43, _U1 = np.uint64(22), np.uint64(43), np.uint64(1)
+_TWO_M21 = 1.0 / 2097152.0
+
+
+@njit(cache=True, inline="always")
+def _cube3(s):
+    """Three uniform numbers in (-1, 1) from one draw: 21 bits each (bits 63..1; the lowest bit
+    of xoshiro256+ is weak), at the symmetric grid (2k + 1) / 2^21 - 1 so the trial move and
+    its reverse are equally likely (resolution 2^-20 of the step: ample for a trial move, and
+    one draw instead of three is 15 % of a hard-sphere move)."""
+    r = _next64(s)
+    a = np.float64(((r >> _U43) & _M21) * np.uint64(2) + _U1) * _TWO_M21 - 1.0
+    b = np.float64(((r >> _U22) & _M21) * np.uint64(2) + _U1) * _TWO_M21 - 1.0
+    c = np.float64(((r >> _U1) & _M21) * np.uint64(2) + _U1) * _TWO_M21 - 1.0
+    return a, b, c
+
+
+@njit(cache=True, inline="always")
+def _next64(s):
+    """Next 64-bit output of xoshiro256+ (state s updated in place)."""
     s0 = s[0]
     s1 = s[1]
     s2 = s[2]
@@ -181,7 +205,7 @@ def _uniform(s):
     s[1] = s1
     s[2] = s2
     s[3] = s3
-    return np.float64(r >> _U11) * _TWO_M53
+    return r
 
 
 @njit(cache=True)
@@ -688,24 +712,30 @@ def _list_errors(pos, ref, qx, qy, qz, types, box, S, lcut2, seg_base, seg_cnt, 
 # from _total_energy (double precision, from the pair search).
 
 
-# Row sums in fixed point: every pair's energy change d is added as the integer
-# trunc(d * 2^32) (int64), so the sum is exact and independent of the order and of the SIMD
-# width -- and, being an integer reduction without stores, the row loop (neighbour
-# coordinates gathered through nbj) is vectorised by LLVM without fastmath.  Resolution
-# 2^-32 = 2.3e-10 eps per pair, far below the single-precision error of the pair energies.
-# |d| must stay below lim = 2^30 / max_row (no int64 overflow); a row with a larger change
-# (a trial move into a near overlap, rejected anyway at any sensible T) is re-summed in
-# floating point by _row_de_float.
+# Row sums in fixed point: every pair's energy change d is added as an integer, so the sum is
+# exact and independent of the order and of the SIMD width -- and, being an integer reduction
+# without stores, the row loop (neighbour coordinates gathered through nbj) is vectorised by
+# LLVM without fastmath.  LJ (single-precision pair terms): trunc(d * 2^19) summed in int32,
+# so the loop runs as many lanes as float32 does (an int64 sum halves them); resolution
+# 2^-19 = 1.9e-6 eps per pair, the size of the single-precision error of the pair energies
+# themselves (truncation is odd, so d(reverse move) = -d(move) still holds bit for bit).
+# Harmonic (double-precision pair terms): trunc(d * 2^32) in int64.  |d| must stay below
+# lim = 2^31 / (2^19 max_row) (LJ, about 10 eps) or 2^30 / max_row (harmonic): no integer
+# overflow; a row with a larger change (a trial move into a near overlap, rejected anyway at
+# any sensible T) is re-summed in floating point by _row_de_float.
 _PAD = 8                    # segment capacities are multiples of this (SIMD blocks)
 _FX = 4294967296.0          # 2^32
-_FX32 = np.float32(_FX)
 _FX_INV = 1.0 / _FX
+_FXL32 = np.float32(524288.0)   # 2^19
+_FXL_INV = 1.0 / 524288.0
 
 
 @njit(cache=True)
 def _fx_limits(max_row):
     lim = 1073741824.0 / max(max_row, 1)   # 2^30 / max_row: |sum| < 2^62
-    return lim, np.float32(lim)
+    # 2^31 / 2^19 / max_row, less a margin for the float32 rounding of the bound itself
+    lim32 = np.float32(4096.0 * (1.0 - 1e-6) / max(max_row, 1))
+    return lim, lim32
 
 
 @njit(cache=True, inline="always")
@@ -859,9 +889,10 @@ def _moves(i0, measuring, pos, init, ref, qx, qy, qz, types, box, S, kind, sig, 
             nz = fs[_PZ]
             ist[_PENDING] = 0
         else:
-            nx = ox + step * (2.0 * _uniform(rng) - 1.0)
-            ny = oy + step * (2.0 * _uniform(rng) - 1.0)
-            nz = oz + step * (2.0 * _uniform(rng) - 1.0)
+            wx, wy, wz = _cube3(rng)
+            nx = ox + step * wx
+            ny = oy + step * wy
+            nz = oz + step * wz
         ux = nx - init[i, 0]
         uy = ny - init[i, 1]
         uz = nz - init[i, 2]
@@ -921,6 +952,7 @@ def _moves(i0, measuring, pos, init, ref, qx, qy, qz, types, box, S, kind, sig, 
             qnz = np.float32(nz - rz)
             overlaps = False  # OR reductions: full SIMD width (an int64 count halves it)
             acc_fx = np.int64(0)
+            acc32 = np.int32(0)
             n_big = False
             for s in range(S):
                 a = np.uint64(seg_base[i * S + s])
@@ -948,7 +980,9 @@ def _moves(i0, measuring, pos, init, ref, qx, qy, qz, types, box, S, kind, sig, 
                                           qox, qoy, qoz, qnx, qny, qnz)
                         d = _lj_de32(ro, rn, c_s2, c_e4, c_sh, c_rc32)
                         n_big |= not (abs(d) < lim32)
-                        acc_fx += np.int64(d * _FX32)
+                        # int32 lanes: twice the SIMD width of an int64 sum (numba widens
+                        # int32 + int32 to int64; the cast lets LLVM keep the add in 32 bits)
+                        acc32 = np.int32(acc32 + np.int32(d * _FXL32))
                 else:
                     c_rc = rc2[ti, s]
                     c_is = 1.0 / sig[ti, s]
@@ -967,7 +1001,7 @@ def _moves(i0, measuring, pos, init, ref, qx, qy, qz, types, box, S, kind, sig, 
                 accepted = not overlaps
             else:
                 if not n_big:
-                    de = acc_fx * _FX_INV
+                    de = acc32 * _FXL_INV if kind == 0 else acc_fx * _FX_INV
                 else:  # a pair energy change beyond the fixed-point range: sum in floating point
                     de = _row_de_float(i, ti, S, kind, sig, sig2, eps, eps4, esh, rc2, qx, qy, qz,
                                        qnx, qny, qnz, seg_base, seg_cnt, nbj, ex, ey, ez)
