@@ -715,10 +715,11 @@ def _list_errors(pos, ref, qx, qy, qz, types, box, S, lcut2, seg_base, seg_cnt, 
 # Row sums in fixed point: every pair's energy change d is added as an integer, so the sum is
 # exact and independent of the order and of the SIMD width -- and, being an integer reduction
 # without stores, the row loop (neighbour coordinates gathered through nbj) is vectorised by
-# LLVM without fastmath.  LJ (single-precision pair terms): trunc(d * 2^19) summed in int32,
-# so the loop runs as many lanes as float32 does (an int64 sum halves them); resolution
-# 2^-19 = 1.9e-6 eps per pair, the size of the single-precision error of the pair energies
-# themselves (truncation is odd, so d(reverse move) = -d(move) still holds bit for bit).
+# LLVM without fastmath.  LJ (single-precision pair terms): x = d * 2^19 is split exactly into
+# h = trunc(x) and trunc((x - h) * 2^12), each summed in int32, so the loop runs as many lanes
+# as float32 does (an int64 sum halves them) at a resolution of 2^-31 eps per pair, far below
+# the single-precision error of the pair energies (truncation is odd, so d(reverse move) =
+# -d(move) still holds bit for bit).
 # Harmonic (double-precision pair terms): trunc(d * 2^32) in int64.  |d| must stay below
 # lim = 2^31 / (2^19 max_row) (LJ, about 10 eps) or 2^30 / max_row (harmonic): no integer
 # overflow; a row with a larger change (a trial move into a near overlap, rejected anyway at
@@ -728,6 +729,8 @@ _FX = 4294967296.0          # 2^32
 _FX_INV = 1.0 / _FX
 _FXL32 = np.float32(524288.0)   # 2^19
 _FXL_INV = 1.0 / 524288.0
+_FXLO32 = np.float32(4096.0)    # fraction of d * 2^19 in units of 2^-12
+_FXLO_INV = 1.0 / 2147483648.0  # 2^-31
 
 
 @njit(cache=True)
@@ -953,6 +956,7 @@ def _moves(i0, measuring, pos, init, ref, qx, qy, qz, types, box, S, kind, sig, 
             overlaps = False  # OR reductions: full SIMD width (an int64 count halves it)
             acc_fx = np.int64(0)
             acc32 = np.int32(0)
+            acc_lo = np.int32(0)
             n_big = False
             for s in range(S):
                 a = np.uint64(seg_base[i * S + s])
@@ -982,7 +986,14 @@ def _moves(i0, measuring, pos, init, ref, qx, qy, qz, types, box, S, kind, sig, 
                         n_big |= not (abs(d) < lim32)
                         # int32 lanes: twice the SIMD width of an int64 sum (numba widens
                         # int32 + int32 to int64; the cast lets LLVM keep the add in 32 bits)
-                        acc32 = np.int32(acc32 + np.int32(d * _FXL32))
+                        # exact split of d * 2^19 into integer + fraction, the fraction in
+                        # 2^-12 units: 2^-31 resolution overall, so the running energy does not
+                        # random-walk (a 2^-19 truncation alone drifted 1e-6 relative in 1e5
+                        # accepted moves)
+                        x = d * _FXL32
+                        h = np.int32(x)
+                        acc32 = np.int32(acc32 + h)
+                        acc_lo = np.int32(acc_lo + np.int32((x - np.float32(h)) * _FXLO32))
                 else:
                     c_rc = rc2[ti, s]
                     c_is = 1.0 / sig[ti, s]
@@ -1001,7 +1012,8 @@ def _moves(i0, measuring, pos, init, ref, qx, qy, qz, types, box, S, kind, sig, 
                 accepted = not overlaps
             else:
                 if not n_big:
-                    de = acc32 * _FXL_INV if kind == 0 else acc_fx * _FX_INV
+                    de = (acc32 * _FXL_INV + acc_lo * _FXLO_INV) if kind == 0 \
+                        else acc_fx * _FX_INV
                 else:  # a pair energy change beyond the fixed-point range: sum in floating point
                     de = _row_de_float(i, ti, S, kind, sig, sig2, eps, eps4, esh, rc2, qx, qy, qz,
                                        qnx, qny, qnz, seg_base, seg_cnt, nbj, ex, ey, ez)
