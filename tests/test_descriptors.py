@@ -1,4 +1,5 @@
 """Tests of glasshpc.structure.descriptors against brute-force O(N²) numpy definitions (SCIENCE.md §4)."""
+import dataclasses
 import numpy as np
 import pytest
 from scipy.special import sph_harm_y  # scipy >= 1.15: sph_harm_y(l, m, theta_polar, phi_azimuth)
@@ -489,3 +490,6 @@ def test_small_box_sums_over_all_periodic_images():
                                    ) ** 2 / z ** 2
             np.testing.assert_allclose(x[:, col], np.sqrt(4 * np.pi / (2 * l + 1) * acc), rtol=0, atol=1e-10)
             col += 1
+    # without generations only the originals' rows are computed in the replicated box: the same bits
+    x0 = compute_descriptors(unwrapped, types, box, dataclasses.replace(spec, generations=0))
+    assert np.array_equal(x0, x[:, :x0.shape[1]])
