@@ -771,17 +771,12 @@ def _value(f, value, key):
                 raise ConfigError(f"{key}[{i}]", f"must be a snapshot index (integer) or a file "
                                                  f"name (string), got {brief(v)}")
         return tuple(value)
-    if kind == "index_or_auto":
+    if kind in ("index_or_auto", "int_or_auto"):
         if value == AUTO:
             return AUTO
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ConfigError(key, f"must be 'auto' or an index ≥ 0, got {brief(value)}")
-        return value
-    if kind == "int_or_auto":
-        if value == AUTO:
-            return AUTO
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(key, f"must be 'auto' or a positive integer, got {value!r}")
+        least, what = (0, "an index ≥ 0") if kind == "index_or_auto" else (1, "a positive integer")
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ConfigError(key, f"must be 'auto' or {what}, got {brief(value)}")
         return value
     if isinstance(kind, tuple) and kind[0] == "list":
         if not isinstance(value, list) or not value:
