@@ -71,7 +71,7 @@ from .learn import barriers as br
 from .learn import softness as sm
 from .models import get_model
 from .parallel import MPI, task_rng
-from .stages import descriptor_spec, run_pooled
+from .stages import descriptor_spec, run_pooled, snapshot_layout
 from .structure.descriptors import compute_descriptors
 
 
@@ -172,11 +172,8 @@ class Plan:
         lay = {}
         for k, p in enumerate(self.points):
             S, d = self.S[k], p.prefix + "softness/data/"
+            lay.update(snapshot_layout(S, N, p.prefix))
             lay.update({
-                p.prefix + "snapshots/positions": ((S, N, 3), np.float64),
-                p.prefix + "snapshots/types": ((S, N), np.int32),
-                p.prefix + "snapshots/box": ((S, 3), np.float64),
-                p.prefix + "snapshots/sq_AA": ((S, len(_q_edges()) - 1), np.float64),
                 d + "features": ((S, K, N, M), np.float32),
                 d + "rearranged": ((S, K, N), np.int8),
                 d + "snapshot_features": ((S, N, M), np.float32),
@@ -193,11 +190,6 @@ class Plan:
     def read(self, store, k, name, slot):
         """Dataset ``name`` (relative to the state point) at ``slot`` of state point k."""
         return store.read(self.points[k].prefix + name, slot)
-
-
-def _q_edges():
-    from .stages import Q_EDGES
-    return Q_EDGES
 
 
 def plan_text(cfg, points, ctx):

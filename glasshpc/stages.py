@@ -118,16 +118,21 @@ def prep_steps(cfg):
     return sum(round(t / md.timestep) for t in (md.melt_time, md.nvt_time, md.nve_time))
 
 
+def snapshot_layout(S, N, prefix=""):
+    """Datasets of the snapshot stage (:func:`snapshots`) for S snapshots of N particles."""
+    return {prefix + "snapshots/positions": ((S, N, 3), np.float64),
+            prefix + "snapshots/types": ((S, N), np.int32),
+            prefix + "snapshots/box": ((S, 3), np.float64),
+            prefix + "snapshots/sq_AA": ((S, len(Q_EDGES) - 1), np.float64)}
+
+
 def layout(cfg, n_features):
     """Datasets written by tasks: name → (shape, dtype). The leading axes are the task slots."""
     S, R, N = cfg.snapshots.count, cfg.iso.replicas, cfg.model.n_particles
     T = len(cfg.replica_steps())
     n_species = len(get_model(cfg.model.name).species)
     out = {
-        "snapshots/positions": ((S, N, 3), np.float64),
-        "snapshots/types": ((S, N), np.int32),
-        "snapshots/box": ((S, 3), np.float64),
-        "snapshots/sq_AA": ((S, len(Q_EDGES) - 1), np.float64),
+        **snapshot_layout(S, N),
         "propensity": ((S, T, N), np.float64),
         "dynamics/fs": ((S, n_species, T), np.float64),
         "dynamics/msd": ((S, n_species, T), np.float64),
