@@ -236,6 +236,11 @@ class CageConfig:
                                  hi=MAX_SWEEPS)
     target_acceptance: float = _f(0.3, "acceptance the trial step is tuned to", lo=0.0, hi=1.0,
                                   lo_open=True, hi_open=True)
+    moves_per_visit: int = _f(4, "trial moves of a particle per visit (its neighbours gathered "
+                                 "once per visit: KA 1.9×, hard spheres 1.7× the moves/s of one "
+                                 "move per visit, bench/bench_cage.py); a pass over all particles "
+                                 "is this many sweeps, the sweep counts are rounded up to whole "
+                                 "passes, and r^CS averages one sample per pass", lo=1, hi=64)
     chains: int = _f(1, "independent MC chains per snapshot, each with its own seed from "
                         "task_rng(seed, 'cage', snapshot, chain) (chain 0: task_rng(seed, 'cage', "
                         "snapshot), the single-chain seed); r^CS is their average: the constrained "

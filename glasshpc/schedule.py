@@ -155,18 +155,20 @@ def _calibrate(cfg, repeats):
         sigma = get_model(m.name).sigma_self()
         c = cfg.cage
 
-        def chain(sweeps):
-            cage_state(pos, types, box, potential, m.temperature, 2, sweeps, 1, cage=c.cage,
+        kv = c.moves_per_visit   # sweeps per pass: the chains below are whole passes
+
+        def chain(sweeps):   # one pass of equilibration
+            cage_state(pos, types, box, potential, m.temperature, kv, sweeps, 1, cage=c.cage,
                        cage_radius=c.radius * sigma, cage_sigma=sigma,
-                       target_acceptance=c.target_acceptance)
-        chain(1)   # compiles (cache) once
+                       target_acceptance=c.target_acceptance, moves_per_visit=kv)
+        chain(kv)   # compiles (cache) once
         # the long chain ≈ 2·10⁶ more trial moves than the short one: ≈ 0.5 s, well above the noise
-        short = 4
-        long_ = short + max(20, int(2e6 / N))
+        short = kv
+        long_ = short + kv * -(-max(20, int(2e6 / N)) // kv)
         t_s = _best_worst(lambda: chain(short), repeats)
         t_l = _best_worst(lambda: chain(long_), repeats)
         per = tuple(max(1e-12, (t_l[i] - t_s[i]) / ((long_ - short) * N)) for i in (0, 1))
-        fixed = tuple(max(0.0, t_s[i] - (short + 2) * N * per[i]) for i in (0, 1))
+        fixed = tuple(max(0.0, t_s[i] - (short + kv) * N * per[i]) for i in (0, 1))
         out["cage_move"], out["cage_fixed"] = per, fixed
     from .structure.descriptors import compute_descriptors
     spec = st.descriptor_spec(cfg, 1.5 if cfg.descriptors.r_generation == "auto"

@@ -611,7 +611,7 @@ def cage_part(points, store, cost=None):
                           v.read("snapshots/box", (s,)), potential, p.cfg.model.temperature,
                           c.equilibration_sweeps, c.measurement_sweeps, cage_seed(p.cfg, s, k),
                           cage=c.cage, cage_radius=c.radius * sigma, cage_sigma=sigma,
-                          target_acceptance=c.target_acceptance)
+                          target_acceptance=c.target_acceptance, moves_per_visit=c.moves_per_visit)
 
     def write_halves(v, s, k, res, init, types):
         v.write(conv + "half_positions", (s, k), res["half_positions"])
@@ -621,8 +621,10 @@ def cage_part(points, store, cost=None):
         for name in ("half_pearson", "shift", "shift_se"):
             v.write(conv + name, (s, k), d[name.replace("half_", "")])
 
-    def write_rhat(v, s, halves, variances):   # half lengths h, n − h: mean n / 2 sweeps
-        v.write(conv + "rhat", (s,), split_rhat(halves, variances, c.measurement_sweeps / 2))
+    passes = -(-c.measurement_sweeps // c.moves_per_visit)   # one sample per pass
+
+    def write_rhat(v, s, halves, variances):   # half lengths h, P − h: mean P / 2 samples
+        v.write(conv + "rhat", (s,), split_rhat(halves, variances, passes / 2))
 
     def write_state(v, s, positions, displacement, acceptance, step):
         v.write("states/cage/positions", (s,), positions)

@@ -85,7 +85,7 @@ def test_in_cage_matches_brute_force(ka400):
 def test_no_accepted_position_leaves_the_cell(ka400):
     pos, t, box = ka400
     pot = PairPotential.kob_andersen()
-    r = cage_state(pos, t, box, pot, 0.44, 20, 60, seed=3, record_every=3, debug=True)
+    r = cage_state(pos, t, box, pot, 0.44, 20, 60, seed=3, record_every=4, debug=True)
     assert r["violations"] == 0
     off, nb, _ = cage_neighbors(pos, box)
     sigc = np.array([1.0, 0.88])[t]
@@ -114,7 +114,7 @@ def test_ideal_particle_uniform_in_sphere():
     pos, t, box = lattice_config(n, 0.5, 0.0, seed=1)
     # skin 2R + 0.05: no re-centring, the step may grow to R
     r = cage_state(pos, t, box, IDEAL, 1.0, 20, 2000, seed=7, cage="sphere", cage_radius=R,
-                   cage_sigma=1.0, record_every=5, debug=True, skin=2 * R + 0.05)
+                   cage_sigma=1.0, record_every=4, debug=True, skin=2 * R + 0.05)
     assert r["violations"] == 0
     assert 0.2 < r["acceptance"] < 0.4
     u = (r["samples"] - pos[None]).reshape(-1, 3)
@@ -137,7 +137,7 @@ def test_ideal_particle_in_voronoi_cell_averages_to_centroid(ka400):
     """No interactions: r^CS must be the centroid of the Eq. 10 cell (rejection sampling)."""
     pos, t, box = ka400
     sigc = np.array([1.0, 0.88])
-    r = cage_state(pos, t, box, IDEAL, 1.0, 50, 3000, seed=5, cage_sigma=sigc, record_every=1,
+    r = cage_state(pos, t, box, IDEAL, 1.0, 50, 3000, seed=5, cage_sigma=sigc, record_every=4,
                    skin=1.2)  # big step allowed (cap skin / (2 sqrt 3)) for the empty cells
     off, nb, vec = cage_neighbors(pos, box)
     rng = np.random.default_rng(0)
@@ -206,12 +206,12 @@ def test_two_seeds_agree_ka():
     T = 2.0
     pos = cage_state(pos, t, box, pot, T, 200, 1, seed=11, cage="sphere", cage_radius=1.0)["final"]
     runs = [cage_state(pos, t, box, pot, T, 100, 500, seed=s, cage="sphere", cage_radius=0.2,
-                       record_every=1) for s in (1, 2)]
+                       record_every=4) for s in (1, 2)]
     for r in runs:
         assert np.allclose(r["samples"].mean(0), r["positions"])
         assert r["n_rebuilds"] == 0  # Verlet list (skin 2R + 0.05) built once
     # global averages: energy per particle and mean cage displacement
-    E = [np.array([total_energy(c, t, box, pot) for c in r["samples"][::5]]) / 400 for r in runs]
+    E = [np.array([total_energy(c, t, box, pot) for c in r["samples"]]) / 400 for r in runs]
     se = np.hypot(_block_se(E[0]), _block_se(E[1]))
     assert abs(E[0].mean() - E[1].mean()) < 4 * se
     se_i = [_block_se(r["samples"]) for r in runs]
@@ -240,8 +240,8 @@ def test_far_periodic_images_give_the_same_cage_state(ka400):
     pos, t, box = ka400
     pot = PairPotential.kob_andersen(shift=True)
     far = np.random.default_rng(3).integers(-300, 300, pos.shape) * box
-    a = cage_state(pos, t, box, pot, 0.5, 5, 5, seed=4, record_every=5)
-    b = cage_state(pos + far, t, box, pot, 0.5, 5, 5, seed=4, record_every=5)
+    a = cage_state(pos, t, box, pot, 0.5, 5, 5, seed=4, record_every=4)
+    b = cage_state(pos + far, t, box, pot, 0.5, 5, 5, seed=4, record_every=4)
     np.testing.assert_allclose(b["positions"] - far, a["positions"], atol=1e-9)
     np.testing.assert_allclose(b["samples"][0] - far, a["samples"][0], atol=1e-9)
     np.testing.assert_allclose(b["displacement"], a["displacement"], atol=1e-9)
@@ -297,7 +297,7 @@ def test_harmonic_and_hard_spheres():
     hs = PairPotential.hard_spheres()
     assert np.isfinite(total_energy(pos, t, box, hs))
     # skin 0.8: the step cap skin/(2 sqrt 3) must not bind in this dilute test system
-    r = cage_state(pos, t, box, hs, 1.0, 10, 20, seed=2, record_every=5, debug=True, skin=0.8)
+    r = cage_state(pos, t, box, hs, 1.0, 10, 20, seed=2, record_every=4, debug=True, skin=0.8)
     assert r["violations"] == 0 and 0.1 < r["acceptance"] < 0.6
     for conf in list(r["samples"]) + [r["final"]]:
         assert brute_energy(conf, t, box, hs) == 0.0
@@ -412,7 +412,8 @@ def _energies_all_pairs(confs, t, box, eps, sig, rc):
 def test_kernel_matches_reference_mc(cage):
     """Acceptance, <E>, <|r - r^init|^2> and the mean cage-state displacement of the fast
     kernel agree with the brute-force reference MC within statistical errors (KA, N = 200,
-    unshifted LJ, fixed step)."""
+    unshifted LJ, fixed step), with one trial move per particle visit and with the default
+    four (the reference picks a random particle per move)."""
     pos, t, box = lattice_config(200, 1.2, 0.2, seed=8)
     pot = PairPotential.kob_andersen()
     T, step, n_sw = 1.0, 0.12, 1500
@@ -421,21 +422,24 @@ def test_kernel_matches_reference_mc(cage):
     off, nb, _ = cage_neighbors(pos, box)
     ref = _reference_mc(pos.copy(), pos, t, box, pot.epsilon, pot.sigma, pot.cutoff, T, 0.3,
                         step, n_sw, 5, off, nb, sigc, cage == "voronoi")
-    r = cage_state(pos, t, box, pot, T, 0, n_sw, seed=6, cage=cage, cage_radius=0.3,
-                   cage_sigma=np.array([1.0, 0.88]), step=step, skin=0.5, record_every=1)
-    assert r["step"] == step
-    e_k = _energies_all_pairs(r["samples"], t, box, pot.epsilon, pot.sigma, pot.cutoff)
-    assert e_k[-1] == pytest.approx(brute_energy(r["samples"][-1], t, box, pot), rel=1e-12)
-    d2_k = np.mean(np.sum((r["samples"] - pos) ** 2, axis=2), axis=1)
-    burn = 100  # both chains start from the same configuration: drop the transient
-    for name, a, b in (("energy", e_k[burn:], ref[1][burn:]), ("msd", d2_k[burn:], ref[2][burn:])):
-        se = np.hypot(_block_se(a, 20), _block_se(b, 20))
-        assert abs(a.mean() - b.mean()) < 4 * se, (name, a.mean(), b.mean(), se)
-    # acceptance: binomial-like error inflated by correlations; 1 % absolute is ~ 5 sigma
-    assert abs(r["acceptance"] - ref[0]) < 0.01, (r["acceptance"], ref[0])
-    dr_k = np.linalg.norm(r["positions"] - pos, axis=1).mean()
-    dr_ref = np.linalg.norm(ref[3] - pos, axis=1).mean()
-    assert abs(dr_k - dr_ref) < 0.1 * dr_ref, (dr_k, dr_ref)
+    burn = 100  # sweeps; both chains start from the same configuration: drop the transient
+    for k in (1, 4):
+        r = cage_state(pos, t, box, pot, T, 0, n_sw, seed=6, cage=cage, cage_radius=0.3,
+                       cage_sigma=np.array([1.0, 0.88]), step=step, skin=0.5, record_every=k,
+                       moves_per_visit=k)
+        assert r["step"] == step and r["sweeps"] == (0, n_sw)
+        e_k = _energies_all_pairs(r["samples"], t, box, pot.epsilon, pot.sigma, pot.cutoff)
+        assert e_k[-1] == pytest.approx(brute_energy(r["samples"][-1], t, box, pot), rel=1e-12)
+        d2_k = np.mean(np.sum((r["samples"] - pos) ** 2, axis=2), axis=1)
+        for name, a, b in (("energy", e_k[burn // k:], ref[1][burn:]),
+                           ("msd", d2_k[burn // k:], ref[2][burn:])):
+            se = np.hypot(_block_se(a, 20), _block_se(b, 20))
+            assert abs(a.mean() - b.mean()) < 4 * se, (k, name, a.mean(), b.mean(), se)
+        # acceptance: binomial-like error inflated by correlations; 1 % absolute is ~ 5 sigma
+        assert abs(r["acceptance"] - ref[0]) < 0.01, (k, r["acceptance"], ref[0])
+        dr_k = np.linalg.norm(r["positions"] - pos, axis=1).mean()
+        dr_ref = np.linalg.norm(ref[3] - pos, axis=1).mean()
+        assert abs(dr_k - dr_ref) < 0.1 * dr_ref, (k, dr_k, dr_ref)
 
 
 def test_chain_releases_the_gil_for_the_progress_thread(ka400):
@@ -457,7 +461,7 @@ def test_chain_releases_the_gil_for_the_progress_thread(ka400):
     t0 = time.perf_counter()
     th = threading.Thread(target=tick)
     th.start()
-    cage_state(pos, t, box, pot, 0.6, 300, 300, seed=2)
+    cage_state(pos, t, box, pot, 0.6, 1500, 1500, seed=2)
     t1 = time.perf_counter()
     stop.set()
     th.join()
@@ -486,10 +490,10 @@ def test_rewritten_kernel_samples_what_the_old_kernel_sampled():
     cs = {"old": ref["old_cs"], "old2": ref["old2_cs"]}
     E = {"old": ref["old_energy"], "old2": ref["old2_energy"]}
     for lab, seed in (("new", 2), ("new2", 3), ("hot", 5)):
-        r = cage_state(pos, t, box, pot, T * (1.2 if lab == "hot" else 1.0), n_eq, n_me,
-                       seed=seed, record_every=2)
+        r = cage_state(pos, t, box, pot, T * (1.3 if lab == "hot" else 1.0), n_eq, n_me,
+                       seed=seed, record_every=4)
         cs[lab] = r["positions"]
-        E[lab] = np.array([total_energy(c, t, box, pot) for c in r["samples"][::5]]) / len(pos)
+        E[lab] = np.array([total_energy(c, t, box, pot) for c in r["samples"][::2]]) / len(pos)
 
     def rms(a, b):
         return np.sqrt(np.mean((cs[a] - cs[b]) ** 2))
@@ -503,5 +507,5 @@ def test_rewritten_kernel_samples_what_the_old_kernel_sampled():
     m_new = 0.5 * (E["new"].mean() + E["new2"].mean())
     se = 0.5 * np.sqrt(sum(_block_se(E[k]) ** 2 for k in ("old", "old2", "new", "new2")))
     assert abs(m_old - m_new) < 4 * se, (m_old, m_new, se)
-    # the energy check discriminates: 20 % hotter lies far outside the bound
+    # the energy check discriminates: 30 % hotter lies far outside the bound
     assert E["hot"].mean() - m_new > 4 * se, (E["hot"].mean(), m_new, se)

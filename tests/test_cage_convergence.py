@@ -21,23 +21,25 @@ def ka300():
 
 
 def test_half_sums_and_split_rhat_match_the_recorded_samples(ka300):
-    """The kernel's half-way sums equal averages of the recorded configurations, and split_rhat
-    equals R̂ computed directly from those samples (odd length: halves of 24 and 25 sweeps)."""
+    """The kernel's half-way sums equal averages of the recorded configurations (one per pass of
+    4 sweeps), and split_rhat equals R̂ computed directly from those samples (49 sweeps: 13
+    passes, odd: halves of 6 and 7 samples)."""
     pos, t, box = ka300
     pot = PairPotential.kob_andersen()
-    runs = [cage_state(pos, t, box, pot, 0.6, 20, 49, seed=s, record_every=1) for s in (1, 2)]
+    runs = [cage_state(pos, t, box, pot, 0.6, 20, 49, seed=s, record_every=4) for s in (1, 2)]
     subs = []
     for r in runs:
-        smp = r["samples"]                                     # (49, N, 3)
-        assert r["half_sweeps"] == (24, 25)
-        np.testing.assert_allclose(r["half_positions"][0], smp[:24].mean(0), rtol=0, atol=1e-12)
-        np.testing.assert_allclose(r["half_positions"][1], smp[24:].mean(0), rtol=0, atol=1e-12)
-        np.testing.assert_allclose(r["half_variance"][1], smp[24:].var(0, ddof=1).mean(1),
+        smp = r["samples"]                                     # (13, N, 3)
+        assert r["half_samples"] == (6, 7) and r["half_sweeps"] == (24, 28)
+        assert r["sweeps"] == (20, 52) and len(smp) == 13
+        np.testing.assert_allclose(r["half_positions"][0], smp[:6].mean(0), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(r["half_positions"][1], smp[6:].mean(0), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(r["half_variance"][1], smp[6:].var(0, ddof=1).mean(1),
                                    rtol=1e-8, atol=1e-15)
-        subs += [smp[:24], smp[24:]]
+        subs += [smp[:6], smp[6:]]
     W = np.mean([s.var(0, ddof=1).mean(1) for s in subs], axis=0)
     B_n = np.var([s.mean(0) for s in subs], axis=0, ddof=1).mean(1)
-    n = 24.5
+    n = 6.5
     direct = np.sqrt(((n - 1) / n * W + B_n) / W)
     got = split_rhat(np.stack([r["half_positions"] for r in runs]),
                      np.stack([r["half_variance"] for r in runs]), n)
@@ -53,7 +55,8 @@ def _chains(ka300, n_equil, n_measure):
                        seed=s, cage="sphere", cage_radius=0.15) for s in (1, 2)]
     d = [half_diagnostics(r["half_positions"], pos, t, 2) for r in runs]
     rhat = split_rhat(np.stack([r["half_positions"] for r in runs]),
-                      np.stack([r["half_variance"] for r in runs]), n_measure / 2)
+                      np.stack([r["half_variance"] for r in runs]),
+                      np.mean(runs[0]["half_samples"]))
     return convergence_summary(
         np.stack([x["displacement"] for x in d])[None], np.stack([x["pearson"] for x in d])[None],
         np.stack([x["shift"] for x in d])[None], np.stack([x["shift_se"] for x in d])[None],

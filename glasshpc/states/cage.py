@@ -744,63 +744,50 @@ def _fx_limits(max_row):
 
 
 @njit(cache=True, inline="always")
-def _lj_de32(ro, rn, c_s2, c_e4, c_sh, c_rc32):
-    """V(r_n) - V(r_o) of one LJ pair in single precision from the squared distances (one
-    division for both: 1/r_o^2 = r_n^2 / (r_o^2 r_n^2))."""
-    w = c_s2 / (ro * rn)
-    qo = w * rn
-    qn = w * ro
-    qo = qo * qo * qo
-    qn = qn * qn * qn
-    zero = np.float32(0.0)
-    vo = c_e4 * (qo * qo - qo) - c_sh
-    vn = c_e4 * (qn * qn - qn) - c_sh
-    return (vn if rn < c_rc32 else zero) - (vo if ro < c_rc32 else zero)
+def _r2(ex, ey, ez, x, y, z):
+    """Squared distance of a neighbour at (ex, ey, ez) from (x, y, z) (scalars only: array
+    arguments of inlined helpers would cost reference counting)."""
+    ax = ex - x
+    ay = ey - y
+    az = ez - z
+    return ax * ax + ay * ay + az * az
 
 
 @njit(cache=True, inline="always")
-def _harmonic_de(ro, rn, c_is, c_ep, c_rc):
-    wo = 1.0 - np.sqrt(ro) * c_is
-    wn = 1.0 - np.sqrt(rn) * c_is
-    return (c_ep * wn * wn if rn < c_rc else 0.0) - (c_ep * wo * wo if ro < c_rc else 0.0)
+def _lj_v32(r2, c_s2, c_e4, c_sh, c_rc32):
+    """V(r) of one LJ pair in single precision from the squared distance (0 beyond the
+    cutoff)."""
+    q = c_s2 / r2
+    q = q * q * q
+    return c_e4 * (q * q - q) - c_sh if r2 < c_rc32 else np.float32(0.0)
+
+
+@njit(cache=True, inline="always")
+def _harmonic_v(r2, c_is, c_ep, c_rc):
+    w = 1.0 - np.sqrt(r2) * c_is
+    return c_ep * w * w if r2 < c_rc else 0.0
 
 
 @njit(cache=True)
-def _row_de_float(i, ti, S, kind, sig, sig2, eps, eps4, esh, rc2, qx, qy, qz, qnx, qny, qnz,
-                  seg_base, seg_cnt, nbj, ex, ey, ez):
-    """The row's energy change summed sequentially in double precision (same pair terms as
-    the fixed-point loop of _moves); for rows with a pair change beyond the fixed-point range."""
-    de = 0.0
+def _row_e_float(i, ti, S, kind, sig, sig2, eps, eps4, esh, rc2, x, y, z, seg_base, seg_cnt,
+                 bx, by, bz):
+    """The row energy of i at (x, y, z) (relative to ref_i) summed sequentially in double
+    precision over the visit buffer (same pair terms as the fixed-point loops of _moves); for
+    rows with a pair energy beyond the fixed-point range."""
+    e = 0.0
+    base = seg_base[i * S]
     for s in range(S):
-        a = seg_base[i * S + s]
-        for k in range(a, a + seg_cnt[i * S + s]):
-            j = nbj[k]
-            tx = ex[k] + qx[j]
-            ty = ey[k] + qy[j]
-            tz = ez[k] + qz[j]
+        o = seg_base[i * S + s] - base
+        for b in range(o, o + seg_cnt[i * S + s]):
             if kind == 0:
-                ro, rn = _pair_r2(tx, ty, tz, qx[i], qy[i], qz[i], qnx, qny, qnz)
-                de += _lj_de32(ro, rn, np.float32(sig2[ti, s]), np.float32(eps4[ti, s]),
-                               np.float32(esh[ti, s]), np.float32(rc2[ti, s]))
+                e += _lj_v32(_r2(bx[b], by[b], bz[b], x, y, z), np.float32(sig2[ti, s]),
+                             np.float32(eps4[ti, s]), np.float32(esh[ti, s]),
+                             np.float32(rc2[ti, s]))
             else:
-                ro, rn = _pair_r2(np.float64(tx), np.float64(ty), np.float64(tz),
-                                  np.float64(qx[i]), np.float64(qy[i]), np.float64(qz[i]),
-                                  np.float64(qnx), np.float64(qny), np.float64(qnz))
-                de += _harmonic_de(ro, rn, 1.0 / sig[ti, s], eps[ti, s], rc2[ti, s])
-    return de
-
-
-@njit(cache=True, inline="always")
-def _pair_r2(ex, ey, ez, ox, oy, oz, x, y, z):
-    """Squared distances of a neighbour at (ex, ey, ez) from the old and the trial position
-    (scalars only: array arguments of inlined helpers would cost reference counting)."""
-    ax = ex - ox
-    ay = ey - oy
-    az = ez - oz
-    bx = ex - x
-    by = ey - y
-    bz = ez - z
-    return ax * ax + ay * ay + az * az, bx * bx + by * by + bz * bz
+                e += _harmonic_v(_r2(np.float64(bx[b]), np.float64(by[b]), np.float64(bz[b]),
+                                     np.float64(x), np.float64(y), np.float64(z)),
+                                 1.0 / sig[ti, s], eps[ti, s], rc2[ti, s])
+    return e
 
 
 # --------------------------------------------------------------------------- cage tests
@@ -859,6 +846,7 @@ def in_cage(point, i, positions_init, box, cage_offsets, cage_neighbors, sigma_c
 
 # --------------------------------------------------------------------------- the MC kernel
 
+MOVES_PER_VISIT = 4  # trial moves per particle visit (cage_state's moves_per_visit)
 _SLACK = 1.3  # segment capacity / largest count at a global rebuild (room for re-centring)
 # Hard spheres: trial moves closer than sigma_ij (1 + _HS_MARGIN) are rejected; the margin
 # exceeds the single-precision error of the pair vectors (< 5e-7 sigma), so no accepted
@@ -866,7 +854,7 @@ _SLACK = 1.3  # segment capacity / largest count at a global rebuild (room for r
 _HS_MARGIN = 1e-6
 # slots of the small state arrays shared by _moves and _mc_kernel
 _ENERGY, _STEP, _PX, _PY, _PZ = 0, 1, 2, 3, 4
-_BLOCK_MOVES, _BLOCK_ACC, _SWEEP_ACC, _RECENTRED, _VIOLATIONS, _PENDING = 0, 1, 2, 3, 4, 5
+_BLOCK_MOVES, _BLOCK_ACC, _SWEEP_ACC, _RECENTRED, _VIOLATIONS, _PENDING, _TRIAL = range(7)
 
 
 @njit(cache=True, error_model="numpy")
@@ -874,7 +862,7 @@ def _moves(i0, measuring, pos, init, ref, qx, qy, qz, types, box, S, kind, sig, 
            rc2, esh, lcut2, beta, cage_mode, coff, cvx, cvy, cvz, csc2, cnb, sigc, rad2, rin2,
            allpairs, half_skin2, step_max, target, block_len, debug, rng, fs, ist,
            seg_base, seg_cnt, nbj, rev, ix, iy, iz, ex, ey, ez,
-           nc, cell_of, cell_cnt, cell_mem, where, mark, lim, lim32, far):
+           nc, cell_of, cell_cnt, cell_mem, where, mark, lim, lim32, far, kv, bx, by, bz):
     """Trial moves of particles i0 .. N-1 of one sequential sweep.
 
     Returns N when the sweep is done, or the index i of a particle whose move needs a global
@@ -885,169 +873,231 @@ def _moves(i0, measuring, pos, init, ref, qx, qy, qz, types, box, S, kind, sig, 
     n = pos.shape[0]
     step = fs[_STEP]
     for i in range(i0, n):
-        ox = pos[i, 0]
-        oy = pos[i, 1]
-        oz = pos[i, 2]
+        ti = types[i]
+        # the neighbours stay put while i makes its kv trial moves: their coordinates relative
+        # to ref_i (e_k + q_j) are gathered once per visit into the contiguous buffer and the
+        # current row energy is kept, so each trial move streams the buffer and evaluates the
+        # pair terms at the trial position only
+        filled = False
+        e_cur = 0.0
+        t0 = 0
         if ist[_PENDING]:
-            nx = fs[_PX]
-            ny = fs[_PY]
-            nz = fs[_PZ]
-            ist[_PENDING] = 0
-        else:
-            wx, wy, wz = _cube3(rng)
-            nx = ox + step * wx
-            ny = oy + step * wy
-            nz = oz + step * wz
-        ux = nx - init[i, 0]
-        uy = ny - init[i, 1]
-        uz = nz - init[i, 2]
-        u2 = ux * ux + uy * uy + uz * uz
-        if cage_mode == 0 and u2 < rin2[i]:
-            inside = True  # within the ball inscribed in the cell: no face test needed
-        elif cage_mode == 0:  # Eq. 10, branch free over the SANN row
-            a = np.uint64(coff[i])
-            bad = False
-            for u in range(np.uint64(coff[i + 1] - coff[i])):
-                k = a + np.uint64(u)
-                wx = ux - cvx[k]
-                wy = uy - cvy[k]
-                wz = uz - cvz[k]
-                bad |= not (u2 * csc2[k] < wx * wx + wy * wy + wz * wz)
-            inside = not bad
-        else:
-            inside = u2 < rad2[i]
-        accepted = False
-        if inside:
-            rx = ref[i, 0]
-            ry = ref[i, 1]
-            rz = ref[i, 2]
-            if (nx - rx) ** 2 + (ny - ry) ** 2 + (nz - rz) ** 2 > half_skin2:
-                # re-centre i on its current position (within skin/2 of the trial position,
-                # since step <= skin / (2 sqrt 3))
-                ok = False
-                if not allpairs:
-                    ist[_RECENTRED] += 1
-                    ok = _recentre(i, ox, oy, oz, pos, ref, types, box, S, lcut2, seg_base,
-                                   seg_cnt, nbj, rev, ix, iy, iz, ex, ey, ez, nc, cell_of,
-                                   cell_cnt, cell_mem, where, mark, ist[_RECENTRED], far)
-                if not ok:
-                    fs[_PX] = nx
-                    fs[_PY] = ny
-                    fs[_PZ] = nz
-                    ist[_PENDING] = 1
-                    fs[_STEP] = step
-                    return i
+            t0 = ist[_TRIAL]
+        for t in range(t0, kv):
+            ox = pos[i, 0]
+            oy = pos[i, 1]
+            oz = pos[i, 2]
+            if ist[_PENDING]:
+                nx = fs[_PX]
+                ny = fs[_PY]
+                nz = fs[_PZ]
+                ist[_PENDING] = 0
+            else:
+                wx, wy, wz = _cube3(rng)
+                nx = ox + step * wx
+                ny = oy + step * wy
+                nz = oz + step * wz
+            ux = nx - init[i, 0]
+            uy = ny - init[i, 1]
+            uz = nz - init[i, 2]
+            u2 = ux * ux + uy * uy + uz * uz
+            if cage_mode == 0 and u2 < rin2[i]:
+                inside = True  # within the ball inscribed in the cell: no face test needed
+            elif cage_mode == 0:  # Eq. 10, branch free over the SANN row
+                a = np.uint64(coff[i])
+                bad = False
+                for u in range(np.uint64(coff[i + 1] - coff[i])):
+                    k = a + np.uint64(u)
+                    wx = ux - cvx[k]
+                    wy = uy - cvy[k]
+                    wz = uz - cvz[k]
+                    bad |= not (u2 * csc2[k] < wx * wx + wy * wy + wz * wz)
+                inside = not bad
+            else:
+                inside = u2 < rad2[i]
+            accepted = False
+            if inside:
                 rx = ref[i, 0]
                 ry = ref[i, 1]
                 rz = ref[i, 2]
-                qx[i] = 0.0
-                qy[i] = 0.0
-                qz[i] = 0.0
-            # pair vector of entry k (neighbour j) from the old / trial position of i:
-            # e_k + q_j - q_i, all single precision (e_k = ref_j + image - ref_i, q = r - ref);
-            # E_i(new) - E_i(old) from the same loaded coordinates, one division for both LJ
-            # terms (1/r_o^2 = r_n^2 / (r_o^2 r_n^2)); the loops are written out here because
-            # inlined helpers alias the arrays and bring back the reference counting
-            ti = types[i]
-            qox = qx[i]
-            qoy = qy[i]
-            qoz = qz[i]
-            qnx = np.float32(nx - rx)
-            qny = np.float32(ny - ry)
-            qnz = np.float32(nz - rz)
-            overlaps = False  # OR reductions: full SIMD width (an int64 count halves it)
-            acc_fx = np.int64(0)
-            acc32 = np.int32(0)
-            acc_lo = np.int32(0)
-            n_big = False
-            for s in range(S):
-                a = np.uint64(seg_base[i * S + s])
-                # whole blocks of _PAD slots (the unused ones hold far-away neighbours): the
-                # vector loop needs no scalar remainder
-                m = (np.uint64(seg_cnt[i * S + s]) + np.uint64(_PAD - 1)) & ~np.uint64(_PAD - 1)
-                if kind == 2:
-                    c_rc32 = np.float32(rc2[ti, s])
-                    for u in range(m):
-                        k = a + np.uint64(u)
-                        j = np.uint64(nbj[k])
-                        dx = (ex[k] + qx[j]) - qnx
-                        dy = (ey[k] + qy[j]) - qny
-                        dz = (ez[k] + qz[j]) - qnz
-                        overlaps |= (dx * dx + dy * dy + dz * dz) < c_rc32
-                elif kind == 0:
-                    c_s2 = np.float32(sig2[ti, s])
-                    c_e4 = np.float32(eps4[ti, s])
-                    c_sh = np.float32(esh[ti, s])
-                    c_rc32 = np.float32(rc2[ti, s])
-                    for u in range(m):
-                        k = a + np.uint64(u)
-                        j = np.uint64(nbj[k])
-                        ro, rn = _pair_r2(ex[k] + qx[j], ey[k] + qy[j], ez[k] + qz[j],
-                                          qox, qoy, qoz, qnx, qny, qnz)
-                        d = _lj_de32(ro, rn, c_s2, c_e4, c_sh, c_rc32)
-                        n_big |= not (abs(d) < lim32)
-                        # int32 lanes: twice the SIMD width of an int64 sum (numba widens
-                        # int32 + int32 to int64; the cast lets LLVM keep the add in 32 bits)
-                        # exact split of d * 2^19 into integer + fraction, the fraction in
-                        # 2^-12 units: 2^-31 resolution overall, so the running energy does not
-                        # random-walk (a 2^-19 truncation alone drifted 1e-6 relative in 1e5
-                        # accepted moves)
-                        x = d * _FXL32
-                        h = np.int32(x)
-                        acc32 = np.int32(acc32 + h)
-                        acc_lo = np.int32(acc_lo + np.int32((x - np.float32(h)) * _FXLO32))
-                else:
-                    c_rc = rc2[ti, s]
-                    c_is = 1.0 / sig[ti, s]
-                    c_ep = eps[ti, s]
-                    for u in range(m):
-                        k = a + np.uint64(u)
-                        j = np.uint64(nbj[k])
-                        ro, rn = _pair_r2(np.float64(ex[k] + qx[j]), np.float64(ey[k] + qy[j]),
-                                          np.float64(ez[k] + qz[j]), np.float64(qox),
-                                          np.float64(qoy), np.float64(qoz), np.float64(qnx),
-                                          np.float64(qny), np.float64(qnz))
-                        d = _harmonic_de(ro, rn, c_is, c_ep, c_rc)
-                        n_big |= not (abs(d) < lim)
-                        acc_fx += np.int64(d * _FX)
-            if kind == 2:
-                accepted = not overlaps
-            else:
-                if not n_big:
-                    de = (acc32 * _FXL_INV + acc_lo * _FXLO_INV) if kind == 0 \
-                        else acc_fx * _FX_INV
-                else:  # a pair energy change beyond the fixed-point range: sum in floating point
-                    de = _row_de_float(i, ti, S, kind, sig, sig2, eps, eps4, esh, rc2, qx, qy, qz,
-                                       qnx, qny, qnz, seg_base, seg_cnt, nbj, ex, ey, ez)
-                if de <= 0.0 or _uniform(rng) < np.exp(-beta * de):
-                    accepted = True
-                    fs[_ENERGY] += de
-            if accepted:
-                # the neighbours' rows read q_i: nothing else to update
-                ist[_SWEEP_ACC] += 1
-                pos[i, 0] = nx
-                pos[i, 1] = ny
-                pos[i, 2] = nz
-                qx[i] = qnx
-                qy[i] = qny
-                qz[i] = qnz
-                if debug:
-                    if cage_mode == 0:
-                        ok = _in_cage_full(pos[i], i, init, box, coff, cnb, sigc)
-                    else:
-                        ok = np.sqrt(ux * ux + uy * uy + uz * uz) < np.sqrt(rad2[i])
+                if (nx - rx) ** 2 + (ny - ry) ** 2 + (nz - rz) ** 2 > half_skin2:
+                    # re-centre i on its current position (within skin/2 of the trial
+                    # position, since step <= skin / (2 sqrt 3))
+                    ok = False
+                    if not allpairs:
+                        ist[_RECENTRED] += 1
+                        ok = _recentre(i, ox, oy, oz, pos, ref, types, box, S, lcut2, seg_base,
+                                       seg_cnt, nbj, rev, ix, iy, iz, ex, ey, ez, nc, cell_of,
+                                       cell_cnt, cell_mem, where, mark, ist[_RECENTRED], far)
                     if not ok:
-                        ist[_VIOLATIONS] += 1
-        if not measuring:
-            ist[_BLOCK_MOVES] += 1
-            ist[_BLOCK_ACC] += accepted
-            if ist[_BLOCK_MOVES] >= block_len:
-                a_blk = ist[_BLOCK_ACC] / ist[_BLOCK_MOVES]
-                f = np.exp(0.5 * (a_blk - target) / max(target, 1e-3))
-                f = min(max(f, 0.5), 2.0)
-                step = min(step * f, step_max)
-                ist[_BLOCK_MOVES] = 0
-                ist[_BLOCK_ACC] = 0
+                        fs[_PX] = nx
+                        fs[_PY] = ny
+                        fs[_PZ] = nz
+                        ist[_PENDING] = 1
+                        ist[_TRIAL] = t
+                        fs[_STEP] = step
+                        return i
+                    rx = ref[i, 0]
+                    ry = ref[i, 1]
+                    rz = ref[i, 2]
+                    qx[i] = 0.0
+                    qy[i] = 0.0
+                    qz[i] = 0.0
+                    filled = False  # new reference position: new offsets
+                qnx = np.float32(nx - rx)
+                qny = np.float32(ny - ry)
+                qnz = np.float32(nz - rz)
+                base = seg_base[i * S]
+                if not filled:
+                    # gather the neighbours' coordinates (relative to ref_i) and, for a
+                    # potential, the current row energy E_i in fixed point; the loops are
+                    # written out because inlined helpers alias the arrays and bring back the
+                    # reference counting
+                    qox = qx[i]
+                    qoy = qy[i]
+                    qoz = qz[i]
+                    for s in range(S):
+                        a = np.uint64(seg_base[i * S + s])
+                        o = a - np.uint64(base)
+                        # whole blocks of _PAD slots (the unused ones hold far-away
+                        # neighbours): the vector loop needs no scalar remainder
+                        m = (np.uint64(seg_cnt[i * S + s]) + np.uint64(_PAD - 1)) \
+                            & ~np.uint64(_PAD - 1)
+                        for u in range(m):
+                            k = a + np.uint64(u)
+                            j = np.uint64(nbj[k])
+                            bx[o + np.uint64(u)] = ex[k] + qx[j]
+                            by[o + np.uint64(u)] = ey[k] + qy[j]
+                            bz[o + np.uint64(u)] = ez[k] + qz[j]
+                    acc_fx = np.int64(0)
+                    acc32 = np.int32(0)
+                    acc_lo = np.int32(0)
+                    n_big = False
+                    for s in range(S):
+                        o = np.uint64(seg_base[i * S + s] - base)
+                        m = (np.uint64(seg_cnt[i * S + s]) + np.uint64(_PAD - 1)) \
+                            & ~np.uint64(_PAD - 1)
+                        if kind == 0:
+                            c_s2 = np.float32(sig2[ti, s])
+                            c_e4 = np.float32(eps4[ti, s])
+                            c_sh = np.float32(esh[ti, s])
+                            c_rc32 = np.float32(rc2[ti, s])
+                            for u in range(m):
+                                b = o + np.uint64(u)
+                                v = _lj_v32(_r2(bx[b], by[b], bz[b], qox, qoy, qoz), c_s2, c_e4,
+                                            c_sh, c_rc32)
+                                n_big |= not (abs(v) < lim32)
+                                # int32 lanes: twice the SIMD width of an int64 sum (numba
+                                # widens int32 + int32 to int64; the cast keeps the add in 32
+                                # bits); exact split of v * 2^19 into integer + fraction, the
+                                # fraction in 2^-12 units: 2^-31 resolution overall
+                                x = v * _FXL32
+                                h = np.int32(x)
+                                acc32 = np.int32(acc32 + h)
+                                acc_lo = np.int32(acc_lo
+                                                  + np.int32((x - np.float32(h)) * _FXLO32))
+                        elif kind == 1:
+                            c_rc = rc2[ti, s]
+                            c_is = 1.0 / sig[ti, s]
+                            c_ep = eps[ti, s]
+                            for u in range(m):
+                                b = o + np.uint64(u)
+                                v = _harmonic_v(_r2(np.float64(bx[b]), np.float64(by[b]),
+                                                    np.float64(bz[b]), np.float64(qox),
+                                                    np.float64(qoy), np.float64(qoz)),
+                                                c_is, c_ep, c_rc)
+                                n_big |= not (abs(v) < lim)
+                                acc_fx += np.int64(v * _FX)
+                    if kind != 2:
+                        if not n_big:
+                            e_cur = (acc32 * _FXL_INV + acc_lo * _FXLO_INV) if kind == 0 \
+                                else acc_fx * _FX_INV
+                        else:
+                            e_cur = _row_e_float(i, ti, S, kind, sig, sig2, eps, eps4, esh,
+                                                 rc2, qox, qoy, qoz, seg_base, seg_cnt, bx,
+                                                 by, bz)
+                    filled = True
+                # the trial position against the buffer
+                overlaps = False  # OR reductions: full SIMD width (an int64 count halves it)
+                acc_fx = np.int64(0)
+                acc32 = np.int32(0)
+                acc_lo = np.int32(0)
+                n_big = False
+                for s in range(S):
+                    o = np.uint64(seg_base[i * S + s] - base)
+                    m = (np.uint64(seg_cnt[i * S + s]) + np.uint64(_PAD - 1)) \
+                        & ~np.uint64(_PAD - 1)
+                    if kind == 2:
+                        c_rc32 = np.float32(rc2[ti, s])
+                        for u in range(m):
+                            b = o + np.uint64(u)
+                            overlaps |= _r2(bx[b], by[b], bz[b], qnx, qny, qnz) < c_rc32
+                    elif kind == 0:
+                        c_s2 = np.float32(sig2[ti, s])
+                        c_e4 = np.float32(eps4[ti, s])
+                        c_sh = np.float32(esh[ti, s])
+                        c_rc32 = np.float32(rc2[ti, s])
+                        for u in range(m):
+                            b = o + np.uint64(u)
+                            v = _lj_v32(_r2(bx[b], by[b], bz[b], qnx, qny, qnz), c_s2, c_e4,
+                                        c_sh, c_rc32)
+                            n_big |= not (abs(v) < lim32)
+                            x = v * _FXL32
+                            h = np.int32(x)
+                            acc32 = np.int32(acc32 + h)
+                            acc_lo = np.int32(acc_lo + np.int32((x - np.float32(h)) * _FXLO32))
+                    else:
+                        c_rc = rc2[ti, s]
+                        c_is = 1.0 / sig[ti, s]
+                        c_ep = eps[ti, s]
+                        for u in range(m):
+                            b = o + np.uint64(u)
+                            v = _harmonic_v(_r2(np.float64(bx[b]), np.float64(by[b]),
+                                                np.float64(bz[b]), np.float64(qnx),
+                                                np.float64(qny), np.float64(qnz)),
+                                            c_is, c_ep, c_rc)
+                            n_big |= not (abs(v) < lim)
+                            acc_fx += np.int64(v * _FX)
+                if kind == 2:
+                    accepted = not overlaps
+                else:
+                    if not n_big:
+                        e_new = (acc32 * _FXL_INV + acc_lo * _FXLO_INV) if kind == 0 \
+                            else acc_fx * _FX_INV
+                    else:  # a pair energy beyond the fixed-point range: sum in floating point
+                        e_new = _row_e_float(i, ti, S, kind, sig, sig2, eps, eps4, esh, rc2,
+                                             qnx, qny, qnz, seg_base, seg_cnt, bx, by, bz)
+                    de = e_new - e_cur
+                    if de <= 0.0 or _uniform(rng) < np.exp(-beta * de):
+                        accepted = True
+                        fs[_ENERGY] += de
+                        e_cur = e_new
+                if accepted:
+                    # the neighbours' rows read q_i: nothing else to update
+                    ist[_SWEEP_ACC] += 1
+                    pos[i, 0] = nx
+                    pos[i, 1] = ny
+                    pos[i, 2] = nz
+                    qx[i] = qnx
+                    qy[i] = qny
+                    qz[i] = qnz
+                    if debug:
+                        if cage_mode == 0:
+                            ok = _in_cage_full(pos[i], i, init, box, coff, cnb, sigc)
+                        else:
+                            ok = np.sqrt(ux * ux + uy * uy + uz * uz) < np.sqrt(rad2[i])
+                        if not ok:
+                            ist[_VIOLATIONS] += 1
+            if not measuring:
+                ist[_BLOCK_MOVES] += 1
+                ist[_BLOCK_ACC] += accepted
+                if ist[_BLOCK_MOVES] >= block_len:
+                    a_blk = ist[_BLOCK_ACC] / ist[_BLOCK_MOVES]
+                    f = np.exp(0.5 * (a_blk - target) / max(target, 1e-3))
+                    f = min(max(f, 0.5), 2.0)
+                    step = min(step * f, step_max)
+                    ist[_BLOCK_MOVES] = 0
+                    ist[_BLOCK_ACC] = 0
     fs[_STEP] = step
     return n
 
@@ -1057,7 +1107,10 @@ def _moves(i0, measuring, pos, init, ref, qx, qy, qz, types, box, S, kind, sig, 
 def _mc_kernel(pos, init, types, box, S, kind, sig, sig2, eps, eps4, rc2, esh, lcut2, T,
                cage_mode, coff, cvx, cvy, cvz, csc2, cnb, sigc, rad2, rin2,
                allpairs, skin, n_equil, n_measure, seed, step, step_max, target,
-               record_every, debug):
+               record_every, debug, kv):
+    """The chain: n_equil + n_measure passes (kv sweeps each: kv trial moves per particle
+    visit), one measurement sample per pass, a recorded configuration every record_every
+    passes."""
     rng = _rng_state(seed)
     n = pos.shape[0]
     beta = 1.0 / T
@@ -1076,12 +1129,15 @@ def _mc_kernel(pos, init, types, box, S, kind, sig, sig2, eps, eps4, rc2, esh, l
     nc, cell_of, cell_cnt, cell_mem, where = _ref_cells(ref, box, lmax)
     mark = np.full(n, -1, np.int64)
     lim, lim32 = _fx_limits(max_row)
+    bx = np.empty(max_row, np.float32)  # the visit buffer (see _moves)
+    by = np.empty(max_row, np.float32)
+    bz = np.empty(max_row, np.float32)
     fs = np.zeros(5)
     fs[_STEP] = step
     if kind != 2:
         fs[_ENERGY] = _total_energy(pos, types, box, kind, sig, eps, rc2, esh, lcut2,
                                     allpairs)
-    ist = np.zeros(6, np.int64)
+    ist = np.zeros(7, np.int64)
     n_rebuilds = 0
     acc_sum = np.zeros((n, 3))
     # convergence diagnostics: sum of squared displacements from r^init (centred: no
@@ -1096,7 +1152,7 @@ def _mc_kernel(pos, init, types, box, S, kind, sig, sig2, eps, eps4, rc2, esh, l
     meas_acc = 0
     eq_acc = 0
     rec = 0
-    for sweep in range(n_equil + n_measure):
+    for sweep in range(n_equil + n_measure):   # passes
         measuring = sweep >= n_equil
         ist[_SWEEP_ACC] = 0
         i = 0
@@ -1106,7 +1162,7 @@ def _mc_kernel(pos, init, types, box, S, kind, sig, sig2, eps, eps4, rc2, esh, l
                        cnb, sigc, rad2, rin2, allpairs, half_skin2, step_max, target,
                        block_len, debug, rng, fs, ist, seg_base, seg_cnt, nbj, rev, ix, iy, iz,
                        ex, ey, ez, nc, cell_of,
-                       cell_cnt, cell_mem, where, mark, lim, lim32, far)
+                       cell_cnt, cell_mem, where, mark, lim, lim32, far, kv, bx, by, bz)
             if i == n:
                 break
             # tiny box (all images, no re-centring) or a full segment / cell: rebuild all
@@ -1120,6 +1176,10 @@ def _mc_kernel(pos, init, types, box, S, kind, sig, sig2, eps, eps4, rc2, esh, l
             qz[:] = 0.0
             nc, cell_of, cell_cnt, cell_mem, where = _ref_cells(ref, box, lmax)
             lim, lim32 = _fx_limits(max_row)
+            if max_row > bx.shape[0]:
+                bx = np.empty(max_row, np.float32)
+                by = np.empty(max_row, np.float32)
+                bz = np.empty(max_row, np.float32)
             n_rebuilds += 1
         if debug and not allpairs:
             ist[_VIOLATIONS] += _list_errors(pos, ref, qx, qy, qz, types, box, S, lcut2,
@@ -1142,8 +1202,8 @@ def _mc_kernel(pos, init, types, box, S, kind, sig, sig2, eps, eps4, rc2, esh, l
                 rec += 1
         else:
             eq_acc += ist[_SWEEP_ACC]
-    acc_meas = meas_acc / (n_measure * n) if n_measure > 0 else np.nan
-    acc_eq = eq_acc / (n_equil * n) if n_equil > 0 else np.nan
+    acc_meas = meas_acc / (n_measure * n * kv) if n_measure > 0 else np.nan
+    acc_eq = eq_acc / (n_equil * n * kv) if n_equil > 0 else np.nan
     return (acc_sum / max(n_measure, 1), pos, acc_meas, acc_eq, fs[_STEP], fs[_ENERGY],
             n_rebuilds, ist[_RECENTRED], ist[_VIOLATIONS], samples, acc_sum, sq_sum, half_sum,
             half_sq)
@@ -1280,8 +1340,9 @@ def _inscribed_radius2(coff, cvec, csc2):
 
 def _halves(init, tot_sum, sq_sum, half_sum, half_sq, n_measure):
     """Means (2, N, 3) and coordinate-averaged sample variances (2, N) of the positions over the
-    first h = n_measure // 2 and the last n_measure - h measurement sweeps, from the kernel's
-    sums (positions, and squared displacements from ``init``); NaN where a half is too short."""
+    first h = n_measure // 2 and the last n_measure - h measurement samples (passes), from the
+    kernel's sums (positions, and squared displacements from ``init``); NaN where a half is too
+    short."""
     h = n_measure // 2
     counts = (h, n_measure - h)
     sums = (half_sum, tot_sum - half_sum)
@@ -1300,7 +1361,8 @@ def _halves(init, tot_sum, sq_sum, half_sum, half_sq, n_measure):
 
 def cage_state(positions, types, box, potential, T, n_equil, n_measure, seed,
                cage="voronoi", cage_radius=None, cage_sigma=None, target_acceptance=0.3,
-               step=None, skin=None, record_every=0, debug=False):
+               step=None, skin=None, record_every=0, debug=False,
+               moves_per_visit=MOVES_PER_VISIT):
     """Cage-state positions by constrained canonical MC ([CAGE] Eq. 10).
 
     Parameters
@@ -1310,7 +1372,8 @@ def cage_state(positions, types, box, potential, T, n_equil, n_measure, seed,
     box : (3,) orthorhombic box edges
     potential : PairPotential
     T : temperature (k_B = 1); irrelevant for hard spheres
-    n_equil, n_measure : equilibration / measurement sweeps (N trial moves each); the step is
+    n_equil, n_measure : equilibration / measurement sweeps (N trial moves each), rounded up
+        to whole passes of moves_per_visit sweeps (``sweeps`` in the result); the step is
         retuned every 500 equilibration moves (factor <= 2 per block), so tiny systems need
         more than 500 / N equilibration sweeps
     seed : int, seeds the numba RNG (deterministic)
@@ -1323,10 +1386,14 @@ def cage_state(positions, types, box, potential, T, n_equil, n_measure, seed,
         is capped at skin / (2 sqrt 3) (``step_capped`` in the result says it was reached, i.e.
         the acceptance may stay above target: pass a larger skin for dilute systems; a sphere
         cage with skin >= 2 cage_radius needs no re-centring and caps the step at the radius)
-    record_every : if > 0, also return ``samples`` — the configuration every
-        ``record_every`` measurement sweeps, shape (n_measure // record_every, N, 3)
+    record_every : if > 0 (a multiple of moves_per_visit), also return ``samples`` — the
+        configuration every ``record_every`` measurement sweeps, shape
+        (n_measure // record_every, N, 3) for n_measure a multiple of moves_per_visit
     debug : re-check every accepted position with an independent cage test and count
         ``violations`` (must be 0)
+    moves_per_visit : k, trial moves of a particle per visit (default 4, as the default
+        ``nselect`` of HOOMD-blue's HPMC): a pass over the particles is k sweeps, and r^CS
+        averages one sample per pass (samples k sweeps apart are nearly identical in a cage)
 
     Returns
     -------
@@ -1335,11 +1402,15 @@ def cage_state(positions, types, box, potential, T, n_equil, n_measure, seed,
     energy (running total energy of ``final``, accurate to ~1e-8 relative; 0 for hard spheres),
     n_recentred (list re-centrings), n_rebuilds (global list rebuilds), step_capped,
     violations (debug: cage violations + list-audit errors, must be 0), samples (if
-    record_every); for the convergence diagnostics (states.chains): half_positions (2, N, 3)
-    the averages of r_i over the first h = n_measure // 2 and over the last n_measure - h
-    measurement sweeps (NaN for an empty half), half_variance (2, N) the sample variances
-    (ddof 1, σ²) of r_i within each half averaged over the three coordinates (NaN for a half
-    of < 2 sweeps), half_sweeps (h, n_measure - h).
+    record_every), sweeps (equilibration, measurement) as run; for the convergence diagnostics
+    (states.chains), with P = measurement passes: half_positions (2, N, 3) the averages of r_i
+    over the first h = P // 2 and over the last P - h measurement samples (NaN for an empty
+    half), half_variance (2, N) the sample variances (ddof 1, σ²) of r_i within each half
+    averaged over the three coordinates (NaN for a half of < 2 samples), half_samples
+    (h, P - h), half_sweeps (k h, k (P - h)).
+
+    Raises ValueError for bad shapes, species indices, non-finite positions, a cutoff above
+    half the box, overlapping hard spheres, or a bad parameter (the message names it).
     """
     positions, types, box = _prepare(positions, types, box, potential)
     n = positions.shape[0]
@@ -1349,6 +1420,13 @@ def cage_state(positions, types, box, potential, T, n_equil, n_measure, seed,
         raise ValueError("T must be positive")
     if n_equil < 0 or n_measure < 1:
         raise ValueError("need n_equil >= 0 and n_measure >= 1")
+    kv = int(moves_per_visit)
+    if kv < 1 or kv != moves_per_visit:
+        raise ValueError(f"moves_per_visit must be a positive integer, got {moves_per_visit!r}")
+    if record_every < 0 or record_every % kv:
+        raise ValueError(f"record_every ({record_every}) must be a non-negative multiple of "
+                         f"moves_per_visit ({kv})")
+    p_equil, p_measure = -(-int(n_equil) // kv), -(-int(n_measure) // kv)   # whole passes
     diag = np.diag(potential.sigma)
     sigc = _per_particle(diag if cage_sigma is None else cage_sigma, types,
                          potential.n_species, "cage_sigma")
@@ -1416,9 +1494,9 @@ def cage_state(positions, types, box, potential, T, n_equil, n_measure, seed,
         positions.copy(), positions, types, box, potential.n_species, kind, sig, sig2, eps,
         eps4, rc2, esh, lcut2, float(T) if kind != 2 else 1.0,
         cage_mode, coff, cvx, cvy, cvz, csc2, cnb, sigc, rad2, rin2,
-        allpairs, skin, int(n_equil), int(n_measure), np.uint64(int(seed) % 2 ** 64), step0,
-        step_max, float(target_acceptance), int(record_every), bool(debug))
-    halves, half_var, h1 = _halves(positions, tot_sum, sq_sum, half_sum, half_sq, int(n_measure))
+        allpairs, skin, p_equil, p_measure, np.uint64(int(seed) % 2 ** 64), step0,
+        step_max, float(target_acceptance), int(record_every) // kv, bool(debug), kv)
+    halves, half_var, h1 = _halves(positions, tot_sum, sq_sum, half_sum, half_sq, p_measure)
     back = np.empty_like(order)
     back[order] = np.arange(n)
     cs = (cs + image)[back]
@@ -1429,7 +1507,9 @@ def cage_state(positions, types, box, potential, T, n_equil, n_measure, seed,
                n_recentred=int(n_rec), violations=int(viol),
                step_capped=bool(step_f >= step_max * (1 - 1e-12)),
                half_positions=(halves + image)[:, back], half_variance=half_var[:, back],
-               half_sweeps=(h1, int(n_measure) - h1))
+               half_samples=(h1, p_measure - h1),
+               half_sweeps=(kv * h1, kv * (p_measure - h1)),
+               sweeps=(kv * p_equil, kv * p_measure))
     if record_every > 0:
         out["samples"] = (samples + image)[:, back]
     return out

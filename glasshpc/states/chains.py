@@ -116,14 +116,15 @@ def half_diagnostics(half_positions, init, types, n_species):
     return out
 
 
-def split_rhat(half_positions, half_variance, half_sweeps):
+def split_rhat(half_positions, half_variance, half_samples):
     """Split potential-scale reduction R̂ per particle across all half-chains of a snapshot.
 
     half_positions : (K, 2, N, 3) float, the half-chain means ⟨r_i⟩ (K chains × 2 halves = M
         half-chains, K ≥ 1: one chain gives the split-R̂ of its two halves)
     half_variance : (K, 2, N) float, the within-half sample variances of r_i (ddof 1), each
         averaged over the three coordinates (cage_state's ``half_variance``, σ²)
-    half_sweeps : samples (sweeps) per half-chain n (the mean of the two half lengths if odd)
+    half_samples : samples per half-chain n (cage_state's ``half_samples``: one per pass; the
+        mean of the two half lengths if they differ)
     With per particle i, pooled over the coordinates (per-coordinate R̂ from M − 1 degrees of
     freedom would be too noisy per particle):
         W = mean over the M half-chains of their within variances,
@@ -140,7 +141,7 @@ def split_rhat(half_positions, half_variance, half_sweeps):
         raise ValueError(f"need half positions (K, 2, N, 3) and variances (K, 2, N), got "
                          f"{m.shape} and {v.shape}")
     N = m.shape[2]
-    n = float(half_sweeps)
+    n = float(half_samples)
     if n < 2:
         return np.full(N, np.nan)
     m = m.reshape(-1, N, 3)
