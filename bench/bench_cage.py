@@ -11,13 +11,15 @@ Cases (all N = 2000, equilibrated liquid snapshots, prepared here unless --snaps
       (radius 0.5 sigma_ii), truncated-and-shifted LJ as in the pipeline (stages.cage_potential);
   HS eta = 0.58, Voronoi and sphere cage.
 Each repetition is one complete ``cage_state`` call (SANN + list set-up included) of
-``--moves`` trial moves (half equilibration, half measurement sweeps), target acceptance 0.3;
+``--moves`` trial moves (half equilibration, half measurement sweeps), target acceptance 0.3,
+``--moves-per-visit`` trial moves per particle visit (default the kernel's, 4; the old kernel
+has one);
 a short warm-up call compiles the numba kernels first.  The rate is trial moves per second of
 wall time and per CPU second of this process (best of ``--repeats``): the machine is shared, so
 the CPU figure is the fairer one; the load average is printed next to the figures.
 
 usage: python bench/bench_cage.py [--moves 4e6] [--repeats 3] [--snapshots DIR] [--quick]
-                                  [--no-reference]
+                                  [--no-reference] [--moves-per-visit K]
 """
 import argparse
 import os
@@ -77,22 +79,25 @@ def _as(module, pot):
 
 
 def run_case(name, pos, types, box, pot, T, sigma, cage, moves, repeats, goal, skin=None,
-             compare=True):
+             compare=True, visit=current.MOVES_PER_VISIT):
     n = len(pos)
     kw = dict(cage=cage, cage_radius=0.5 * sigma, cage_sigma=sigma, target_acceptance=0.3,
               skin=skin)
     kernels = (("new", current),) + ((("old", reference),) if compare else ())
-    for _, mod in kernels:
-        mod.cage_state(pos, types, box, _as(mod, pot), T, 5, 5, seed=99, **kw)  # compile / warm
-    sweeps = max(2, int(round(moves / n)))
-    n_eq, n_meas = sweeps // 2, sweeps - sweeps // 2
+    extra_kw = {"new": dict(moves_per_visit=visit), "old": {}}
+    for lab, mod in kernels:
+        mod.cage_state(pos, types, box, _as(mod, pot), T, 8, 8, seed=99, **kw,
+                       **extra_kw[lab])  # compile / warm
+    sweeps = max(2 * visit, visit * int(round(moves / n / visit)))   # whole passes
+    n_eq = sweeps // (2 * visit) * visit
+    n_meas = sweeps - n_eq
     best = {lab: [0.0, 0.0] for lab, _ in kernels}
     res = {}
     for rep in range(repeats):  # alternate the kernels: both see the same machine load
         for lab, mod in kernels:
             w0, p0 = time.perf_counter(), time.process_time()
             res[lab] = mod.cage_state(pos, types, box, _as(mod, pot), T, n_eq, n_meas,
-                                      seed=rep + 1, **kw)
+                                      seed=rep + 1, **kw, **extra_kw[lab])
             dw, dp = time.perf_counter() - w0, time.process_time() - p0
             best[lab][0] = max(best[lab][0], sweeps * n / dw)
             best[lab][1] = max(best[lab][1], sweeps * n / dp)
@@ -101,7 +106,7 @@ def run_case(name, pos, types, box, pot, T, sigma, cage, moves, repeats, goal, s
     extra = f"  re-centred/sweep {r['n_recentred'] / sweeps:.1f}  rebuilds {r['n_rebuilds']}"
     print(f"{name:34s} {bw / 1e6:7.2f} M/s wall  {bc / 1e6:7.2f} M/s CPU  "
           f"ratio to goal {bc / goal:5.2f} (CPU) {bw / goal:5.2f} (wall)  "
-          f"[{sweeps} sweeps, acc {r['acceptance']:.3f}, step {r['step']:.4f}, "
+          f"[k = {visit}, {sweeps} sweeps, acc {r['acceptance']:.3f}, step {r['step']:.4f}, "
           f"<dr_CS> {r['displacement'].mean():.4f}{extra}, load {os.getloadavg()[0]:.2f}]",
           flush=True)
     if compare:
@@ -121,6 +126,8 @@ def main():
     ap.add_argument("--snapshots", default=None, help="directory caching the prepared snapshots")
     ap.add_argument("--quick", action="store_true", help="only KA T=0.55 Voronoi and HS Voronoi")
     ap.add_argument("--skin", type=float, default=None, help="Verlet skin (default: cage_state's)")
+    ap.add_argument("--moves-per-visit", type=int, default=current.MOVES_PER_VISIT,
+                    help="trial moves per particle visit of the current kernel")
     ap.add_argument("--no-reference", action="store_true",
                     help="skip the pre-issue-15 kernel (no new/old ratio)")
     args = ap.parse_args()
@@ -138,7 +145,7 @@ def main():
                       cage, GOAL_HS))
     for name, p, t, b, pt, T, s, cage, goal in cases:
         run_case(name, p, t, b, pt, T, s, cage, args.moves, args.repeats, goal, args.skin,
-                 not args.no_reference)
+                 not args.no_reference, args.moves_per_visit)
     print(f"uptime: {os.popen('uptime').read().strip()}")
 
 

@@ -33,7 +33,8 @@ recomputation), Δr^CS = |r^CS − r^init| as the cage stage writes it. Also pri
 Reduced LJ units. Machine shared: the figures are statistics, not speeds.
 
 usage: python bench/study_cage_convergence.py RUN.h5 [--snapshots 0 1] [--chains 4]
-           [--sweeps 20000] [--long 60000] [--every 10] [--out study.npz]   (MC; then the table)
+           [--sweeps 20000] [--long 60000] [--every 20] [--moves-per-visit 4]
+           [--out study.npz]                                            (MC; then the table)
        python bench/study_cage_convergence.py RUN.h5 --table a.npz b.npz   (merge, table only)
        python bench/study_cage_convergence.py RUN.h5 --table a.npz b.npz --ridge r.npz
            [--ridge-part 0 2]                       (+ the ridge; r.npz r2.npz: merge and print)
@@ -63,11 +64,12 @@ def load(path):
     return cfg, d
 
 
-def run_chains(cfg, d, s, K, sweeps, every, tune, seed0, long=None):
+def run_chains(cfg, d, s, K, sweeps, every, tune, seed0, long=None, visit=None):
     """[(csum, qsum)] of K chains: csum (n_rec + 1, N, 3) prefix sums of the recorded
     displacements from r^init, qsum (n_rec + 1, N) prefix sums of their coordinate-mean squares.
     Chain 0 measures ``long`` sweeps (default ``sweeps``; the 1×KM estimator), chains 1..K-1
-    ``sweeps``."""
+    ``sweeps``; ``visit``: trial moves per particle visit (default the run's
+    cage.moves_per_visit)."""
     m = get_model(cfg.model.name)
     sig = m.sigma_self()
     c = cfg.cage
@@ -78,7 +80,8 @@ def run_chains(cfg, d, s, K, sweeps, every, tune, seed0, long=None):
         r = cage_state(d["pos"][s], d["types"][s], d["box"][s], cage_potential(cfg.model.name),
                        cfg.model.temperature, tune, n, seed0 + 1000 * s + k, cage=c.cage,
                        cage_radius=c.radius * sig, cage_sigma=sig,
-                       target_acceptance=c.target_acceptance, record_every=every)
+                       target_acceptance=c.target_acceptance, record_every=every,
+                       moves_per_visit=visit or c.moves_per_visit)
         smp = r["samples"] - d["pos"][s][None]
         z = np.zeros((1,) + smp.shape[1:])
         out.append((np.concatenate([z, np.cumsum(smp, axis=0)]),
@@ -343,7 +346,10 @@ def main():
                          "0 with --long: chain 0 only (its single and 1×KM windows)")
     ap.add_argument("--long", type=int, default=None,
                     help="measurement sweeps of chain 0 (1×KM windows up to E + K·M ≤ long)")
-    ap.add_argument("--every", type=int, default=10)
+    ap.add_argument("--every", type=int, default=20,
+                    help="record every this many sweeps (a multiple of the moves per visit)")
+    ap.add_argument("--moves-per-visit", type=int, default=None,
+                    help="trial moves per particle visit (default: the run's cage setting)")
     ap.add_argument("--tune", type=int, default=100, help="step-tuning sweeps before E = 0")
     ap.add_argument("--seed", type=int, default=15)
     ap.add_argument("--out", default=None, help="save the window means (npz)")
@@ -375,7 +381,8 @@ def main():
               f"(chain 0: {a.tune} + {a.long or a.sweeps}), "
               f"recorded every {a.every}", flush=True)
         for s in a.snapshots:
-            chains = run_chains(cfg, d, s, K, a.sweeps, a.every, a.tune, a.seed, a.long)
+            chains = run_chains(cfg, d, s, K, a.sweeps, a.every, a.tune, a.seed, a.long,
+                                a.moves_per_visit)
             results[s] = analyse(chains, a.every, a.sweeps, K, a.long)
             del chains
             if a.out:   # after every snapshot: a stopped study keeps what it did

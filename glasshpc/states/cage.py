@@ -14,11 +14,14 @@ The cage-state position is r_i^CS = <r_i> averaged over the measurement sweeps (
 sweep = N trial moves), in the same periodic image as r_i^init (positions are never wrapped),
 and Delta r_i^CS = |r_i^CS - r_i^init|.
 
-Trial moves: each particle in turn is displaced uniformly in a cube of side 2*step.  During the
-``n_equil`` equilibration sweeps ``step`` is tuned multiplicatively towards
-``target_acceptance``; it is frozen during the ``n_measure`` measurement sweeps (so the
-measurement is a proper Markov chain with detailed balance).  The numba RNG is seeded with
-``seed``: identical input + seed -> bit-identical output.
+Trial moves: each particle in turn is displaced uniformly in a cube of side 2*step, k =
+``moves_per_visit`` times in a row (default 4, as the default ``nselect`` of HOOMD-blue's HPMC;
+each trial move is a Metropolis move of its own, so balance holds for any k), so a pass over
+the particles is k sweeps of N trial moves.  During the ``n_equil`` equilibration sweeps
+``step`` is tuned multiplicatively towards ``target_acceptance``; it is frozen during the
+``n_measure`` measurement sweeps (so the measurement is a proper Markov chain with detailed
+balance), and r^CS averages one sample per pass.  The numba RNG is seeded with ``seed``:
+identical input + seed -> bit-identical output.
 
 Potentials (``PairPotential``, generic S x S pair tables):
 
@@ -53,15 +56,14 @@ list is rebuilt instead).  Defaults: skin 0.6 for LJ, 0.4 for harmonic and hard 
 (measured best, bench/bench_cage.py --skin).
 
 Speed (bench/bench_cage.py, one core, N = 2000, Voronoi cage, against the pre-issue-15 kernel
-in the same run, best of 5-9 on a heavily shared machine, so only ratios): KA T = 0.55
-1.4-2.2x (old: about 2 M trial moves/s on a quiet core), hard spheres at eta = 0.58 1.3-1.6x
-(old: 10-12 M/s).  What makes it fast: accepted moves touch only
-the moved particle (no neighbour rows), fused old/new energies with one division, row sums in
-fixed point (exact and order free, so the gathered loop vectorises; LJ in int32 lanes: KA 1.15-1.2x
-over int64), SIMD-padded segments, one random draw per trial move (21 bits per coordinate;
-HS 1.05-1.1x),
-the inscribed-ball shortcut of the cage test, sequential sweeps over spatially sorted
-particles.
+in the same run; figures in the issue-15 closing notes).  What makes it fast: k trial moves per
+visit (the neighbours' coordinates relative to ref_i gathered once per visit into a contiguous
+buffer, the row energy kept between the trials: each trial streams the buffer and evaluates the
+pair terms at the trial position only; k = 4: KA 1.9x, HS 1.7x the rate of k = 1), accepted
+moves touch only the moved particle (no neighbour rows), row sums in fixed point (exact and
+order free, so the loops vectorise; LJ in int32 lanes), SIMD-padded segments, one random draw
+per trial move (21 bits per coordinate), the inscribed-ball shortcut of the cage test,
+sequential sweeps over spatially sorted particles.
 """
 from dataclasses import dataclass
 
@@ -714,18 +716,19 @@ def _list_errors(pos, ref, qx, qy, qz, types, box, S, lcut2, seg_base, seg_cnt, 
 # from _total_energy (double precision, from the pair search).
 
 
-# Row sums in fixed point: every pair's energy change d is added as an integer, so the sum is
-# exact and independent of the order and of the SIMD width -- and, being an integer reduction
-# without stores, the row loop (neighbour coordinates gathered through nbj) is vectorised by
-# LLVM without fastmath.  LJ (single-precision pair terms): x = d * 2^19 is split exactly into
-# h = trunc(x) and trunc((x - h) * 2^12), each summed in int32, so the loop runs as many lanes
-# as float32 does (an int64 sum halves them) at a resolution of 2^-31 eps per pair, far below
-# the single-precision error of the pair energies (truncation is odd, so d(reverse move) =
-# -d(move) still holds bit for bit).
-# Harmonic (double-precision pair terms): trunc(d * 2^32) in int64.  |d| must stay below
-# lim = 2^31 / (2^19 max_row) (LJ, about 10 eps) or 2^30 / max_row (harmonic): no integer
-# overflow; a row with a larger change (a trial move into a near overlap, rejected anyway at
-# any sensible T) is re-summed in floating point by _row_de_float.
+# Row sums in fixed point: every pair energy v is added as an integer, so the row energy E_i is
+# exact and independent of the order and of the SIMD width -- and, being an integer reduction,
+# the row loops (over the gathered visit buffer) are vectorised by LLVM without fastmath.  LJ
+# (single-precision pair terms): x = v * 2^19 is split exactly into h = trunc(x) and
+# trunc((x - h) * 2^12), each summed in int32, so the loop runs as many lanes as float32 does
+# (an int64 sum halves them) at a resolution of 2^-31 eps per pair, far below the
+# single-precision error of the pair energies.  A trial move compares E_i at the trial position
+# with E_i at the current one, both such sums over the same buffer, so the reverse move sees
+# exactly -dE.
+# Harmonic (double-precision pair terms): trunc(v * 2^32) in int64.  |v| must stay below
+# lim = 2^31 / (2^19 max_row) (LJ, about 20 eps) or 2^30 / max_row (harmonic): no integer
+# overflow; a row with a larger pair energy (a trial move into a near overlap, rejected anyway
+# at any sensible T) is re-summed in floating point by _row_e_float.
 _PAD = 8                    # segment capacities are multiples of this (SIMD blocks)
 _FX = 4294967296.0          # 2^32
 _FX_INV = 1.0 / _FX
