@@ -129,7 +129,7 @@ def main():
                         sel = d["types"][s] == sp
                         x.append(np.linalg.norm(m - d["pos"][s], axis=1)[sel])
                         y.append(d["prop"][s][j][sel])
-                    cells.append(f"{species[sp]} t = {d['times'][j] / d['tau']:.2f} τ: "
+                    cells.append(f"{species[sp]} t = {d['times'][j] / d['tau']:.2f} τ_α: "
                                  f"{np.corrcoef(np.concatenate(x), np.concatenate(y))[0, 1]:.3f}")
             print(f"  k = {k}: " + "  ".join(cells))
 

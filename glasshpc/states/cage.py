@@ -772,15 +772,14 @@ def _harmonic_v(r2, c_is, c_ep, c_rc):
 
 
 @njit(cache=True)
-def _row_e_float(i, ti, S, kind, sig, sig2, eps, eps4, esh, rc2, x, y, z, seg_base, seg_cnt,
-                 bx, by, bz):
+def _row_e_float(i, ti, S, kind, sig, sig2, eps, eps4, esh, rc2, x, y, z, seg_cnt, bx, by,
+                 bz):
     """The row energy of i at (x, y, z) (relative to ref_i) summed sequentially in double
-    precision over the visit buffer (same pair terms as the fixed-point loops of _moves); for
+    precision over the visit buffer (segments packed in whole _PAD blocks) (same pair terms as the fixed-point loops of _moves); for
     rows with a pair energy beyond the fixed-point range."""
     e = 0.0
-    base = seg_base[i * S]
+    o = 0
     for s in range(S):
-        o = seg_base[i * S + s] - base
         for b in range(o, o + seg_cnt[i * S + s]):
             if kind == 0:
                 e += _lj_v32(_r2(bx[b], by[b], bz[b], x, y, z), np.float32(sig2[ti, s]),
@@ -790,6 +789,7 @@ def _row_e_float(i, ti, S, kind, sig, sig2, eps, eps4, esh, rc2, x, y, z, seg_ba
                 e += _harmonic_v(_r2(np.float64(bx[b]), np.float64(by[b]), np.float64(bz[b]),
                                      np.float64(x), np.float64(y), np.float64(z)),
                                  1.0 / sig[ti, s], eps[ti, s], rc2[ti, s])
+        o += (seg_cnt[i * S + s] + _PAD - 1) // _PAD * _PAD   # the segments' packed blocks
     return e
 
 
@@ -865,7 +865,7 @@ def _moves(i0, measuring, pos, init, ref, qx, qy, qz, types, box, S, kind, sig, 
            rc2, esh, lcut2, beta, cage_mode, coff, cvx, cvy, cvz, csc2, cnb, sigc, rad2, rin2,
            allpairs, half_skin2, step_max, target, block_len, debug, rng, fs, ist,
            seg_base, seg_cnt, nbj, rev, ix, iy, iz, ex, ey, ez,
-           nc, cell_of, cell_cnt, cell_mem, where, mark, lim, lim32, far, kv, bx, by, bz):
+           nc, cell_of, cell_cnt, cell_mem, where, mark, lim, lim32, far, kv, bx, by, bz, bc):
     """Trial moves of particles i0 .. N-1 of one sequential sweep.
 
     Returns N when the sweep is done, or the index i of a particle whose move needs a global
@@ -950,7 +950,6 @@ def _moves(i0, measuring, pos, init, ref, qx, qy, qz, types, box, S, kind, sig, 
                 qnx = np.float32(nx - rx)
                 qny = np.float32(ny - ry)
                 qnz = np.float32(nz - rz)
-                base = seg_base[i * S]
                 if not filled:
                     # gather the neighbours' coordinates (relative to ref_i) and, for a
                     # potential, the current row energy E_i in fixed point; the loops are
@@ -959,11 +958,13 @@ def _moves(i0, measuring, pos, init, ref, qx, qy, qz, types, box, S, kind, sig, 
                     qox = qx[i]
                     qoy = qy[i]
                     qoz = qz[i]
+                    # the segments' used slots, each rounded up to whole blocks of _PAD (the
+                    # unused ones hold far-away neighbours: the vector loops need no scalar
+                    # remainder), packed one after the other; bc: the slot's squared contact
+                    # distance (hard spheres: one loop over the whole row)
+                    o = np.uint64(0)
                     for s in range(S):
                         a = np.uint64(seg_base[i * S + s])
-                        o = a - np.uint64(base)
-                        # whole blocks of _PAD slots (the unused ones hold far-away
-                        # neighbours): the vector loop needs no scalar remainder
                         m = (np.uint64(seg_cnt[i * S + s]) + np.uint64(_PAD - 1)) \
                             & ~np.uint64(_PAD - 1)
                         for u in range(m):
@@ -972,12 +973,18 @@ def _moves(i0, measuring, pos, init, ref, qx, qy, qz, types, box, S, kind, sig, 
                             bx[o + np.uint64(u)] = ex[k] + qx[j]
                             by[o + np.uint64(u)] = ey[k] + qy[j]
                             bz[o + np.uint64(u)] = ez[k] + qz[j]
+                        if kind == 2:
+                            c_rc32 = np.float32(rc2[ti, s])
+                            for u in range(m):
+                                bc[o + np.uint64(u)] = c_rc32
+                        o += m
+                    row_len = o
                     acc_fx = np.int64(0)
                     acc32 = np.int32(0)
                     acc_lo = np.int32(0)
                     n_big = False
-                    for s in range(S):
-                        o = np.uint64(seg_base[i * S + s] - base)
+                    o = np.uint64(0)
+                    for s in range(S if kind != 2 else 0):
                         m = (np.uint64(seg_cnt[i * S + s]) + np.uint64(_PAD - 1)) \
                             & ~np.uint64(_PAD - 1)
                         if kind == 0:
@@ -1011,14 +1018,14 @@ def _moves(i0, measuring, pos, init, ref, qx, qy, qz, types, box, S, kind, sig, 
                                                 c_is, c_ep, c_rc)
                                 n_big |= not (abs(v) < lim)
                                 acc_fx += np.int64(v * _FX)
+                        o += m
                     if kind != 2:
                         if not n_big:
                             e_cur = (acc32 * _FXL_INV + acc_lo * _FXLO_INV) if kind == 0 \
                                 else acc_fx * _FX_INV
                         else:
                             e_cur = _row_e_float(i, ti, S, kind, sig, sig2, eps, eps4, esh,
-                                                 rc2, qox, qoy, qoz, seg_base, seg_cnt, bx,
-                                                 by, bz)
+                                                 rc2, qox, qoy, qoz, seg_cnt, bx, by, bz)
                     filled = True
                 # the trial position against the buffer
                 overlaps = False  # OR reductions: full SIMD width (an int64 count halves it)
@@ -1026,16 +1033,14 @@ def _moves(i0, measuring, pos, init, ref, qx, qy, qz, types, box, S, kind, sig, 
                 acc32 = np.int32(0)
                 acc_lo = np.int32(0)
                 n_big = False
-                for s in range(S):
-                    o = np.uint64(seg_base[i * S + s] - base)
+                if kind == 2:
+                    for b in range(row_len):
+                        overlaps |= _r2(bx[b], by[b], bz[b], qnx, qny, qnz) < bc[b]
+                o = np.uint64(0)
+                for s in range(S if kind != 2 else 0):
                     m = (np.uint64(seg_cnt[i * S + s]) + np.uint64(_PAD - 1)) \
                         & ~np.uint64(_PAD - 1)
-                    if kind == 2:
-                        c_rc32 = np.float32(rc2[ti, s])
-                        for u in range(m):
-                            b = o + np.uint64(u)
-                            overlaps |= _r2(bx[b], by[b], bz[b], qnx, qny, qnz) < c_rc32
-                    elif kind == 0:
+                    if kind == 0:
                         c_s2 = np.float32(sig2[ti, s])
                         c_e4 = np.float32(eps4[ti, s])
                         c_sh = np.float32(esh[ti, s])
@@ -1061,6 +1066,7 @@ def _moves(i0, measuring, pos, init, ref, qx, qy, qz, types, box, S, kind, sig, 
                                             c_is, c_ep, c_rc)
                             n_big |= not (abs(v) < lim)
                             acc_fx += np.int64(v * _FX)
+                    o += m
                 if kind == 2:
                     accepted = not overlaps
                 else:
@@ -1069,7 +1075,7 @@ def _moves(i0, measuring, pos, init, ref, qx, qy, qz, types, box, S, kind, sig, 
                             else acc_fx * _FX_INV
                     else:  # a pair energy beyond the fixed-point range: sum in floating point
                         e_new = _row_e_float(i, ti, S, kind, sig, sig2, eps, eps4, esh, rc2,
-                                             qnx, qny, qnz, seg_base, seg_cnt, bx, by, bz)
+                                             qnx, qny, qnz, seg_cnt, bx, by, bz)
                     de = e_new - e_cur
                     if de <= 0.0 or _uniform(rng) < np.exp(-beta * de):
                         accepted = True
@@ -1135,6 +1141,7 @@ def _mc_kernel(pos, init, types, box, S, kind, sig, sig2, eps, eps4, rc2, esh, l
     bx = np.empty(max_row, np.float32)  # the visit buffer (see _moves)
     by = np.empty(max_row, np.float32)
     bz = np.empty(max_row, np.float32)
+    bc = np.empty(max_row, np.float32)
     fs = np.zeros(5)
     fs[_STEP] = step
     if kind != 2:
@@ -1165,7 +1172,7 @@ def _mc_kernel(pos, init, types, box, S, kind, sig, sig2, eps, eps4, rc2, esh, l
                        cnb, sigc, rad2, rin2, allpairs, half_skin2, step_max, target,
                        block_len, debug, rng, fs, ist, seg_base, seg_cnt, nbj, rev, ix, iy, iz,
                        ex, ey, ez, nc, cell_of,
-                       cell_cnt, cell_mem, where, mark, lim, lim32, far, kv, bx, by, bz)
+                       cell_cnt, cell_mem, where, mark, lim, lim32, far, kv, bx, by, bz, bc)
             if i == n:
                 break
             # tiny box (all images, no re-centring) or a full segment / cell: rebuild all
@@ -1183,6 +1190,7 @@ def _mc_kernel(pos, init, types, box, S, kind, sig, sig2, eps, eps4, rc2, esh, l
                 bx = np.empty(max_row, np.float32)
                 by = np.empty(max_row, np.float32)
                 bz = np.empty(max_row, np.float32)
+                bc = np.empty(max_row, np.float32)
             n_rebuilds += 1
         if debug and not allpairs:
             ist[_VIOLATIONS] += _list_errors(pos, ref, qx, qy, qz, types, box, S, lcut2,
