@@ -237,7 +237,7 @@ class CageConfig:
     target_acceptance: float = _f(0.3, "acceptance the trial step is tuned to", lo=0.0, hi=1.0,
                                   lo_open=True, hi_open=True)
     moves_per_visit: int = _f(4, "trial moves of a particle per visit (its neighbours gathered "
-                                 "once per visit: KA 1.9×, hard spheres 1.7× the moves/s of one "
+                                 "once per visit: KA 1.6–1.9×, hard spheres 1.9–2.0× the moves/s of one "
                                  "move per visit, bench/bench_cage.py); a pass over all particles "
                                  "is this many sweeps, the sweep counts are rounded up to whole "
                                  "passes, and r^CS averages one sample per pass", lo=1, hi=64)

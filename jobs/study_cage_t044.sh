@@ -5,8 +5,8 @@
 # 2. a job array, one element (one core) per snapshot: K chains, chain 0 measuring LONG sweeps
 #    (the 1×KM windows), the others SWEEPS, recorded every EVERY → study_t044/s<i>.npz;
 # 3. the pipeline's ridge per window and estimator, RIDGE_PARTS elements; 4. the tables.
-# Cost (N = 2000, ≈ 2 M trial moves/s per core): (LONG + (K − 1)·SWEEPS) × N moves per snapshot,
-# ≈ 6 min at the defaults; memory ≈ 2 × 8 (LONG / EVERY) · N · 3 bytes per element (≈ 1.0 GB).
+# Cost (N = 2000, ≈ 4 M trial moves/s per core): (LONG + (K − 1)·SWEEPS) × N moves per snapshot,
+# ≈ 3 min at the defaults; memory ≈ 2 × 8 (LONG / EVERY) · N · 3 bytes per element (≈ 1.0 GB).
 # Not runnable on a laptop: the run alone is ≈ 2 × 10¹² atom-steps (--dry-run prints it).
 set -euo pipefail
 INPUT=${1:-inputs/ka_t044_study.yaml}

@@ -59,11 +59,12 @@ Speed (bench/bench_cage.py, one core, N = 2000, Voronoi cage, against the pre-is
 in the same run; figures in the issue-15 closing notes).  What makes it fast: k trial moves per
 visit (the neighbours' coordinates relative to ref_i gathered once per visit into a contiguous
 buffer, the row energy kept between the trials: each trial streams the buffer and evaluates the
-pair terms at the trial position only; k = 4: KA 1.9x, HS 1.7x the rate of k = 1), accepted
-moves touch only the moved particle (no neighbour rows), row sums in fixed point (exact and
-order free, so the loops vectorise; LJ in int32 lanes), SIMD-padded segments, one random draw
-per trial move (21 bits per coordinate), the inscribed-ball shortcut of the cage test,
-sequential sweeps over spatially sorted particles.
+pair terms at the trial position only; k = 4: KA 1.6-1.9x, HS 1.9-2.0x the rate of k = 1),
+accepted moves touch only the moved particle (no neighbour rows), row sums in fixed point
+(exact and order free, so the loops vectorise; LJ in int32 lanes), SIMD-padded segments (hard
+spheres: the whole packed row in one loop), one random draw per trial move (21 bits per
+coordinate), the inscribed-ball shortcut of the cage test, sequential sweeps over spatially
+sorted particles.
 """
 from dataclasses import dataclass
 
@@ -775,8 +776,9 @@ def _harmonic_v(r2, c_is, c_ep, c_rc):
 def _row_e_float(i, ti, S, kind, sig, sig2, eps, eps4, esh, rc2, x, y, z, seg_cnt, bx, by,
                  bz):
     """The row energy of i at (x, y, z) (relative to ref_i) summed sequentially in double
-    precision over the visit buffer (segments packed in whole _PAD blocks) (same pair terms as the fixed-point loops of _moves); for
-    rows with a pair energy beyond the fixed-point range."""
+    precision over the visit buffer (segments packed in whole _PAD blocks; the same pair terms
+    as the fixed-point loops of _moves); for rows with a pair energy beyond the fixed-point
+    range."""
     e = 0.0
     o = 0
     for s in range(S):
@@ -866,11 +868,11 @@ def _moves(i0, measuring, pos, init, ref, qx, qy, qz, types, box, S, kind, sig, 
            allpairs, half_skin2, step_max, target, block_len, debug, rng, fs, ist,
            seg_base, seg_cnt, nbj, rev, ix, iy, iz, ex, ey, ez,
            nc, cell_of, cell_cnt, cell_mem, where, mark, lim, lim32, far, kv, bx, by, bz, bc):
-    """Trial moves of particles i0 .. N-1 of one sequential sweep.
+    """Trial moves (kv per particle) of particles i0 .. N-1 of one sequential pass.
 
-    Returns N when the sweep is done, or the index i of a particle whose move needs a global
-    list rebuild (its trial position is kept in fs[_PX:_PZ + 1], ist[_PENDING] = 1; the caller
-    rebuilds and calls again from i).  The arrays are never reassigned here, so numba passes
+    Returns N when the pass is done, or the index i of a particle whose move needs a global
+    list rebuild (its trial position is kept in fs[_PX:_PZ + 1] and its trial index in
+    ist[_TRIAL], ist[_PENDING] = 1; the caller rebuilds and calls again from i).  The arrays are never reassigned here, so numba passes
     them without reference counting (a loop that can rebind them paid two atomic updates per
     array and move, half of the run time)."""
     n = pos.shape[0]
