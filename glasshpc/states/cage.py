@@ -884,7 +884,10 @@ def _moves(i0, measuring, pos, init, ref, qx, qy, qz, types, box, S, kind, sig, 
         # current row energy is kept, so each trial move streams the buffer and evaluates the
         # pair terms at the trial position only
         filled = False
+        e_known = False   # E_i at the current position, kept while the buffer is valid
         e_cur = 0.0
+        e_new = 0.0
+        row_len = np.uint64(0)
         t0 = 0
         if ist[_PENDING]:
             t0 = ist[_TRIAL]
@@ -953,17 +956,12 @@ def _moves(i0, measuring, pos, init, ref, qx, qy, qz, types, box, S, kind, sig, 
                 qny = np.float32(ny - ry)
                 qnz = np.float32(nz - rz)
                 if not filled:
-                    # gather the neighbours' coordinates (relative to ref_i) and, for a
-                    # potential, the current row energy E_i in fixed point; the loops are
+                    # gather the neighbours' coordinates (relative to ref_i); the loops are
                     # written out because inlined helpers alias the arrays and bring back the
-                    # reference counting
-                    qox = qx[i]
-                    qoy = qy[i]
-                    qoz = qz[i]
-                    # the segments' used slots, each rounded up to whole blocks of _PAD (the
-                    # unused ones hold far-away neighbours: the vector loops need no scalar
-                    # remainder), packed one after the other; bc: the slot's squared contact
-                    # distance (hard spheres: one loop over the whole row)
+                    # reference counting.  The segments' used slots, each rounded up to whole
+                    # blocks of _PAD (the unused ones hold far-away neighbours: the vector loops
+                    # need no scalar remainder), are packed one after the other; bc: the
+                    # slot's squared contact distance (hard spheres: one loop over the row)
                     o = np.uint64(0)
                     for s in range(S):
                         a = np.uint64(seg_base[i * S + s])
@@ -981,12 +979,24 @@ def _moves(i0, measuring, pos, init, ref, qx, qy, qz, types, box, S, kind, sig, 
                                 bc[o + np.uint64(u)] = c_rc32
                         o += m
                     row_len = o
+                    filled = True
+                    e_known = False
+                overlaps = False  # OR reduction: full SIMD width (an int64 count halves it)
+                if kind == 2:
+                    for b in range(row_len):
+                        overlaps |= _r2(bx[b], by[b], bz[b], qnx, qny, qnz) < bc[b]
+                # the row energy E_i in fixed point at the current position (ev = 0, once per
+                # visit) and at the trial position (ev = 1)
+                for ev in range(np.int64(e_known), 2 if kind != 2 else 0):
+                    px = qx[i] if ev == 0 else qnx
+                    py = qy[i] if ev == 0 else qny
+                    pz = qz[i] if ev == 0 else qnz
                     acc_fx = np.int64(0)
                     acc32 = np.int32(0)
                     acc_lo = np.int32(0)
                     n_big = False
                     o = np.uint64(0)
-                    for s in range(S if kind != 2 else 0):
+                    for s in range(S):
                         m = (np.uint64(seg_cnt[i * S + s]) + np.uint64(_PAD - 1)) \
                             & ~np.uint64(_PAD - 1)
                         if kind == 0:
@@ -996,7 +1006,7 @@ def _moves(i0, measuring, pos, init, ref, qx, qy, qz, types, box, S, kind, sig, 
                             c_rc32 = np.float32(rc2[ti, s])
                             for u in range(m):
                                 b = o + np.uint64(u)
-                                v = _lj_v32(_r2(bx[b], by[b], bz[b], qox, qoy, qoz), c_s2, c_e4,
+                                v = _lj_v32(_r2(bx[b], by[b], bz[b], px, py, pz), c_s2, c_e4,
                                             c_sh, c_rc32)
                                 n_big |= not (abs(v) < lim32)
                                 # int32 lanes: twice the SIMD width of an int64 sum (numba
@@ -1008,76 +1018,33 @@ def _moves(i0, measuring, pos, init, ref, qx, qy, qz, types, box, S, kind, sig, 
                                 acc32 = np.int32(acc32 + h)
                                 acc_lo = np.int32(acc_lo
                                                   + np.int32((x - np.float32(h)) * _FXLO32))
-                        elif kind == 1:
+                        else:
                             c_rc = rc2[ti, s]
                             c_is = 1.0 / sig[ti, s]
                             c_ep = eps[ti, s]
                             for u in range(m):
                                 b = o + np.uint64(u)
                                 v = _harmonic_v(_r2(np.float64(bx[b]), np.float64(by[b]),
-                                                    np.float64(bz[b]), np.float64(qox),
-                                                    np.float64(qoy), np.float64(qoz)),
+                                                    np.float64(bz[b]), np.float64(px),
+                                                    np.float64(py), np.float64(pz)),
                                                 c_is, c_ep, c_rc)
                                 n_big |= not (abs(v) < lim)
                                 acc_fx += np.int64(v * _FX)
                         o += m
-                    if kind != 2:
-                        if not n_big:
-                            e_cur = (acc32 * _FXL_INV + acc_lo * _FXLO_INV) if kind == 0 \
-                                else acc_fx * _FX_INV
-                        else:
-                            e_cur = _row_e_float(i, ti, S, kind, sig, sig2, eps, eps4, esh,
-                                                 rc2, qox, qoy, qoz, seg_cnt, bx, by, bz)
-                    filled = True
-                # the trial position against the buffer
-                overlaps = False  # OR reductions: full SIMD width (an int64 count halves it)
-                acc_fx = np.int64(0)
-                acc32 = np.int32(0)
-                acc_lo = np.int32(0)
-                n_big = False
-                if kind == 2:
-                    for b in range(row_len):
-                        overlaps |= _r2(bx[b], by[b], bz[b], qnx, qny, qnz) < bc[b]
-                o = np.uint64(0)
-                for s in range(S if kind != 2 else 0):
-                    m = (np.uint64(seg_cnt[i * S + s]) + np.uint64(_PAD - 1)) \
-                        & ~np.uint64(_PAD - 1)
-                    if kind == 0:
-                        c_s2 = np.float32(sig2[ti, s])
-                        c_e4 = np.float32(eps4[ti, s])
-                        c_sh = np.float32(esh[ti, s])
-                        c_rc32 = np.float32(rc2[ti, s])
-                        for u in range(m):
-                            b = o + np.uint64(u)
-                            v = _lj_v32(_r2(bx[b], by[b], bz[b], qnx, qny, qnz), c_s2, c_e4,
-                                        c_sh, c_rc32)
-                            n_big |= not (abs(v) < lim32)
-                            x = v * _FXL32
-                            h = np.int32(x)
-                            acc32 = np.int32(acc32 + h)
-                            acc_lo = np.int32(acc_lo + np.int32((x - np.float32(h)) * _FXLO32))
+                    if not n_big:
+                        e = (acc32 * _FXL_INV + acc_lo * _FXLO_INV) if kind == 0 \
+                            else acc_fx * _FX_INV
+                    else:  # a pair energy beyond the fixed-point range: sum in floating point
+                        e = _row_e_float(i, ti, S, kind, sig, sig2, eps, eps4, esh, rc2, px, py,
+                                         pz, seg_cnt, bx, by, bz)
+                    if ev == 0:
+                        e_cur = e
+                        e_known = True
                     else:
-                        c_rc = rc2[ti, s]
-                        c_is = 1.0 / sig[ti, s]
-                        c_ep = eps[ti, s]
-                        for u in range(m):
-                            b = o + np.uint64(u)
-                            v = _harmonic_v(_r2(np.float64(bx[b]), np.float64(by[b]),
-                                                np.float64(bz[b]), np.float64(qnx),
-                                                np.float64(qny), np.float64(qnz)),
-                                            c_is, c_ep, c_rc)
-                            n_big |= not (abs(v) < lim)
-                            acc_fx += np.int64(v * _FX)
-                    o += m
+                        e_new = e
                 if kind == 2:
                     accepted = not overlaps
                 else:
-                    if not n_big:
-                        e_new = (acc32 * _FXL_INV + acc_lo * _FXLO_INV) if kind == 0 \
-                            else acc_fx * _FX_INV
-                    else:  # a pair energy beyond the fixed-point range: sum in floating point
-                        e_new = _row_e_float(i, ti, S, kind, sig, sig2, eps, eps4, esh, rc2,
-                                             qnx, qny, qnz, seg_cnt, bx, by, bz)
                     de = e_new - e_cur
                     if de <= 0.0 or _uniform(rng) < np.exp(-beta * de):
                         accepted = True
