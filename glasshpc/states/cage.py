@@ -11,7 +11,8 @@ every trial move that takes particle i out of its *cage* is rejected.  The cage 
 * ``cage='sphere'``: |R - r_i^init| < cage_radius (default 0.5 s_i).
 
 The cage-state position is r_i^CS = <r_i> averaged over the measurement sweeps (one sample per
-sweep = N trial moves), in the same periodic image as r_i^init (positions are never wrapped),
+pass of k sweeps, see below; a sweep = N trial moves), in the same periodic image as r_i^init
+(positions are never wrapped),
 and Delta r_i^CS = |r_i^CS - r_i^init|.
 
 Trial moves: each particle in turn is displaced uniformly in a cube of side 2*step, k =
