@@ -12,8 +12,7 @@ every trial move that takes particle i out of its *cage* is rejected.  The cage 
 
 The cage-state position is r_i^CS = <r_i> averaged over the measurement sweeps (one sample per
 pass of k sweeps, see below; a sweep = N trial moves), in the same periodic image as r_i^init
-(positions are never wrapped),
-and Delta r_i^CS = |r_i^CS - r_i^init|.
+(positions are never wrapped), and Delta r_i^CS = |r_i^CS - r_i^init|.
 
 Trial moves: each particle in turn is displaced uniformly in a cube of side 2*step, k =
 ``moves_per_visit`` times in a row (default 4, as the default ``nselect`` of HOOMD-blue's HPMC;
