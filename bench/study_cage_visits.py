@@ -107,13 +107,13 @@ def main():
                            .mean() for s in range(S)]) for c in range(a.chains)]
             print(f"  {species[sp]:6s} ⟨Δr⟩ = {np.mean(dr):.4f} ± {np.std(dr, ddof=1) / np.sqrt(len(dr)):.4f}")
 
-    def rms(x, y, s):
+    def rms(x, y):
         return np.sqrt(np.mean(np.sum((x - y) ** 2, axis=1)))
     print("\nrms of r^CS differences (σ), mean over snapshots and chain pairs:")
     for k1, k2 in itertools.combinations_with_replacement(a.visits, 2):
         pairs = [(c1, c2) for c1 in range(a.chains) for c2 in range(a.chains)
                  if (c1 < c2 if k1 == k2 else c1 != c2)]
-        v = [rms(cs[(k1, s, c1)], cs[(k2, s, c2)], s) for s in range(S) for c1, c2 in pairs]
+        v = [rms(cs[(k1, s, c1)], cs[(k2, s, c2)]) for s in range(S) for c1, c2 in pairs]
         print(f"  k = {k1} vs k = {k2}: {np.mean(v):.4f} ± {np.std(v, ddof=1) / np.sqrt(len(v)):.4f}"
               f"  ({'within' if k1 == k2 else 'across'})")
     if a.run:

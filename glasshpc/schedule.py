@@ -150,7 +150,7 @@ def _calibrate(cfg, repeats):
         eng.close()
     pos = np.asarray(pos)
     if cfg.cage.enabled:
-        from .states.cage import cage_state
+        from .states.cage import cage_state, passes
         potential = cage_potential(m.name)
         sigma = get_model(m.name).sigma_self()
         c = cfg.cage
@@ -164,7 +164,7 @@ def _calibrate(cfg, repeats):
         chain(kv)   # compiles (cache) once
         # the long chain ≈ 2·10⁶ more trial moves than the short one: ≈ 0.5 s, well above the noise
         short = kv
-        long_ = short + kv * -(-max(20, int(2e6 / N)) // kv)
+        long_ = short + kv * passes(max(20, int(2e6 / N)), kv)
         t_s = _best_worst(lambda: chain(short), repeats)
         t_l = _best_worst(lambda: chain(long_), repeats)
         per = tuple(max(1e-12, (t_l[i] - t_s[i]) / ((long_ - short) * N)) for i in (0, 1))

@@ -12,7 +12,7 @@ import numpy as np
 from . import dynamics, interrupt
 from .models import cage_potential, get_model
 from .parallel import TaskQueue, lpt_order, task_rng
-from .states.cage import cage_state
+from .states.cage import cage_state, passes as cage_passes
 from .states.chains import (average_chains, half_diagnostics, split_half_pearson,
                              split_rhat)
 from .store import task_key
@@ -621,10 +621,10 @@ def cage_part(points, store, cost=None):
         for name in ("half_pearson", "shift", "shift_se"):
             v.write(conv + name, (s, k), d[name.replace("half_", "")])
 
-    passes = -(-c.measurement_sweeps // c.moves_per_visit)   # one sample per pass
+    samples = cage_passes(c.measurement_sweeps, c.moves_per_visit)   # one sample per pass
 
     def write_rhat(v, s, halves, variances):   # half lengths h, P − h: mean P / 2 samples
-        v.write(conv + "rhat", (s,), split_rhat(halves, variances, passes / 2))
+        v.write(conv + "rhat", (s,), split_rhat(halves, variances, samples / 2))
 
     def write_state(v, s, positions, displacement, acceptance, step):
         v.write("states/cage/positions", (s,), positions)

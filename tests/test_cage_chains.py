@@ -19,7 +19,7 @@ from glasshpc import cluster, config, dynamics, stages
 from glasshpc.models import cage_potential, get_model
 from glasshpc.parallel import Context, task_rng
 from glasshpc.run import execute, main
-from glasshpc.states.cage import cage_state
+from glasshpc.states.cage import cage_state, passes
 from glasshpc.states.chains import (chain_reliability, half_diagnostics, split_half_pearson,
                                     split_rhat, spearman_brown)
 from glasshpc.store import Store
@@ -192,7 +192,7 @@ def test_two_chains_in_the_pipeline(two_chains, tmp_path):
         conv = f["states/cage/convergence"]
         halves = conv["half_positions"][()]
         assert halves.shape == (S, 2, 2, N, 3) and conv["half_variance"].shape == (S, 2, 2, N)
-        P = -(-cfg.cage.measurement_sweeps // cfg.cage.moves_per_visit)   # samples (passes)
+        P = passes(cfg.cage.measurement_sweeps, cfg.cage.moves_per_visit)   # samples
         np.testing.assert_allclose((P // 2 * halves[:, :, 0] + (P - P // 2) * halves[:, :, 1]) / P,
                                    chains, rtol=0, atol=1e-12)
         for s in range(S):
@@ -203,8 +203,7 @@ def test_two_chains_in_the_pipeline(two_chains, tmp_path):
                 np.testing.assert_array_equal(conv["shift_se"][s, k], d["shift_se"])
                 np.testing.assert_array_equal(conv["half_pearson"][s, k], d["pearson"])
             np.testing.assert_array_equal(conv["rhat"][s], split_rhat(
-                halves[s], conv["half_variance"][s],
-                -(-cfg.cage.measurement_sweeps // cfg.cage.moves_per_visit) / 2))
+                halves[s], conv["half_variance"][s], P / 2))
         assert np.all(conv["rhat"][()] > 1)
         for key in CONVERGENCE_ATTRS:
             assert g.attrs[key].shape == (2,), key

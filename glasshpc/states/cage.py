@@ -1339,6 +1339,12 @@ def _halves(init, tot_sum, sq_sum, half_sum, half_sq, n_measure):
     return means, var, h
 
 
+def passes(sweeps, moves_per_visit):
+    """Whole passes (moves_per_visit sweeps each) that cage_state runs for ``sweeps`` sweeps
+    (rounded up): int >= 0; for the measurement, the number of samples r^CS averages."""
+    return -(-int(sweeps) // int(moves_per_visit))
+
+
 def cage_state(positions, types, box, potential, T, n_equil, n_measure, seed,
                cage="voronoi", cage_radius=None, cage_sigma=None, target_acceptance=0.3,
                step=None, skin=None, record_every=0, debug=False,
@@ -1406,7 +1412,7 @@ def cage_state(positions, types, box, potential, T, n_equil, n_measure, seed,
     if record_every < 0 or record_every % kv:
         raise ValueError(f"record_every ({record_every}) must be a non-negative multiple of "
                          f"moves_per_visit ({kv})")
-    p_equil, p_measure = -(-int(n_equil) // kv), -(-int(n_measure) // kv)   # whole passes
+    p_equil, p_measure = passes(n_equil, kv), passes(n_measure, kv)
     diag = np.diag(potential.sigma)
     sigc = _per_particle(diag if cage_sigma is None else cage_sigma, types,
                          potential.n_species, "cage_sigma")
